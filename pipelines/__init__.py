@@ -1,0 +1,1 @@
+"""Apache Beam jobs: build the interaction dataset, batch recommendations for every user."""

@@ -1,0 +1,493 @@
+"""Beam pipeline: raw interaction logs -> a clean, split, vocabularized training dataset.
+
+Stages (each a labelled composite transform):
+  ReadAndValidate   files -> blocks -> (valid frames, rejected frames); blocks are parsed with Arrow
+  BucketByUser      shuffle frames by a stable hash of the user ID; dedupe; keep positives
+  KCore             iterative k-core: item counts are global (side input), user counts local per bucket
+  Split             global temporal cut or leave-last-N per user
+  Vocabulary        train users/items appended to the previous dataset's vocabularies
+  WriteSplits       Parquet shards per bucket and split
+  Finalize          vocab files, items.parquet, stats.json; asserts read == accepted + rejected
+
+Elements are pandas frames (one per block or bucket), never single rows: per-row Python in Beam is the
+slow path on the DirectRunner (see docs/DECISIONS.md).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+import uuid
+
+import apache_beam as beam
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from recsys import dataset as ds
+from recsys import fsio, ingest, interactions, items as item_meta
+from recsys.config import Config, is_url
+from recsys.errors import DataError
+from recsys.interactions import SPLITS
+from recsys.vocab import Vocabulary
+
+log = logging.getLogger(__name__)
+
+
+def merge_counts(dicts) -> dict:
+    """Sum dicts of counters (nested one level for per-reason counts)."""
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                sub = out.setdefault(k, {})
+                for k2, v2 in v.items():
+                    sub[k2] = sub.get(k2, 0) + int(v2)
+            else:
+                out[k] = out.get(k, 0) + int(v)
+    return out
+
+
+class ReadBlocksFn(beam.DoFn):
+    """A file -> (source, first line, names, block) work units of about `block_bytes` each."""
+
+    def __init__(self, layout: ingest.Layout, block_bytes: int):
+        self.layout, self.block_bytes = layout, block_bytes
+
+    def process(self, path):
+        with fsio.FileSystems.open(path) as fh:
+            if self.layout.kind == "parquet":
+                pf = pq.ParquetFile(fh)
+                first = 1
+                for batch in pf.iter_batches(batch_size=262144):
+                    yield path, first, None, batch
+                    first += batch.num_rows
+                return
+            names, first_line = None, 1
+            if self.layout.kind == "delimited":
+                if self.layout.header:
+                    header = fh.readline()
+                    names = ingest.header_names(header, self.layout)
+                    first_line = 2
+                else:
+                    names = list(self.layout.names) if self.layout.names else None
+                    if names is None:
+                        raise DataError(f"source.header: false needs source.format with fixed columns ({path})")
+            for line_no, block in ingest.iter_blocks(fh, self.block_bytes):
+                yield path, first_line + line_no - 1, names, block
+
+
+class ParseValidateFn(beam.DoFn):
+    """Parse and validate one block. Main output: valid frame; tagged 'rejected' and 'counts'."""
+
+    def __init__(self, cfg: Config, layout: ingest.Layout):
+        self.cfg, self.layout = cfg, layout
+        self.rows_read = Metrics.counter("recsys", "rows_read")
+        self.rows_rejected = Metrics.counter("recsys", "rows_rejected")
+
+    def process(self, unit):
+        source, first, names, block = unit
+        if self.layout.kind == "parquet":
+            raw, rej0 = ingest.parse_arrow_batch(block, first, self.layout, source)
+            valid, rejected = ingest.validate(raw, self.cfg, source)
+            rejected = pd.concat([rej0, rejected], ignore_index=True) if len(rej0) else rejected
+            read = block.num_rows
+        else:
+            valid, rejected = ingest.parse_and_validate(block, first, self.layout, names, self.cfg, source)
+            read = len(ingest.split_lines(block, first)[0])
+        # Reconciliation per block: a row is either accepted or rejected, never lost.
+        assert read == len(valid) + len(rejected), (source, first, read, len(valid), len(rejected))
+        self.rows_read.inc(read)
+        self.rows_rejected.inc(len(rejected))
+        reasons = rejected["reason"].value_counts().to_dict() if len(rejected) else {}
+        yield beam.pvalue.TaggedOutput("counts", {"rows_read": read, "accepted": len(valid),
+                                                  "rejected": len(rejected), "rejected_by_reason": reasons})
+        if len(rejected):
+            yield beam.pvalue.TaggedOutput("rejected", rejected)
+        if len(valid):
+            yield valid
+
+
+class ReadAndValidate(beam.PTransform):
+    """Interaction files -> valid frames (main), rejected frames, counters."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, files):
+        layout = ingest.layout_for(self.cfg.source)
+        return (files
+                | "ReadBlocks" >> beam.ParDo(ReadBlocksFn(layout, self.cfg.runner.block_size_mb << 20))
+                | "SpreadBlocks" >> beam.Reshuffle()
+                | "ParseValidate" >> beam.ParDo(ParseValidateFn(self.cfg, layout)).with_outputs(
+                    "rejected", "counts", main="valid"))
+
+
+def _split_by_bucket(df: pd.DataFrame, n: int):
+    buckets = interactions.user_bucket(df["user"], n)
+    for b, part in df.groupby(buckets, sort=False):
+        yield int(b), part
+
+
+def _dedupe_bucket(kv):
+    bucket, frames = kv
+    df = pd.concat(list(frames), ignore_index=True)
+    df, counts = interactions.dedupe_and_keep_positives(df)
+    counts["positives"] = len(df)
+    yield beam.pvalue.TaggedOutput("counts", counts)
+    yield bucket, df
+
+
+class BucketByUser(beam.PTransform):
+    """Valid frames -> (bucket, frame of positives) with every interaction of a user in one bucket."""
+
+    def __init__(self, n_buckets: int):
+        super().__init__()
+        self.n = n_buckets
+
+    def expand(self, frames):
+        return (frames
+                | "SplitByBucket" >> beam.FlatMap(_split_by_bucket, self.n)
+                | "GroupBuckets" >> beam.GroupByKey()
+                | "DedupePositives" >> beam.FlatMap(_dedupe_bucket).with_outputs("counts", main="buckets"))
+
+
+class SumSeries(beam.CombineFn):
+    """Sum pandas Series by index (item counts across buckets)."""
+
+    def create_accumulator(self):
+        return pd.Series(dtype=np.int64)
+
+    def add_input(self, acc, s):
+        return acc.add(s, fill_value=0) if len(acc) else s.astype(np.int64)
+
+    def merge_accumulators(self, accs):
+        out = pd.Series(dtype=np.int64)
+        for a in accs:
+            out = self.add_input(out, a)
+        return out
+
+    def extract_output(self, acc):
+        return acc.astype(np.int64)
+
+
+class KCore(beam.PTransform):
+    """Iterative k-core, unrolled `filters.max_rounds` times; Finalize checks that it converged."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, buckets):
+        for r in range(self.cfg.filters.max_rounds):
+            counts = (buckets | f"ItemCounts{r}" >> beam.Map(lambda kv: interactions.item_counts(kv[1]))
+                      | f"SumItemCounts{r}" >> beam.CombineGlobally(SumSeries()))
+            buckets = buckets | f"Filter{r}" >> beam.Map(
+                lambda kv, c: (kv[0], interactions.kcore_round(kv[1], c, self.cfg)), beam.pvalue.AsSingleton(counts))
+        return buckets
+
+
+class ConcatArrays(beam.CombineFn):
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, x):
+        acc.append(np.asarray(x))
+        return acc
+
+    def merge_accumulators(self, accs):
+        return [a for acc in accs for a in acc]
+
+    def extract_output(self, acc):
+        return np.concatenate(acc) if acc else np.array([], dtype=np.int64)
+
+
+class UnionSets(beam.CombineFn):
+    def create_accumulator(self):
+        return set()
+
+    def add_input(self, acc, xs):
+        acc.update(xs)
+        return acc
+
+    def merge_accumulators(self, accs):
+        return set().union(*accs)
+
+    def extract_output(self, acc):
+        return sorted(acc)
+
+
+def _assign(kv, cfg, cuts):
+    b, df = kv
+    df = df.copy()
+    df["split"] = interactions.assign_split(df, cfg, cuts)
+    return b, df
+
+
+class WriteShardFn(beam.DoFn):
+    """Write one bucket's rows as a Parquet shard per split; emit per-split statistics."""
+
+    def __init__(self, out_dir: str, n_shards: int):
+        self.out_dir, self.n = out_dir, n_shards
+
+    def process(self, kv, users: Vocabulary, items: Vocabulary):
+        bucket, df = kv
+        df = df.assign(user_idx=users.lookup(df["user"]).astype(np.int32),
+                       item_idx=items.lookup(df["item"]).astype(np.int32))
+        for code, split in enumerate(SPLITS):
+            part = df[df["split"] == code]
+            unknown_item = part["item_idx"].to_numpy() < 0
+            # Evaluation ranks the training catalog, so a held-out item never seen in training cannot be
+            # ranked: it is dropped here and counted (stats.json: dropped_unknown_item). New users stay.
+            part = interactions.sort_canonical(part[~unknown_item])
+            table = pa.Table.from_pandas(part[[f.name for f in ds.SPLIT_SCHEMA]], schema=ds.SPLIT_SCHEMA,
+                                         preserve_index=False)
+            sink = io.BytesIO()
+            pq.write_table(table, sink, compression="zstd")
+            fsio.write_bytes(fsio.join(self.out_dir, ds.shard_name(split, bucket, self.n)), sink.getvalue())
+            yield {"bucket": bucket, "split": split, "interactions": len(part), "dropped_unknown_item": int(unknown_item.sum()),
+                   "users": int(part["user"].nunique()),
+                   "new_users": int(part.loc[part["user_idx"] < 0, "user"].nunique()),
+                   "items": part["item"].unique().tolist(),
+                   "min_ts": int(part["timestamp"].min()) if len(part) else None,
+                   "max_ts": int(part["timestamp"].max()) if len(part) else None,
+                   "train_item_counts": part["item"].value_counts().to_dict() if code == 0 else {}}
+
+
+def _write_empty_shards(out_dir: str, n: int, present: set):
+    """Buckets with no users still get (empty) shards so every split has exactly n files."""
+    for b in range(n):
+        if b in present:
+            continue
+        sink = io.BytesIO()
+        pq.write_table(ds.SPLIT_SCHEMA.empty_table(), sink, compression="zstd")
+        for split in SPLITS:
+            fsio.write_bytes(fsio.join(out_dir, ds.shard_name(split, b, n)), sink.getvalue())
+
+
+def _write_rejected(kv, out_dir: str, n: int):
+    key, frames = kv
+    df = pd.concat(list(frames), ignore_index=True).sort_values(["source", "line"], kind="stable")
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in df.to_dict("records"))
+    fsio.write_bytes(fsio.join(out_dir, "rejected", f"part-{key:05d}-of-{n:05d}.jsonl"), text.encode("utf-8"))
+    yield len(df)
+
+
+class FinalizeFn(beam.DoFn):
+    """Vocabularies, item features and stats.json; the pipeline's own reconciliation checks."""
+
+    def __init__(self, cfg: Config, out_dir: str, n_shards: int):
+        self.cfg, self.out_dir, self.n = cfg, out_dir, n_shards
+
+    def process(self, _, counts, split_rows, rejected_written, users, items, kcore_check, cuts):
+        c = merge_counts([counts])
+        if c.get("rows_read", 0) != c.get("accepted", 0) + c.get("rejected", 0):
+            raise DataError(f"reconciliation failed: read {c.get('rows_read')} != accepted {c.get('accepted')}"
+                            f" + rejected {c.get('rejected')}")
+        if sum(rejected_written) != c.get("rejected", 0):
+            raise DataError(f"dead-letter output has {sum(rejected_written)} rows, expected {c.get('rejected')}")
+        if kcore_check:
+            raise DataError(f"k-core filter did not converge in filters.max_rounds={self.cfg.filters.max_rounds} "
+                            f"rounds ({kcore_check} users/items still under the minimum); raise filters.max_rounds")
+        _write_empty_shards(self.out_dir, self.n, {r["bucket"] for r in split_rows})
+        users.save(fsio.join(self.out_dir, "vocab", "users.txt"))
+        items.save(fsio.join(self.out_dir, "vocab", "items.txt"))
+        train_counts = merge_counts([{"c": r["train_item_counts"]} for r in split_rows]).get("c", {})
+        meta, meta_rejected = self._item_metadata()
+        feats = pd.DataFrame({"item": items.ids, "item_idx": np.arange(len(items), dtype=np.int32)})
+        feats = feats.merge(meta, on="item", how="left")
+        feats["title"] = feats["title"].fillna("")
+        feats["year"] = feats["year"].fillna(0).astype(np.int32)
+        feats["genres"] = feats["genres"].map(lambda g: g if isinstance(g, list) else [])
+        feats["train_count"] = feats["item"].map(train_counts).fillna(0).astype(np.int64)
+        sink = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(feats, preserve_index=False), sink, compression="zstd")
+        fsio.write_bytes(fsio.join(self.out_dir, "items.parquet"), sink.getvalue())
+        stats = self._stats(c, split_rows, users, items, cuts, len(meta), meta_rejected)
+        # stats.json last: its presence marks the dataset complete (what Dataset.open checks).
+        fsio.write_bytes(fsio.join(self.out_dir, "stats.json"), json.dumps(stats, indent=2, sort_keys=True).encode())
+        yield stats
+
+    def _item_metadata(self):
+        path = self.cfg.resolve(self.cfg.source.items_path)
+        if self.cfg.source.items_format == "none" or not path:
+            return item_meta.empty_items(), 0
+        frames, rejected = [], []
+        for p in fsio.match(path):
+            meta, rej = item_meta.read_items(p, self.cfg)
+            frames.append(meta)
+            rejected.append(rej)
+        if not frames:
+            raise DataError(f"source.items_path={self.cfg.source.items_path!r} matches no file")
+        rej = pd.concat(rejected, ignore_index=True)
+        if len(rej):
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rej.to_dict("records"))
+            fsio.write_bytes(fsio.join(self.out_dir, "rejected", "items.jsonl"), text.encode("utf-8"))
+        meta = pd.concat(frames, ignore_index=True).drop_duplicates("item", keep="last")
+        return meta, len(rej)
+
+    def _stats(self, c, split_rows, users, items, cuts, n_meta, meta_rejected):
+        splits = {}
+        for split in SPLITS:
+            rows = [r for r in split_rows if r["split"] == split]
+            n = sum(r["interactions"] for r in rows)
+            its = set().union(*[r["items"] for r in rows]) if rows else set()
+            nu = sum(r["users"] for r in rows)
+            mins = [r["min_ts"] for r in rows if r["min_ts"] is not None]
+            maxs = [r["max_ts"] for r in rows if r["max_ts"] is not None]
+            splits[split] = {"interactions": n, "users": nu, "items": len(its),
+                             "new_users": sum(r["new_users"] for r in rows),
+                             "dropped_unknown_item": sum(r["dropped_unknown_item"] for r in rows),
+                             "density": n / (nu * len(its)) if nu and its else 0.0,
+                             "time_range": [min(mins), max(maxs)] if mins else None}
+        kept = c.get("positives", 0) - c.get("kcore_removed", 0)
+        split_total = sum(s["interactions"] + s["dropped_unknown_item"] for s in splits.values())
+        if kept != split_total:
+            raise DataError(f"reconciliation failed: {kept} rows after k-core but {split_total} in splits")
+        return {
+            "rows_read": c.get("rows_read", 0), "accepted": c.get("accepted", 0), "rejected": c.get("rejected", 0),
+            "rejected_by_reason": dict(sorted(c.get("rejected_by_reason", {}).items())),
+            "duplicates_removed": c.get("duplicates", 0), "not_positive": c.get("not_positive", 0),
+            "positives": c.get("positives", 0), "kcore_removed": c.get("kcore_removed", 0),
+            "interactions": kept, "splits": splits,
+            "vocab": {"users": len(users), "items": len(items)},
+            "items_metadata": {"rows": n_meta, "rejected": meta_rejected},
+            "split_strategy": self.cfg.split.strategy,
+            "temporal_cuts": {"validation_start": cuts[0], "test_start": cuts[1]} if cuts else None,
+            "config": self.cfg.to_dict(),
+        }
+
+
+def _kcore_violations(buckets, cfg):
+    """0 if every user and item left satisfies the minimums, else how many do not."""
+    items = (buckets | "FinalItemCounts" >> beam.Map(lambda kv: interactions.item_counts(kv[1]))
+             | "SumFinalItemCounts" >> beam.CombineGlobally(SumSeries()))
+    users = buckets | "UserViolations" >> beam.Map(
+        lambda kv: int((kv[1].groupby("user").size() < cfg.filters.min_user_interactions).sum()))
+    item_bad = items | "ItemViolations" >> beam.Map(
+        lambda s: int((s < cfg.filters.min_item_interactions).sum()))
+    return (users, item_bad) | "AllViolations" >> beam.Flatten() | "SumViolations" >> beam.CombineGlobally(sum)
+
+
+def build(p: beam.Pipeline, cfg: Config, files: list[str], out_dir: str,
+          prev_users: Vocabulary, prev_items: Vocabulary):
+    """Add the whole dataset build to pipeline `p`; returns the stats PCollection."""
+    n = cfg.runner.shuffle_buckets
+    parsed = p | "Files" >> beam.Create(files) | "ReadAndValidate" >> ReadAndValidate(cfg)
+    bucketed = parsed.valid | "BucketByUser" >> BucketByUser(n)
+    before = bucketed.buckets
+    kept = before | "KCore" >> KCore(cfg)
+    n_before = before | "CountPositives" >> beam.Map(lambda kv: len(kv[1])) | "SumPositives" >> beam.CombineGlobally(sum)
+    n_after = kept | "CountKept" >> beam.Map(lambda kv: len(kv[1])) | "SumKept" >> beam.CombineGlobally(sum)
+    kcore_counts = n_before | "KCoreRemoved" >> beam.Map(
+        lambda b, a: {"kcore_removed": b - a}, beam.pvalue.AsSingleton(n_after))
+    violations = _kcore_violations(kept, cfg)
+    cuts = None
+    if cfg.split.strategy == "temporal":
+        cuts = beam.pvalue.AsSingleton(
+            kept | "Timestamps" >> beam.Map(lambda kv: kv[1]["timestamp"].to_numpy())
+            | "AllTimestamps" >> beam.CombineGlobally(ConcatArrays())
+            | "TemporalCuts" >> beam.Map(interactions.temporal_cuts, cfg))
+    split = kept | "Split" >> beam.Map(_assign, cfg, cuts)
+    train_ids = split | "TrainIds" >> beam.Map(
+        lambda kv: (kv[1].loc[kv[1]["split"] == 0, "user"].unique().tolist(),
+                    kv[1].loc[kv[1]["split"] == 0, "item"].unique().tolist()))
+    users = (train_ids | "TrainUsers" >> beam.Map(lambda t: t[0]) | "UnionUsers" >> beam.CombineGlobally(UnionSets())
+             | "UserVocab" >> beam.Map(lambda ids: prev_users.extended(ids)))
+    items = (train_ids | "TrainItems" >> beam.Map(lambda t: t[1]) | "UnionItems" >> beam.CombineGlobally(UnionSets())
+             | "ItemVocab" >> beam.Map(lambda ids: prev_items.extended(ids)))
+    rows = split | "WriteSplits" >> beam.ParDo(
+        WriteShardFn(out_dir, n), beam.pvalue.AsSingleton(users), beam.pvalue.AsSingleton(items))
+    rejected_written = (parsed.rejected
+                        | "KeyRejected" >> beam.Map(lambda df: (int(interactions.user_bucket(
+                            df["source"].iloc[:1], n)[0]), df))
+                        | "GroupRejected" >> beam.GroupByKey()
+                        | "WriteRejected" >> beam.FlatMap(_write_rejected, out_dir, n))
+    counts = ((parsed.counts, bucketed.counts, kcore_counts) | "AllCounts" >> beam.Flatten()
+              | "SumCounts" >> beam.CombineGlobally(merge_counts))
+    return (p | "Start" >> beam.Create([None])
+            | "Finalize" >> beam.ParDo(FinalizeFn(cfg, out_dir, n), beam.pvalue.AsSingleton(counts),
+                                       beam.pvalue.AsList(rows), beam.pvalue.AsList(rejected_written),
+                                       beam.pvalue.AsSingleton(users), beam.pvalue.AsSingleton(items),
+                                       beam.pvalue.AsSingleton(violations), cuts))
+
+
+def pipeline_options(cfg: Config) -> PipelineOptions:
+    """Pass-through options from `runner.options` (any Beam flag, e.g. project, region, temp_location)."""
+    flags = []
+    for key, value in cfg.runner.options.items():
+        if isinstance(value, bool):
+            if value:
+                flags.append(f"--{key}")
+        else:
+            flags.append(f"--{key}={value}")
+    return PipelineOptions(flags)
+
+
+def make_runner(cfg: Config):
+    """The Beam runner. 'DirectRunner' means the in-process FnApiRunner: Beam's DirectRunner would
+    otherwise pick the PrismRunner, which downloads a binary at start (fails offline)."""
+    if cfg.runner.name in ("DirectRunner", "direct", "FnApiRunner"):
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+        return FnApiRunner()
+    return cfg.runner.name
+
+
+def run(cfg: Config, dataset_id: str | None = None, previous: str | None = "latest", progress=print) -> ds.Dataset:
+    """Build a dataset from `cfg.source` under `cfg.artifacts.root`; returns the opened Dataset.
+
+    `previous`: a dataset id whose vocabularies to extend ("latest" = the newest one, None = fresh).
+    """
+    t0 = time.time()
+    root = cfg.resolve(cfg.artifacts.root)
+    files = fsio.match(cfg.resolve(cfg.source.path))
+    if not files:
+        raise DataError(f"source.path={cfg.source.path!r} matches no file (resolved: {cfg.resolve(cfg.source.path)})")
+    prev_users, prev_items = Vocabulary([]), Vocabulary([])
+    prev_id = ds.latest_dataset_id(root) if previous == "latest" else previous
+    if prev_id:
+        prev = ds.Dataset.open(root, prev_id)
+        prev_users, prev_items = prev.users, prev.items
+    dataset_id = dataset_id or ds.new_dataset_id()
+    final = fsio.join(ds.datasets_dir(root), dataset_id)
+    if fsio.exists(fsio.join(final, "stats.json")):
+        raise DataError(f"dataset id {dataset_id!r} already exists under {ds.datasets_dir(root)!r}")
+    # Local: build under a temporary name and rename when complete. Object stores have no atomic
+    # directory rename; there stats.json, written last, marks completeness and LATEST is moved last.
+    out_dir = final if is_url(root) else fsio.join(ds.datasets_dir(root), f".tmp-{dataset_id}-{uuid.uuid4().hex[:8]}")
+    fsio.makedirs(out_dir)
+    progress(f"build-dataset: {len(files)} input file(s), runner={cfg.runner.name}, "
+             f"previous vocab={prev_id or 'none'} ({len(prev_users)} users, {len(prev_items)} items)")
+    try:
+        with beam.Pipeline(runner=make_runner(cfg), options=pipeline_options(cfg)) as p:
+            build(p, cfg, files, out_dir, prev_users, prev_items)
+    except Exception as exc:
+        if not is_url(out_dir):
+            import shutil
+            shutil.rmtree(out_dir, ignore_errors=True)
+        # Beam wraps DoFn errors; surface our own one-line error when that is the cause.
+        cause = exc
+        while cause is not None and not isinstance(cause, DataError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise DataError(str(cause)) from None
+        for line in str(exc).splitlines():
+            if "DataError:" in line:
+                raise DataError(line.split("DataError:", 1)[1].strip()) from None
+        raise
+    if out_dir != final:
+        fsio.rename(out_dir, final)
+    fsio.atomic_write_text(fsio.join(ds.datasets_dir(root), ds.LATEST), dataset_id + "\n")
+    dataset = ds.Dataset(final)
+    st = dataset.stats
+    progress(f"build-dataset: {dataset_id} in {time.time() - t0:.1f}s: read {st['rows_read']}, "
+             f"accepted {st['accepted']}, rejected {st['rejected']}; "
+             + ", ".join(f"{k} {v['interactions']} ({v['users']} users, {v['items']} items)"
+                         for k, v in ((s, st["splits"][s]) for s in SPLITS))
+             + f"; vocab {st['vocab']['users']} users, {st['vocab']['items']} items -> {final}")
+    return dataset

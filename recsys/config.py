@@ -1,0 +1,250 @@
+"""One YAML file, validated into typed objects. Every option has a default that works on `data/`.
+
+Relative paths in the file are resolved against the file's own directory, so a config can travel with
+its data; URLs with a scheme (gs://, s3://, ...) are left as they are.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from recsys.errors import ConfigError
+
+INTERACTION_FORMATS = ("csv", "parquet", "jsonl", "movielens_csv", "movielens_100k", "movielens_1m")
+ITEM_FORMATS = ("none", "movielens_movies", "csv", "parquet", "jsonl")
+TIMESTAMP_UNITS = ("s", "ms", "iso")
+FEEDBACK_MODES = ("rating", "event", "implicit")
+SPLIT_STRATEGIES = ("temporal", "leave_last_n")
+MODEL_NAMES = ("two_tower", "mf", "popularity")
+
+
+@dataclass
+class Columns:
+    """Which input column holds each field. `value` and `event` may be empty when the data has none."""
+    user: str = "user_id"
+    item: str = "item_id"
+    timestamp: str = "timestamp"
+    value: str = ""
+    event: str = ""
+
+
+@dataclass
+class ItemColumns:
+    item: str = "item_id"
+    title: str = "title"
+    genres: str = "genres"
+    year: str = ""
+
+
+@dataclass
+class SourceConfig:
+    path: str = "ml-latest-small/ratings.csv"
+    format: str = "movielens_csv"
+    delimiter: str = ","
+    header: bool = True
+    columns: Columns = field(default_factory=Columns)
+    timestamp_unit: str = "s"
+    max_id_length: int = 256
+    items_path: str = "ml-latest-small/movies.csv"
+    items_format: str = "movielens_movies"
+    item_columns: ItemColumns = field(default_factory=ItemColumns)
+    genre_separator: str = "|"
+
+
+@dataclass
+class FeedbackConfig:
+    mode: str = "rating"
+    min_rating: float = 3.5
+    rating_range: list = field(default_factory=lambda: [0.5, 5.0])
+    event_weights: dict = field(default_factory=lambda: {"view": 1.0, "click": 1.0, "purchase": 3.0})
+
+
+@dataclass
+class FiltersConfig:
+    min_user_interactions: int = 5
+    min_item_interactions: int = 2
+    max_rounds: int = 50
+
+
+@dataclass
+class SplitConfig:
+    strategy: str = "temporal"
+    test_fraction: float = 0.1
+    validation_fraction: float = 0.1
+    leave_last_n: int = 1
+
+
+@dataclass
+class RunnerConfig:
+    name: str = "DirectRunner"
+    options: dict = field(default_factory=dict)
+    shuffle_buckets: int = 8
+    block_size_mb: int = 16
+
+
+@dataclass
+class ArtifactsConfig:
+    root: str = "../artifacts"
+
+
+@dataclass
+class Config:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    filters: FiltersConfig = field(default_factory=FiltersConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
+    base_dir: str = "."
+
+    def resolve(self, path: str) -> str:
+        """Resolve a path from the config against the config file's directory (URLs pass through)."""
+        if not path or is_url(path) or os.path.isabs(path):
+            return path
+        return os.path.normpath(os.path.join(self.base_dir, path))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("base_dir")
+        return d
+
+
+def is_url(path: str) -> bool:
+    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path or "") is not None
+
+
+def _build(cls, data: Any, prefix: str):
+    """Build dataclass `cls` from a dict, rejecting unknown keys and wrong types with a named key."""
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(prefix or "<root>", data, "expected a mapping")
+    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "base_dir"}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in known:
+            raise ConfigError(full, value, f"unknown key; allowed: {', '.join(sorted(known))}")
+        default = known[key].default_factory() if known[key].default_factory is not dataclasses.MISSING \
+            else known[key].default
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), value, full)
+        else:
+            kwargs[key] = _coerce(full, value, default)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(key, value, "expected true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, value, "expected an integer")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, value, "expected a number")
+        return float(value)
+    if isinstance(default, str):
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise ConfigError(key, value, "expected a string")
+        return str(value)
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise ConfigError(key, value, "expected a list")
+        return value
+    if isinstance(default, dict):
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(key, value, "expected a mapping")
+        return value
+    return value
+
+
+def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(key, value, allowed)
+
+
+def _one_of(key: str, value: Any, choices) -> None:
+    _check(value in choices, key, value, "allowed: " + ", ".join(choices))
+
+
+def validate(cfg: Config) -> Config:
+    """Check value ranges and cross-field rules; raises ConfigError naming the first bad key."""
+    s = cfg.source
+    _check(bool(s.path), "source.path", s.path, "a path or glob to the interaction files is required")
+    _one_of("source.format", s.format, INTERACTION_FORMATS)
+    _one_of("source.items_format", s.items_format, ITEM_FORMATS)
+    _one_of("source.timestamp_unit", s.timestamp_unit, TIMESTAMP_UNITS)
+    _check(len(s.delimiter) == 1, "source.delimiter", s.delimiter, "a single character")
+    _check(1 <= s.max_id_length <= 65536, "source.max_id_length", s.max_id_length, "between 1 and 65536")
+    for name in ("user", "item", "timestamp"):
+        _check(bool(getattr(s.columns, name)), f"source.columns.{name}", getattr(s.columns, name),
+               "a column name is required")
+    f = cfg.feedback
+    _one_of("feedback.mode", f.mode, FEEDBACK_MODES)
+    r = f.rating_range
+    _check(len(r) == 2 and all(isinstance(x, (int, float)) for x in r) and r[0] <= r[1],
+           "feedback.rating_range", r, "[low, high] with low <= high")
+    if f.mode == "rating":
+        _check(r[0] <= f.min_rating <= r[1], "feedback.min_rating", f.min_rating,
+               f"within feedback.rating_range {r}")
+        _check(bool(s.columns.value) or s.format.startswith("movielens"), "source.columns.value",
+               s.columns.value, "feedback.mode=rating needs a rating column")
+    if f.mode == "event":
+        _check(bool(s.columns.event), "source.columns.event", s.columns.event,
+               "feedback.mode=event needs an event-type column")
+        _check(bool(f.event_weights) and all(isinstance(v, (int, float)) and v > 0
+                                             for v in f.event_weights.values()),
+               "feedback.event_weights", f.event_weights, "a non-empty mapping of event type to weight > 0")
+    fl = cfg.filters
+    _check(fl.min_user_interactions >= 1, "filters.min_user_interactions", fl.min_user_interactions, ">= 1")
+    _check(fl.min_item_interactions >= 1, "filters.min_item_interactions", fl.min_item_interactions, ">= 1")
+    _check(1 <= fl.max_rounds <= 1000, "filters.max_rounds", fl.max_rounds, "between 1 and 1000")
+    sp = cfg.split
+    _one_of("split.strategy", sp.strategy, SPLIT_STRATEGIES)
+    _check(0 < sp.test_fraction < 1, "split.test_fraction", sp.test_fraction, "strictly between 0 and 1")
+    _check(0 <= sp.validation_fraction < 1, "split.validation_fraction", sp.validation_fraction,
+           "between 0 and 1")
+    _check(sp.test_fraction + sp.validation_fraction < 1, "split.validation_fraction",
+           sp.validation_fraction, "test_fraction + validation_fraction must be < 1")
+    _check(sp.leave_last_n >= 1, "split.leave_last_n", sp.leave_last_n, ">= 1")
+    ru = cfg.runner
+    _check(ru.name not in ("PrismRunner", "prism"), "runner.name", ru.name,
+           "PrismRunner downloads a binary at start; use DirectRunner, DataflowRunner, FlinkRunner or SparkRunner")
+    _check(1 <= ru.shuffle_buckets <= 4096, "runner.shuffle_buckets", ru.shuffle_buckets, "between 1 and 4096")
+    _check(1 <= ru.block_size_mb <= 1024, "runner.block_size_mb", ru.block_size_mb, "between 1 and 1024")
+    _check(bool(cfg.artifacts.root), "artifacts.root", cfg.artifacts.root, "a directory or URL is required")
+    return cfg
+
+
+def from_dict(data: dict | None, base_dir: str = ".") -> Config:
+    """Validate a config mapping (as parsed from YAML) into a Config."""
+    cfg = _build(Config, data or {}, "")
+    cfg.base_dir = base_dir
+    return validate(cfg)
+
+
+def load_config(path: str | None) -> Config:
+    """Load and validate a YAML config file; `None` gives the defaults (resolved against `data/`)."""
+    if path is None:
+        return from_dict({}, base_dir=os.path.join(os.getcwd(), "data"))
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError("--config", path, "file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("--config", path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+    return from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)))

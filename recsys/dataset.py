@@ -1,0 +1,118 @@
+"""The dataset artifact: layout under `<root>/datasets/<id>/` and reading it back.
+
+```
+train/ validation/ test/   part-NNNNN-of-MMMMM.parquet (user, item, user_idx, item_idx, timestamp, value, weight)
+vocab/users.txt vocab/items.txt   one ID per line; the line number is the index
+items.parquet              item, item_idx, title, year, genres, train_count
+rejected/                  part-*.jsonl: source, line, reason, raw
+stats.json
+```
+Splits are Parquet, not TFRecord: Arrow reads them in column chunks straight into numpy (and from there
+into `tf.data`) far faster than per-row `tf.train.Example` parsing (see benchmarks/dataset_formats.py).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys import fsio
+from recsys.errors import DataError
+from recsys.interactions import SPLITS
+from recsys.vocab import Vocabulary
+
+LATEST = "LATEST"
+SPLIT_SCHEMA = pa.schema([
+    ("user", pa.string()), ("item", pa.string()), ("user_idx", pa.int32()), ("item_idx", pa.int32()),
+    ("timestamp", pa.int64()), ("value", pa.float32()), ("weight", pa.float32()),
+])
+
+
+def datasets_dir(root: str) -> str:
+    return fsio.join(root, "datasets")
+
+
+def new_dataset_id(now: _dt.datetime | None = None) -> str:
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%SZ")
+
+
+def latest_dataset_id(root: str) -> str | None:
+    """The dataset named by `datasets/LATEST`, or None when there is none yet."""
+    path = fsio.join(datasets_dir(root), LATEST)
+    if not fsio.exists(path):
+        return None
+    return fsio.read_text(path).strip() or None
+
+
+def shard_name(split: str, shard: int, n_shards: int) -> str:
+    return f"{split}/part-{shard:05d}-of-{n_shards:05d}.parquet"
+
+
+class Dataset:
+    """A built dataset directory."""
+
+    def __init__(self, path: str):
+        self.path = path
+        if not fsio.exists(fsio.join(path, "stats.json")):
+            raise DataError(f"dataset: {path!r} is not a complete dataset (no stats.json)")
+        self._users = self._items = None
+
+    @classmethod
+    def open(cls, root: str, dataset_id: str | None = None) -> "Dataset":
+        """Open `dataset_id` under `root`, or the latest one."""
+        dataset_id = dataset_id or latest_dataset_id(root)
+        if not dataset_id:
+            raise DataError(f"dataset: no dataset under {root!r}; run `recsys build-dataset` first")
+        path = fsio.join(datasets_dir(root), dataset_id)
+        if not fsio.exists(fsio.join(path, "stats.json")):
+            raise DataError(f"dataset: id {dataset_id!r} not found under {datasets_dir(root)!r}")
+        return cls(path)
+
+    @property
+    def id(self) -> str:
+        return self.path.rstrip("/").split("/")[-1]
+
+    @property
+    def stats(self) -> dict:
+        return json.loads(fsio.read_text(fsio.join(self.path, "stats.json")))
+
+    @property
+    def users(self) -> Vocabulary:
+        if self._users is None:
+            self._users = Vocabulary.load(fsio.join(self.path, "vocab", "users.txt"))
+        return self._users
+
+    @property
+    def items(self) -> Vocabulary:
+        if self._items is None:
+            self._items = Vocabulary.load(fsio.join(self.path, "vocab", "items.txt"))
+        return self._items
+
+    def item_features(self) -> pd.DataFrame:
+        return pq.read_table(pa.BufferReader(fsio.read_bytes(fsio.join(self.path, "items.parquet")))).to_pandas()
+
+    def shards(self, split: str) -> list[str]:
+        if split not in SPLITS:
+            raise DataError(f"dataset: split={split!r} is invalid: allowed: {', '.join(SPLITS)}")
+        return fsio.match(fsio.join(self.path, split, "part-*.parquet"))
+
+    def read(self, split: str, columns: list[str] | None = None) -> pd.DataFrame:
+        """A whole split in memory (evaluation sets and small datasets)."""
+        tables = [pq.read_table(pa.BufferReader(fsio.read_bytes(p)), columns=columns) for p in self.shards(split)]
+        if not tables:
+            return SPLIT_SCHEMA.empty_table().to_pandas()
+        return pa.concat_tables(tables).to_pandas()
+
+    def iter_batches(self, split: str, columns: list[str], batch_size: int = 65536) -> Iterator[dict]:
+        """Stream a split as dicts of numpy column chunks, one shard at a time (bounded memory)."""
+        for path in self.shards(split):
+            with fsio.FileSystems.open(path) as fh:
+                pf = pq.ParquetFile(fh)
+                for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+                    yield {c: batch.column(c).to_numpy(zero_copy_only=False) for c in columns}

@@ -1,0 +1,93 @@
+"""Transformations on frames of valid interactions: dedupe, feedback, k-core, split.
+
+Each function works on one pandas frame. The Beam pipeline applies them per user bucket (every
+interaction of a user lands in the same bucket), so the only global quantities are item counts for the
+k-core filter and the time cut of the temporal split; both are passed in.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from recsys.config import Config
+
+DEDUPE_KEYS = ["user", "item", "timestamp", "value", "event"]
+SPLITS = ("train", "validation", "test")
+
+
+def user_bucket(users: pd.Series, n_buckets: int) -> np.ndarray:
+    """Stable bucket per user ID (same on every machine and run: no Python `hash`)."""
+    return (pd.util.hash_array(users.to_numpy(dtype=object)) % np.uint64(n_buckets)).astype(np.int64)
+
+
+def dedupe_and_keep_positives(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Drop exact duplicate events, then rows the feedback rules do not count as positive."""
+    n0 = len(df)
+    df = df.drop_duplicates(subset=DEDUPE_KEYS)
+    n1 = len(df)
+    df = df[df["weight"] > 0]
+    return df, {"duplicates": n0 - n1, "not_positive": n1 - len(df)}
+
+
+def item_counts(df: pd.DataFrame) -> pd.Series:
+    return df["item"].value_counts(sort=False)
+
+
+def kcore_round(df: pd.DataFrame, counts: pd.Series, cfg: Config) -> pd.DataFrame:
+    """One k-core round: drop items under the item minimum (given global counts), then light users.
+
+    `df` must hold every interaction of its users (a user bucket), so user counts here are global.
+    """
+    fl = cfg.filters
+    if len(df) == 0:
+        return df
+    c = df["item"].map(counts).fillna(0).to_numpy()
+    df = df[c >= fl.min_item_interactions]
+    uc = df.groupby("user", sort=False)["item"].transform("size").to_numpy()
+    return df[uc >= fl.min_user_interactions]
+
+
+def kcore_violations(df_counts_users: pd.Series, df_counts_items: pd.Series, cfg: Config) -> int:
+    """Number of users and items below their minimum (0 when the k-core is stable)."""
+    fl = cfg.filters
+    return int((df_counts_users < fl.min_user_interactions).sum()
+               + (df_counts_items < fl.min_item_interactions).sum())
+
+
+def temporal_cuts(timestamps: np.ndarray, cfg: Config) -> tuple[int, int]:
+    """(validation_start, test_start): the most recent `test_fraction` of interactions form test and
+    the `validation_fraction` before them validation. Ties at a cut go to the later split."""
+    ts = np.sort(np.asarray(timestamps, dtype=np.int64))
+    n = len(ts)
+    if n == 0:
+        return 0, 0
+    sp = cfg.split
+    n_test = max(1, int(round(n * sp.test_fraction)))
+    n_val = int(round(n * sp.validation_fraction))
+    test_start = int(ts[n - n_test])
+    val_start = int(ts[max(0, n - n_test - n_val)]) if n_val else test_start
+    return val_start, test_start
+
+
+def assign_split(df: pd.DataFrame, cfg: Config, cuts: tuple[int, int] | None) -> np.ndarray:
+    """Split name per row: 0 train, 1 validation, 2 test."""
+    if cfg.split.strategy == "temporal":
+        val_start, test_start = cuts
+        ts = df["timestamp"].to_numpy()
+        return np.where(ts >= test_start, 2, np.where(ts >= val_start, 1, 0)).astype(np.int8)
+    # leave-last-N per user: the N most recent go to test, the N before to validation, when the user
+    # has enough interactions left for training (at least one).
+    n = cfg.split.leave_last_n
+    order = df.sort_values(["user", "timestamp", "item"], kind="stable")
+    rank_from_end = order.groupby("user", sort=False).cumcount(ascending=False).to_numpy()
+    size = order.groupby("user", sort=False)["item"].transform("size").to_numpy()
+    split = np.zeros(len(order), dtype=np.int8)
+    split[(rank_from_end < n) & (size > n)] = 2
+    split[(rank_from_end >= n) & (rank_from_end < 2 * n) & (size > 2 * n)] = 1
+    out = pd.Series(split, index=order.index).reindex(df.index).to_numpy()
+    return out.astype(np.int8)
+
+
+def sort_canonical(df: pd.DataFrame) -> pd.DataFrame:
+    """Deterministic row order for written shards."""
+    return df.sort_values(["user", "timestamp", "item"], kind="stable").reset_index(drop=True)

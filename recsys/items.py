@@ -1,0 +1,116 @@
+"""Item metadata (title, year, genres) read from MovieLens `movies.csv` or a generic table."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from recsys import fsio, ingest
+from recsys.config import Config
+
+ITEM_COLUMNS = ["item", "title", "year", "genres"]
+_YEAR_RE = r"\((\d{4})\)\s*$"
+
+
+def empty_items() -> pd.DataFrame:
+    return pd.DataFrame({"item": pd.Series(dtype=object), "title": pd.Series(dtype=object),
+                         "year": pd.Series(dtype=np.int32), "genres": pd.Series(dtype=object)})
+
+
+def read_items(path: str, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Parse one metadata file. Returns (items, rejected); rows without an item ID are rejected."""
+    s = cfg.source
+    fmt = s.items_format
+    ic = s.item_columns
+    if fmt == "movielens_movies":
+        mapping = {"item": "movieId", "title": "title", "genres": "genres"}
+    else:
+        mapping = {k: getattr(ic, k) for k in ("item", "title", "genres", "year") if getattr(ic, k)}
+    data = fsio.read_bytes(path)
+    if fmt == "parquet":
+        raw = pq.read_table(pa.BufferReader(data)).to_pandas()
+        raw["_line"] = np.arange(1, len(raw) + 1)
+        rejected = ingest.empty_rejected()
+        lookup = None
+    else:
+        kind = "jsonl" if fmt == "jsonl" else "delimited"
+        first_nl = data.find(b"\n")
+        header, body = (data[:first_nl], data[first_nl + 1:]) if kind == "delimited" else (b"", data)
+        layout = ingest.Layout(kind, s.delimiter if fmt == "csv" else ",", True, None, {})
+        names = ingest.header_names(header, layout) if kind == "delimited" else None
+        first = 2 if kind == "delimited" else 1
+        if kind == "delimited":
+            raw, rejected = _raw_columns(body, first, names, layout.delimiter, path)
+        else:
+            raw, rejected = _jsonl_columns(body, path)
+        lookup = ingest.line_text_lookup(body, first)
+    out = pd.DataFrame({
+        "item": raw.get(mapping.get("item"), pd.Series([None] * len(raw))).astype(object),
+        "title": raw.get(mapping.get("title"), pd.Series([None] * len(raw))),
+        "genres_raw": raw.get(mapping.get("genres"), pd.Series([None] * len(raw))),
+        "year_raw": raw.get(mapping.get("year"), pd.Series([None] * len(raw))),
+        "_line": raw["_line"].to_numpy(),
+    })
+    item = out["item"].astype("string").str.strip()
+    bad = item.isna() | (item == "") | item.str.contains(r"[\x00-\x1f\x7f]", regex=True).fillna(True)
+    bad = bad.to_numpy(dtype=bool)
+    if bad.any():
+        raws = lookup(out["_line"].to_numpy()[bad]) if lookup else [""] * int(bad.sum())
+        rejected = pd.concat([rejected, ingest.rejected_frame(path, out["_line"].to_numpy()[bad],
+                                                              ingest.MISSING_ITEM, raws)], ignore_index=True)
+    out = out[~bad]
+    item = item[~bad]
+    title = out["title"].fillna("").astype(str)
+    if mapping.get("year"):
+        year = pd.to_numeric(out["year_raw"], errors="coerce")
+    else:
+        year = pd.to_numeric(title.str.extract(_YEAR_RE)[0], errors="coerce")
+    genres = out["genres_raw"].fillna("").astype(str).map(
+        lambda g: [x for x in g.split(s.genre_separator) if x and x != "(no genres listed)"])
+    items = pd.DataFrame({"item": item.astype(object).to_numpy(), "title": title.to_numpy(),
+                          "year": year.fillna(0).astype(np.int32).to_numpy(), "genres": genres.to_numpy()})
+    # The last row for an ID wins, like an upsert; it keeps item features unique per item.
+    items = items.drop_duplicates("item", keep="last").reset_index(drop=True)
+    return items, rejected
+
+
+def _raw_columns(body, first, names, delimiter, path):
+    """All columns of a delimited metadata file as strings (quoted fields allowed)."""
+    lines, line_nos = ingest.split_lines(body, first)
+    bad_rows = []
+
+    def on_invalid(row):
+        bad_rows.append(row.number - 1)
+        return "skip"
+    text = b"\n".join(lines)
+    table = pcsv.read_csv(io.BytesIO(text), read_options=pcsv.ReadOptions(column_names=names),
+                          parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
+                          convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in names}))
+    good = np.ones(len(lines), dtype=bool)
+    good[bad_rows] = False
+    raw = table.to_pandas()
+    raw["_line"] = line_nos[good]
+    rejected = ingest.rejected_frame(path, line_nos[~good], ingest.WRONG_COLUMN_COUNT,
+                                     [lines[i].decode("utf-8", "backslashreplace") for i in np.flatnonzero(~good)])
+    return raw, rejected
+
+
+def _jsonl_columns(body, path):
+    lines, line_nos = ingest.split_lines(body, 1)
+    recs, goods, bad_no, bad_raw = [], [], [], []
+    for ln, no in zip(lines, line_nos):
+        try:
+            r = json.loads(ln)
+            if not isinstance(r, dict):
+                raise ValueError
+            recs.append(r), goods.append(no)
+        except ValueError:
+            bad_no.append(no), bad_raw.append(ln.decode("utf-8", "backslashreplace"))
+    raw = pd.DataFrame(recs)
+    raw["_line"] = np.asarray(goods, dtype=np.int64)
+    return raw, ingest.rejected_frame(path, bad_no, ingest.UNPARSEABLE, bad_raw)

@@ -1,0 +1,1 @@
+"""The online recommendation service (HTTP) and its in-process engine."""
