@@ -100,6 +100,8 @@ class Config:
     split: SplitConfig = field(default_factory=SplitConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
+    model: "ModelConfig" = field(default_factory=lambda: ModelConfig())
+    evaluation: "EvaluationConfig" = field(default_factory=lambda: EvaluationConfig())
     base_dir: str = "."
 
     def resolve(self, path: str) -> str:
@@ -225,6 +227,20 @@ def validate(cfg: Config) -> Config:
            "PrismRunner downloads a binary at start; use DirectRunner, DataflowRunner, FlinkRunner or SparkRunner")
     _check(1 <= ru.shuffle_buckets <= 4096, "runner.shuffle_buckets", ru.shuffle_buckets, "between 1 and 4096")
     _check(1 <= ru.block_size_mb <= 1024, "runner.block_size_mb", ru.block_size_mb, "between 1 and 1024")
+    m = cfg.model
+    _check(1 <= m.dim <= 4096, "model.dim", m.dim, "between 1 and 4096")
+    _check(0 < m.temperature <= 10, "model.temperature", m.temperature, "in (0, 10]")
+    _check(m.extra_negatives >= 0, "model.extra_negatives", m.extra_negatives, ">= 0")
+    _check(1 <= m.history_length <= 1000, "model.history_length", m.history_length, "between 1 and 1000")
+    _check(1 <= m.batch_size <= 1 << 20, "model.batch_size", m.batch_size, "between 1 and 1048576")
+    _check(0 < m.learning_rate < 10, "model.learning_rate", m.learning_rate, "in (0, 10)")
+    _check(1 <= m.epochs <= 10000, "model.epochs", m.epochs, "between 1 and 10000")
+    _check(m.patience >= 1, "model.patience", m.patience, ">= 1")
+    _check(m.eval_k >= 1, "model.eval_k", m.eval_k, ">= 1")
+    _check(m.popularity_window_days >= 0, "model.popularity_window_days", m.popularity_window_days, ">= 0 (0 = all)")
+    ks = cfg.evaluation.ks
+    _check(bool(ks) and all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 10000 for k in ks),
+           "evaluation.ks", ks, "a non-empty list of integers in [1, 10000]")
     _check(bool(cfg.artifacts.root), "artifacts.root", cfg.artifacts.root, "a directory or URL is required")
     return cfg
 
@@ -248,3 +264,28 @@ def load_config(path: str | None) -> Config:
     except yaml.YAMLError as exc:
         raise ConfigError("--config", path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
     return from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+@dataclass
+class ModelConfig:
+    """Retrieval model and training options; defaults are the ones that measured best (docs/MODELS.md)."""
+    dim: int = 64
+    normalize: bool = True
+    temperature: float = 0.1
+    logq_correction: bool = True
+    remove_accidental_hits: bool = True
+    extra_negatives: int = 0
+    use_item_features: bool = True
+    history_length: int = 20
+    batch_size: int = 2048
+    learning_rate: float = 0.01
+    epochs: int = 30
+    patience: int = 3
+    eval_k: int = 20
+    seed: int = 0
+    popularity_window_days: int = 0
+
+
+@dataclass
+class EvaluationConfig:
+    ks: list = field(default_factory=lambda: [10, 20, 50])

@@ -146,6 +146,10 @@ def parse_delimited(block: bytes, first_line: int, layout: Layout, names: list[s
                                                 strings_can_be_null=False, quoted_strings_can_be_null=False))
     except (pa.ArrowInvalid, UnicodeDecodeError):
         return _parse_slow(lines, line_nos, layout, names, source, delim)
+    if table.num_rows + len(bad_rows) != len(lines):
+        # A record spanning lines (an unclosed quote, a bare '\r'): Arrow's rows no longer map one to one
+        # to input lines, so parse line by line to keep line numbers and original text exact.
+        return _parse_slow(lines, line_nos, layout, names, source, delim)
     good = np.ones(len(lines), dtype=bool)
     good[bad_rows] = False
     rejected = rejected_frame(source, line_nos[~good], WRONG_COLUMN_COUNT,

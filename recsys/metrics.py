@@ -1,0 +1,120 @@
+"""Full-catalog ranking metrics, as defined in BENCHMARKS.md, vectorized over batches of users.
+
+For each evaluated user: score every catalog item, remove the items the user saw in training (and
+validation, when scoring test), take the top K, compare with the held-out items. Per-user arrays are
+kept so that offline A/B comparisons can pair users.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+METRICS = ("recall", "recall_norm", "ndcg", "hit_rate", "map", "mrr")
+LIST_METRICS = ("coverage", "novelty")
+
+
+def csr_from_pairs(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> sp.csr_matrix:
+    """A binary user x item matrix (duplicates collapse to 1)."""
+    m = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n_rows, n_cols))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m
+
+
+def top_k(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None) -> np.ndarray:
+    """Indices of the k best columns per row, best first; `exclude` rows mark items to skip.
+
+    Ties are broken by the lower item index, so results are deterministic.
+    """
+    scores = np.array(scores, dtype=np.float32, copy=True)
+    if exclude is not None and exclude.nnz:
+        r, c = exclude.nonzero()
+        scores[r, c] = -np.inf
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    return np.take_along_axis(part, order, axis=1)
+
+
+@dataclass
+class Evaluation:
+    """Per-user metric arrays (keyed "recall@20" ...) plus list-level metrics."""
+    users: np.ndarray
+    per_user: dict = field(default_factory=dict)
+    list_level: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        out = {k: float(np.mean(v)) if len(v) else 0.0 for k, v in self.per_user.items()}
+        out.update(self.list_level)
+        out["users"] = int(len(self.users))
+        return out
+
+
+def hits_from_topk(topk: np.ndarray, relevant: sp.csr_matrix) -> np.ndarray:
+    """Boolean matrix: hits[u, r] = item at rank r for user u is relevant."""
+    n = topk.shape[0]
+    hits = np.zeros(topk.shape, dtype=bool)
+    for start in range(0, n, 4096):
+        rel = relevant[start:start + 4096].toarray().astype(bool)
+        hits[start:start + 4096] = np.take_along_axis(rel, topk[start:start + 4096], axis=1)
+    return hits
+
+
+def ranking_metrics(hits: np.ndarray, n_relevant: np.ndarray, ks) -> dict:
+    """Per-user recall, recall_norm, ndcg, hit_rate, map, mrr at each K from a hits matrix."""
+    out = {}
+    n_rel = n_relevant.astype(np.float64)
+    discounts = 1.0 / np.log2(np.arange(2, hits.shape[1] + 2))
+    for k in ks:
+        h = hits[:, :k].astype(np.float64)
+        n_hit = h.sum(1)
+        denom = np.minimum(k, n_rel)
+        out[f"recall@{k}"] = n_hit / n_rel
+        out[f"recall_norm@{k}"] = n_hit / denom
+        dcg = (h * discounts[:k]).sum(1)
+        idcg_table = np.concatenate([[0.0], np.cumsum(discounts[:k])])
+        out[f"ndcg@{k}"] = dcg / idcg_table[np.minimum(k, n_rel).astype(int)]
+        out[f"hit_rate@{k}"] = (n_hit > 0).astype(np.float64)
+        prec_at_r = np.cumsum(h, axis=1) / np.arange(1, k + 1)
+        out[f"map@{k}"] = (prec_at_r * h).sum(1) / denom
+        first = np.where(h.any(1), h.argmax(1) + 1, 0)
+        out[f"mrr@{k}"] = np.where(first > 0, 1.0 / np.maximum(first, 1), 0.0)
+    return out
+
+
+def evaluate(score_fn: Callable[[np.ndarray], np.ndarray], users: np.ndarray, relevant: sp.csr_matrix,
+             exclude: sp.csr_matrix, ks=(10, 20, 50), item_popularity: np.ndarray | None = None,
+             batch_size: int = 1024) -> Evaluation:
+    """Evaluate a scorer on the rows `users` of `relevant` / `exclude` (both user x item CSR).
+
+    `score_fn(user_rows)` returns a (len(user_rows), n_items) score matrix for those rows. Users with no
+    relevant item are skipped, as the standard definition says.
+    """
+    n_rel_all = np.asarray(relevant.sum(1)).ravel()
+    users = np.asarray(users)
+    users = users[n_rel_all[users] > 0]
+    kmax = max(ks)
+    n_items = relevant.shape[1]
+    tops = []
+    for start in range(0, len(users), batch_size):
+        rows = users[start:start + batch_size]
+        scores = score_fn(rows)
+        tops.append(top_k(scores, kmax, exclude[rows]))
+    topk = np.concatenate(tops) if tops else np.zeros((0, kmax), dtype=np.int64)
+    hits = hits_from_topk(topk, relevant[users]) if len(users) else np.zeros((0, kmax), dtype=bool)
+    ev = Evaluation(users=users, per_user=ranking_metrics(hits, n_rel_all[users], ks))
+    for k in ks:
+        rec = topk[:, :k]
+        ev.list_level[f"coverage@{k}"] = float(len(np.unique(rec)) / n_items) if n_items else 0.0
+        if item_popularity is not None:
+            share = item_popularity / max(item_popularity.sum(), 1)
+            info = -np.log2(np.maximum(share, 1.0 / max(item_popularity.sum(), 1)))
+            # per-user novelty is kept too: A/B comparisons pair it over users
+            ev.per_user[f"novelty@{k}"] = info[rec].mean(1) if len(rec) else np.zeros(0)
+            ev.list_level[f"novelty@{k}"] = float(info[rec].mean()) if len(rec) else 0.0
+    ev.topk = topk
+    return ev

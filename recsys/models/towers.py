@@ -1,0 +1,104 @@
+"""Query and candidate towers (Keras). Each ends in an optionally L2-normalized embedding.
+
+Inputs are dense indices; index -1 means unknown (an out-of-vocabulary user, a padded history slot).
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+def _shift(idx):
+    """Map -1 (unknown/pad) to row 0 and real index i to row i + 1."""
+    return tf.cast(idx, tf.int32) + 1
+
+
+def _masked_mean(emb, idx):
+    mask = tf.cast(tf.expand_dims(idx >= 0, -1), emb.dtype)
+    return tf.reduce_sum(emb * mask, axis=-2) / tf.maximum(tf.reduce_sum(mask, axis=-2), 1.0)
+
+
+class IdQueryTower(tf.keras.Model):
+    """MF query side: a user ID embedding (row 0 is the out-of-vocabulary bucket)."""
+
+    def __init__(self, n_users: int, dim: int, normalize: bool = True, init_scale: float = 0.1):
+        super().__init__()
+        self.normalize = normalize
+        self.user_embedding = tf.keras.layers.Embedding(
+            n_users + 1, dim, embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=init_scale))
+
+    def call(self, inputs):
+        e = self.user_embedding(_shift(inputs["user_idx"]))
+        return tf.math.l2_normalize(e, axis=-1) if self.normalize else e
+
+
+class IdCandidateTower(tf.keras.Model):
+    """MF candidate side: an item ID embedding."""
+
+    def __init__(self, n_items: int, dim: int, normalize: bool = True, init_scale: float = 0.1):
+        super().__init__()
+        self.normalize = normalize
+        self.item_embedding = tf.keras.layers.Embedding(
+            n_items + 1, dim, embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=init_scale))
+
+    def call(self, item_idx):
+        e = self.item_embedding(_shift(item_idx))
+        return tf.math.l2_normalize(e, axis=-1) if self.normalize else e
+
+
+class QueryTower(tf.keras.Model):
+    """Two-tower query side: user ID embedding + mean of the user's recent items' embeddings."""
+
+    def __init__(self, n_users: int, n_items: int, dim: int, normalize: bool = True, init_scale: float = 0.1,
+                 use_user_id: bool = True):
+        super().__init__()
+        self.normalize, self.use_user_id = normalize, use_user_id
+        init = tf.keras.initializers.RandomNormal(stddev=init_scale)
+        self.user_embedding = tf.keras.layers.Embedding(n_users + 1, dim, embeddings_initializer=init)
+        self.history_embedding = tf.keras.layers.Embedding(n_items + 1, dim, embeddings_initializer=init)
+        self.project = tf.keras.layers.Dense(dim, use_bias=False,
+                                             kernel_initializer=tf.keras.initializers.Identity())
+
+    def call(self, inputs):
+        hist = tf.cast(inputs["history"], tf.int32)
+        h = _masked_mean(self.history_embedding(_shift(hist)), hist)
+        e = h
+        if self.use_user_id:
+            e = e + self.user_embedding(_shift(inputs["user_idx"]))
+        e = self.project(e)
+        return tf.math.l2_normalize(e, axis=-1) if self.normalize else e
+
+
+class CandidateTower(tf.keras.Model):
+    """Two-tower candidate side: item ID embedding + genres, title tokens and year (from items.parquet).
+
+    Feature matrices are constants indexed by item, so the tower's only input is the item index.
+    Items with few interactions get most of their embedding from shared features (cold items).
+    """
+
+    def __init__(self, n_items: int, dim: int, features=None, normalize: bool = True, init_scale: float = 0.1):
+        super().__init__()
+        self.normalize = normalize
+        init = tf.keras.initializers.RandomNormal(stddev=init_scale)
+        self.item_embedding = tf.keras.layers.Embedding(n_items + 1, dim, embeddings_initializer=init)
+        self.has_features = features is not None
+        if self.has_features:
+            pad = lambda m: np.vstack([np.full((1,) + m.shape[1:], -1, m.dtype), m])  # row 0 = unknown item
+            self.genres = tf.constant(pad(features.genres))
+            self.tokens = tf.constant(pad(features.title_tokens))
+            self.year = tf.constant(np.r_[0, features.year_bucket].astype(np.int32))
+            self.genre_embedding = tf.keras.layers.Embedding(features.n_genres + 1, dim, embeddings_initializer=init)
+            self.token_embedding = tf.keras.layers.Embedding(features.n_tokens + 1, dim, embeddings_initializer=init)
+            self.year_embedding = tf.keras.layers.Embedding(features.n_year_buckets, dim, embeddings_initializer=init)
+        self.project = tf.keras.layers.Dense(dim, use_bias=False, kernel_initializer=tf.keras.initializers.Identity())
+
+    def call(self, item_idx):
+        row = _shift(item_idx)
+        e = self.item_embedding(row)
+        if self.has_features:
+            g = tf.gather(self.genres, row)
+            t = tf.gather(self.tokens, row)
+            e = (e + _masked_mean(self.genre_embedding(g + 1), g) + _masked_mean(self.token_embedding(t + 1), t)
+                 + self.year_embedding(tf.gather(self.year, row)))
+        e = self.project(e)
+        return tf.math.l2_normalize(e, axis=-1) if self.normalize else e

@@ -1,0 +1,202 @@
+"""Training: one loop for two_tower and mf (custom tf.function step), early stopping on validation.
+
+Speed notes (benchmarks/train_throughput.py): the step is a single compiled function over large
+batches; embeddings are looked up with `tf.gather`, so their gradients are `IndexedSlices` and Adam
+updates only the touched rows' moments. Batches are sliced from in-memory index arrays (4 bytes per
+column per interaction), which keeps the input side off the critical path.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+
+from recsys import metrics
+from recsys.config import ModelConfig
+from recsys.models.popularity import Popularity
+from recsys.models.retrieval import RetrievalModel, build_towers
+from recsys.trainset import EvalSet, TrainSet
+
+
+@dataclass
+class Trained:
+    model_name: str
+    query_tower: object
+    candidate_tower: object
+    item_embeddings: np.ndarray
+    popularity: Popularity
+    history: list = field(default_factory=list)
+    train_seconds: float = 0.0
+    examples_per_second: float = 0.0
+    best_epoch: int = 0
+    warm_started: dict = field(default_factory=dict)
+
+    def query_embeddings(self, user_idx: np.ndarray, history: np.ndarray, batch: int = 8192) -> np.ndarray:
+        out = []
+        for s in range(0, len(user_idx), batch):
+            out.append(self.query_tower({"user_idx": tf.constant(user_idx[s:s + batch], tf.int32),
+                                         "history": tf.constant(history[s:s + batch], tf.int32)}).numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.item_embeddings.shape[1]), np.float32)
+
+
+def item_embeddings(candidate_tower, n_items: int, batch: int = 65536) -> np.ndarray:
+    idx = np.arange(n_items, dtype=np.int32)
+    return np.concatenate([candidate_tower(tf.constant(idx[s:s + batch])).numpy()
+                           for s in range(0, n_items, batch)]).astype(np.float32)
+
+
+def eval_scorer(query_emb: np.ndarray, item_emb: np.ndarray, fallback: np.ndarray, personalized: np.ndarray):
+    """Score rows: dot product for personalized rows, the fallback (popularity) row for the others."""
+    def score(rows):
+        s = query_emb[rows] @ item_emb.T
+        s[~personalized[rows]] = fallback
+        return s
+    return score
+
+
+def evaluate_trained(tr: Trained, ev: EvalSet, ks, item_counts: np.ndarray) -> metrics.Evaluation:
+    """Full-catalog evaluation of in-memory towers on an EvalSet (same rules as `recsys evaluate`)."""
+    q = tr.query_embeddings(ev.user_idx, ev.history)
+    if tr.model_name == "mf":
+        personalized = ev.user_idx >= 0
+    else:
+        personalized = (ev.user_idx >= 0) | (ev.history >= 0).any(1)
+    return metrics.evaluate(eval_scorer(q, tr.item_embeddings, tr.popularity.scores.astype(np.float32), personalized),
+                            np.arange(len(ev.user_ids)), ev.relevant, ev.exclude, ks, item_counts)
+
+
+_LAYERS = ("user_embedding", "history_embedding", "item_embedding", "genre_embedding", "token_embedding",
+           "year_embedding", "project")
+_ROWS_BY = {"user_embedding": "user", "history_embedding": "item", "item_embedding": "item"}
+
+
+def _named_layers(query_tower, candidate_tower):
+    """(stable name, layer) for every weight-carrying layer of both towers."""
+    for side, tower in (("query", query_tower), ("candidate", candidate_tower)):
+        for attr in _LAYERS:
+            if hasattr(tower, attr):
+                yield f"{side}.{attr}", attr, getattr(tower, attr)
+
+
+def _warm_start(model: RetrievalModel, ts: TrainSet, previous) -> dict:
+    """Copy rows of carried-over IDs from a previous version's weights (matched by ID string)."""
+    if previous is None:
+        return {}
+    prev_users, prev_items, weights = previous
+    maps = {"user": _row_map(ts.user_ids, prev_users), "item": _row_map(ts.item_ids, prev_items)}
+    copied = {}
+    for name, attr, layer in _named_layers(model.query_tower, model.candidate_tower):
+        if name not in weights:
+            continue
+        old = weights[name]
+        value = layer.get_weights()[0]
+        kind = _ROWS_BY.get(attr)
+        if kind is None:
+            if old.shape == value.shape:
+                layer.set_weights([old])
+            continue
+        new_rows, old_rows = maps[kind]
+        if old.shape[1] != value.shape[1]:
+            continue  # dimension changed: nothing carries over
+        value[0] = old[0]  # out-of-vocabulary row
+        value[new_rows + 1] = old[old_rows + 1]
+        layer.set_weights([value])
+        copied[name] = int(len(new_rows))
+    return copied
+
+
+def _row_map(new_ids: np.ndarray, old_ids: np.ndarray):
+    import pandas as pd
+    pos = pd.Index(old_ids).get_indexer(pd.Index(new_ids))
+    keep = pos >= 0
+    return np.flatnonzero(keep), pos[keep]
+
+
+def fit(ts: TrainSet, model_name: str, mc: ModelConfig, ks=(10, 20, 50), previous=None, progress=print,
+        max_seconds: float | None = None) -> Trained:
+    """Train `two_tower` or `mf` on `ts`; early-stops on validation recall@eval_k when there is one.
+
+    `previous`: (user ids, item ids, {variable name: array}) of a previous version to warm-start from.
+    """
+    tf.keras.utils.set_random_seed(mc.seed)
+    pop = Popularity(ts.n_items).fit(ts.item_idx)
+    qt, ct = build_towers(model_name, ts.n_users, ts.n_items, mc.dim, mc.normalize, ts.item_features,
+                          mc.use_item_features)
+    model = RetrievalModel(qt, ct, ts.item_counts, mc.temperature, mc.logq_correction,
+                           mc.remove_accidental_hits, mc.extra_negatives)
+    L = ts.history.shape[1]
+    dummy = {"user_idx": tf.zeros([2], tf.int32), "item_idx": tf.zeros([2], tf.int32),
+             "history": tf.fill([2, L], -1), "weight": tf.ones([2])}
+    model.compute_loss(dummy)  # build variables
+    warm = _warm_start(model, ts, previous)
+    opt = tf.keras.optimizers.Adam(mc.learning_rate)
+    variables = model.trainable_variables
+
+    @tf.function(reduce_retracing=True)
+    def step(batch):
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(batch, training=True)
+        opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    rng = np.random.default_rng(mc.seed)
+    n = len(ts.user_idx)
+    bs = min(mc.batch_size, n)
+    val = ts.evals.get("validation")
+    key = f"recall@{mc.eval_k}"
+    ks = sorted(set(ks) | {mc.eval_k})
+    best, best_epoch, best_weights, bad_epochs = -1.0, 0, None, 0
+    tr = Trained(model_name, qt, ct, None, pop)
+    t_start, t_train = time.time(), 0.0
+    use_history = model_name == "two_tower"
+    for epoch in range(1, mc.epochs + 1):
+        t0 = time.time()
+        perm = rng.permutation(n)
+        losses = []
+        for s in range(0, n - bs + 1, bs):   # full batches only: one compiled shape
+            idx = perm[s:s + bs]
+            batch = {"user_idx": ts.user_idx[idx].astype(np.int32), "item_idx": ts.item_idx[idx].astype(np.int32),
+                     "weight": ts.weight[idx]}
+            batch["history"] = ts.history[idx] if use_history else np.full((bs, 1), -1, np.int32)
+            losses.append(step(batch))
+        loss = float(np.mean([float(x) for x in losses])) if losses else float("nan")
+        dt = time.time() - t0
+        t_train += dt
+        tr.item_embeddings = item_embeddings(ct, ts.n_items)
+        line = {"epoch": epoch, "loss": loss, "examples_per_second": (n // bs) * bs / dt, "seconds": dt}
+        if val is not None:
+            m = evaluate_trained(tr, val, ks, ts.item_counts).summary()
+            line.update({f"val_{k}": v for k, v in m.items() if "@" in k and k.split("@")[0] in ("recall", "ndcg")})
+            score = m[key]
+        else:
+            score = -loss
+        tr.history.append(line)
+        progress(f"epoch {epoch:3d}  loss {loss:.4f}  "
+                 + "  ".join(f"{k} {v:.4f}" for k, v in line.items() if k.startswith("val_") and f"@{mc.eval_k}" in k)
+                 + f"  {line['examples_per_second']:,.0f} ex/s  elapsed {time.time() - t_start:.0f}s")
+        if score > best:
+            best, best_epoch, bad_epochs = score, epoch, 0
+            best_weights = [v.numpy() for v in model.variables]
+        else:
+            bad_epochs += 1
+            if bad_epochs >= mc.patience:
+                progress(f"early stop: no {key if val is not None else 'loss'} gain for {mc.patience} epochs; "
+                         f"best epoch {best_epoch}")
+                break
+        if max_seconds and time.time() - t_start > max_seconds:
+            progress(f"time budget of {max_seconds:.0f}s reached")
+            break
+    if best_weights is not None:
+        for v, w in zip(model.variables, best_weights):
+            v.assign(w)
+    tr.item_embeddings = item_embeddings(ct, ts.n_items)
+    tr.best_epoch, tr.train_seconds, tr.warm_started = best_epoch, time.time() - t_start, warm
+    tr.examples_per_second = sum(h["examples_per_second"] * h["seconds"] for h in tr.history) / max(t_train, 1e-9)
+    return tr
+
+
+def tower_weights(tr: Trained) -> dict:
+    """{stable layer name: array} of both towers (what a later version warm-starts from)."""
+    return {name: layer.get_weights()[0] for name, _, layer in _named_layers(tr.query_tower, tr.candidate_tower)}

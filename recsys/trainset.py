@@ -1,0 +1,203 @@
+"""Index arrays the trainer and the evaluator use: train interactions, item features, held-out sets.
+
+Loaded from a built dataset (recsys/dataset.py) or from the LightGCN `train.txt`/`test.txt` format
+(Gowalla and friends), so the same trainer and evaluator run on both.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recsys.dataset import Dataset
+from recsys.errors import DataError
+from recsys.metrics import csr_from_pairs
+
+PAD = -1  # history padding (no item)
+
+
+@dataclass
+class ItemFeatures:
+    """Padded index matrices per item (row = item index); -1 pads."""
+    genres: np.ndarray          # [n_items, G]
+    title_tokens: np.ndarray    # [n_items, T]
+    year_bucket: np.ndarray     # [n_items]
+    n_genres: int
+    n_tokens: int
+    n_year_buckets: int
+
+
+@dataclass
+class EvalSet:
+    """Held-out interactions for evaluation. Row r of `relevant`/`exclude` is user `user_ids[r]`."""
+    user_ids: np.ndarray        # string IDs of the evaluated users
+    user_idx: np.ndarray        # index in the user vocabulary, -1 for users new since training
+    relevant: sp.csr_matrix     # [n_eval_users, n_items] held-out items
+    exclude: sp.csr_matrix      # [n_eval_users, n_items] items seen before (train, + validation for test)
+    history: np.ndarray         # [n_eval_users, L] most recent seen items, newest first, -1 padded
+
+
+@dataclass
+class TrainSet:
+    user_idx: np.ndarray
+    item_idx: np.ndarray
+    weight: np.ndarray
+    history: np.ndarray         # [n, L] items the user interacted with before this one, newest first
+    n_users: int
+    n_items: int
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    item_features: ItemFeatures | None = None
+    item_counts: np.ndarray = field(default=None)
+    evals: dict = field(default_factory=dict)   # split name -> EvalSet
+    dataset_id: str = ""
+
+    def __post_init__(self):
+        if self.item_counts is None:
+            self.item_counts = np.bincount(self.item_idx, minlength=self.n_items).astype(np.int64)
+
+
+def history_windows(users: np.ndarray, items: np.ndarray, length: int) -> np.ndarray:
+    """For rows sorted by (user, time): the previous `length` items of the same user, newest first."""
+    n = len(users)
+    out = np.full((n, length), PAD, dtype=np.int32)
+    for o in range(1, length + 1):
+        if o >= n:
+            break
+        same = users[o:] == users[:-o]
+        out[o:, o - 1] = np.where(same, items[:-o], PAD)
+    return out
+
+
+def last_items(users: np.ndarray, items: np.ndarray, n_rows: int, length: int) -> np.ndarray:
+    """Per user row (0..n_rows-1) the `length` most recent items, newest first; input sorted by time."""
+    out = np.full((n_rows, length), PAD, dtype=np.int32)
+    if len(users) == 0:
+        return out
+    order = np.lexsort((np.arange(len(users)), users))   # stable by user, keeps time order
+    u, it = users[order], items[order]
+    pos_from_end = np.zeros(len(u), dtype=np.int64)
+    # rank from the end within each user run
+    boundaries = np.flatnonzero(np.r_[u[1:] != u[:-1], True])
+    starts = np.r_[0, boundaries[:-1] + 1]
+    lengths = boundaries - starts + 1
+    pos_from_end = np.repeat(lengths, lengths) - (np.arange(len(u)) - np.repeat(starts, lengths)) - 1
+    keep = pos_from_end < length
+    out[u[keep], pos_from_end[keep]] = it[keep]
+    return out
+
+
+_TOKEN_RE = re.compile(r"[a-z0-9]+")
+
+
+def item_features_from_frame(feats: pd.DataFrame, n_items: int, max_tokens: int = 8,
+                             max_genres: int = 6, vocab_size: int = 20000) -> ItemFeatures:
+    """Genres, title tokens (minus the year) and year buckets as padded index matrices."""
+    feats = feats.sort_values("item_idx")
+    genres = np.full((n_items, max_genres), PAD, dtype=np.int32)
+    tokens = np.full((n_items, max_tokens), PAD, dtype=np.int32)
+    genre_index: dict = {}
+    token_counts: dict = {}
+    titles = [re.sub(r"\(\d{4}\)\s*$", "", str(t)).lower() for t in feats["title"]]
+    for t in titles:
+        for tok in set(_TOKEN_RE.findall(t)):
+            token_counts[tok] = token_counts.get(tok, 0) + 1
+    # Tokens seen in at least two titles; rarer ones carry no shared signal.
+    token_index = {t: i for i, t in enumerate(sorted(k for k, c in token_counts.items() if c >= 2)[:vocab_size])}
+    for row, (idx, gs, title) in enumerate(zip(feats["item_idx"], feats["genres"], titles)):
+        for j, g in enumerate(list(gs)[:max_genres]):
+            genres[idx, j] = genre_index.setdefault(g, len(genre_index))
+        toks = [token_index[t] for t in _TOKEN_RE.findall(title) if t in token_index][:max_tokens]
+        tokens[idx, :len(toks)] = toks
+    year = np.zeros(n_items, dtype=np.int32)
+    y = np.zeros(n_items, dtype=np.int64)
+    y[feats["item_idx"].to_numpy()] = feats["year"].to_numpy()
+    # 5-year buckets from 1900; bucket 0 = unknown year
+    year = np.where(y > 0, np.clip((y - 1900) // 5 + 1, 1, 40), 0).astype(np.int32)
+    return ItemFeatures(genres, tokens, year, max(1, len(genre_index)), max(1, len(token_index)), 41)
+
+
+def _eval_set(df: pd.DataFrame, seen: pd.DataFrame, users, items_n: int, history_len: int) -> EvalSet:
+    """Build an EvalSet from held-out rows `df` and earlier rows `seen` (train, + validation)."""
+    ids = np.asarray(sorted(df["user"].unique()), dtype=object)
+    row_of = pd.Index(ids)
+    rel_rows = row_of.get_indexer(df["user"])
+    relevant = csr_from_pairs(rel_rows, df["item_idx"].to_numpy(), len(ids), items_n)
+    seen = seen[seen["user"].isin(row_of)].sort_values(["timestamp"], kind="stable")
+    seen_rows = row_of.get_indexer(seen["user"])
+    exclude = csr_from_pairs(seen_rows, seen["item_idx"].to_numpy(), len(ids), items_n)
+    history = last_items(seen_rows, seen["item_idx"].to_numpy(), len(ids), history_len)
+    return EvalSet(ids, users.lookup(ids), relevant, exclude, history)
+
+
+def from_dataset(dataset: Dataset, history_len: int = 20) -> TrainSet:
+    """Train arrays, item features and validation/test EvalSets from a built dataset."""
+    cols = ["user", "user_idx", "item_idx", "timestamp", "weight"]
+    train = dataset.read("train", cols)
+    if len(train) == 0:
+        raise DataError(f"dataset {dataset.id}: the train split is empty")
+    # shards are sorted by (user, timestamp, item) within a shard and a user lives in one shard
+    train = train.sort_values(["user_idx", "timestamp"], kind="stable").reset_index(drop=True)
+    u = train["user_idx"].to_numpy(np.int64)
+    i = train["item_idx"].to_numpy(np.int64)
+    n_users, n_items = len(dataset.users), len(dataset.items)
+    feats = item_features_from_frame(dataset.item_features(), n_items)
+    ts = TrainSet(u, i, train["weight"].to_numpy(np.float32), history_windows(u, i, history_len),
+                  n_users, n_items, dataset.users.ids, dataset.items.ids, feats, dataset_id=dataset.id)
+    val = dataset.read("validation", cols + ["item"])
+    test = dataset.read("test", cols + ["item"])
+    if len(val):
+        ts.evals["validation"] = _eval_set(val, train, dataset.users, n_items, history_len)
+    if len(test):
+        ts.evals["test"] = _eval_set(test, pd.concat([train, val[cols]], ignore_index=True),
+                                     dataset.users, n_items, history_len)
+    return ts
+
+
+def _read_lightgcn(path: str):
+    users, items = [], []
+    with open(path) as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) < 2:
+                continue
+            its = np.asarray(parts[1:], dtype=np.int64)
+            users.append(np.full(len(its), int(parts[0]), dtype=np.int64))
+            items.append(its)
+    return np.concatenate(users), np.concatenate(items)
+
+
+def from_lightgcn(directory: str, history_len: int = 20, validation_fraction: float = 0.0,
+                  seed: int = 0) -> TrainSet:
+    """The LightGCN/NGCF split (`train.txt`, `test.txt`: `user item item ...` per line).
+
+    The files carry no timestamps: a user's history is their train items in file order. With
+    `validation_fraction` > 0 a random share of each user's train items is held out as validation, so
+    early stopping never looks at test.
+    """
+    tr_u, tr_i = _read_lightgcn(os.path.join(directory, "train.txt"))
+    te_u, te_i = _read_lightgcn(os.path.join(directory, "test.txt"))
+    n_users = int(max(tr_u.max(), te_u.max()) + 1)
+    n_items = int(max(tr_i.max(), te_i.max()) + 1)
+    va_mask = np.zeros(len(tr_u), dtype=bool)
+    if validation_fraction > 0:
+        va_mask = np.random.default_rng(seed).random(len(tr_u)) < validation_fraction
+    fit_u, fit_i = tr_u[~va_mask], tr_i[~va_mask]
+    user_ids = np.asarray([str(x) for x in range(n_users)], dtype=object)
+    item_ids = np.asarray([str(x) for x in range(n_items)], dtype=object)
+    ts = TrainSet(fit_u, fit_i, np.ones(len(fit_u), np.float32), history_windows(fit_u, fit_i, history_len),
+                  n_users, n_items, user_ids, item_ids, None, dataset_id=os.path.basename(directory.rstrip("/")))
+    all_users = np.arange(n_users)
+
+    def es(rel_u, rel_i, seen_u, seen_i):
+        return EvalSet(user_ids, all_users, csr_from_pairs(rel_u, rel_i, n_users, n_items),
+                       csr_from_pairs(seen_u, seen_i, n_users, n_items),
+                       last_items(seen_u, seen_i, n_users, history_len))
+    if va_mask.any():
+        ts.evals["validation"] = es(tr_u[va_mask], tr_i[va_mask], fit_u, fit_i)
+    ts.evals["test"] = es(te_u, te_i, tr_u, tr_i)
+    return ts
