@@ -260,6 +260,12 @@ def comparable(stats: dict) -> dict:
     return out
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (multi_processing workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_variant(variant: str, csv_path: str, workdir: str, profile: str | None, shuffle_buckets, block_mb) -> dict:
     import logging
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
@@ -271,7 +277,7 @@ def run_variant(variant: str, csv_path: str, workdir: str, profile: str | None, 
         target = lambda: run(cfg, dataset_id="bench", previous=None, progress=lambda msg: None).stats  # noqa: E731
     else:
         target = lambda: pandas_build(csv_path, os.path.join(workdir, "pandas_out"), cfg)  # noqa: E731
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     if profile:
         import cProfile
         prof = cProfile.Profile()
@@ -279,10 +285,10 @@ def run_variant(variant: str, csv_path: str, workdir: str, profile: str | None, 
         prof.dump_stats(profile)
     else:
         stats = target()
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
     rss_mb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                  resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
-    return {"variant": variant, "seconds": seconds, "rows_read": stats["rows_read"],
+    return {"variant": variant, "seconds": seconds, "cpu_seconds": cpu, "rows_read": stats["rows_read"],
             "rows_per_s": stats["rows_read"] / seconds, "peak_rss_mb": rss_mb, "stats": comparable(stats)}
 
 
@@ -363,7 +369,7 @@ def main(argv=None) -> int:
                     print(f"  {v:<24} FAILED {res['error']}")
                 else:
                     print(f"  {v:<24} {res['seconds']:7.1f}s  {res['rows_per_s']:>10,.0f} rows/s  "
-                          f"peak RSS {res['peak_rss_mb']:,.0f} MB")
+                          f"(CPU {res['cpu_seconds']:.1f}s, peak RSS {res['peak_rss_mb']:,.0f} MB)")
             base = by_variant.get("pandas")
             for v, res in by_variant.items():
                 if v == "pandas" or "error" in res:

@@ -20,6 +20,26 @@ def _build_dataset(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from recsys.training_job import train_version
+    cfg = load_config(args.config)
+    train_version(cfg, args.model, dataset_id=args.dataset, warm_start=args.warm_start)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from recsys import evaluate, registry
+    cfg = load_config(args.config)
+    root = cfg.resolve(cfg.artifacts.root)
+    version = registry.resolve_version(root, args.model)
+    ks = tuple(cfg.evaluation.ks)
+    result = evaluate.evaluate_version(root, version, args.split, args.dataset, ks)
+    print(f"evaluate: {version} on dataset {result['dataset_id']} split {args.split} (full catalog, seen items excluded)")
+    print(evaluate.format_table(result, ks))
+    print(f"wrote {evaluate.write_metrics(root, result)}")
+    return 0
+
+
 def _demo(args) -> int:
     """The README's main job on the embedded data."""
     from pipelines import build_dataset
@@ -42,6 +62,21 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--previous", help="dataset id whose vocabularies to extend (default: the latest)")
     b.add_argument("--fresh-vocab", action="store_true", help="do not extend a previous dataset's vocabularies")
     b.set_defaults(func=_build_dataset)
+
+    t = sub.add_parser("train", help="train a model version on a dataset")
+    t.add_argument("--config")
+    t.add_argument("--model", required=True, choices=["two_tower", "mf", "popularity"])
+    t.add_argument("--dataset", help="dataset id (default: the latest)")
+    t.add_argument("--warm-start", default="auto",
+                   help="version to warm-start from: auto (published or latest of this model), none, or a version")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="full-catalog metrics of a version vs popularity")
+    e.add_argument("--config")
+    e.add_argument("--model", default="current", help="version (default: the published one; 'latest' = newest)")
+    e.add_argument("--split", default="test", choices=["validation", "test"])
+    e.add_argument("--dataset", help="dataset id (default: the version's own dataset)")
+    e.set_defaults(func=_evaluate)
 
     d = sub.add_parser("demo", help="the main job on the embedded data (what `make demo` runs)")
     d.add_argument("--config", default="data/recsys.yaml")

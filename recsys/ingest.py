@@ -111,6 +111,19 @@ def split_lines(block: bytes, first_line: int) -> tuple[list[bytes], np.ndarray]
     lines = block.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
+    if lines and b"\r" not in block:
+        # Fast path, no per-line Python: only a line that is empty or starts with a blank can be blank.
+        starts = np.frombuffer(block, dtype=np.uint8)
+        first = np.concatenate(([0], np.flatnonzero(starts == 10)[:len(lines) - 1] + 1))
+        first_byte = starts[first]
+        maybe_blank = np.flatnonzero((first_byte == 10) | (first_byte == 32) | (first_byte == 9))
+        blank = [i for i in maybe_blank.tolist() if not lines[i].strip(b" \t")]
+        if not blank:
+            return lines, np.arange(first_line, first_line + len(lines))
+        keep = np.ones(len(lines), dtype=bool)
+        keep[blank] = False
+        kept = np.flatnonzero(keep)
+        return [lines[i] for i in kept.tolist()], first_line + kept
     keep = [i for i, ln in enumerate(lines) if ln.strip(b" \r\t")]
     if len(keep) == len(lines):
         return [ln.rstrip(b"\r") for ln in lines], np.arange(first_line, first_line + len(lines))
@@ -127,6 +140,7 @@ def parse_delimited(block: bytes, first_line: int, layout: Layout, names: list[s
     if not lines:
         return _empty_raw(), empty_rejected()
     delim = layout.delimiter
+    original = lines  # rejected rows keep the text as it was in the file
     if len(delim) > 1:  # e.g. MovieLens 1M '::': map to a byte that cannot survive validation anyway
         lines = [ln.replace(delim.encode(), b"\x1f") for ln in lines]
         delim = "\x1f"
@@ -145,33 +159,33 @@ def parse_delimited(block: bytes, first_line: int, layout: Layout, names: list[s
             convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                                 strings_can_be_null=False, quoted_strings_can_be_null=False))
     except (pa.ArrowInvalid, UnicodeDecodeError):
-        return _parse_slow(lines, line_nos, layout, names, source, delim)
+        return _parse_slow(lines, line_nos, layout, names, source, delim, original)
     if table.num_rows + len(bad_rows) != len(lines):
         # A record spanning lines (an unclosed quote, a bare '\r'): Arrow's rows no longer map one to one
         # to input lines, so parse line by line to keep line numbers and original text exact.
-        return _parse_slow(lines, line_nos, layout, names, source, delim)
+        return _parse_slow(lines, line_nos, layout, names, source, delim, original)
     good = np.ones(len(lines), dtype=bool)
     good[bad_rows] = False
     rejected = rejected_frame(source, line_nos[~good], WRONG_COLUMN_COUNT,
-                              [_decode(lines[i]) for i in np.flatnonzero(~good)])
+                              [_decode(original[i]) for i in np.flatnonzero(~good)])
     frame = _fields_from_table(table, layout)
     frame["_line"] = line_nos[good]
     return frame, rejected
 
 
-def _parse_slow(lines, line_nos, layout, names, source, delim):
+def _parse_slow(lines, line_nos, layout, names, source, delim, original=None):
     """Line-by-line fallback for a block Arrow refuses as a whole (invalid UTF-8, broken quoting)."""
     import csv
     rows, goods, bad_lines, bad_raw, bad_reason = [], [], [], [], []
-    for ln, no in zip(lines, line_nos):
+    for ln, orig, no in zip(lines, original if original is not None else lines, line_nos):
         try:
             text = ln.decode("utf-8")
             fields = next(csv.reader([text], delimiter=delim))
         except (UnicodeDecodeError, csv.Error, StopIteration):
-            bad_lines.append(no), bad_raw.append(_decode(ln)), bad_reason.append(UNPARSEABLE)
+            bad_lines.append(no), bad_raw.append(_decode(orig)), bad_reason.append(UNPARSEABLE)
             continue
         if len(fields) != len(names):
-            bad_lines.append(no), bad_raw.append(text), bad_reason.append(WRONG_COLUMN_COUNT)
+            bad_lines.append(no), bad_raw.append(_decode(orig)), bad_reason.append(WRONG_COLUMN_COUNT)
             continue
         rows.append(fields)
         goods.append(no)
@@ -272,18 +286,20 @@ def validate(raw: pd.DataFrame, cfg: Config, source: str, raw_text=None):
     mark(ctrl.fill_null(False).to_numpy(zero_copy_only=False), CONTROL_CHARS)
 
     ts_raw = raw["timestamp"]
-    ts_missing = ts_raw.isna().to_numpy() | (ts_raw.astype(str).str.strip() == "").to_numpy()
-    mark(ts_missing, MISSING_TIMESTAMP)
     ts = _parse_timestamps(ts_raw, s.timestamp_unit)
+    # Only a field that does not parse can be blank, so test just those (per-row Python otherwise).
+    ts_missing = _is_blank(ts_raw, np.isnan(ts))
+    mark(ts_missing, MISSING_TIMESTAMP)
     mark(np.isnan(ts) | (ts < 0) | (ts >= _MAX_TS), BAD_TIMESTAMP)
 
-    value = pd.to_numeric(raw["value"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    has_value_col = raw["value"].notna().to_numpy()
+    value = _to_float(raw["value"])
     if fb.mode == "rating":
         mark(np.isnan(value), BAD_RATING)
         lo, hi = fb.rating_range
         mark((value < lo) | (value > hi), RATING_OUT_OF_RANGE)
     else:
+        # An empty field is a missing value (as a null in JSON or Parquet), not a malformed one.
+        has_value_col = ~_is_blank(raw["value"], np.isnan(value))
         mark(has_value_col & np.isnan(value), BAD_RATING)
     event = raw["event"]
     if fb.mode == "event":
@@ -318,6 +334,41 @@ def _is_empty(arr: pa.Array) -> np.ndarray:
         zero_copy_only=False)
 
 
+def _is_blank(col: pd.Series, where: np.ndarray) -> np.ndarray:
+    """Null or whitespace-only fields, looked at only where `where` is set (False elsewhere)."""
+    out = np.zeros(len(col), dtype=bool)
+    idx = np.flatnonzero(where)
+    if len(idx):
+        sub = col.iloc[idx]
+        out[idx] = sub.isna().to_numpy() | (sub.astype(str).str.strip() == "").to_numpy()
+    return out
+
+
+_INT_RE = r"^-?[0-9]{1,15}$"  # integers exact in float64: parsed by Arrow, the same numbers as pandas
+
+
+def _to_float(col: pd.Series) -> np.ndarray:
+    """`pd.to_numeric(col, errors="coerce")` as float64 (NaN where not a number), faster: integers
+    of up to 15 digits through Arrow, other strings through pandas once per distinct value."""
+    try:
+        arr = pa.array(col, type=pa.string(), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    is_int = pc.match_substring_regex(arr, _INT_RE).fill_null(False)
+    out = pc.cast(pc.if_else(is_int, arr, pa.scalar(None, pa.string())), pa.int64()).cast(pa.float64())
+    out = out.fill_null(np.nan).to_numpy(zero_copy_only=False).copy()
+    rest = np.flatnonzero(~is_int.to_numpy(zero_copy_only=False))
+    if len(rest):
+        codes, uniques = pd.factorize(col.iloc[rest])
+        if len(uniques):
+            parsed = pd.to_numeric(pd.Series(uniques, dtype=object), errors="coerce").to_numpy(
+                dtype=np.float64, na_value=np.nan)
+            out[rest] = np.where(codes >= 0, parsed[np.maximum(codes, 0)], np.nan)
+        else:
+            out[rest] = np.nan
+    return out
+
+
 def _parse_timestamps(col: pd.Series, unit: str) -> np.ndarray:
     """Seconds since the epoch as float64, NaN where unparseable."""
     if unit == "iso":
@@ -325,7 +376,7 @@ def _parse_timestamps(col: pd.Series, unit: str) -> np.ndarray:
         out = parsed.astype("int64").to_numpy().astype(np.float64) / 1e9
         out[parsed.isna().to_numpy()] = np.nan
         return np.floor(out)
-    num = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    num = _to_float(col)
     if unit == "ms":
         num = num / 1000.0
     return np.floor(num)

@@ -47,6 +47,33 @@ def kcore_round(df: pd.DataFrame, counts: pd.Series, cfg: Config) -> pd.DataFram
     return df[uc >= fl.min_user_interactions]
 
 
+def kcore_codes(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int,
+                cfg: Config) -> tuple[np.ndarray, int, int]:
+    """The k-core rounds of `kcore_round` on integer codes of all interactions at once.
+
+    `users`, `items`: one code per interaction (in [0, n_users) and [0, n_items)). Runs up to
+    `filters.max_rounds` rounds, each dropping items under the item minimum and then users under the
+    user minimum, and stops early once a round drops nothing (later rounds would not change anything).
+    Returns (mask of the interactions kept, rounds that dropped something, violations: users and items
+    left under their minimum, 0 when the k-core converged).
+    """
+    fl = cfg.filters
+    alive = np.ones(len(users), dtype=bool)
+    rounds = 0
+    for _ in range(fl.max_rounds):
+        before = int(alive.sum())
+        alive &= np.bincount(items[alive], minlength=n_items)[items] >= fl.min_item_interactions
+        alive &= np.bincount(users[alive], minlength=n_users)[users] >= fl.min_user_interactions
+        if int(alive.sum()) == before:
+            break
+        rounds += 1
+    uc = np.bincount(users[alive], minlength=n_users)
+    ic = np.bincount(items[alive], minlength=n_items)
+    violations = int(((uc > 0) & (uc < fl.min_user_interactions)).sum()
+                     + ((ic > 0) & (ic < fl.min_item_interactions)).sum())
+    return alive, rounds, violations
+
+
 def kcore_violations(df_counts_users: pd.Series, df_counts_items: pd.Series, cfg: Config) -> int:
     """Number of users and items below their minimum (0 when the k-core is stable)."""
     fl = cfg.filters

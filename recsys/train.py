@@ -16,6 +16,7 @@ import tensorflow as tf
 from recsys import metrics
 from recsys.config import ModelConfig
 from recsys.models.popularity import Popularity
+from recsys.optim import LazyAdam
 from recsys.models.retrieval import RetrievalModel, build_towers
 from recsys.trainset import EvalSet, TrainSet
 
@@ -131,14 +132,14 @@ def fit(ts: TrainSet, model_name: str, mc: ModelConfig, ks=(10, 20, 50), previou
              "history": tf.fill([2, L], -1), "weight": tf.ones([2])}
     model.compute_loss(dummy)  # build variables
     warm = _warm_start(model, ts, previous)
-    opt = tf.keras.optimizers.Adam(mc.learning_rate)
     variables = model.trainable_variables
+    opt = LazyAdam(variables, mc.learning_rate)
 
     @tf.function(reduce_retracing=True)
     def step(batch):
         with tf.GradientTape() as tape:
             loss = model.compute_loss(batch, training=True)
-        opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        opt.apply_gradients(tape.gradient(loss, variables))
         return loss
 
     rng = np.random.default_rng(mc.seed)
@@ -147,7 +148,7 @@ def fit(ts: TrainSet, model_name: str, mc: ModelConfig, ks=(10, 20, 50), previou
     val = ts.evals.get("validation")
     key = f"recall@{mc.eval_k}"
     ks = sorted(set(ks) | {mc.eval_k})
-    best, best_epoch, best_weights, bad_epochs = -1.0, 0, None, 0
+    best, best_epoch, best_weights, bad_epochs = -np.inf, 0, None, 0
     tr = Trained(model_name, qt, ct, None, pop)
     t_start, t_train = time.time(), 0.0
     use_history = model_name == "two_tower"

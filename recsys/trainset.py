@@ -134,6 +134,22 @@ def _eval_set(df: pd.DataFrame, seen: pd.DataFrame, users, items_n: int, history
     return EvalSet(ids, users.lookup(ids), relevant, exclude, history)
 
 
+def eval_sets(dataset: Dataset, history_len: int = 20, train: pd.DataFrame | None = None) -> dict:
+    """Validation and test EvalSets of a built dataset (test excludes train and validation items)."""
+    cols = ["user", "user_idx", "item_idx", "timestamp", "weight"]
+    if train is None:
+        train = dataset.read("train", cols)
+    val = dataset.read("validation", cols)
+    test = dataset.read("test", cols)
+    out = {}
+    if len(val):
+        out["validation"] = _eval_set(val, train, dataset.users, len(dataset.items), history_len)
+    if len(test):
+        out["test"] = _eval_set(test, pd.concat([train[cols], val], ignore_index=True),
+                                dataset.users, len(dataset.items), history_len)
+    return out
+
+
 def from_dataset(dataset: Dataset, history_len: int = 20) -> TrainSet:
     """Train arrays, item features and validation/test EvalSets from a built dataset."""
     cols = ["user", "user_idx", "item_idx", "timestamp", "weight"]
@@ -148,13 +164,7 @@ def from_dataset(dataset: Dataset, history_len: int = 20) -> TrainSet:
     feats = item_features_from_frame(dataset.item_features(), n_items)
     ts = TrainSet(u, i, train["weight"].to_numpy(np.float32), history_windows(u, i, history_len),
                   n_users, n_items, dataset.users.ids, dataset.items.ids, feats, dataset_id=dataset.id)
-    val = dataset.read("validation", cols + ["item"])
-    test = dataset.read("test", cols + ["item"])
-    if len(val):
-        ts.evals["validation"] = _eval_set(val, train, dataset.users, n_items, history_len)
-    if len(test):
-        ts.evals["test"] = _eval_set(test, pd.concat([train, val[cols]], ignore_index=True),
-                                     dataset.users, n_items, history_len)
+    ts.evals = eval_sets(dataset, history_len, train)
     return ts
 
 

@@ -8,6 +8,21 @@ import tensorflow_recommenders as tfrs
 from recsys.models.towers import CandidateTower, IdCandidateTower, IdQueryTower, QueryTower
 
 
+class InBatchSoftmaxLoss(tf.keras.losses.Loss):
+    """Softmax cross-entropy for TFRS Retrieval's identity labels, computed as a sparse CE.
+
+    Retrieval passes `labels = eye(num_queries, num_candidates)`: the positive of query r is column r.
+    The sparse kernel skips materializing and multiplying the dense label matrix (B x B per step).
+    """
+
+    def __init__(self):
+        super().__init__(reduction=tf.keras.losses.Reduction.SUM_OVER_BATCH_SIZE, name="in_batch_softmax")
+
+    def call(self, y_true, y_pred):
+        labels = tf.range(tf.shape(y_pred)[0])
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, y_pred)
+
+
 class RetrievalModel(tfrs.Model):
     """Query tower x candidate tower, scored by dot product / temperature.
 
@@ -26,9 +41,7 @@ class RetrievalModel(tfrs.Model):
         p = item_counts.astype(np.float64) + 1.0
         self.item_prob = tf.constant((p / p.sum()).astype(np.float32))
         self.task = tfrs.tasks.Retrieval(
-            loss=tf.keras.losses.CategoricalCrossentropy(
-                from_logits=True, reduction=tf.keras.losses.Reduction.SUM_OVER_BATCH_SIZE),
-            temperature=temperature, remove_accidental_hits=remove_accidental_hits)
+            loss=InBatchSoftmaxLoss(), temperature=temperature, remove_accidental_hits=remove_accidental_hits)
 
     def compute_loss(self, features, training=False):
         q = self.query_tower(features)

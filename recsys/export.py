@@ -1,0 +1,88 @@
+"""Write a trained model as a version directory (layout in recsys/registry.py)."""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from recsys import fsio, registry
+from recsys.config import Config, is_url
+from recsys.models.popularity import Popularity
+from recsys.train import Trained, tower_weights
+from recsys.trainset import TrainSet, last_items
+from recsys.vocab import Vocabulary
+
+
+class QueryModel(tf.Module):
+    """The query tower behind string lookups: user IDs and recent item IDs in, embeddings out.
+
+    Unknown user IDs map to the out-of-vocabulary row; unknown or empty history IDs are ignored.
+    """
+
+    def __init__(self, tower, user_ids: np.ndarray, item_ids: np.ndarray, history_length: int):
+        super().__init__()
+        self.tower = tower
+        self.history_length = history_length
+        self.users = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant(user_ids.astype(str)), tf.range(len(user_ids), dtype=tf.int32)), -1)
+        self.items = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant(item_ids.astype(str)), tf.range(len(item_ids), dtype=tf.int32)), -1)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
+    def serve(self, user_id, history):
+        hist = self.items.lookup(history)[:, :self.history_length]
+        return {"embedding": self.tower({"user_idx": self.users.lookup(user_id), "history": hist})}
+
+
+def user_histories(ts: TrainSet, length: int) -> np.ndarray:
+    """Each known user's `length` most recent training items (newest first)."""
+    return last_items(ts.user_idx, ts.item_idx, ts.n_users, length)
+
+
+def save_version(tr: Trained | None, ts: TrainSet, cfg: Config, model_name: str, root: str,
+                 dataset_path: str | None = None, extra: dict | None = None, version: str | None = None) -> str:
+    """Write the version directory atomically; returns the version id."""
+    version = version or registry.new_version_id(model_name)
+    L = cfg.model.history_length
+    with registry.VersionWriter(root, version) as w:
+        Vocabulary(ts.user_ids).save(w.file("users.txt"))
+        Vocabulary(ts.item_ids).save(w.file("items.txt"))
+        pop = tr.popularity if tr is not None else Popularity(ts.n_items).fit(ts.item_idx)
+        registry.save_npy(w.file("popularity.npy"), pop.counts.astype(np.int64))
+        if dataset_path and fsio.exists(fsio.join(dataset_path, "items.parquet")):
+            fsio.write_bytes(w.file("items.parquet"), fsio.read_bytes(fsio.join(dataset_path, "items.parquet")))
+        manifest = {"version": version, "model": model_name, "dataset_id": ts.dataset_id,
+                    "config": cfg.to_dict(), "n_users": ts.n_users, "n_items": ts.n_items}
+        if tr is not None:
+            hist = user_histories(ts, L) if model_name == "two_tower" else np.full((ts.n_users, 1), -1, np.int32)
+            users = tr.query_embeddings(np.arange(ts.n_users, dtype=np.int32), hist)
+            registry.save_npy(w.file("item_embeddings.npy"), tr.item_embeddings.astype(np.float32))
+            registry.save_npy(w.file("user_embeddings.npy"), users.astype(np.float32))
+            buf = io.BytesIO()
+            np.savez(buf, **tower_weights(tr))
+            fsio.write_bytes(w.file("weights.npz"), buf.getvalue())
+            _save_query_model(QueryModel(tr.query_tower, ts.user_ids, ts.item_ids, L), w.file("query_model"))
+            manifest.update({"dim": int(tr.item_embeddings.shape[1]), "history_length": L,
+                             "training": {"seconds": round(tr.train_seconds, 1), "best_epoch": tr.best_epoch,
+                                          "examples_per_second": round(tr.examples_per_second),
+                                          "epochs": tr.history, "warm_started_rows": tr.warm_started}})
+        manifest.update(extra or {})
+        registry.write_manifest(w.file("manifest.json"), manifest)
+    return version
+
+
+def _save_query_model(module: QueryModel, path: str) -> None:
+    if not is_url(path):
+        tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+        return
+    with tempfile.TemporaryDirectory() as tmp:  # SavedModel writes many files; stage then upload
+        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+        for dirpath, _, files in os.walk(tmp):
+            for f in files:
+                src = os.path.join(dirpath, f)
+                rel = os.path.relpath(src, tmp)
+                with open(src, "rb") as fh:
+                    fsio.write_bytes(fsio.join(path, rel), fh.read())

@@ -1,0 +1,42 @@
+"""Adam with sparse (lazy) updates for embedding tables.
+
+Keras' Adam updates the first and second moments of every row of an embedding table each step, even
+though a batch touches a few thousand rows of tens of thousands: on 2 cores that dense update cost as
+much as the forward and backward pass together (benchmarks/train_throughput.py). Here rows a batch does
+not touch keep their moments and values (the "lazy Adam" of TF-Addons); dense variables get plain Adam.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+class LazyAdam:
+    """Adam that applies `tf.IndexedSlices` gradients to the touched rows only."""
+
+    def __init__(self, variables, learning_rate: float = 0.01, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7):
+        self.variables = list(variables)
+        self.lr, self.b1, self.b2, self.eps = learning_rate, beta_1, beta_2, epsilon
+        self.step = tf.Variable(0.0, trainable=False, name="adam_step")
+        self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables]
+        self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables]
+
+    def apply_gradients(self, grads) -> None:
+        self.step.assign_add(1.0)
+        t = self.step
+        lr = self.lr * tf.sqrt(1.0 - self.b2 ** t) / (1.0 - self.b1 ** t)
+        for var, m, v, g in zip(self.variables, self.m, self.v, grads):
+            if g is None:
+                continue
+            if isinstance(g, tf.IndexedSlices):
+                idx, pos = tf.unique(g.indices)
+                gs = tf.math.unsorted_segment_sum(g.values, pos, tf.shape(idx)[0])
+                m_rows = self.b1 * tf.gather(m, idx) + (1.0 - self.b1) * gs
+                v_rows = self.b2 * tf.gather(v, idx) + (1.0 - self.b2) * tf.square(gs)
+                m.scatter_update(tf.IndexedSlices(m_rows, idx))
+                v.scatter_update(tf.IndexedSlices(v_rows, idx))
+                var.scatter_sub(tf.IndexedSlices(lr * m_rows / (tf.sqrt(v_rows) + self.eps), idx))
+            else:
+                m.assign(self.b1 * m + (1.0 - self.b1) * g)
+                v.assign(self.b2 * v + (1.0 - self.b2) * tf.square(g))
+                var.assign_sub(lr * m / (tf.sqrt(v) + self.eps))

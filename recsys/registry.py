@@ -1,0 +1,160 @@
+"""Model versions under `<root>/models/<version>/` and the published pointer `<root>/CURRENT`.
+
+A version directory is written under a temporary name and renamed when complete, so a crash never
+leaves a half-written version that looks complete (`manifest.json` is written last, too).
+```
+manifest.json          model, config, dataset_id, metrics, training time, package version, created_at
+query_model/           SavedModel: serving_default(user_id: string[B], history: string[B, L]) -> embedding
+item_embeddings.npy    [n_items, d] float32, row = index in items.txt
+user_embeddings.npy    [n_users, d] float32, row = index in users.txt (every known user, precomputed)
+users.txt items.txt    ID lists
+popularity.npy         training interaction count per item (fallback and baseline)
+weights.npz            tower weights by stable layer name (warm start of the next version)
+items.parquet          item attributes for filters (copied from the dataset)
+```
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import os
+import shutil
+import uuid
+
+import numpy as np
+
+from recsys import __version__, fsio
+from recsys.config import is_url
+from recsys.errors import DataError
+from recsys.vocab import Vocabulary
+
+CURRENT = "CURRENT"
+
+
+def models_dir(root: str) -> str:
+    return fsio.join(root, "models")
+
+
+def version_dir(root: str, version: str) -> str:
+    return fsio.join(models_dir(root), version)
+
+
+def new_version_id(model_name: str, now: _dt.datetime | None = None) -> str:
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return f"{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond // 1000:03d}Z-{model_name}"
+
+
+def save_npy(path: str, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    fsio.write_bytes(path, buf.getvalue())
+
+
+def load_npy(path: str) -> np.ndarray:
+    return np.load(io.BytesIO(fsio.read_bytes(path)), allow_pickle=False)
+
+
+class VersionWriter:
+    """Context manager: files go to a temporary directory that becomes the version on success."""
+
+    def __init__(self, root: str, version: str):
+        self.root, self.version = root, version
+        self.final = version_dir(root, version)
+        if fsio.exists(fsio.join(self.final, "manifest.json")):
+            raise DataError(f"model version {version!r} already exists")
+        self.path = self.final if is_url(root) else fsio.join(models_dir(root), f".tmp-{version}-{uuid.uuid4().hex[:6]}")
+
+    def __enter__(self) -> "VersionWriter":
+        fsio.makedirs(self.path)
+        return self
+
+    def file(self, name: str) -> str:
+        return fsio.join(self.path, name)
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            if not is_url(self.path):
+                shutil.rmtree(self.path, ignore_errors=True)
+            return False
+        if self.path != self.final:
+            fsio.rename(self.path, self.final)
+        return False
+
+
+def write_manifest(path: str, manifest: dict) -> None:
+    manifest = dict(manifest)
+    manifest.setdefault("package_version", __version__)
+    manifest.setdefault("created_at", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    fsio.atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True, default=_json_default))
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+def read_manifest(root: str, version: str) -> dict:
+    path = fsio.join(version_dir(root, version), "manifest.json")
+    if not fsio.exists(path):
+        raise DataError(f"model version {version!r} not found under {models_dir(root)!r}")
+    return json.loads(fsio.read_text(path))
+
+
+def update_manifest(root: str, version: str, **fields) -> dict:
+    m = read_manifest(root, version)
+    m.update(fields)
+    write_manifest(fsio.join(version_dir(root, version), "manifest.json"), m)
+    return m
+
+
+def list_versions(root: str) -> list[str]:
+    """Complete versions (with a manifest), oldest first."""
+    out = []
+    for name in fsio.list_dir(models_dir(root)):
+        if not name.startswith(".") and fsio.exists(fsio.join(models_dir(root), name, "manifest.json")):
+            out.append(name)
+    return sorted(out)
+
+
+def current_version(root: str) -> str | None:
+    path = fsio.join(root, CURRENT)
+    return fsio.read_text(path).strip() or None if fsio.exists(path) else None
+
+
+def resolve_version(root: str, version: str | None) -> str:
+    """`None`/"current" -> the published version; "latest" -> the newest; else the name itself."""
+    if version in (None, "current", CURRENT):
+        cur = current_version(root)
+        if not cur:
+            raise DataError(f"no published version under {root!r} (CURRENT missing); pass a version")
+        return cur
+    if version == "latest":
+        versions = list_versions(root)
+        if not versions:
+            raise DataError(f"no model version under {models_dir(root)!r}; run `recsys train` first")
+        return versions[-1]
+    read_manifest(root, version)
+    return version
+
+
+def load_vocabs(root: str, version: str) -> tuple[Vocabulary, Vocabulary]:
+    d = version_dir(root, version)
+    return Vocabulary.load(fsio.join(d, "users.txt")), Vocabulary.load(fsio.join(d, "items.txt"))
+
+
+def load_weights(root: str, version: str) -> dict:
+    path = fsio.join(version_dir(root, version), "weights.npz")
+    if not fsio.exists(path):
+        return {}
+    with np.load(io.BytesIO(fsio.read_bytes(path))) as z:
+        return {k: z[k] for k in z.files}
+
+
+def local_copy_needed(path: str) -> bool:
+    return is_url(path) or not os.path.exists(path)

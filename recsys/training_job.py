@@ -1,0 +1,57 @@
+"""`recsys train`: dataset -> trained model version (with warm start from an earlier version)."""
+from __future__ import annotations
+
+import numpy as np
+
+from recsys import registry, trainset
+from recsys.config import Config
+from recsys.dataset import Dataset
+from recsys.errors import DataError
+
+
+def pick_warm_start(root: str, model_name: str, warm_start: str | None) -> str | None:
+    """`auto`: the published version if it is this model, else the newest version of this model."""
+    if warm_start in (None, "none", ""):
+        return None
+    if warm_start != "auto":
+        registry.read_manifest(root, warm_start)
+        return warm_start
+    cur = registry.current_version(root)
+    if cur and registry.read_manifest(root, cur).get("model") == model_name:
+        return cur
+    same = [v for v in registry.list_versions(root) if registry.read_manifest(root, v).get("model") == model_name]
+    return same[-1] if same else None
+
+
+def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, warm_start: str | None = "auto",
+                  progress=print, ts: trainset.TrainSet | None = None) -> str:
+    """Train and save a version; returns its id."""
+    from recsys import export
+    root = cfg.resolve(cfg.artifacts.root)
+    dataset = Dataset.open(root, dataset_id)
+    ts = ts or trainset.from_dataset(dataset, cfg.model.history_length)
+    progress(f"train {model_name}: dataset {dataset.id}: {len(ts.user_idx)} interactions, "
+             f"{ts.n_users} users, {ts.n_items} items")
+    if model_name == "popularity":
+        version = export.save_version(None, ts, cfg, "popularity", root, dataset.path)
+        progress(f"train popularity: wrote version {version}")
+        return version
+    if model_name not in ("two_tower", "mf"):
+        raise DataError(f"--model={model_name!r} is invalid: allowed: two_tower, mf, popularity")
+    from recsys import train
+    prev_version = pick_warm_start(root, model_name, warm_start)
+    previous = None
+    if prev_version:
+        users, items = registry.load_vocabs(root, prev_version)
+        previous = (users.ids, items.ids, registry.load_weights(root, prev_version))
+    tr = train.fit(ts, model_name, cfg.model, tuple(cfg.evaluation.ks), previous, progress)
+    val = {}
+    if "validation" in ts.evals:
+        val = train.evaluate_trained(tr, ts.evals["validation"], tuple(cfg.evaluation.ks), ts.item_counts).summary()
+    version = export.save_version(tr, ts, cfg, model_name, root, dataset.path,
+                                  extra={"warm_started_from": prev_version, "validation_metrics": val})
+    progress(f"train {model_name}: wrote version {version} in {tr.train_seconds:.0f}s "
+             f"({tr.examples_per_second:,.0f} examples/s, best epoch {tr.best_epoch}"
+             + (f", validation recall@{cfg.model.eval_k} {val.get(f'recall@{cfg.model.eval_k}', float('nan')):.4f}" if val else "")
+             + (f", warm-started from {prev_version}" if prev_version else "") + ")")
+    return version
