@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from recsys.config import load_config
@@ -37,6 +38,29 @@ def _evaluate(args) -> int:
     print(f"evaluate: {version} on dataset {result['dataset_id']} split {args.split} (full catalog, seen items excluded)")
     print(evaluate.format_table(result, ks))
     print(f"wrote {evaluate.write_metrics(root, result)}")
+    return 0
+
+
+def _index(args) -> int:
+    from recsys import index_job, registry
+    cfg = load_config(args.config)
+    root = cfg.resolve(cfg.artifacts.root)
+    index_job.build_version_index(cfg, root, registry.resolve_version(root, args.model))
+    return 0
+
+
+def _serve(args) -> int:
+    import os
+    import uvicorn
+    cfg = load_config(args.config)
+    root = args.root or cfg.resolve(cfg.artifacts.root)
+    os.environ["RECSYS_ROOT"] = root
+    if args.admin_token:
+        os.environ["RECSYS_ADMIN_TOKEN"] = args.admin_token
+    os.environ["RECSYS_POLL_SECONDS"] = str(args.poll_seconds)
+    print(f"serve: http://{args.host}:{args.port} root={root} workers={args.workers}")
+    uvicorn.run("serving.main:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level="warning", access_log=False)
     return 0
 
 
@@ -77,6 +101,22 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["validation", "test"])
     e.add_argument("--dataset", help="dataset id (default: the version's own dataset)")
     e.set_defaults(func=_evaluate)
+
+    i = sub.add_parser("index", help="build the ScaNN index of a version and measure its recall")
+    i.add_argument("--config")
+    i.add_argument("--model", default="latest", help="version (default: the newest)")
+    i.set_defaults(func=_index)
+
+    v = sub.add_parser("serve", help="start the HTTP service on the published version")
+    v.add_argument("--config")
+    v.add_argument("--root", help="artifact root (default: artifacts.root of the config)")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--workers", type=int, default=1)
+    v.add_argument("--poll-seconds", type=float, default=10.0, help="how often CURRENT is checked")
+    v.add_argument("--admin-token", default=os.environ.get("RECSYS_ADMIN_TOKEN", ""),
+                   help="token for POST /admin/reload (default: $RECSYS_ADMIN_TOKEN)")
+    v.set_defaults(func=_serve)
 
     d = sub.add_parser("demo", help="the main job on the embedded data (what `make demo` runs)")
     d.add_argument("--config", default="data/recsys.yaml")

@@ -102,6 +102,7 @@ class Config:
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     model: "ModelConfig" = field(default_factory=lambda: ModelConfig())
     evaluation: "EvaluationConfig" = field(default_factory=lambda: EvaluationConfig())
+    index: "IndexConfig" = field(default_factory=lambda: IndexConfig())
     base_dir: str = "."
 
     def resolve(self, path: str) -> str:
@@ -241,6 +242,16 @@ def validate(cfg: Config) -> Config:
     ks = cfg.evaluation.ks
     _check(bool(ks) and all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 10000 for k in ks),
            "evaluation.ks", ks, "a non-empty list of integers in [1, 10000]")
+    ix = cfg.index
+    _one_of("index.kind", ix.kind, ("auto", "brute_force", "scann"))
+    _check(ix.brute_force_below >= 0, "index.brute_force_below", ix.brute_force_below, ">= 0")
+    _check(ix.num_leaves >= 0, "index.num_leaves", ix.num_leaves, ">= 0 (0 = from catalog size)")
+    _check(ix.leaves_to_search >= 0, "index.leaves_to_search", ix.leaves_to_search, ">= 0 (0 = from catalog size)")
+    _check(ix.reorder >= 1, "index.reorder", ix.reorder, ">= 1")
+    _check(ix.dimensions_per_block in (1, 2, 4, 8), "index.dimensions_per_block", ix.dimensions_per_block,
+           "one of 1, 2, 4, 8")
+    _check(0 <= ix.min_recall_at_10 <= 1, "index.min_recall_at_10", ix.min_recall_at_10, "between 0 and 1")
+    _check(ix.recall_sample_users >= 1, "index.recall_sample_users", ix.recall_sample_users, ">= 1")
     _check(bool(cfg.artifacts.root), "artifacts.root", cfg.artifacts.root, "a directory or URL is required")
     return cfg
 
@@ -289,3 +300,18 @@ class ModelConfig:
 @dataclass
 class EvaluationConfig:
     ks: list = field(default_factory=lambda: [10, 20, 50])
+
+
+@dataclass
+class IndexConfig:
+    """ScaNN index settings; 0 means "follow the catalog size" (recsys/index.py default_params)."""
+    kind: str = "auto"                 # auto | brute_force | scann
+    brute_force_below: int = 50000
+    num_leaves: int = 0
+    leaves_to_search: int = 0
+    reorder: int = 100
+    dimensions_per_block: int = 2
+    anisotropic_threshold: float = 0.2
+    training_sample_size: int = 250000
+    recall_sample_users: int = 1000
+    min_recall_at_10: float = 0.9

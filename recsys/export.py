@@ -42,6 +42,25 @@ def user_histories(ts: TrainSet, length: int) -> np.ndarray:
     return last_items(ts.user_idx, ts.item_idx, ts.n_users, length)
 
 
+def seen_items(ts: TrainSet, dataset_path: str | None):
+    """Known users x items they interacted with in any split (what the service excludes as seen)."""
+    import scipy.sparse as sp
+    from recsys.dataset import Dataset
+    rows, cols = [ts.user_idx], [ts.item_idx]
+    if dataset_path:
+        ds = Dataset(dataset_path)
+        for split in ("validation", "test"):
+            df = ds.read(split, ["user_idx", "item_idx"])
+            df = df[(df["user_idx"] >= 0) & (df["item_idx"] >= 0)]
+            rows.append(df["user_idx"].to_numpy(np.int64))
+            cols.append(df["item_idx"].to_numpy(np.int64))
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    m = sp.csr_matrix((np.ones(len(r), np.int8), (r, c)), shape=(ts.n_users, ts.n_items))
+    m.sum_duplicates()
+    m.data[:] = 1
+    return m
+
+
 def save_version(tr: Trained | None, ts: TrainSet, cfg: Config, model_name: str, root: str,
                  dataset_path: str | None = None, extra: dict | None = None, version: str | None = None) -> str:
     """Write the version directory atomically; returns the version id."""
@@ -52,6 +71,7 @@ def save_version(tr: Trained | None, ts: TrainSet, cfg: Config, model_name: str,
         Vocabulary(ts.item_ids).save(w.file("items.txt"))
         pop = tr.popularity if tr is not None else Popularity(ts.n_items).fit(ts.item_idx)
         registry.save_npy(w.file("popularity.npy"), pop.counts.astype(np.int64))
+        registry.save_npz_csr(w.file("seen.npz"), seen_items(ts, dataset_path))
         if dataset_path and fsio.exists(fsio.join(dataset_path, "items.parquet")):
             fsio.write_bytes(w.file("items.parquet"), fsio.read_bytes(fsio.join(dataset_path, "items.parquet")))
         manifest = {"version": version, "model": model_name, "dataset_id": ts.dataset_id,

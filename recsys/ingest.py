@@ -344,7 +344,8 @@ def _is_blank(col: pd.Series, where: np.ndarray) -> np.ndarray:
     return out
 
 
-_INT_RE = r"^-?[0-9]{1,15}$"  # integers exact in float64: parsed by Arrow, the same numbers as pandas
+# Integers exact in float64, parsed by Arrow to the same numbers as pandas ("-0" left to pandas: -0.0 or 0).
+_INT_RE = r"^([0-9]{1,15}|-[1-9][0-9]{0,14})$"
 
 
 def _to_float(col: pd.Series) -> np.ndarray:

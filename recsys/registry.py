@@ -51,6 +51,13 @@ def save_npy(path: str, array: np.ndarray) -> None:
     fsio.write_bytes(path, buf.getvalue())
 
 
+def save_npz_csr(path: str, matrix) -> None:
+    import scipy.sparse as sp
+    buf = io.BytesIO()
+    sp.save_npz(buf, matrix.tocsr())
+    fsio.write_bytes(path, buf.getvalue())
+
+
 def load_npy(path: str) -> np.ndarray:
     return np.load(io.BytesIO(fsio.read_bytes(path)), allow_pickle=False)
 
@@ -158,3 +165,34 @@ def load_weights(root: str, version: str) -> dict:
 
 def local_copy_needed(path: str) -> bool:
     return is_url(path) or not os.path.exists(path)
+
+
+HISTORY = "publish_history.jsonl"
+
+
+def publish_history(root: str) -> list[dict]:
+    path = fsio.join(root, HISTORY)
+    if not fsio.exists(path):
+        return []
+    return [json.loads(line) for line in fsio.read_text(path).splitlines() if line.strip()]
+
+
+def publish(root: str, version: str, reason: str = "manual") -> None:
+    """Point CURRENT at `version` (write + rename: readers see the old or the new name, never half)."""
+    read_manifest(root, version)  # must be a complete version
+    if not fsio.exists(fsio.join(version_dir(root, version), "manifest.json")):
+        raise DataError(f"model version {version!r} is incomplete")
+    entries = publish_history(root)
+    entries.append({"version": version, "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "reason": reason})
+    fsio.atomic_write_text(fsio.join(root, HISTORY), "".join(json.dumps(e) + "\n" for e in entries))
+    fsio.atomic_write_text(fsio.join(root, CURRENT), version + "\n")
+
+
+def previous_published(root: str) -> str | None:
+    """The version published before the current one (what rollback goes back to)."""
+    cur = current_version(root)
+    for e in reversed(publish_history(root)):
+        if e["version"] != cur and fsio.exists(fsio.join(version_dir(root, e["version"]), "manifest.json")):
+            return e["version"]
+    return None

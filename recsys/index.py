@@ -1,0 +1,198 @@
+"""Maximum inner product search over item embeddings: one interface, brute force and ScaNN behind it.
+
+`build / search / save / load`, batches in, `(ids, scores)` out (ids are item indices). The ScaNN index
+goes through `scann_ops_pybind` (no TensorFlow ops), so a served index never depends on TF op
+registration. Configuration follows catalog size: exact brute force below `brute_force_below` items,
+tree partitioning + asymmetric hashing + exact reordering above.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from recsys import fsio
+from recsys.config import is_url
+from recsys.errors import DataError
+
+
+class BruteForceIndex:
+    """Exact dot-product top-k (a matmul and a partial sort)."""
+    kind = "brute_force"
+
+    def __init__(self, embeddings: np.ndarray):
+        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        k = min(k, len(self.embeddings))
+        scores = q @ self.embeddings.T
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        ps = np.take_along_axis(scores, part, 1)
+        order = np.lexsort((part, -ps), axis=1)
+        ids = np.take_along_axis(part, order, 1)
+        return ids, np.take_along_axis(scores, ids, 1)
+
+    def save(self, directory: str) -> None:
+        fsio.atomic_write_text(fsio.join(directory, "index.json"), json.dumps({"kind": self.kind}))
+
+
+class ScannIndex:
+    """ScaNN: tree partitioning, anisotropic hashing, exact reordering (dot product)."""
+    kind = "scann"
+
+    def __init__(self, searcher, n: int, params: dict):
+        self.searcher, self.n, self.params = searcher, n, params
+
+    def __len__(self) -> int:
+        return self.n
+
+    @classmethod
+    def build(cls, embeddings: np.ndarray, params: dict, threads: int = 0) -> "ScannIndex":
+        from scann.scann_ops.py import scann_ops_pybind
+        db = np.ascontiguousarray(embeddings, dtype=np.float32)
+        n = len(db)
+        leaves = int(params["num_leaves"])
+        b = scann_ops_pybind.builder(db, 10, "dot_product")
+        b = b.tree(num_leaves=leaves, num_leaves_to_search=int(params["leaves_to_search"]),
+                   training_sample_size=min(n, int(params.get("training_sample_size", 250000))))
+        b = b.score_ah(int(params["dimensions_per_block"]),
+                       anisotropic_quantization_threshold=float(params["anisotropic_threshold"]))
+        b = b.reorder(int(params["reorder"]))
+        if threads:
+            b = b.set_n_training_threads(threads)
+        return cls(b.build(), n, dict(params))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        k = min(k, self.n)
+        pre = max(int(self.params["reorder"]), k)
+        if len(q) == 1:
+            ids, scores = self.searcher.search(q[0], final_num_neighbors=k, pre_reorder_num_neighbors=pre)
+            return np.asarray(ids, dtype=np.int64)[None], np.asarray(scores, dtype=np.float32)[None]
+        ids, scores = self.searcher.search_batched(q, final_num_neighbors=k, pre_reorder_num_neighbors=pre)
+        return np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+
+    def save(self, directory: str) -> None:
+        if is_url(directory):
+            with tempfile.TemporaryDirectory() as tmp:
+                self.searcher.serialize(tmp, relative_path=True)
+                for name in os.listdir(tmp):
+                    with open(os.path.join(tmp, name), "rb") as fh:
+                        fsio.write_bytes(fsio.join(directory, name), fh.read())
+        else:
+            os.makedirs(directory, exist_ok=True)
+            self.searcher.serialize(directory, relative_path=True)
+        fsio.atomic_write_text(fsio.join(directory, "index.json"),
+                               json.dumps({"kind": self.kind, "n": self.n, "params": self.params}))
+
+
+def default_params(n_items: int, cfg) -> dict:
+    """ScaNN settings that follow the catalog size (overridable in config `index:`)."""
+    leaves = cfg.num_leaves or int(max(16, min(4000, round(np.sqrt(n_items)))))
+    search = cfg.leaves_to_search or max(8, int(round(leaves * 0.03)))
+    return {"num_leaves": leaves, "leaves_to_search": min(search, leaves), "reorder": cfg.reorder,
+            "dimensions_per_block": cfg.dimensions_per_block, "anisotropic_threshold": cfg.anisotropic_threshold,
+            "training_sample_size": cfg.training_sample_size}
+
+
+def build(embeddings: np.ndarray, cfg) -> BruteForceIndex | ScannIndex:
+    """Brute force below `cfg.brute_force_below` items (or when `cfg.kind` says so), else ScaNN."""
+    kind = cfg.kind
+    if kind == "auto":
+        kind = "brute_force" if len(embeddings) < cfg.brute_force_below else "scann"
+    if kind == "brute_force":
+        return BruteForceIndex(embeddings)
+    return ScannIndex.build(embeddings, default_params(len(embeddings), cfg))
+
+
+def load(directory: str, embeddings: np.ndarray) -> BruteForceIndex | ScannIndex:
+    """Load an index saved by `save`; brute force needs only the embeddings."""
+    meta_path = fsio.join(directory, "index.json")
+    if not fsio.exists(meta_path):
+        raise DataError(f"index: no index at {directory!r}; run `recsys index --model VERSION`")
+    meta = json.loads(fsio.read_text(meta_path))
+    if meta["kind"] == "brute_force":
+        return BruteForceIndex(embeddings)
+    from scann.scann_ops.py import scann_ops_pybind
+    if is_url(directory):
+        tmp = tempfile.mkdtemp(prefix="scann-")
+        for path in fsio.match(fsio.join(directory, "*")):
+            with open(os.path.join(tmp, path.rsplit("/", 1)[-1]), "wb") as fh:
+                fh.write(fsio.read_bytes(path))
+        directory = tmp
+    searcher = scann_ops_pybind.load_searcher(directory)
+    if is_url(meta_path):
+        shutil.rmtree(directory, ignore_errors=True)
+    return ScannIndex(searcher, int(meta["n"]), meta["params"])
+
+
+def recall_vs_exact(index, embeddings: np.ndarray, queries: np.ndarray, ks=(10, 100)) -> dict:
+    """Mean overlap of the index's top-k with exact brute force's top-k, per k."""
+    exact = BruteForceIndex(embeddings)
+    kmax = min(max(ks), len(embeddings))
+    t0 = time.time()
+    got, _ = index.search(queries, kmax)
+    elapsed = time.time() - t0
+    want, _ = exact.search(queries, kmax)
+    out = {}
+    for k in ks:
+        k2 = min(k, kmax)
+        out[f"recall@{k}"] = float(np.mean([len(np.intersect1d(g[:k2], w[:k2])) / k2 for g, w in zip(got, want)]))
+    out["queries"] = int(len(queries))
+    out["batch_seconds"] = round(elapsed, 4)
+    return out
+
+
+def exact_subset(embeddings: np.ndarray, query: np.ndarray, candidates: np.ndarray, k: int):
+    """Exact top-k of `query` among the item indices `candidates`."""
+    scores = embeddings[candidates] @ query
+    k = min(k, len(candidates))
+    part = np.argpartition(-scores, k - 1)[:k]
+    order = np.lexsort((candidates[part], -scores[part]))
+    return candidates[part][order].astype(np.int64), scores[part][order].astype(np.float32)
+
+
+def search_filtered(index, embeddings: np.ndarray, query: np.ndarray, k: int, blocked: np.ndarray | None = None,
+                    allowed: np.ndarray | None = None, max_fetch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k for one query skipping `blocked` items and keeping only `allowed` ones (bool masks).
+
+    Over-fetches from the index and widens the fetch until k items survive, so the caller gets k
+    results whenever k are available. When the filters leave a small share of the catalog, or the
+    index cannot supply enough survivors (a tree search only visits some leaves), the surviving items
+    are scored exactly instead.
+    """
+    n = len(embeddings)
+    ok = None
+    if blocked is not None or allowed is not None:
+        ok = np.ones(n, dtype=bool)
+        if blocked is not None:
+            ok &= ~blocked
+        if allowed is not None:
+            ok &= allowed
+    available = n if ok is None else int(ok.sum())
+    k = min(k, available)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    if ok is None:
+        ids, scores = index.search(query[None], k)
+        return ids[0], scores[0]
+    if available <= n // 5:
+        return exact_subset(embeddings, query, np.flatnonzero(ok), k)
+    fetch = min(n, k + (n - available) + 16)
+    while True:
+        ids, scores = index.search(query[None], fetch)
+        ids, scores = ids[0], scores[0]
+        keep = ok[ids]
+        if keep.sum() >= k:
+            return ids[keep][:k], scores[keep][:k]
+        if fetch >= min(n, max_fetch) or len(ids) < fetch:
+            return exact_subset(embeddings, query, np.flatnonzero(ok), k)
+        fetch = min(n, fetch * 4)

@@ -1,0 +1,63 @@
+"""Assembles the FastAPI app: routes, error shape, engine holder with hot reload."""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving import metrics
+from serving.holder import EngineHolder
+from serving.routes import router
+from serving.settings import Settings
+
+
+def _one_line(exc: RequestValidationError) -> str:
+    """First validation problem as 'field: message' (e.g. 'k: Input should be less than or equal to 1000')."""
+    err = exc.errors()[0]
+    loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path")]
+    if err.get("type") == "json_invalid":
+        return "body: malformed JSON"
+    return f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}"
+
+
+def create_app(settings: Settings | None = None, holder: EngineHolder | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    holder = holder or EngineHolder(settings.root, settings.poll_seconds)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        holder.start()
+        yield
+        holder.stop()
+
+    app = FastAPI(title="recsys", lifespan=lifespan)
+    app.state.settings, app.state.holder = settings, holder
+    app.include_router(router)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        metrics.ERRORS.labels(request.url.path.split("/")[2] if request.url.path.startswith("/v1/") else "other",
+                              "422").inc()
+        return JSONResponse(status_code=422, content={"error": _one_line(exc)})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail)})
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        # Never a bare 500 page: one line, logged with the traceback.
+        import logging
+        logging.getLogger("recsys.serving").exception("unexpected error on %s", request.url.path)
+        metrics.ERRORS.labels("other", "500").inc()
+        return JSONResponse(status_code=500, content={"error": f"internal error: {type(exc).__name__}"})
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for multi-worker runs (`--workers N`): settings come from RECSYS_* variables."""
+    return create_app(Settings.from_env())

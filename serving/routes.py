@@ -1,0 +1,90 @@
+"""Thin route handlers: parse, call the engine, shape the response."""
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from recsys.engine import MAX_K, Engine, RequestError
+from recsys.scoring import POPULARITY
+
+from serving import metrics
+from serving.deps import get_engine
+from serving.schemas import HistoryRequest, RecommendationResponse, Status
+
+router = APIRouter()
+
+
+def _observe(endpoint: str, call):
+    t0 = time.perf_counter()
+    try:
+        rec = call()
+    except RequestError as exc:
+        metrics.ERRORS.labels(endpoint, str(exc.status)).inc()
+        metrics.REQUESTS.labels(endpoint, str(exc.status)).inc()
+        raise HTTPException(status_code=exc.status, detail=str(exc)) from None
+    if rec.source == POPULARITY:
+        metrics.FALLBACKS.labels(endpoint).inc()
+    metrics.REQUESTS.labels(endpoint, "200").inc()
+    metrics.LATENCY.labels(endpoint).observe(time.perf_counter() - t0)
+    return rec.as_dict()
+
+
+@router.get("/v1/users/{user_id}/recommendations", response_model=RecommendationResponse)
+async def user_recommendations(user_id: str, k: int = Query(10, ge=1, le=MAX_K), exclude_seen: bool = True,
+                               include: list[str] = Query(default=[]), exclude: list[str] = Query(default=[]),
+                               engine: Engine = Depends(get_engine)):
+    return _observe("user_recommendations",
+                    lambda: engine.recommend(user_id, k, exclude_seen, include, exclude))
+
+
+@router.post("/v1/recommendations", response_model=RecommendationResponse)
+async def history_recommendations(body: HistoryRequest, request: Request, engine: Engine = Depends(get_engine)):
+    limit = request.app.state.settings.max_history
+    if len(body.history) > limit:
+        metrics.ERRORS.labels("history_recommendations", "400").inc()
+        raise HTTPException(status_code=400, detail=f"history: {len(body.history)} items is over the limit of {limit}")
+    return _observe("history_recommendations", lambda: engine.recommend_for_history(
+        body.history, body.user_id, body.k, body.exclude_seen, body.include, body.exclude))
+
+
+@router.get("/v1/items/{item_id}/similar", response_model=RecommendationResponse)
+async def similar_items(item_id: str, k: int = Query(10, ge=1, le=MAX_K),
+                        include: list[str] = Query(default=[]), exclude: list[str] = Query(default=[]),
+                        engine: Engine = Depends(get_engine)):
+    return _observe("similar_items", lambda: engine.similar_items(item_id, k, include, exclude))
+
+
+@router.get("/healthz", response_model=Status)
+async def healthz():
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=Status, responses={503: {"model": Status}})
+async def readyz(request: Request):
+    holder = request.app.state.holder
+    if holder.engine is None:
+        raise HTTPException(status_code=503, detail=f"not ready: {holder.last_error or 'no version loaded yet'}")
+    return {"status": "ready", "version": holder.engine.version}
+
+
+@router.get("/metrics")
+async def prometheus_metrics():
+    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post("/admin/reload", response_model=Status)
+async def admin_reload(request: Request, authorization: str = Header(default=""), version: str | None = None):
+    token = request.app.state.settings.admin_token
+    if not token:
+        raise HTTPException(status_code=403, detail="admin: reload is disabled (no admin token configured)")
+    if authorization != f"Bearer {token}":
+        raise HTTPException(status_code=401, detail="authorization: a valid 'Bearer <token>' is required")
+    holder = request.app.state.holder
+    changed, message = holder.reload(version)
+    if not changed and holder.last_error:
+        raise HTTPException(status_code=409, detail=message)
+    return {"status": "reloaded" if changed else "unchanged", "version": holder.engine.version if holder.engine else None,
+            "detail": message}

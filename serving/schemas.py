@@ -1,0 +1,34 @@
+"""Request and response schemas (pydantic), separate from the engine's domain types."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from recsys.engine import MAX_K
+
+
+class HistoryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str | None = None
+    history: list[str] = Field(default_factory=list)
+    k: int = Field(10, ge=1, le=MAX_K)
+    exclude_seen: bool = True
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+
+class RecommendationResponse(BaseModel):
+    items: list[str]
+    scores: list[float]
+    source: str
+    version: str
+    ignored_history: list[str] = Field(default_factory=list)
+
+
+class Status(BaseModel):
+    status: str
+    version: str | None = None
+    detail: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: str
