@@ -30,3 +30,12 @@ def clustered_interactions(n_users: int = 400, n_items: int = 300, n_clusters: i
         for it, t in zip(items, ts):
             rows.append((f"u{u}", f"i{it}", 4.0 + rng.integers(0, 2) * 0.5 if rng.random() < 0.9 else 2.0, int(t)))
     return pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+
+
+def clustered_items(n_items: int = 300, n_clusters: int = 8) -> pd.DataFrame:
+    """Item metadata for `clustered_interactions`: the genre is the item's cluster, plus a title and year."""
+    return pd.DataFrame({
+        "item_id": [f"i{i}" for i in range(n_items)],
+        "title": [f"Item {i} cluster{i % n_clusters} ({1990 + i % 30})" for i in range(n_items)],
+        "genres": [f"g{i % n_clusters}|all" for i in range(n_items)],
+    })

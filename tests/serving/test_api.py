@@ -1,0 +1,206 @@
+"""HTTP contract: every endpoint, every error, fallbacks, filters, hot reload."""
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from recsys import registry
+from recsys.engine import Engine
+from serving.holder import EngineHolder
+from serving.main import create_app
+from serving.settings import Settings
+
+
+@pytest.fixture
+def client(served):
+    settings = Settings(root=served["root"], poll_seconds=0, admin_token="s3cret")
+    app = create_app(settings)
+    with TestClient(app) as c:
+        yield c
+
+
+def known_user(served):
+    return str(served["trainset"].user_ids[0])
+
+
+def test_user_recommendations_exclude_seen(client, served):
+    user = known_user(served)
+    r = client.get(f"/v1/users/{user}/recommendations", params={"k": 7})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["source"] == "personalized" and body["version"] == served["versions"]["two_tower"]
+    assert len(body["items"]) == 7 and len(body["scores"]) == 7
+    assert body["scores"] == sorted(body["scores"], reverse=True)
+    engine = Engine.load(served["root"])
+    seen = set(engine.lv.items.ids[engine._seen_rows(0)])
+    assert seen and not seen & set(body["items"])
+    r2 = client.get(f"/v1/users/{user}/recommendations", params={"k": 7, "exclude_seen": "false"})
+    assert set(r2.json()["items"]) & seen  # planted clusters: seen items are the best-scored ones
+
+
+def test_unknown_user_falls_back_to_popularity(client):
+    body = client.get("/v1/users/nobody/recommendations", params={"k": 5}).json()
+    assert body["source"] == "popularity_fallback" and len(body["items"]) == 5
+    body = client.post("/v1/recommendations", json={"user_id": "nobody", "k": 5}).json()
+    assert body["source"] == "popularity_fallback"
+
+
+def test_history_request_ignores_unknown_items(client, served):
+    items = [str(x) for x in served["trainset"].item_ids[:3]]
+    r = client.post("/v1/recommendations", json={"history": items + ["nope"], "k": 5})
+    body = r.json()
+    assert r.status_code == 200 and body["source"] == "history"
+    assert body["ignored_history"] == ["nope"]
+    assert not set(items) & set(body["items"])  # history items count as seen
+
+
+def test_filters_still_return_k_items(client, served):
+    user = known_user(served)
+    r = client.get(f"/v1/users/{user}/recommendations", params={"k": 20, "include": "genre:g3"})
+    body = r.json()
+    assert len(body["items"]) == 20
+    genre_of = {f"i{i}": f"g{i % 5}" for i in range(150)}
+    assert all(genre_of[i] == "g3" for i in body["items"])
+    top = client.get(f"/v1/users/{user}/recommendations", params={"k": 5}).json()["items"]
+    r = client.get(f"/v1/users/{user}/recommendations", params=[("k", 5)] + [("exclude", f"item:{i}") for i in top])
+    assert len(r.json()["items"]) == 5 and not set(top) & set(r.json()["items"])
+    r = client.get(f"/v1/users/{user}/recommendations", params={"k": 10, "exclude": "genre:all"})
+    assert r.status_code == 200 and r.json()["items"] == []  # nothing available: empty, not an error
+
+
+def test_similar_items(client, served):
+    item = str(served["trainset"].item_ids[0])
+    body = client.get(f"/v1/items/{item}/similar", params={"k": 5}).json()
+    assert len(body["items"]) == 5 and item not in body["items"]
+    r = client.get("/v1/items/nope/similar")
+    assert r.status_code == 404 and "item_id" in r.json()["error"]
+
+
+@pytest.mark.parametrize("request_args, field", [
+    (("get", "/v1/users/u1/recommendations?k=0"), "k"),
+    (("get", "/v1/users/u1/recommendations?k=1001"), "k"),
+    (("get", "/v1/users/u1/recommendations?k=abc"), "k"),
+    (("get", "/v1/users/u1/recommendations?include=color:red"), "include"),
+    (("get", "/v1/users/u1/recommendations?exclude=genre"), "exclude"),
+    (("get", "/v1/items/i1/similar?k=5000"), "k"),
+    (("post", "/v1/recommendations", {"history": ["i1"], "k": 0}), "k"),
+    (("post", "/v1/recommendations", {"history": "i1"}), "history"),
+    (("post", "/v1/recommendations", {"history": [], "colour": 1}), "colour"),
+    (("post", "/v1/recommendations", {"history": ["i1"], "include": ["bad"]}), "include"),
+    (("post", "/v1/recommendations", {"history": ["i1"] * 501}), "history"),
+])
+def test_bad_input_is_4xx_naming_the_field(client, request_args, field):
+    method, url, *body = request_args
+    r = client.post(url, json=body[0]) if method == "post" else client.get(url)
+    assert 400 <= r.status_code < 500, r.text
+    msg = r.json()["error"]
+    assert field in msg and "\n" not in msg
+
+
+def test_malformed_json_is_400_class(client):
+    r = client.post("/v1/recommendations", content=b"{not json", headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500 and "JSON" in r.json()["error"]
+
+
+def test_health_ready_metrics(client):
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert client.get("/readyz").json()["status"] == "ready"
+    client.get("/v1/users/nobody/recommendations")
+    text = client.get("/metrics").text
+    assert "recsys_requests_total" in text and "recsys_fallbacks_total" in text
+    assert "recsys_request_seconds_bucket" in text and "recsys_loaded_version_info" in text
+
+
+def test_not_ready_without_a_version(tmp_path):
+    app = create_app(Settings(root=str(tmp_path), poll_seconds=0))
+    with TestClient(app) as c:
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/readyz").status_code == 503
+        assert c.get("/v1/users/u/recommendations").status_code == 503
+
+
+def test_admin_reload_requires_token(client, served):
+    assert client.post("/admin/reload").status_code == 401
+    assert client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    r = client.post("/admin/reload", params={"version": served["versions"]["mf"]},
+                    headers={"Authorization": "Bearer s3cret"})
+    assert r.status_code == 200 and r.json()["version"] == served["versions"]["mf"]
+    assert client.get("/v1/users/nobody/recommendations").json()["version"] == served["versions"]["mf"]
+
+
+def test_hot_reload_under_concurrent_requests(served):
+    holder = EngineHolder(served["root"], poll_seconds=0)
+    app = create_app(Settings(root=served["root"], poll_seconds=0), holder)
+    versions = [served["versions"]["mf"], served["versions"]["two_tower"], served["versions"]["popularity"]]
+    failures, answers = [], []
+    stop = threading.Event()
+    with TestClient(app) as c:
+        def hammer(path):
+            while not stop.is_set():
+                r = c.get(path)
+                if r.status_code != 200:
+                    failures.append((r.status_code, r.text))
+                else:
+                    answers.append(r.json()["version"])
+        threads = [threading.Thread(target=hammer, args=(p,)) for p in
+                   ("/v1/users/u1/recommendations?k=5", "/v1/users/nobody/recommendations?k=5")]
+        for t in threads:
+            t.start()
+        for i in range(6):
+            changed, msg = holder.reload(versions[i % 3])
+            assert changed, msg
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not failures
+    assert len(set(answers)) >= 2  # requests were answered by more than one version
+
+
+def test_broken_version_is_refused_and_old_keeps_serving(served, tmp_path):
+    root = served["root"]
+    good = served["versions"]["two_tower"]
+    broken = good + "-broken"
+    shutil.copytree(registry.version_dir(root, good), registry.version_dir(root, broken))
+    with open(f"{registry.version_dir(root, broken)}/item_embeddings.npy", "wb") as fh:
+        fh.write(b"not a numpy file")
+    holder = EngineHolder(root, poll_seconds=0)
+    app = create_app(Settings(root=root, poll_seconds=0), holder)
+    try:
+        with TestClient(app) as c:
+            assert holder.engine.version == good
+            changed, msg = holder.reload(broken)
+            assert not changed and "refused" in msg
+            assert holder.engine.version == good
+            assert c.get("/readyz").json()["version"] == good
+            assert c.get("/v1/users/u1/recommendations").status_code == 200
+    finally:
+        shutil.rmtree(registry.version_dir(root, broken))
+
+
+def test_poller_picks_up_a_new_current(served):
+    import time
+    root = served["root"]
+    holder = EngineHolder(root, poll_seconds=0.05)
+    holder.start()
+    try:
+        assert holder.engine.version == served["versions"]["two_tower"]
+        registry.publish(root, served["versions"]["mf"])
+        deadline = time.time() + 10
+        while holder.engine.version != served["versions"]["mf"] and time.time() < deadline:
+            time.sleep(0.05)
+        assert holder.engine.version == served["versions"]["mf"]
+    finally:
+        holder.stop()
+        registry.publish(root, served["versions"]["two_tower"])
+
+
+def test_batch_path_equals_single_requests(served):
+    engine = Engine.load(served["root"], served["versions"]["mf"])
+    rows = np.arange(20)
+    ids, scores = engine.recommend_users(rows, 10)
+    for r in rows:
+        single = engine.recommend(str(engine.lv.users.ids[r]), 10)
+        assert [str(x) for x in engine.lv.items.ids[ids[r]]] == single.items
+        np.testing.assert_allclose(scores[r], single.scores, rtol=1e-6)
