@@ -64,6 +64,10 @@ class FrameCoder(beam.coders.Coder):
         with pa.ipc.open_stream(pa.py_buffer(data)[1:]) as reader:
             return reader.read_all().to_pandas()
 
+    def estimate_size(self, df: pd.DataFrame) -> int:
+        # Beam samples element sizes for its metrics; the default would encode the whole frame to measure it.
+        return int(df.memory_usage(index=True, deep=False).sum())
+
     def is_deterministic(self) -> bool:
         return False
 
@@ -283,18 +287,22 @@ class KCore(beam.PTransform):
 
 
 class UnionSets(beam.CombineFn):
-    def create_accumulator(self):
-        return set()
+    """Union of (users, items) ID lists -> (sorted users, sorted items): one combine, not one each."""
 
-    def add_input(self, acc, xs):
-        acc.update(xs)
+    def create_accumulator(self):
+        return set(), set()
+
+    def add_input(self, acc, ids):
+        acc[0].update(ids[0])
+        acc[1].update(ids[1])
         return acc
 
     def merge_accumulators(self, accs):
-        return set().union(*accs)
+        accs = list(accs)
+        return set().union(*(a[0] for a in accs)), set().union(*(a[1] for a in accs))
 
     def extract_output(self, acc):
-        return sorted(acc)
+        return sorted(acc[0]), sorted(acc[1])
 
 
 def _assign(kv, cfg, cuts):
@@ -454,10 +462,9 @@ def build(p: beam.Pipeline, cfg: Config, files: list[str], out_dir: str,
     train_ids = split | "TrainIds" >> beam.Map(
         lambda kv: (kv[1].loc[kv[1]["split"] == 0, "user"].unique().tolist(),
                     kv[1].loc[kv[1]["split"] == 0, "item"].unique().tolist()))
-    users = (train_ids | "TrainUsers" >> beam.Map(lambda t: t[0]) | "UnionUsers" >> beam.CombineGlobally(UnionSets())
-             | "UserVocab" >> beam.Map(lambda ids: prev_users.extended(ids)))
-    items = (train_ids | "TrainItems" >> beam.Map(lambda t: t[1]) | "UnionItems" >> beam.CombineGlobally(UnionSets())
-             | "ItemVocab" >> beam.Map(lambda ids: prev_items.extended(ids)))
+    train_union = train_ids | "UnionTrainIds" >> beam.CombineGlobally(UnionSets())
+    users = train_union | "UserVocab" >> beam.Map(lambda ids: prev_users.extended(ids[0]))
+    items = train_union | "ItemVocab" >> beam.Map(lambda ids: prev_items.extended(ids[1]))
     rows = split | "WriteSplits" >> beam.ParDo(
         WriteShardFn(out_dir, n), beam.pvalue.AsSingleton(users), beam.pvalue.AsSingleton(items))
     rejected_written = (parsed.rejected

@@ -64,15 +64,114 @@ def _serve(args) -> int:
     return 0
 
 
-def _demo(args) -> int:
-    """The README's main job on the embedded data."""
-    from pipelines import build_dataset
+def _compare(args) -> int:
+    from recsys import compare, registry, report
     cfg = load_config(args.config)
-    dataset = build_dataset.run(cfg)
-    st = dataset.stats
-    print(f"demo: dataset {dataset.id}: {st['interactions']} interactions kept of {st['rows_read']} read; "
-          f"rejected by reason: {st['rejected_by_reason'] or 'none'}")
+    root = cfg.resolve(cfg.artifacts.root)
+    a, b = registry.resolve_version(root, args.a), registry.resolve_version(root, args.b)
+    c = compare.compare(root, a, b, args.split, args.dataset, tuple(cfg.evaluation.ks), args.primary)
+    out = args.out or fsio_join(root, "reports", f"{a}__vs__{b}")
+    paths = report.write_report(c, out)
+    print(report.markdown(c))
+    print(f"verdict: {c['verdict']}")
+    print(f"wrote {paths['md']}, {paths['html']}, {paths['json']}")
     return 0
+
+
+def fsio_join(*parts):
+    from recsys import fsio
+    return fsio.join(*parts)
+
+
+def _versions(args) -> int:
+    from recsys import registry
+    cfg = load_config(args.config)
+    root = cfg.resolve(cfg.artifacts.root)
+    print(registry.format_versions(root))
+    return 0
+
+
+def _publish(args) -> int:
+    from recsys import registry
+    cfg = load_config(args.config)
+    root = cfg.resolve(cfg.artifacts.root)
+    version = registry.resolve_version(root, args.version)
+    registry.publish(root, version, reason="manual")
+    print(f"published {version}")
+    return 0
+
+
+def _rollback(args) -> int:
+    from recsys import registry
+    from recsys.errors import DataError
+    cfg = load_config(args.config)
+    root = cfg.resolve(cfg.artifacts.root)
+    prev = registry.previous_published(root)
+    if not prev:
+        raise DataError("rollback: no previously published version to go back to")
+    registry.publish(root, prev, reason="rollback")
+    print(f"rolled back to {prev}")
+    return 0
+
+
+def _nightly(args) -> int:
+    from pipelines import nightly
+    cfg = load_config(args.config)
+    summary = nightly.run(cfg, resume=args.resume)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    g = summary.get("gate") or {}
+    dur = summary.get("durations", {})
+    print(f"nightly: run {summary['run_id']} done in {sum(dur.values()):.0f}s "
+          f"({', '.join(f'{k} {v:.0f}s' for k, v in dur.items())}); dataset {summary['dataset_id']}; "
+          f"gate: {'published ' + str(summary.get('published')) if g.get('publish') else 'kept production'} "
+          f"({g.get('reason', '')}); CURRENT={summary.get('current')}")
+
+
+def _demo(args) -> int:
+    """The README's main job on the embedded data: nightly, A/B verdict vs popularity, sample answers."""
+    from pipelines import nightly
+    from recsys import compare, registry, report
+    from recsys.engine import Engine
+    cfg = load_config(args.config)
+    root = cfg.resolve(cfg.artifacts.root)
+    summary = nightly.run(cfg)
+    _print_summary(summary)
+    current = registry.current_version(root)
+    pop = summary["candidates"] and next((v["version"] for k, v in summary["candidates"].items() if k == "popularity"), None)
+    if current and pop and current != pop:
+        c = compare.compare(root, pop, current, "test", summary["dataset_id"], tuple(cfg.evaluation.ks),
+                            cfg.nightly.primary_metric)
+        paths = report.write_report(c, fsio_join(root, "reports", f"{pop}__vs__{current}"))
+        print(f"A/B vs popularity: {c['verdict']}")
+        print(f"report: {paths['html']}")
+    if current:
+        engine = Engine.load(root, current)
+        user = str(engine.lv.users.ids[0])
+        rec = engine.recommend(user, 5)
+        titles = _titles(engine)
+        print(f"top 5 for user {user} ({rec.source}, {rec.version}):")
+        for item, score in zip(rec.items, rec.scores):
+            print(f"  {item:>8}  {score:6.3f}  {titles.get(item, '')}")
+        print("serve it:  .venv/bin/recsys serve --config data/recsys.yaml   (or: make serve)")
+        print(f"query it:  curl 'http://127.0.0.1:8000/v1/users/{user}/recommendations?k=10'")
+        print("           curl -X POST http://127.0.0.1:8000/v1/recommendations "
+              "-H 'content-type: application/json' -d '{\"history\": [\"1\", \"260\"], \"k\": 5}'")
+    return 0
+
+
+def _titles(engine) -> dict:
+    from recsys import fsio, registry
+    path = fsio.join(registry.version_dir(engine.lv.root, engine.version), "items.parquet")
+    if not fsio.exists(path):
+        return {}
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    t = pq.read_table(pa.BufferReader(fsio.read_bytes(path)), columns=["item", "title"]).to_pandas()
+    return dict(zip(t["item"], t["title"]))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -117,6 +216,32 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--admin-token", default=os.environ.get("RECSYS_ADMIN_TOKEN", ""),
                    help="token for POST /admin/reload (default: $RECSYS_ADMIN_TOKEN)")
     v.set_defaults(func=_serve)
+
+    c = sub.add_parser("compare", help="offline A/B of two versions on the same held-out users")
+    c.add_argument("a", help="version A (baseline; 'current' = the published one)")
+    c.add_argument("b", help="version B (candidate; 'latest' = the newest)")
+    c.add_argument("--config")
+    c.add_argument("--split", default="test", choices=["validation", "test"])
+    c.add_argument("--dataset", help="dataset id (default: B's dataset)")
+    c.add_argument("--primary", default="ndcg@20", help="metric of the verdict (default ndcg@20)")
+    c.add_argument("--out", help="report directory (default: <root>/reports/A__vs__B)")
+    c.set_defaults(func=_compare)
+
+    vs = sub.add_parser("versions", help="list model versions")
+    vs.add_argument("--config")
+    vs.set_defaults(func=_versions)
+    pb = sub.add_parser("publish", help="point CURRENT at a version")
+    pb.add_argument("version")
+    pb.add_argument("--config")
+    pb.set_defaults(func=_publish)
+    rb = sub.add_parser("rollback", help="back to the previously published version")
+    rb.add_argument("--config")
+    rb.set_defaults(func=_rollback)
+
+    n = sub.add_parser("nightly", help="dataset, train, evaluate, gate, index, batch recs, publish")
+    n.add_argument("--config")
+    n.add_argument("--resume", action="store_true", help="continue the last unfinished run")
+    n.set_defaults(func=_nightly)
 
     d = sub.add_parser("demo", help="the main job on the embedded data (what `make demo` runs)")
     d.add_argument("--config", default="data/recsys.yaml")

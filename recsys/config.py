@@ -103,6 +103,7 @@ class Config:
     model: "ModelConfig" = field(default_factory=lambda: ModelConfig())
     evaluation: "EvaluationConfig" = field(default_factory=lambda: EvaluationConfig())
     index: "IndexConfig" = field(default_factory=lambda: IndexConfig())
+    nightly: "NightlyConfig" = field(default_factory=lambda: NightlyConfig())
     base_dir: str = "."
 
     def resolve(self, path: str) -> str:
@@ -252,6 +253,16 @@ def validate(cfg: Config) -> Config:
            "one of 1, 2, 4, 8")
     _check(0 <= ix.min_recall_at_10 <= 1, "index.min_recall_at_10", ix.min_recall_at_10, "between 0 and 1")
     _check(ix.recall_sample_users >= 1, "index.recall_sample_users", ix.recall_sample_users, ">= 1")
+    nc = cfg.nightly
+    _check(bool(nc.models) and all(m in MODEL_NAMES for m in nc.models), "nightly.models", nc.models,
+           f"a non-empty list of {', '.join(MODEL_NAMES)}")
+    _check(bool(re.match(r"^(recall|recall_norm|ndcg|hit_rate|map|mrr)@\d+$", nc.primary_metric))
+           and int(nc.primary_metric.split("@")[1]) in cfg.evaluation.ks,
+           "nightly.primary_metric", nc.primary_metric, f"<metric>@<k> with k in evaluation.ks {cfg.evaluation.ks}")
+    _check(nc.tolerance >= 0, "nightly.tolerance", nc.tolerance, ">= 0")
+    _check(nc.keep_versions >= 2, "nightly.keep_versions", nc.keep_versions, ">= 2 (published + previous)")
+    _check(1 <= nc.batch_top_n <= 1000, "nightly.batch_top_n", nc.batch_top_n, "between 1 and 1000")
+    _check(nc.batch_users_per_bundle >= 1, "nightly.batch_users_per_bundle", nc.batch_users_per_bundle, ">= 1")
     _check(bool(cfg.artifacts.root), "artifacts.root", cfg.artifacts.root, "a directory or URL is required")
     return cfg
 
@@ -295,6 +306,7 @@ class ModelConfig:
     eval_k: int = 20
     seed: int = 0
     popularity_window_days: int = 0
+    eval_users: int = 5000          # validation users sampled for the per-epoch early-stopping check
 
 
 @dataclass
@@ -315,3 +327,13 @@ class IndexConfig:
     training_sample_size: int = 250000
     recall_sample_users: int = 1000
     min_recall_at_10: float = 0.9
+
+
+@dataclass
+class NightlyConfig:
+    models: list = field(default_factory=lambda: ["two_tower", "mf", "popularity"])
+    primary_metric: str = "ndcg@20"
+    tolerance: float = 0.0          # publish if candidate >= production - tolerance on the primary metric
+    keep_versions: int = 6          # prune older versions beyond this (never the published or previous one)
+    batch_top_n: int = 50
+    batch_users_per_bundle: int = 2000

@@ -196,3 +196,17 @@ def previous_published(root: str) -> str | None:
         if e["version"] != cur and fsio.exists(fsio.join(version_dir(root, e["version"]), "manifest.json")):
             return e["version"]
     return None
+
+
+def format_versions(root: str) -> str:
+    """The `recsys versions` table."""
+    cur = current_version(root)
+    lines = [f"{'':2}{'version':<34}{'model':<11}{'created':<27}{'dataset':<18}{'recall@20':>10}{'ndcg@20':>9}"]
+    for v in list_versions(root):
+        m = read_manifest(root, v)
+        met = m.get("test_metrics") or m.get("validation_metrics") or {}
+        mark = "* " if v == cur else "  "
+        lines.append(f"{mark}{v:<34}{m.get('model', ''):<11}{m.get('created_at', ''):<27}{m.get('dataset_id', ''):<18}"
+                     f"{met.get('recall@20', float('nan')):>10.4f}{met.get('ndcg@20', float('nan')):>9.4f}")
+    lines.append("(* = published; metrics: test split when evaluated, else validation)")
+    return "\n".join(lines)

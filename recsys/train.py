@@ -108,6 +108,12 @@ def _warm_start(model: RetrievalModel, ts: TrainSet, previous) -> dict:
     return copied
 
 
+def _subsample(ev: EvalSet, n: int, seed: int) -> EvalSet:
+    """A fixed random subset of an EvalSet's users (cheap per-epoch early-stopping checks)."""
+    rows = np.sort(np.random.default_rng(seed).choice(len(ev.user_ids), n, replace=False))
+    return EvalSet(ev.user_ids[rows], ev.user_idx[rows], ev.relevant[rows], ev.exclude[rows], ev.history[rows])
+
+
 def _row_map(new_ids: np.ndarray, old_ids: np.ndarray):
     import pandas as pd
     pos = pd.Index(old_ids).get_indexer(pd.Index(new_ids))
@@ -146,6 +152,8 @@ def fit(ts: TrainSet, model_name: str, mc: ModelConfig, ks=(10, 20, 50), previou
     n = len(ts.user_idx)
     bs = min(mc.batch_size, n)
     val = ts.evals.get("validation")
+    if val is not None and len(val.user_ids) > mc.eval_users:
+        val = _subsample(val, mc.eval_users, mc.seed)
     key = f"recall@{mc.eval_k}"
     ks = sorted(set(ks) | {mc.eval_k})
     best, best_epoch, best_weights, bad_epochs = -np.inf, 0, None, 0

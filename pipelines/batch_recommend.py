@@ -1,0 +1,86 @@
+"""Beam job: top-N for every known user of a version, through the engine the service uses.
+
+Output: `<version>/recommendations/part-NNNNN.parquet` with user_id, rank, item_id, score, model_version.
+Written under a temporary directory and renamed when complete.
+"""
+from __future__ import annotations
+
+import io
+import shutil
+import time
+import uuid
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+
+from pipelines.build_dataset import make_runner, pipeline_options
+from recsys import fsio, registry
+from recsys.config import Config, is_url
+
+SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
+                    ("score", pa.float32()), ("model_version", pa.string())])
+
+
+class ScoreUsersFn(beam.DoFn):
+    """Loads the engine once per worker; scores a bundle of user rows and writes one Parquet part."""
+
+    def __init__(self, root: str, version: str, k: int, out_dir: str):
+        self.root, self.version, self.k, self.out_dir = root, version, k, out_dir
+        self.users_scored = Metrics.counter("recsys", "users_scored")
+
+    def setup(self):
+        from recsys.engine import Engine
+        self.engine = Engine.load(self.root, self.version)
+
+    def process(self, bundle):
+        part, start, stop = bundle
+        rows = np.arange(start, stop)
+        ids, scores = self.engine.recommend_users(rows, self.k)
+        valid = ids >= 0
+        users = np.repeat(self.engine.lv.users.ids[rows], valid.sum(1))
+        ranks = np.concatenate([np.arange(1, v.sum() + 1) for v in valid]) if len(rows) else np.zeros(0, int)
+        table = pa.table({"user_id": pa.array(users.astype(str)), "rank": pa.array(ranks, pa.int32()),
+                          "item_id": pa.array(self.engine.lv.items.ids[ids[valid]].astype(str)),
+                          "score": pa.array(scores[valid], pa.float32()),
+                          "model_version": pa.array([self.version] * int(valid.sum()), pa.string())}, schema=SCHEMA)
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd")
+        fsio.write_bytes(fsio.join(self.out_dir, f"part-{part:05d}.parquet"), sink.getvalue())
+        self.users_scored.inc(len(rows))
+        yield len(rows)
+
+
+def run(cfg: Config, root: str, version: str, k: int | None = None, progress=print) -> str:
+    """Score every known user of `version`; returns the output directory."""
+    t0 = time.time()
+    k = k or cfg.nightly.batch_top_n
+    users, _ = registry.load_vocabs(root, version)
+    n, per = len(users), cfg.nightly.batch_users_per_bundle
+    bundles = [(i, s, min(s + per, n)) for i, s in enumerate(range(0, n, per))]
+    final = fsio.join(registry.version_dir(root, version), "recommendations")
+    out_dir = final if is_url(root) else f"{final}.tmp-{uuid.uuid4().hex[:6]}"
+    fsio.makedirs(out_dir)
+    try:
+        with beam.Pipeline(runner=make_runner(cfg), options=pipeline_options(cfg)) as p:
+            (p | "Bundles" >> beam.Create(bundles) | "Spread" >> beam.Reshuffle()
+             | "ScoreUsers" >> beam.ParDo(ScoreUsersFn(root, version, k, out_dir)))
+    except BaseException:
+        if not is_url(out_dir):
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    if out_dir != final:
+        if fsio.exists(final):
+            shutil.rmtree(final)
+        fsio.rename(out_dir, final)
+    progress(f"batch-recommend: {n} users x top {k} for {version} in {time.time() - t0:.1f}s -> {final}")
+    return final
+
+
+def read(root: str, version: str):
+    """All batch recommendations of a version as a pandas frame (user_id, rank, item_id, score, model_version)."""
+    paths = fsio.match(fsio.join(registry.version_dir(root, version), "recommendations", "part-*.parquet"))
+    tables = [pq.read_table(pa.BufferReader(fsio.read_bytes(p))) for p in paths]
+    return (pa.concat_tables(tables) if tables else SCHEMA.empty_table()).to_pandas()
