@@ -231,8 +231,10 @@ def _global_kcore(edges: list, cfg: Config) -> dict:
     item_codes, item_ids = pd.factorize(np.concatenate([e[4] for e in edges]))
     item_offsets = np.cumsum([0] + [len(e[4]) for e in edges])
     user_offsets = np.cumsum([0] + [len(e[2]) for e in edges])
-    items = np.concatenate([item_codes[item_offsets[k]:item_offsets[k + 1]][e[3]] for k, e in enumerate(edges)])
-    users = np.concatenate([e[1].astype(np.int64) + user_offsets[k] for k, e in enumerate(edges)])
+    code = np.int32 if max(len(item_ids), user_offsets[-1]) < 2 ** 31 else np.int64
+    items = np.concatenate([item_codes[item_offsets[k]:item_offsets[k + 1]].astype(code)[e[3]]
+                            for k, e in enumerate(edges)])
+    users = np.concatenate([e[1].astype(code) + code(user_offsets[k]) for k, e in enumerate(edges)])
     alive, rounds, violations = interactions.kcore_codes(users, items, int(user_offsets[-1]), len(item_ids), cfg)
     # A row is dropped exactly when its item or its user is (each filter drops all rows of an item or a
     # user), so buckets can apply the result by ID whatever their row order.
@@ -265,10 +267,10 @@ def _apply_kcore(kv, result: dict):
 class KCore(beam.PTransform):
     """Iterative k-core (rounds: items under the item minimum by global counts, then light users).
 
-    One global step runs the rounds on integer codes of all interactions (8 bytes each, plus 8 for the
-    timestamp under the temporal split), stopping when a round drops nothing or after
-    `filters.max_rounds` (Finalize then fails on the violations left). Unrolling max_rounds Beam stages
-    instead costs about 0.1 s of fixed runner overhead per round, converged or not.
+    One global step runs the rounds on integer codes of all interactions (held by one worker: about
+    8 bytes per interaction, 16 with the timestamp for the temporal cut), stopping when a round drops
+    nothing or after `filters.max_rounds` (Finalize then fails on the violations left). Unrolling
+    max_rounds Beam stages instead costs about 0.1 s of fixed runner overhead per round, converged or not.
     Returns (kept buckets, the step's result dict: removed IDs, positives, kept, violations, cuts).
     """
 
@@ -282,7 +284,8 @@ class KCore(beam.PTransform):
                   | "Edges" >> beam.Map(_kcore_edges, temporal)
                   | "AllEdges" >> beam.combiners.ToList()
                   | "Rounds" >> beam.Map(_global_kcore, self.cfg))
-        kept = buckets | "Apply" >> beam.Map(_apply_kcore, beam.pvalue.AsSingleton(result)).with_output_types(Bucket)
+        kept = buckets | "Apply" >> beam.Map(
+            _apply_kcore, beam.pvalue.AsSingleton(result)).with_output_types(Bucket)
         return kept, result
 
 

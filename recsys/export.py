@@ -37,9 +37,20 @@ class QueryModel(tf.Module):
         return {"embedding": self.tower({"user_idx": self.users.lookup(user_id), "history": hist})}
 
 
-def user_histories(ts: TrainSet, length: int) -> np.ndarray:
-    """Each known user's `length` most recent training items (newest first)."""
-    return last_items(ts.user_idx, ts.item_idx, ts.n_users, length)
+def user_histories(ts: TrainSet, length: int, dataset_path: str | None = None) -> np.ndarray:
+    """Each known user's `length` most recent items (newest first) from train, then validation.
+
+    Validation interactions precede test in time, so the stored embeddings use everything a service
+    would know before the test period, and nothing from it.
+    """
+    users, items = ts.user_idx, ts.item_idx
+    if dataset_path:
+        from recsys.dataset import Dataset
+        val = Dataset(dataset_path).read("validation", ["user_idx", "item_idx", "timestamp"])
+        val = val[(val["user_idx"] >= 0) & (val["item_idx"] >= 0)].sort_values("timestamp", kind="stable")
+        users = np.concatenate([users, val["user_idx"].to_numpy(np.int64)])
+        items = np.concatenate([items, val["item_idx"].to_numpy(np.int64)])
+    return last_items(users, items, ts.n_users, length)
 
 
 def seen_items(ts: TrainSet, dataset_path: str | None):
@@ -77,7 +88,7 @@ def save_version(tr: Trained | None, ts: TrainSet, cfg: Config, model_name: str,
         manifest = {"version": version, "model": model_name, "dataset_id": ts.dataset_id,
                     "config": cfg.to_dict(), "n_users": ts.n_users, "n_items": ts.n_items}
         if tr is not None:
-            hist = user_histories(ts, L) if model_name == "two_tower" else np.full((ts.n_users, 1), -1, np.int32)
+            hist = user_histories(ts, L, dataset_path) if model_name == "two_tower" else np.full((ts.n_users, 1), -1, np.int32)
             users = tr.query_embeddings(np.arange(ts.n_users, dtype=np.int32), hist)
             registry.save_npy(w.file("item_embeddings.npy"), tr.item_embeddings.astype(np.float32))
             registry.save_npy(w.file("user_embeddings.npy"), users.astype(np.float32))

@@ -67,7 +67,7 @@ def test_export_reload_round_trip_gives_identical_scores(planted, trained, name)
     assert lv.users.ids.tolist() == ts.user_ids.tolist() and lv.items.ids.tolist() == ts.item_ids.tolist()
     np.testing.assert_allclose(lv.item_embeddings, trained[name].item_embeddings, rtol=0, atol=0)
     users = np.arange(ts.n_users, dtype=np.int32)
-    hist = export.user_histories(ts, cfg.model.history_length) if name == "two_tower" \
+    hist = export.user_histories(ts, cfg.model.history_length, ds.path) if name == "two_tower" \
         else np.full((ts.n_users, 1), -1, np.int32)
     expected = trained[name].query_embeddings(users, hist) @ trained[name].item_embeddings.T
     np.testing.assert_allclose(lv.score(lv.user_embeddings), expected, rtol=1e-6, atol=1e-6)

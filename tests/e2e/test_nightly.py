@@ -1,0 +1,138 @@
+"""Nightly: happy path, fault injection with --resume, the gate, pruning, batch = service answers."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from pipelines import batch_recommend, nightly
+from recsys import registry
+from recsys.config import from_dict
+from recsys.engine import Engine
+from recsys.synthetic import clustered_interactions, clustered_items
+
+
+def make_cfg(tmp, **nightly_cfg):
+    return from_dict({
+        "source": {"path": str(tmp / "events.csv"), "format": "csv", "items_path": str(tmp / "items.csv"),
+                   "items_format": "csv",
+                   "columns": {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "value": "rating"},
+                   "item_columns": {"item": "item_id", "title": "title", "genres": "genres"}},
+        "filters": {"min_user_interactions": 3, "min_item_interactions": 1, "max_rounds": 3},
+        "split": {"strategy": "leave_last_n", "leave_last_n": 2},
+        "runner": {"shuffle_buckets": 2},
+        "artifacts": {"root": str(tmp / "artifacts")},
+        "model": {"dim": 16, "batch_size": 256, "epochs": 5, "learning_rate": 0.02, "history_length": 5},
+        "nightly": {"models": ["mf", "popularity"], "batch_top_n": 10, "batch_users_per_bundle": 64,
+                    **nightly_cfg},
+    }, base_dir=str(tmp))
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    clustered_interactions(n_users=150, n_items=120, n_clusters=4, per_user=20, seed=5).to_csv(
+        tmp_path / "events.csv", index=False)
+    clustered_items(120, 4).to_csv(tmp_path / "items.csv", index=False)
+    return tmp_path
+
+
+def quiet(*_):
+    pass
+
+
+def test_first_run_publishes_a_model_that_beats_popularity(workdir):
+    cfg = make_cfg(workdir)
+    root = cfg.resolve(cfg.artifacts.root)
+    summary = nightly.run(cfg, progress=quiet)
+    assert summary["gate"]["publish"] and summary["gate"]["best"] == "mf"
+    assert registry.current_version(root) == summary["published"] == summary["candidates"]["mf"]["version"]
+    assert set(summary["steps"]) == set(nightly.STEPS)
+    saved = json.load(open(os.path.join(root, "runs", summary["run_id"], "summary.json")))
+    assert saved["gate"]["reason"].startswith("first run")
+    assert registry.read_manifest(root, summary["published"])["index"]["recall@10"] >= 0.9
+
+
+def test_batch_recommendations_equal_service_answers(workdir):
+    cfg = make_cfg(workdir)
+    root = cfg.resolve(cfg.artifacts.root)
+    summary = nightly.run(cfg, progress=quiet)
+    version = summary["published"]
+    recs = batch_recommend.read(root, version)
+    engine = Engine.load(root)
+    users = registry.load_vocabs(root, version)[0].ids
+    assert recs["user_id"].nunique() == len(users)
+    for user in users[:25]:
+        mine = recs[recs["user_id"] == user].sort_values("rank")
+        answer = engine.recommend(str(user), 10)
+        assert mine["item_id"].tolist() == answer.items
+        np.testing.assert_allclose(mine["score"].to_numpy(), answer.scores, rtol=1e-6)
+        assert (mine["model_version"] == version).all()
+
+
+def test_training_failure_leaves_current_and_resume_completes(workdir, monkeypatch):
+    cfg = make_cfg(workdir)
+    root = cfg.resolve(cfg.artifacts.root)
+    first = nightly.run(cfg, progress=quiet)["published"]
+    import recsys.training_job as tj
+    real = tj.train_version
+
+    def broken(*a, **k):
+        raise RuntimeError("injected training failure")
+    monkeypatch.setattr(tj, "train_version", broken)
+    with pytest.raises(nightly.StepFailed, match="step train failed: RuntimeError: injected"):
+        nightly.run(cfg, progress=quiet)
+    assert registry.current_version(root) == first
+    monkeypatch.setattr(tj, "train_version", real)
+    summary = nightly.run(cfg, resume=True, progress=quiet)
+    assert summary["steps"][0] == "build_dataset" and "train" in summary["steps"]
+    assert summary["current"] == registry.current_version(root)
+
+
+def test_killed_between_writing_a_version_and_publishing(workdir, monkeypatch):
+    cfg = make_cfg(workdir, tolerance=1.0)  # the gate lets tonight's candidate through
+    root = cfg.resolve(cfg.artifacts.root)
+    first = nightly.run(cfg, progress=quiet)["published"]
+
+    class Killed(BaseException):
+        """Not an Exception: like SIGKILL/KeyboardInterrupt, nothing in the run handles it."""
+    real_publish = registry.publish
+
+    def killed(*a, **k):
+        raise Killed()
+    monkeypatch.setattr(registry, "publish", killed)
+    monkeypatch.setattr(nightly.registry, "publish", killed)
+    with pytest.raises(Killed):
+        nightly.run(cfg, progress=quiet)
+    assert registry.current_version(root) == first
+    state = nightly.last_unfinished_run(root)
+    assert state and "batch_recommendations" in state["done"] and "publish" not in state["done"]
+    monkeypatch.setattr(registry, "publish", real_publish)
+    monkeypatch.setattr(nightly.registry, "publish", real_publish)
+    summary = nightly.run(cfg, resume=True, progress=quiet)
+    assert summary["published"] == state["outputs"]["gate"]["candidate"] == registry.current_version(root)
+    assert nightly.last_unfinished_run(root) is None
+
+
+def test_gate_rejects_a_worse_model(workdir):
+    cfg = make_cfg(workdir)
+    root = cfg.resolve(cfg.artifacts.root)
+    first = nightly.run(cfg, progress=quiet)["published"]
+    # tonight only a popularity candidate: clearly worse than the published mf on planted clusters
+    cfg2 = make_cfg(workdir, models=["popularity"])
+    summary = nightly.run(cfg2, progress=quiet)
+    g = summary["gate"]
+    assert not g["publish"] and g["delta"] < 0 and g["production"] == first
+    assert registry.current_version(root) == first
+    assert "index" in summary["steps"]  # skipped steps are recorded as done
+
+
+def test_pruning_keeps_published_and_previous(workdir):
+    cfg = make_cfg(workdir, keep_versions=2, tolerance=1.0)
+    root = cfg.resolve(cfg.artifacts.root)
+    published = []
+    for _ in range(3):
+        published.append(nightly.run(cfg, progress=quiet)["published"])
+    versions = registry.list_versions(root)
+    assert published[-1] in versions and registry.previous_published(root) in versions
+    assert len(versions) <= 3
+    assert registry.current_version(root) == published[-1]
