@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= data/recsys.yaml
 ROOT ?= artifacts
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test serve clean
 
 $(BIN)/recsys: setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
@@ -24,3 +24,6 @@ test: install
 
 clean:
 	rm -rf $(VENV) $(ROOT) *.egg-info
+
+serve: install
+	$(BIN)/recsys serve --config $(CONFIG)

@@ -13,6 +13,11 @@ def _shift(idx):
     return tf.cast(idx, tf.int32) + 1
 
 
+def _init(scale: float):
+    """A fresh initializer per layer (a shared instance would give every table the same values)."""
+    return tf.keras.initializers.RandomNormal(stddev=scale, seed=int(tf.random.uniform([], 0, 2**31 - 1, tf.int64)))
+
+
 def _masked_mean(emb, idx):
     mask = tf.cast(tf.expand_dims(idx >= 0, -1), emb.dtype)
     return tf.reduce_sum(emb * mask, axis=-2) / tf.maximum(tf.reduce_sum(mask, axis=-2), 1.0)
@@ -25,7 +30,7 @@ class IdQueryTower(tf.keras.Model):
         super().__init__()
         self.normalize = normalize
         self.user_embedding = tf.keras.layers.Embedding(
-            n_users + 1, dim, embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=init_scale))
+            n_users + 1, dim, embeddings_initializer=_init(init_scale))
 
     def call(self, inputs):
         e = self.user_embedding(_shift(inputs["user_idx"]))
@@ -39,7 +44,7 @@ class IdCandidateTower(tf.keras.Model):
         super().__init__()
         self.normalize = normalize
         self.item_embedding = tf.keras.layers.Embedding(
-            n_items + 1, dim, embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=init_scale))
+            n_items + 1, dim, embeddings_initializer=_init(init_scale))
 
     def call(self, item_idx):
         e = self.item_embedding(_shift(item_idx))
@@ -53,9 +58,8 @@ class QueryTower(tf.keras.Model):
                  use_user_id: bool = True):
         super().__init__()
         self.normalize, self.use_user_id = normalize, use_user_id
-        init = tf.keras.initializers.RandomNormal(stddev=init_scale)
-        self.user_embedding = tf.keras.layers.Embedding(n_users + 1, dim, embeddings_initializer=init)
-        self.history_embedding = tf.keras.layers.Embedding(n_items + 1, dim, embeddings_initializer=init)
+        self.user_embedding = tf.keras.layers.Embedding(n_users + 1, dim, embeddings_initializer=_init(init_scale))
+        self.history_embedding = tf.keras.layers.Embedding(n_items + 1, dim, embeddings_initializer=_init(init_scale))
         self.project = tf.keras.layers.Dense(dim, use_bias=False,
                                              kernel_initializer=tf.keras.initializers.Identity())
 
@@ -79,17 +83,16 @@ class CandidateTower(tf.keras.Model):
     def __init__(self, n_items: int, dim: int, features=None, normalize: bool = True, init_scale: float = 0.1):
         super().__init__()
         self.normalize = normalize
-        init = tf.keras.initializers.RandomNormal(stddev=init_scale)
-        self.item_embedding = tf.keras.layers.Embedding(n_items + 1, dim, embeddings_initializer=init)
+        self.item_embedding = tf.keras.layers.Embedding(n_items + 1, dim, embeddings_initializer=_init(init_scale))
         self.has_features = features is not None
         if self.has_features:
             pad = lambda m: np.vstack([np.full((1,) + m.shape[1:], -1, m.dtype), m])  # row 0 = unknown item
             self.genres = tf.constant(pad(features.genres))
             self.tokens = tf.constant(pad(features.title_tokens))
             self.year = tf.constant(np.r_[0, features.year_bucket].astype(np.int32))
-            self.genre_embedding = tf.keras.layers.Embedding(features.n_genres + 1, dim, embeddings_initializer=init)
-            self.token_embedding = tf.keras.layers.Embedding(features.n_tokens + 1, dim, embeddings_initializer=init)
-            self.year_embedding = tf.keras.layers.Embedding(features.n_year_buckets, dim, embeddings_initializer=init)
+            self.genre_embedding = tf.keras.layers.Embedding(features.n_genres + 1, dim, embeddings_initializer=_init(init_scale))
+            self.token_embedding = tf.keras.layers.Embedding(features.n_tokens + 1, dim, embeddings_initializer=_init(init_scale))
+            self.year_embedding = tf.keras.layers.Embedding(features.n_year_buckets, dim, embeddings_initializer=_init(init_scale))
         self.project = tf.keras.layers.Dense(dim, use_bias=False, kernel_initializer=tf.keras.initializers.Identity())
 
     def call(self, item_idx):
