@@ -5,13 +5,13 @@ BIN := $(VENV)/bin
 CONFIG ?= data/recsys.yaml
 ROOT ?= artifacts
 
-.PHONY: install demo test serve clean
+.PHONY: install demo test serve bench-deps clean
 
 $(BIN)/recsys: setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(BIN)/recsys
 
 install: $(BIN)/recsys
@@ -27,3 +27,6 @@ clean:
 
 serve: install
 	$(BIN)/recsys serve --config $(CONFIG)
+
+bench-deps: install
+	$(BIN)/pip install --quiet -e '.[dev,bench]'

@@ -15,7 +15,8 @@ and reports, against exact top-10 (NumPy, float32):
                 interleave all methods so background load hits them alike. p50/p99 are per-query latencies.
   batch q/s     all queries in one call (ScaNN search_batched via ScannIndex.search, hnswlib with all
                 cores, brute force in chunks of 100 queries to bound memory)
-  build s       wall clock of the build (ScaNN and hnswlib both use all cores)
+  build s       wall clock of the build (ScaNN and hnswlib both allowed all cores); cpu s = process CPU
+                time of the build, which background load on a shared machine does not inflate
 
 then the ratio ours single q/s / hnswlib single q/s at ours' recall (hnswlib interpolated linearly along
 its ef sweep) and whether the goal holds: recall@10 >= 0.95, single-query q/s >= hnswlib's at the same
@@ -138,8 +139,8 @@ def time_batch(fn, queries: np.ndarray):
 class Method:
     """One row of the table: a name, a build time and single / batched search callables."""
 
-    def __init__(self, name, params, build_s, single, batch, single_queries=None, note=""):
-        self.name, self.params, self.build_s = name, params, build_s
+    def __init__(self, name, params, build_s, single, batch, single_queries=None, note="", build_cpu_s=0.0):
+        self.name, self.params, self.build_s, self.build_cpu_s = name, params, build_s, build_cpu_s
         self.single, self.batch, self.single_queries, self.note = single, batch, single_queries, note
         self.recall = None
         self.single_total = None      # best over rounds, seconds for all single queries
@@ -149,6 +150,7 @@ class Method:
 
     def row(self) -> dict:
         return {"method": self.name, "params": self.params, "build_s": round(self.build_s, 2),
+                "build_cpu_s": round(self.build_cpu_s, 2),
                 "recall@10": round(self.recall, 4), "single_qps": round(self.n_single / self.single_total, 1),
                 "p50_ms": round(float(np.median(self.lat)) * 1e3, 4),
                 "p99_ms": round(float(np.percentile(self.lat, 99)) * 1e3, 4),
@@ -183,11 +185,11 @@ def run_methods(methods, queries, truth, rounds, warmup=50):
 
 def ours(emb: np.ndarray, cfg_over: dict | None = None, name="ours (default)"):
     cfg = from_dict({"index": cfg_over or {}}).index
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     ix = rindex.build(emb, cfg)
-    build_s = time.perf_counter() - t
+    build_s, cpu_s = time.perf_counter() - t, time.process_time() - c
     params = {"kind": ix.kind, **getattr(ix, "params", {})}
-    return Method(name, params, build_s,
+    return Method(name, params, build_s, build_cpu_s=cpu_s,
                   single=lambda q: ix.search(q[None], K)[0],
                   batch=lambda qs: ix.search(qs, K)[0],
                   single_queries=BRUTE_SINGLE_MAX if ix.kind == "brute_force" and len(emb) > 200_000 else None)
@@ -206,11 +208,11 @@ def brute(emb: np.ndarray):
 
 def hnsw(emb: np.ndarray, efs, M=16, ef_construction=200, threads=-1):
     import hnswlib
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     ix = hnswlib.Index(space="ip", dim=emb.shape[1])
     ix.init_index(max_elements=len(emb), ef_construction=ef_construction, M=M, random_seed=0)
     ix.add_items(emb, np.arange(len(emb)), num_threads=threads)
-    build_s = time.perf_counter() - t
+    build_s, cpu_s = time.perf_counter() - t, time.process_time() - c
     out = []
     for ef in efs:
         def single(q, ef=ef):
@@ -221,7 +223,7 @@ def hnsw(emb: np.ndarray, efs, M=16, ef_construction=200, threads=-1):
             ix.set_ef(ef)
             return ix.knn_query(qs, k=K, num_threads=threads)[0]
         out.append(Method(f"hnswlib ef={ef}", {"M": M, "ef_construction": ef_construction, "ef": ef},
-                          build_s, single, batch))
+                          build_s, single, batch, build_cpu_s=cpu_s))
     return out
 
 
@@ -229,15 +231,20 @@ def hnsw(emb: np.ndarray, efs, M=16, ef_construction=200, threads=-1):
 # Report
 # --------------------------------------------------------------------------------------------------
 
-def hnsw_qps_at(recall: float, hrows: list[dict]):
-    """hnswlib single q/s at `recall`, linear along its ef sweep; (qps, how) or (None, why)."""
-    pts = sorted((r["recall@10"], r["single_qps"]) for r in hrows)
+def hnsw_qps_at(recall: float, hrows: list[dict], key: str = "single_qps"):
+    """hnswlib `key` (q/s or latency) at `recall`, linear along its ef sweep; (value, how) or (None, why)."""
+    best = max if key.endswith("qps") else min
+    by_recall: dict = {}
+    for r in hrows:       # equal recall at two ef values: keep the faster one
+        by_recall[r["recall@10"]] = best(by_recall.get(r["recall@10"], r[key]), r[key])
+    pts = sorted(by_recall.items())
     if not pts:
         return None, "no hnswlib rows"
     if recall > pts[-1][0]:
         return None, f"hnswlib's best recall {pts[-1][0]:.3f} is below ours"
     if recall <= pts[0][0]:
-        return max(p[1] for p in pts), f"hnswlib's lowest recall {pts[0][0]:.3f} already >= ours (ef={min(r['params']['ef'] for r in hrows)})"
+        return pts[0][1], (f"hnswlib's lowest recall {pts[0][0]:.3f} already >= ours "
+                           f"(ef={min(r['params']['ef'] for r in hrows)}), so this favours ours")
     for (r0, q0), (r1, q1) in zip(pts, pts[1:]):
         if r0 <= recall <= r1:
             w = 0.0 if r1 == r0 else (recall - r0) / (r1 - r0)
@@ -247,12 +254,12 @@ def hnsw_qps_at(recall: float, hrows: list[dict]):
 
 def report(name: str, rows: list[dict], n_items: int) -> dict:
     print(f"\n== {name}")
-    hdr = f"{'method':<18} {'build s':>8} {'recall@10':>9} {'single q/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'batch q/s':>10}  params"
+    hdr = f"{'method':<18} {'build s':>8} {'cpu s':>7} {'recall@10':>9} {'single q/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'batch q/s':>10}  params"
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         p = {k: v for k, v in r["params"].items() if k not in ("training_sample_size",)}
-        print(f"{r['method']:<18} {r['build_s']:>8.2f} {r['recall@10']:>9.4f} {r['single_qps']:>11,.0f} "
+        print(f"{r['method']:<18} {r['build_s']:>8.2f} {r['build_cpu_s']:>7.1f} {r['recall@10']:>9.4f} {r['single_qps']:>11,.0f} "
               f"{r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['batch_qps']:>10,.0f}  {p}"
               + (f"  [{r['note']}]" if r["note"] else ""))
     hrows = [r for r in rows if r["method"].startswith("hnswlib")]
@@ -262,7 +269,7 @@ def report(name: str, rows: list[dict], n_items: int) -> dict:
         ge = [r for r in hrows if r["recall@10"] >= o["recall@10"]]
         best_ge = max(ge, key=lambda r: r["single_qps"]) if ge else None
         print(f"\n{o['method']}: recall@10 {o['recall@10']:.4f}, {o['single_qps']:,.0f} single q/s, "
-              f"build {o['build_s']:.1f} s")
+              f"build {o['build_s']:.1f} s wall ({o['build_cpu_s']:.1f} s CPU)")
         if qps:
             print(f"  ours / hnswlib single q/s at recall {o['recall@10']:.3f}: {o['single_qps'] / qps:.2f} "
                   f"(hnswlib {qps:,.0f} q/s, {how})")
@@ -272,15 +279,23 @@ def report(name: str, rows: list[dict], n_items: int) -> dict:
             print(f"  ours / fastest hnswlib with recall >= ours ({best_ge['method']}, recall "
                   f"{best_ge['recall@10']:.4f}): single {o['single_qps'] / best_ge['single_qps']:.2f}, "
                   f"batch {o['batch_qps'] / best_ge['batch_qps']:.2f}")
+        p50, _ = hnsw_qps_at(o["recall@10"], hrows, key="p50_ms")
+        if p50:
+            print(f"  hnswlib p50 / ours p50 latency at that recall: {p50 / o['p50_ms']:.2f} "
+                  f"(hnswlib {p50:.4f} ms, ours {o['p50_ms']:.4f} ms; the median shrugs off preemption)")
         ok_recall = o["recall@10"] >= GOAL_RECALL
         ok_speed = qps is not None and o["single_qps"] >= qps
-        ok_build = o["build_s"] < GOAL_BUILD_S * max(1.0, n_items / 1_000_000)
+        budget = GOAL_BUILD_S * max(1.0, n_items / 1_000_000)
+        ok_build, ok_build_cpu = o["build_s"] < budget, o["build_cpu_s"] < budget
+        if o["params"].get("kind") == "brute_force":
+            print("  (exact brute force at this catalog size; the speed goal is about the ScaNN index)")
         print(f"  goal: recall@10 >= {GOAL_RECALL}: {'yes' if ok_recall else 'NO'}; single q/s >= hnswlib at same "
               f"recall: {'yes' if ok_speed else 'NO'}; build < {GOAL_BUILD_S:.0f} s per 1M items: "
-              f"{'yes' if ok_build else 'NO'}")
+              f"{'yes' if ok_build else 'NO'} wall, {'yes' if ok_build_cpu else 'NO'} CPU")
         verdicts[o["method"]] = {"recall_ok": ok_recall, "speed_ok": ok_speed, "build_ok": ok_build,
-                                 "hnswlib_qps_at_recall": qps,
-                                 "ratio": (o["single_qps"] / qps) if qps else None}
+                                 "build_cpu_ok": ok_build_cpu, "hnswlib_qps_at_recall": qps,
+                                 "ratio": (o["single_qps"] / qps) if qps else None,
+                                 "p50_ratio": (p50 / o["p50_ms"]) if p50 else None}
     return verdicts
 
 
@@ -318,7 +333,8 @@ def main(argv=None) -> int:
     ap.add_argument("--embeddings", default="", help="item embeddings .npy for the real dataset (e.g. Gowalla)")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--clusters", type=int, default=2000)
-    ap.add_argument("--spread", type=float, default=1.0, help="within-cluster noise relative to centre norm")
+    ap.add_argument("--spread", type=float, default=0.6, help="within-cluster noise relative to centre norm")
+    ap.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     ap.add_argument("--ef", default="10,20,50,100", help="hnswlib ef sweep")
     ap.add_argument("--rounds", type=int, default=3, help="timing rounds (best kept)")
     ap.add_argument("--smoke", action="store_true", help="20k items, 200 queries, 1 round")
@@ -336,8 +352,9 @@ def main(argv=None) -> int:
         args.clusters = min(args.clusters, 200)
     results = []
     if not args.skip_synthetic:
-        emb, qs = clustered(args.n, n_queries, args.dim, args.clusters, args.spread)
-        results.append(bench(f"synthetic clustered ({args.clusters} clusters, spread {args.spread}, normalised)",
+        emb, qs = clustered(args.n, n_queries, args.dim, args.clusters, args.spread, args.seed)
+        results.append(bench(f"synthetic clustered ({args.clusters} clusters, spread {args.spread}, seed {args.seed}, "
+                             "normalised)",
                              emb, qs, args))
         del emb, qs
 
@@ -350,6 +367,8 @@ def main(argv=None) -> int:
     if not emb_path:
         print(f"\n## real: skipped -- no --embeddings given and no Gowalla model version under "
               f"{args.artifacts}/models (train one, or pass --embeddings ITEMS.npy --queries USERS.npy)")
+    elif not os.path.exists(emb_path):
+        print(f"\n## real: skipped -- {emb_path} not found")
     else:
         if not query_path:
             guess = os.path.join(os.path.dirname(emb_path), "user_embeddings.npy")

@@ -100,7 +100,7 @@ def _mixture(rng, centers, scale, labels) -> np.ndarray:
 
 def synth_params(args) -> dict:
     return {"items": args.items, "users": args.users, "dim": DIM, "seed": args.seed,
-            "items_per_cluster": ITEMS_PER_CLUSTER, "seen_per_user": "10-30, 80% own cluster"}
+            "items_per_cluster": ITEMS_PER_CLUSTER, "spread": args.spread, "seen_per_user": "10-30, 80% own cluster"}
 
 
 def synthesize(root: str, args) -> tuple[str, dict]:
@@ -109,7 +109,7 @@ def synthesize(root: str, args) -> tuple[str, dict]:
     n_items, n_users = args.items, args.users
     n_clusters = max(8, n_items // ITEMS_PER_CLUSTER)
     centers = rng.normal(size=(n_clusters, DIM)).astype(np.float32) / np.sqrt(DIM)
-    scale = rng.uniform(0.5, 1.5, n_clusters).astype(np.float32)
+    scale = (args.spread * rng.uniform(0.5, 1.5, n_clusters)).astype(np.float32)
     item_cluster = rng.integers(0, n_clusters, n_items)
     user_cluster = rng.integers(0, n_clusters, n_users)
     items = _mixture(rng, centers, scale, item_cluster)
@@ -534,6 +534,8 @@ def main(argv=None) -> int:
     ap.add_argument("--items", type=int, default=1_000_000)
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--spread", type=float, default=0.5,
+                    help="within-cluster noise relative to the centre norm (larger: harder for the index)")
     ap.add_argument("--rates", default="250,500,1000,1500,2000", help="offered requests/s, comma-separated")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of load per rate")
     ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")

@@ -321,7 +321,7 @@ class IndexConfig:
     brute_force_below: int = 50000
     num_leaves: int = 0
     leaves_to_search: int = 0
-    reorder: int = 100
+    reorder: int = 200                 # AH candidates re-scored exactly (benchmarks/ann.py)
     dimensions_per_block: int = 2
     anisotropic_threshold: float = 0.2
     training_sample_size: int = 250000

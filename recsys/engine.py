@@ -22,6 +22,7 @@ from recsys.scoring import HISTORY, PERSONALIZED, POPULARITY, LoadedVersion, que
 
 FILTER_KEYS = ("genre", "item")
 MAX_K = 1000
+_NO_GENRES = frozenset()
 
 
 class RequestError(RecsysError):
@@ -58,6 +59,31 @@ def parse_filters(values, field_name: str) -> dict:
     return out
 
 
+def _row_of(vocab, key) -> int:
+    """The index of one ID in a vocabulary, -1 if unknown: `vocab.lookup([key])[0]` without building a
+    pandas Index per call (a request looks up one user and a few items; that construction dominated)."""
+    index = getattr(vocab, "_index", None)
+    if index is None:
+        return int(vocab.lookup([key])[0])
+    try:
+        r = index.get_loc(key)
+    except (KeyError, TypeError, pd.errors.InvalidIndexError):
+        return -1
+    return int(r) if isinstance(r, (int, np.integer)) else int(vocab.lookup([key])[0])
+
+
+def _rows_of(vocab, keys) -> np.ndarray:
+    return np.fromiter((_row_of(vocab, k) for k in keys), dtype=np.int64, count=len(keys))
+
+
+def _not_in(values: np.ndarray, sorted_rows: np.ndarray) -> np.ndarray:
+    """`~np.isin(values, sorted_rows)` for sorted unique rows, without isin's set-up cost on a few values."""
+    if not len(sorted_rows):
+        return np.ones(len(values), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_rows, values), len(sorted_rows) - 1)
+    return sorted_rows[pos] != values
+
+
 class Engine:
     """A loaded version with its index, item attributes and per-user seen items."""
 
@@ -84,7 +110,10 @@ class Engine:
         if fsio.exists(fsio.join(d, "seen.npz")):
             import io
             seen = sp.load_npz(io.BytesIO(fsio.read_bytes(fsio.join(d, "seen.npz")))).tocsr()
-        genres = [set() for _ in range(len(lv.items))]
+        # one shared frozenset per distinct genre combination: a million per-item sets are a million
+        # objects for Python's cyclic garbage collector to walk (seconds-long pauses in the service)
+        genres = [_NO_GENRES] * len(lv.items)
+        shared: dict = {}
         if fsio.exists(fsio.join(d, "items.parquet")):
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -93,7 +122,8 @@ class Engine:
             rows = lv.items.lookup(feats["item"].to_numpy(dtype=object))
             for r, g in zip(rows, feats["genres"]):
                 if r >= 0 and g is not None:
-                    genres[r] = set(g)
+                    g = frozenset(g)
+                    genres[r] = shared.setdefault(g, g)
         return cls(lv, idx, seen, genres)
 
     # ---- filters -------------------------------------------------------------------------------
@@ -139,6 +169,45 @@ class Engine:
         ids, scores = index_mod.search_filtered(self.index, self.lv.item_embeddings, vector, k, blocked, allowed)
         return ids, scores, source
 
+    def _select(self, vector, source, k, include: dict, exclude: dict, blocked_rows: np.ndarray | None):
+        """`_top(vector, source, k, *_masks(include, exclude, blocked_rows))`, with the same answer, but
+        without full-catalog boolean masks when only item rows are blocked (seen items, history, item:
+        excludes): the common request then costs one index search instead of several passes over every
+        item. Genre filters and includes take the mask path."""
+        if include or exclude.get("genre"):
+            return self._top(vector, source, k, *self._masks(include, exclude, blocked_rows))
+        masked = bool(exclude) or (blocked_rows is not None and len(blocked_rows) > 0)
+        parts = [] if blocked_rows is None else [np.asarray(blocked_rows, dtype=np.int64)]
+        if exclude.get("item"):
+            items = _rows_of(self.lv.items, list(exclude["item"]))
+            parts.append(items[items >= 0])
+        rows = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+        if source == POPULARITY or vector is None:
+            # popularity order minus the blocked rows: the first k survivors lie in the first k + |rows|
+            order = self.popularity_order[:k + len(rows)]
+            if len(rows):
+                order = order[_not_in(order, rows)]
+            order = order[:k]
+            return order, self.lv.popularity[order].astype(np.float32), POPULARITY
+        if not masked:
+            ids, scores = index_mod.search_filtered(self.index, self.lv.item_embeddings, vector, k)
+            return ids, scores, source
+        # index.search_filtered's first over-fetch (k + |blocked| + 16), checked against the few blocked
+        # rows; anything else (too few survivors, most of the catalog blocked) goes through it unchanged.
+        n = self.n_items
+        available = n - len(rows)
+        kk = min(k, available)
+        if 0 < kk and available > n // 5:
+            ids, scores = self.index.search(vector[None], min(n, kk + len(rows) + 16))
+            ids, scores = ids[0], scores[0]
+            keep = _not_in(ids, rows)
+            if keep.sum() >= kk:
+                return ids[keep][:kk], scores[keep][:kk], source
+        blocked = np.zeros(n, dtype=bool)
+        blocked[rows] = True
+        ids, scores = index_mod.search_filtered(self.index, self.lv.item_embeddings, vector, k, blocked, None)
+        return ids, scores, source
+
     def _answer(self, ids, scores, source, ignored=()) -> Recommendations:
         return Recommendations([str(x) for x in self.lv.items.ids[ids]], [float(s) for s in scores], source,
                                self.version, list(ignored))
@@ -153,21 +222,20 @@ class Engine:
         """Top-k for a user ID: their precomputed vector, or popularity if the user is unknown."""
         self._check_k(k)
         inc, exc = parse_filters(include, "include"), parse_filters(exclude, "exclude")
-        row = int(self.lv.users.lookup([user_id])[0])
+        row = _row_of(self.lv.users, user_id)
         source = PERSONALIZED if (row >= 0 and self.lv.personalized) else POPULARITY
         vector = self.lv.user_embeddings[row] if source == PERSONALIZED else None
-        blocked, allowed = self._masks(inc, exc, self._seen_rows(row) if exclude_seen else None)
-        return self._answer(*self._top(vector, source, k, blocked, allowed))
+        return self._answer(*self._select(vector, source, k, inc, exc, self._seen_rows(row) if exclude_seen else None))
 
     def recommend_for_history(self, history: list, user_id: str | None = None, k: int = 10,
                               exclude_seen: bool = True, include=None, exclude=None) -> Recommendations:
         """Top-k from a fresh history (item IDs, newest first). Unknown items are ignored and listed."""
         self._check_k(k)
         inc, exc = parse_filters(include, "include"), parse_filters(exclude, "exclude")
-        hist_rows = self.lv.items.lookup([str(h) for h in history]) if history else np.zeros(0, np.int64)
+        hist_rows = _rows_of(self.lv.items, [str(h) for h in history]) if history else np.zeros(0, np.int64)
         ignored = [str(h) for h, r in zip(history or [], hist_rows) if r < 0]
         known_hist = hist_rows[hist_rows >= 0]
-        row = int(self.lv.users.lookup([user_id])[0]) if user_id is not None else -1
+        row = _row_of(self.lv.users, user_id) if user_id is not None else -1
         if not self.lv.personalized:
             vecs, sources = None, np.array([POPULARITY], dtype=object)
         elif len(known_hist):
@@ -175,23 +243,19 @@ class Engine:
         else:
             vecs, sources = query_vectors(self.lv, np.array([row]), None)
         seen = np.concatenate([self._seen_rows(row), known_hist]) if exclude_seen else None
-        blocked, allowed = self._masks(inc, exc, seen)
         vector = vecs[0] if vecs is not None else None
-        return self._answer(*self._top(vector, sources[0], k, blocked, allowed), ignored=ignored)
+        return self._answer(*self._select(vector, sources[0], k, inc, exc, seen), ignored=ignored)
 
     def similar_items(self, item_id: str, k: int = 10, include=None, exclude=None) -> Recommendations:
         """Items whose embeddings score highest against this item's (the item itself excluded)."""
         self._check_k(k)
         inc, exc = parse_filters(include, "include"), parse_filters(exclude, "exclude")
-        row = int(self.lv.items.lookup([item_id])[0])
+        row = _row_of(self.lv.items, item_id)
         if row < 0:
             raise RequestError("item_id", f"unknown item {item_id!r}", status=404)
-        blocked, allowed = self._masks(inc, exc, np.array([row]))
         if not self.lv.personalized:
-            return self._answer(*self._top(None, POPULARITY, k, blocked, allowed))
-        ids, scores = index_mod.search_filtered(self.index, self.lv.item_embeddings, self.lv.item_embeddings[row],
-                                                k, blocked, allowed)
-        return self._answer(ids, scores, PERSONALIZED)
+            return self._answer(*self._select(None, POPULARITY, k, inc, exc, np.array([row])))
+        return self._answer(*self._select(self.lv.item_embeddings[row], PERSONALIZED, k, inc, exc, np.array([row])))
 
     def recommend_users(self, user_rows: np.ndarray, k: int, exclude_seen: bool = True):
         """Top-k for many known user rows (the batch job) through the very path `recommend` uses, so
@@ -202,7 +266,6 @@ class Engine:
         for r, u in enumerate(np.asarray(user_rows, dtype=np.int64)):
             source = PERSONALIZED if (u >= 0 and self.lv.personalized) else POPULARITY
             vector = self.lv.user_embeddings[u] if source == PERSONALIZED else None
-            blocked, allowed = self._masks({}, {}, self._seen_rows(int(u)) if exclude_seen else None)
-            ids, scores, _ = self._top(vector, source, k, blocked, allowed)
+            ids, scores, _ = self._select(vector, source, k, {}, {}, self._seen_rows(int(u)) if exclude_seen else None)
             out_ids[r, :len(ids)], out_scores[r, :len(ids)] = ids, scores
         return out_ids, out_scores

@@ -50,6 +50,10 @@ class ScannIndex:
 
     def __init__(self, searcher, n: int, params: dict):
         self.searcher, self.n, self.params = searcher, n, params
+        # The pybind object under scann's Python wrapper: a single query is a ~50 us call, so the
+        # wrapper's keyword handling and per-call dict lookups are worth skipping on the serving path.
+        self._raw = getattr(searcher, "searcher", searcher)
+        self._reorder = int(params["reorder"])
 
     def __len__(self) -> int:
         return self.n
@@ -71,13 +75,14 @@ class ScannIndex:
         return cls(b.build(), n, dict(params))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        q = np.asarray(queries, dtype=np.float32)
         k = min(k, self.n)
-        pre = max(int(self.params["reorder"]), k)
-        if len(q) == 1:
-            ids, scores = self.searcher.search(q[0], final_num_neighbors=k, pre_reorder_num_neighbors=pre)
-            return np.asarray(ids, dtype=np.int64)[None], np.asarray(scores, dtype=np.float32)[None]
-        ids, scores = self.searcher.search_batched(q, final_num_neighbors=k, pre_reorder_num_neighbors=pre)
+        pre = max(self._reorder, k)
+        if q.ndim == 1 or len(q) == 1:
+            ids, scores = self._raw.search(np.ascontiguousarray(q.reshape(-1)), k, pre, -1)
+            return ids.astype(np.int64)[None], scores[None]
+        # Many queries: split over the searcher's threads (results are the same as one by one).
+        ids, scores = self._raw.search_batched(q, k, pre, -1, len(q) >= 256, 256)
         return np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
 
     def save(self, directory: str) -> None:
@@ -97,7 +102,9 @@ class ScannIndex:
 def default_params(n_items: int, cfg) -> dict:
     """ScaNN settings that follow the catalog size (overridable in config `index:`)."""
     leaves = cfg.num_leaves or int(max(16, min(4000, round(np.sqrt(n_items)))))
-    search = cfg.leaves_to_search or max(8, int(round(leaves * 0.03)))
+    # 2% of the leaves (at least 8) with `reorder` 200 exact re-scores: on 1M x 64 clustered vectors
+    # recall@10 ~0.97 at ~0.05 ms/query, faster than hnswlib at that recall (benchmarks/ann.py).
+    search = cfg.leaves_to_search or max(8, int(round(leaves * 0.02)))
     return {"num_leaves": leaves, "leaves_to_search": min(search, leaves), "reorder": cfg.reorder,
             "dimensions_per_block": cfg.dimensions_per_block, "anisotropic_threshold": cfg.anisotropic_threshold,
             "training_sample_size": cfg.training_sample_size}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -348,13 +349,27 @@ def _is_blank(col: pd.Series, where: np.ndarray) -> np.ndarray:
 _INT_RE = r"^([0-9]{1,15}|-[1-9][0-9]{0,14})$"
 
 
+_HUGE_EXP = re.compile(r"[eE][+-]?0*[0-9]{4,}")
+
+
+def _safe_to_numeric(col: pd.Series) -> np.ndarray:
+    """pd.to_numeric (coerce) that never sees absurd strings: pandas segfaults on huge exponents (e.g.
+    '1e399999999999999999999'). Over 32 characters, or an exponent of 4+ digits, is not a number here."""
+    s = col.astype(object)
+    too_long = s.map(lambda v: isinstance(v, str) and (len(v) > 32 or _HUGE_EXP.search(v) is not None)
+                     ).to_numpy(dtype=bool)
+    if too_long.any():
+        s = s.where(~too_long, None)
+    return pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
 def _to_float(col: pd.Series) -> np.ndarray:
     """`pd.to_numeric(col, errors="coerce")` as float64 (NaN where not a number), faster: integers
     of up to 15 digits through Arrow, other strings through pandas once per distinct value."""
     try:
         arr = pa.array(col, type=pa.string(), from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        return _safe_to_numeric(col)
     is_int = pc.match_substring_regex(arr, _INT_RE).fill_null(False)
     out = pc.cast(pc.if_else(is_int, arr, pa.scalar(None, pa.string())), pa.int64()).cast(pa.float64())
     out = out.fill_null(np.nan).to_numpy(zero_copy_only=False).copy()
@@ -362,8 +377,7 @@ def _to_float(col: pd.Series) -> np.ndarray:
     if len(rest):
         codes, uniques = pd.factorize(col.iloc[rest])
         if len(uniques):
-            parsed = pd.to_numeric(pd.Series(uniques, dtype=object), errors="coerce").to_numpy(
-                dtype=np.float64, na_value=np.nan)
+            parsed = _safe_to_numeric(pd.Series(uniques, dtype=object))
             out[rest] = np.where(codes >= 0, parsed[np.maximum(codes, 0)], np.nan)
         else:
             out[rest] = np.nan

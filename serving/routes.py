@@ -17,6 +17,12 @@ from serving.schemas import HistoryRequest, RecommendationResponse, Status
 router = APIRouter()
 
 
+async def current_engine(request: Request) -> Engine:
+    """`get_engine` as a coroutine: FastAPI runs a plain `def` dependency in its thread pool, a thread
+    hand-off per request that cost more than the recommendation itself."""
+    return get_engine(request)
+
+
 def _observe(endpoint: str, call):
     t0 = time.perf_counter()
     try:
@@ -35,13 +41,13 @@ def _observe(endpoint: str, call):
 @router.get("/v1/users/{user_id}/recommendations", response_model=RecommendationResponse)
 async def user_recommendations(user_id: str, k: int = Query(10, ge=1, le=MAX_K), exclude_seen: bool = True,
                                include: list[str] = Query(default=[]), exclude: list[str] = Query(default=[]),
-                               engine: Engine = Depends(get_engine)):
+                               engine: Engine = Depends(current_engine)):
     return _observe("user_recommendations",
                     lambda: engine.recommend(user_id, k, exclude_seen, include, exclude))
 
 
 @router.post("/v1/recommendations", response_model=RecommendationResponse)
-async def history_recommendations(body: HistoryRequest, request: Request, engine: Engine = Depends(get_engine)):
+async def history_recommendations(body: HistoryRequest, request: Request, engine: Engine = Depends(current_engine)):
     limit = request.app.state.settings.max_history
     if len(body.history) > limit:
         metrics.ERRORS.labels("history_recommendations", "400").inc()
@@ -53,7 +59,7 @@ async def history_recommendations(body: HistoryRequest, request: Request, engine
 @router.get("/v1/items/{item_id}/similar", response_model=RecommendationResponse)
 async def similar_items(item_id: str, k: int = Query(10, ge=1, le=MAX_K),
                         include: list[str] = Query(default=[]), exclude: list[str] = Query(default=[]),
-                        engine: Engine = Depends(get_engine)):
+                        engine: Engine = Depends(current_engine)):
     return _observe("similar_items", lambda: engine.similar_items(item_id, k, include, exclude))
 
 

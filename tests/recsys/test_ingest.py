@@ -439,3 +439,15 @@ def test_missing_optional_value_is_the_same_in_csv_and_jsonl():
              + json.dumps({"user_id": "u", "item_id": "b", "e": "view", "timestamp": 1000000001}) + "\n").encode()
     valid, rejected = ingest.parse_and_validate(block, 1, ingest.layout_for(jl_cfg.source), None, jl_cfg, "f")
     assert len(rejected) == 0 and valid["value"].isna().all()
+
+
+def test_absurd_numbers_are_rejected_not_a_crash():
+    """pandas' to_numeric segfaults on some huge exponents; such values are bad rows, not a crash."""
+    from recsys import ingest
+    from recsys.config import from_dict
+    cfg = from_dict({"source": {"format": "movielens_csv", "items_format": "none"}})
+    layout = ingest.layout_for(cfg.source)
+    block = b"1,2,1e399999999999999999999,964982703\n1,3,4.0,1e399999999999999999999\n1,4,4.0,964982703\n"
+    valid, rejected = ingest.parse_and_validate(block, 2, layout, ["userId", "movieId", "rating", "timestamp"],
+                                                cfg, "f.csv")
+    assert len(valid) == 1 and sorted(rejected["reason"]) == ["bad_rating", "bad_timestamp"]
