@@ -5,7 +5,7 @@ For each dataset it builds, in one process and one run:
   ours          recsys.index.build(items, IndexConfig())  -- exactly what `recsys index` builds by default
                 for that catalog size (ScaNN above index.brute_force_below items, brute force below)
   brute_force   recsys.index.BruteForceIndex (exact NumPy matmul + partial sort)
-  hnswlib       hnswlib.Index(space="ip"), M=16, ef_construction=200, ef swept (10, 20, 50, 100)
+  hnswlib       hnswlib.Index(space="ip"), M=16, ef_construction=200, ef swept (10, 20, 30, 40, 50, 100)
 
 and reports, against exact top-10 (NumPy, float32):
 
@@ -13,8 +13,8 @@ and reports, against exact top-10 (NumPy, float32):
   single q/s    one query per call, as the service does (`index.search(q[None], 10)`,
                 `hnswlib knn_query(q, 10, num_threads=1)`); best of --rounds rounds, the rounds
                 interleave all methods so background load hits them alike. p50/p99 are per-query latencies.
-  batch q/s     all queries in one call (ScaNN search_batched via ScannIndex.search, hnswlib with all
-                cores, brute force in chunks of 100 queries to bound memory)
+  batch q/s     all queries in one call (ScannIndex.search -> search_batched over the searcher's threads,
+                hnswlib with all cores, brute force in chunks of 100 queries to bound memory)
   build s       wall clock of the build (ScaNN and hnswlib both allowed all cores); cpu s = process CPU
                 time of the build, which background load on a shared machine does not inflate
 
@@ -34,7 +34,8 @@ Datasets:
              neither exists the dataset is skipped with a message.
 
     .venv/bin/python benchmarks/ann.py                              # 1M x 64 synthetic (+ Gowalla if found)
-    .venv/bin/python benchmarks/ann.py --smoke                      # 20k items, 200 queries
+    .venv/bin/python benchmarks/ann.py --smoke                      # 20k items, 200 queries, 1 round
+                                  # (20k < brute_force_below, so an extra row forces kind=scann)
     .venv/bin/python benchmarks/ann.py --embeddings artifacts/models/V/item_embeddings.npy \\
         --queries artifacts/models/V/user_embeddings.npy
 """
@@ -335,7 +336,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clusters", type=int, default=2000)
     ap.add_argument("--spread", type=float, default=0.6, help="within-cluster noise relative to centre norm")
     ap.add_argument("--seed", type=int, default=0, help="synthetic data seed")
-    ap.add_argument("--ef", default="10,20,50,100", help="hnswlib ef sweep")
+    ap.add_argument("--ef", default="10,20,30,40,50,100", help="hnswlib ef sweep")
     ap.add_argument("--rounds", type=int, default=3, help="timing rounds (best kept)")
     ap.add_argument("--smoke", action="store_true", help="20k items, 200 queries, 1 round")
     ap.add_argument("--no-hnswlib", action="store_true")
