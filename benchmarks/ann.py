@@ -255,12 +255,13 @@ def hnsw_qps_at(recall: float, hrows: list[dict], key: str = "single_qps"):
 
 def report(name: str, rows: list[dict], n_items: int) -> dict:
     print(f"\n== {name}")
-    hdr = f"{'method':<18} {'build s':>8} {'cpu s':>7} {'recall@10':>9} {'single q/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'batch q/s':>10}  params"
+    w = max(18, *(len(r["method"]) for r in rows))
+    hdr = f"{'method':<{w}} {'build s':>8} {'cpu s':>7} {'recall@10':>9} {'single q/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'batch q/s':>10}  params"
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         p = {k: v for k, v in r["params"].items() if k not in ("training_sample_size",)}
-        print(f"{r['method']:<18} {r['build_s']:>8.2f} {r['build_cpu_s']:>7.1f} {r['recall@10']:>9.4f} {r['single_qps']:>11,.0f} "
+        print(f"{r['method']:<{w}} {r['build_s']:>8.2f} {r['build_cpu_s']:>7.1f} {r['recall@10']:>9.4f} {r['single_qps']:>11,.0f} "
               f"{r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['batch_qps']:>10,.0f}  {p}"
               + (f"  [{r['note']}]" if r["note"] else ""))
     hrows = [r for r in rows if r["method"].startswith("hnswlib")]
@@ -300,6 +301,20 @@ def report(name: str, rows: list[dict], n_items: int) -> dict:
     return verdicts
 
 
+def parse_variant(text: str) -> dict:
+    """`reorder=100,leaves_to_search=30` -> IndexConfig overrides (ints, floats or strings)."""
+    out = {}
+    for part in text.split(","):
+        key, _, val = part.partition("=")
+        for cast in (int, float, str):
+            try:
+                out[key.strip()] = cast(val.strip())
+                break
+            except ValueError:
+                continue
+    return out
+
+
 def bench(name: str, emb: np.ndarray, queries: np.ndarray, args) -> dict:
     print(f"\n## {name}: {len(emb):,} items x {emb.shape[1]} dims, {len(queries):,} queries", flush=True)
     t = time.perf_counter()
@@ -309,6 +324,12 @@ def bench(name: str, emb: np.ndarray, queries: np.ndarray, args) -> dict:
     m = ours(emb)
     print(f"  ours built: {m.params} in {m.build_s:.1f}s", flush=True)
     methods.append(m)
+    for v in args.variant:
+        over = parse_variant(v)
+        mv = ours(emb, over, name=f"ours ({v})")
+        mv.note = "index config override"
+        print(f"  ours ({v}) built: {mv.params} in {mv.build_s:.1f}s", flush=True)
+        methods.append(mv)
     if m.params["kind"] == "brute_force":
         m2 = ours(emb, {"kind": "scann"}, name="ours (scann)")
         m2.note = "kind=scann forced; the default picks brute force at this size"
@@ -339,6 +360,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ef", default="10,20,30,40,50,100", help="hnswlib ef sweep")
     ap.add_argument("--rounds", type=int, default=3, help="timing rounds (best kept)")
     ap.add_argument("--smoke", action="store_true", help="20k items, 200 queries, 1 round")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="also build ours with these index config overrides, e.g. reorder=100,leaves_to_search=30 "
+                         "(repeatable)")
     ap.add_argument("--no-hnswlib", action="store_true")
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--artifacts", default=os.path.join(REPO, "artifacts"),

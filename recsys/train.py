@@ -141,13 +141,17 @@ def fit(ts: TrainSet, model_name: str, mc: ModelConfig, ks=(10, 20, 50), previou
     variables = model.trainable_variables
     opt = LazyAdam(variables, mc.learning_rate)
 
-    @tf.function(reduce_retracing=True)
+    spec = {"user_idx": tf.TensorSpec([None], tf.int32), "item_idx": tf.TensorSpec([None], tf.int32),
+            "weight": tf.TensorSpec([None], tf.float32), "history": tf.TensorSpec([None, None], tf.int32)}
+
+    @tf.function(input_signature=[spec])
     def step(batch):
         with tf.GradientTape() as tape:
             loss = model.compute_loss(batch, training=True)
         opt.apply_gradients(tape.gradient(loss, variables))
         return loss
 
+    step.get_concrete_function()  # trace once up front: examples/s measures training, not tracing
     rng = np.random.default_rng(mc.seed)
     n = len(ts.user_idx)
     bs = min(mc.batch_size, n)

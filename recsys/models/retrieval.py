@@ -9,18 +9,19 @@ from recsys.models.towers import CandidateTower, IdCandidateTower, IdQueryTower,
 
 
 class InBatchSoftmaxLoss(tf.keras.losses.Loss):
-    """Softmax cross-entropy for TFRS Retrieval's identity labels, computed as a sparse CE.
+    """Softmax cross-entropy for TFRS Retrieval's identity labels: logsumexp(row) - logit(row, row).
 
     Retrieval passes `labels = eye(num_queries, num_candidates)`: the positive of query r is column r.
-    The sparse kernel skips materializing and multiplying the dense label matrix (B x B per step).
+    Written this way it skips the dense label matrix, and on 2 CPU cores its forward + backward ran
+    about 1.7x faster than TensorFlow's fused sparse or dense softmax cross-entropy kernels at
+    2048 x 2048 (benchmarks/train_throughput.py).
     """
 
     def __init__(self):
         super().__init__(reduction=tf.keras.losses.Reduction.SUM_OVER_BATCH_SIZE, name="in_batch_softmax")
 
     def call(self, y_true, y_pred):
-        labels = tf.range(tf.shape(y_pred)[0])
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, y_pred)
+        return tf.reduce_logsumexp(y_pred, axis=1) - tf.linalg.diag_part(y_pred)
 
 
 class RetrievalModel(tfrs.Model):
