@@ -22,8 +22,8 @@ What it does, in one run:
    fixed intervals (1/rate) for --duration seconds, whatever the responses do (no coordinated omission:
    a slow response never delays the next request). The generator is this process: asyncio, raw HTTP/1.1
    keep-alive sockets, one request in flight per connection, a new connection when all are busy (up to
-   --max-connections; past that a request waits and its latency counts from its scheduled time).
-   Latency = time from writing the request to the last byte of the response. Reports, per rate: achieved
+   --max-connections). Latency = time from writing the request to the last byte of the response;
+   a request that had to open a connection or wait for one counts from its scheduled time instead. Reports, per rate: achieved
    requests/s (2xx responses / elapsed), p50 / p90 / p99 / max latency, errors, connections used, the
    server's CPU (utime + stime of the server process tree over the run: cores, and microseconds per
    answered request, so 1e6 / that is the rate one core can sustain) and the generator's own CPU per
@@ -43,7 +43,8 @@ per endpoint and at the end; on a busy machine compare "srv us/req" rather than 
     .venv/bin/python benchmarks/serving_latency.py --smoke              # 50k items, 2 short rates, < 1 min
     .venv/bin/python benchmarks/serving_latency.py                      # 1M items, 250..2000 rps
     .venv/bin/python benchmarks/serving_latency.py --root /tmp/svbench --workers 2 --rates 1000,1500
-        (--root keeps the version and reuses it on the next run with the same --items/--users/--seed)
+        (--root keeps the version and reuses it on the next run with the same data parameters and
+         index settings; building the 1M-item index takes 1-3 minutes)
 """
 from __future__ import annotations
 

@@ -69,7 +69,8 @@ def _compare(args) -> int:
     cfg = load_config(args.config)
     root = cfg.resolve(cfg.artifacts.root)
     a, b = registry.resolve_version(root, args.a), registry.resolve_version(root, args.b)
-    c = compare.compare(root, a, b, args.split, args.dataset, tuple(cfg.evaluation.ks), args.primary)
+    c = compare.compare(root, a, b, args.split, args.dataset, tuple(cfg.evaluation.ks),
+                        args.primary or cfg.nightly.primary_metric)
     out = args.out or fsio_join(root, "reports", f"{a}__vs__{b}")
     paths = report.write_report(c, out)
     print(report.markdown(c))
@@ -141,12 +142,16 @@ def _demo(args) -> int:
     summary = nightly.run(cfg)
     _print_summary(summary)
     current = registry.current_version(root)
-    pop = summary["candidates"] and next((v["version"] for k, v in summary["candidates"].items() if k == "popularity"), None)
-    if current and pop and current != pop:
-        c = compare.compare(root, pop, current, "test", summary["dataset_id"], tuple(cfg.evaluation.ks),
-                            cfg.nightly.primary_metric)
-        paths = report.write_report(c, fsio_join(root, "reports", f"{pop}__vs__{current}"))
-        print(f"A/B vs popularity: {c['verdict']}")
+    cands = summary.get("candidates") or {}
+    pop = cands.get("popularity", {}).get("version")
+    metric = cfg.nightly.primary_metric
+    personal = {k: v for k, v in cands.items() if k in ("two_tower", "mf")}
+    if pop and personal:
+        best = max(personal, key=lambda k: personal[k]["metrics"][metric])
+        c = compare.compare(root, pop, personal[best]["version"], "test", summary["dataset_id"],
+                            tuple(cfg.evaluation.ks), metric)
+        paths = report.write_report(c, fsio_join(root, "reports", f"{pop}__vs__{personal[best]['version']}"))
+        print(f"A/B {best} (B) vs popularity (A): {c['verdict']}")
         print(f"report: {paths['html']}")
     if current:
         engine = Engine.load(root, current)
@@ -223,7 +228,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--config")
     c.add_argument("--split", default="test", choices=["validation", "test"])
     c.add_argument("--dataset", help="dataset id (default: B's dataset)")
-    c.add_argument("--primary", default="ndcg@20", help="metric of the verdict (default ndcg@20)")
+    c.add_argument("--primary", help="metric of the verdict (default: nightly.primary_metric of the config)")
     c.add_argument("--out", help="report directory (default: <root>/reports/A__vs__B)")
     c.set_defaults(func=_compare)
 

@@ -332,7 +332,7 @@ class IndexConfig:
 @dataclass
 class NightlyConfig:
     models: list = field(default_factory=lambda: ["two_tower", "mf", "popularity"])
-    primary_metric: str = "ndcg@20"
+    primary_metric: str = "recall@20"     # the metric training early-stops on, too (model.eval_k)
     tolerance: float = 0.0          # publish if candidate >= production - tolerance on the primary metric
     keep_versions: int = 6          # prune older versions beyond this (never the published or previous one)
     batch_top_n: int = 50
