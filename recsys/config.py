@@ -249,6 +249,7 @@ def validate(cfg: Config) -> Config:
     _check(ix.num_leaves >= 0, "index.num_leaves", ix.num_leaves, ">= 0 (0 = from catalog size)")
     _check(ix.leaves_to_search >= 0, "index.leaves_to_search", ix.leaves_to_search, ">= 0 (0 = from catalog size)")
     _check(ix.reorder >= 1, "index.reorder", ix.reorder, ">= 1")
+    _one_of("index.partitioning", ix.partitioning, ("auto", "spherical", "generic"))
     _check(ix.dimensions_per_block in (1, 2, 4, 8), "index.dimensions_per_block", ix.dimensions_per_block,
            "one of 1, 2, 4, 8")
     _check(0 <= ix.min_recall_at_10 <= 1, "index.min_recall_at_10", ix.min_recall_at_10, "between 0 and 1")
@@ -322,6 +323,7 @@ class IndexConfig:
     num_leaves: int = 0
     leaves_to_search: int = 0
     reorder: int = 200                 # AH candidates re-scored exactly (benchmarks/ann.py)
+    partitioning: str = "auto"         # auto (spherical when every item vector is unit-norm) | spherical | generic
     dimensions_per_block: int = 2
     anisotropic_threshold: float = 0.2
     training_sample_size: int = 250000

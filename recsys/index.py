@@ -66,7 +66,8 @@ class ScannIndex:
         leaves = int(params["num_leaves"])
         b = scann_ops_pybind.builder(db, 10, "dot_product")
         b = b.tree(num_leaves=leaves, num_leaves_to_search=int(params["leaves_to_search"]),
-                   training_sample_size=min(n, int(params.get("training_sample_size", 250000))))
+                   training_sample_size=min(n, int(params.get("training_sample_size", 250000))),
+                   spherical=params.get("partitioning") == "spherical")
         b = b.score_ah(int(params["dimensions_per_block"]),
                        anisotropic_quantization_threshold=float(params["anisotropic_threshold"]))
         b = b.reorder(int(params["reorder"]))
@@ -107,7 +108,13 @@ def default_params(n_items: int, cfg) -> dict:
     search = cfg.leaves_to_search or max(8, int(round(leaves * 0.02)))
     return {"num_leaves": leaves, "leaves_to_search": min(search, leaves), "reorder": cfg.reorder,
             "dimensions_per_block": cfg.dimensions_per_block, "anisotropic_threshold": cfg.anisotropic_threshold,
-            "training_sample_size": cfg.training_sample_size}
+            "training_sample_size": cfg.training_sample_size, "partitioning": cfg.partitioning}
+
+
+def unit_norm(embeddings: np.ndarray, tol: float = 1e-3) -> bool:
+    """True when every row has L2 norm 1 (within `tol`), as the two-tower model's embeddings do."""
+    norms = np.einsum("ij,ij->i", embeddings, embeddings, dtype=np.float64)
+    return bool(len(norms)) and bool(np.all(np.abs(norms - 1.0) <= 2 * tol))
 
 
 def build(embeddings: np.ndarray, cfg) -> BruteForceIndex | ScannIndex:
@@ -117,7 +124,14 @@ def build(embeddings: np.ndarray, cfg) -> BruteForceIndex | ScannIndex:
         kind = "brute_force" if len(embeddings) < cfg.brute_force_below else "scann"
     if kind == "brute_force":
         return BruteForceIndex(embeddings)
-    return ScannIndex.build(embeddings, default_params(len(embeddings), cfg))
+    params = default_params(len(embeddings), cfg)
+    if params["partitioning"] == "auto":
+        # Unit-norm items: dot product is cosine, and spherical k-means (unit-norm centroids) ranks
+        # leaves by it correctly; squared-L2 centroids have uneven norms that skew the leaf ranking.
+        # On 1M x 64 normalised clustered vectors this lifts recall@10 at 2% of leaves from 0.89 to
+        # 0.94 (hard mixture) and from 0.973 to 0.984 (benchmarks/ann.py).
+        params["partitioning"] = "spherical" if unit_norm(embeddings) else "generic"
+    return ScannIndex.build(embeddings, params)
 
 
 def load(directory: str, embeddings: np.ndarray) -> BruteForceIndex | ScannIndex:
