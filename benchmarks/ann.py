@@ -19,8 +19,9 @@ and reports, against exact top-10 (NumPy, float32):
                 time of the build, which background load on a shared machine does not inflate
 
 then the ratio ours single q/s / hnswlib single q/s at ours' recall (hnswlib interpolated linearly along
-its ef sweep) and whether the goal holds: recall@10 >= 0.95, single-query q/s >= hnswlib's at the same
-recall, build < 30 s for 1M items.
+its ef sweep), the same for p50 latency, and whether the goal holds: recall@10 >= 0.95, single-query
+q/s and p50 latency at least as good as hnswlib's at the same recall, build < 30 s for 1M items (wall
+and CPU shown separately). --variant k=v,... adds rows for other index settings.
 
 Datasets:
 
@@ -286,13 +287,15 @@ def report(name: str, rows: list[dict], n_items: int) -> dict:
             print(f"  hnswlib p50 / ours p50 latency at that recall: {p50 / o['p50_ms']:.2f} "
                   f"(hnswlib {p50:.4f} ms, ours {o['p50_ms']:.4f} ms; the median shrugs off preemption)")
         ok_recall = o["recall@10"] >= GOAL_RECALL
-        ok_speed = qps is not None and o["single_qps"] >= qps
+        # Both the throughput (best round) and the median latency must be at least hnswlib's: on a
+        # shared machine either one alone can flip on a few preempted queries.
+        ok_speed = qps is not None and o["single_qps"] >= qps and p50 is not None and o["p50_ms"] <= p50
         budget = GOAL_BUILD_S * max(1.0, n_items / 1_000_000)
         ok_build, ok_build_cpu = o["build_s"] < budget, o["build_cpu_s"] < budget
         if o["params"].get("kind") == "brute_force":
             print("  (exact brute force at this catalog size; the speed goal is about the ScaNN index)")
         print(f"  goal: recall@10 >= {GOAL_RECALL}: {'yes' if ok_recall else 'NO'}; single q/s >= hnswlib at same "
-              f"recall: {'yes' if ok_speed else 'NO'}; build < {GOAL_BUILD_S:.0f} s per 1M items: "
+              f"recall (q/s and p50): {'yes' if ok_speed else 'NO'}; build < {GOAL_BUILD_S:.0f} s per 1M items: "
               f"{'yes' if ok_build else 'NO'} wall, {'yes' if ok_build_cpu else 'NO'} CPU")
         verdicts[o["method"]] = {"recall_ok": ok_recall, "speed_ok": ok_speed, "build_ok": ok_build,
                                  "build_cpu_ok": ok_build_cpu, "hnswlib_qps_at_recall": qps,

@@ -20,7 +20,8 @@ What it does, in one run:
    (a subprocess; --workers 1 by default), and waits for GET /readyz.
 4. Open-loop load, per endpoint and per offered rate (--rates, requests/s): requests are *scheduled* at
    fixed intervals (1/rate) for --duration seconds, whatever the responses do (no coordinated omission:
-   a slow response never delays the next request). The generator is this process: asyncio, raw HTTP/1.1
+   a slow response never delays the next request). The generator is this file run as a separate small
+   process per rate (`--loadgen`: the standard library and numpy, no model): asyncio, raw HTTP/1.1
    keep-alive sockets, one request in flight per connection, a new connection when all are busy (up to
    --max-connections). Latency = time from writing the request to the last byte of the response;
    a request that had to open a connection or wait for one counts from its scheduled time instead. Reports, per rate: achieved
@@ -57,6 +58,7 @@ import gc
 import io
 import json
 import os
+import pickle
 import pstats
 import shutil
 import signal
@@ -73,11 +75,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import scipy.sparse as sp  # noqa: E402
-
-from recsys import index as rindex, index_job, registry  # noqa: E402
-from recsys.config import from_dict  # noqa: E402
-from recsys.vocab import Vocabulary  # noqa: E402
+# recsys, scipy and (through ScaNN) TensorFlow are imported where used: the load-generator process runs
+# this file too (--loadgen) and stays a small interpreter with numpy and the standard library only.
 
 GOAL_P99_MS = 10.0
 GOAL_RATE = 1000
@@ -111,6 +110,10 @@ def synth_params(args) -> dict:
 
 def synthesize(root: str, args) -> tuple[str, dict]:
     """Write the version; returns (version, data needed to make requests)."""
+    import scipy.sparse as sp
+    from recsys import registry
+    from recsys.config import from_dict
+    from recsys.vocab import Vocabulary
     rng = np.random.default_rng(args.seed)
     n_items, n_users = args.items, args.users
     n_clusters = max(8, n_items // ITEMS_PER_CLUSTER)
@@ -158,6 +161,8 @@ def synthesize(root: str, args) -> tuple[str, dict]:
 
 def prepare(root: str, args) -> tuple[str, dict]:
     """Reuse the published version under --root if it was made with the same parameters, else build one."""
+    from recsys import index as rindex, index_job, registry
+    from recsys.config import from_dict
     cur = registry.current_version(root) if os.path.exists(os.path.join(root, "CURRENT")) else None
     if cur:
         m = registry.read_manifest(root, cur)
@@ -482,13 +487,31 @@ def stop_server(proc) -> None:
             proc.wait()
 
 
-def run_rate(proc, port, reqs, rate, duration, max_conns, warm_conns) -> dict:
-    c0, w0 = _tree_cpu(proc.pid), time.perf_counter()
-    res = asyncio.run(OpenLoop(port, reqs, rate, duration, max_conns, warm_conns).run())
-    cpu = _tree_cpu(proc.pid) - c0
+def loadgen_main(argv: list[str]) -> int:
+    """`--loadgen REQUESTS.pickle PORT RATE DURATION MAX_CONNS WARM_CONNS SERVER_PID`: one open-loop run in
+    a fresh, small process (no model, no TensorFlow), its figures as one JSON line on stdout."""
+    reqfile, port, rate, duration, max_conns, warm_conns, server_pid = argv
+    with open(reqfile, "rb") as fh:
+        reqs = pickle.load(fh)
+    gc.collect()
+    gc.freeze()
+    c0, w0 = _tree_cpu(int(server_pid)), time.perf_counter()
+    res = asyncio.run(OpenLoop(int(port), reqs, float(rate), float(duration), int(max_conns), int(warm_conns)).run())
+    cpu = _tree_cpu(int(server_pid)) - c0
     res["server_cores"] = round(cpu / (time.perf_counter() - w0), 2)
     res["server_us_per_req"] = round(cpu / max(res["ok"], 1) * 1e6)
-    return res
+    print(json.dumps(res))
+    return 0
+
+
+def run_rate(proc, port, reqfile, rate, duration, max_conns, warm_conns) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--loadgen", reqfile, str(port), str(rate), str(duration),
+           str(max_conns), str(warm_conns), str(proc.pid)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise SystemExit(f"load generator failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    return json.loads(lines[-1])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -580,7 +603,7 @@ def main(argv=None) -> int:
         tmp = root = tempfile.mkdtemp(prefix="serving-latency-")
     os.makedirs(root, exist_ok=True)
     result: dict = {"args": vars(args), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
-    proc = None
+    proc = logname = reqdir = None
     try:
         version, data = prepare(root, args)
         users = make_users(args.users, 20_000, args.seed)
@@ -595,16 +618,15 @@ def main(argv=None) -> int:
             print(f"  Engine.{'recommend' if name == 'user' else 'recommend_for_history'}: "
                   f"p50 {b['p50_ms']:.3f} ms  p99 {b['p99_ms']:.3f} ms  ({b['calls']} calls)")
 
-        # This process drives the load: keep its long-lived objects (TensorFlow came in with ScaNN) out
-        # of the cyclic collector's full passes, so the generator does not stall mid-run.
-        gc.collect()
-        gc.freeze()
         port = _free_port()
         print(f"\n## HTTP service: {args.workers} worker(s)")
         proc, logname = start_server(root, port, args.workers, timeout=300)
         result["http"] = {}
+        reqdir = tempfile.mkdtemp(prefix="serving-latency-requests-")
         for name in endpoints:
-            reqs = http_requests(name, users, histories, port)
+            reqs = os.path.join(reqdir, f"{name}.pickle")
+            with open(reqs, "wb") as fh:
+                pickle.dump(http_requests(name, users, histories, port), fh)
             run_rate(proc, port, reqs, min(rates), 0.5 if args.smoke else 2.0, args.max_connections,
                      args.warm_connections)  # warm-up, not reported
             label = ("GET /v1/users/{id}/recommendations?k=10" if name == "user"
@@ -654,8 +676,12 @@ def main(argv=None) -> int:
     finally:
         if proc is not None:
             stop_server(proc)
+        if logname:
+            os.unlink(logname)
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
+        if reqdir:
+            shutil.rmtree(reqdir, ignore_errors=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2, default=str)
@@ -663,4 +689,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--loadgen":
+        sys.exit(loadgen_main(sys.argv[2:]))
     sys.exit(main())
