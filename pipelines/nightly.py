@@ -10,7 +10,6 @@ import datetime as _dt
 import json
 import time
 
-import numpy as np
 
 from recsys import compare as ab
 from recsys import evaluate, fsio, registry

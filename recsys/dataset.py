@@ -16,7 +16,6 @@ import datetime as _dt
 import json
 from typing import Iterator
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from recsys import fsio, index as index_mod, registry
 from recsys.errors import RecsysError
-from recsys.scoring import HISTORY, PERSONALIZED, POPULARITY, LoadedVersion, query_vectors
+from recsys.scoring import PERSONALIZED, POPULARITY, LoadedVersion, query_vectors
 
 FILTER_KEYS = ("genre", "item")
 MAX_K = 1000

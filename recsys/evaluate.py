@@ -13,7 +13,7 @@ import numpy as np
 from recsys import fsio, metrics, registry
 from recsys.dataset import Dataset
 from recsys.errors import DataError
-from recsys.scoring import PERSONALIZED, POPULARITY, LoadedVersion, query_vectors
+from recsys.scoring import POPULARITY, LoadedVersion, query_vectors
 from recsys.trainset import EvalSet, eval_sets
 
 

@@ -74,13 +74,6 @@ def kcore_codes(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int
     return alive, rounds, violations
 
 
-def kcore_violations(df_counts_users: pd.Series, df_counts_items: pd.Series, cfg: Config) -> int:
-    """Number of users and items below their minimum (0 when the k-core is stable)."""
-    fl = cfg.filters
-    return int((df_counts_users < fl.min_user_interactions).sum()
-               + (df_counts_items < fl.min_item_interactions).sum())
-
-
 def temporal_cuts(timestamps: np.ndarray, cfg: Config) -> tuple[int, int]:
     """(validation_start, test_start): the most recent `test_fraction` of interactions form test and
     the `validation_fraction` before them validation. Ties at a cut go to the later split."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import json
-import os
 import shutil
 import uuid
 
@@ -161,10 +160,6 @@ def load_weights(root: str, version: str) -> dict:
         return {}
     with np.load(io.BytesIO(fsio.read_bytes(path))) as z:
         return {k: z[k] for k in z.files}
-
-
-def local_copy_needed(path: str) -> bool:
-    return is_url(path) or not os.path.exists(path)
 
 
 HISTORY = "publish_history.jsonl"

@@ -1,7 +1,6 @@
 """`recsys train`: dataset -> trained model version (with warm start from an earlier version)."""
 from __future__ import annotations
 
-import numpy as np
 
 from recsys import registry, trainset
 from recsys.config import Config

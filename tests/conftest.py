@@ -93,7 +93,8 @@ def dataset_io():
 
 
 # ---- a small artifact root with trained versions (serving, compare and e2e tests) ----
-def config_for(tmp, **model):
+def config_for(tmp, model: dict | None = None, nightly: dict | None = None, **model_kw):
+    """Config for the generated events.csv / items.csv in `tmp` (serving, compare and e2e tests)."""
     return from_dict({
         "source": {"path": str(tmp / "events.csv"), "format": "csv", "items_path": str(tmp / "items.csv"),
                    "items_format": "csv",
@@ -103,7 +104,9 @@ def config_for(tmp, **model):
         "split": {"strategy": "leave_last_n", "leave_last_n": 2},
         "runner": {"shuffle_buckets": 2},
         "artifacts": {"root": str(tmp / "artifacts")},
-        "model": {"dim": 16, "batch_size": 256, "epochs": 4, "learning_rate": 0.02, "history_length": 5, **model},
+        "model": {"dim": 16, "batch_size": 256, "epochs": 4, "learning_rate": 0.02, "history_length": 5,
+                  **(model or {}), **model_kw},
+        "nightly": nightly or {},
     }, base_dir=str(tmp))
 
 

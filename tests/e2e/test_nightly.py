@@ -7,25 +7,15 @@ import pytest
 
 from pipelines import batch_recommend, nightly
 from recsys import registry
-from recsys.config import from_dict
+from tests.conftest import config_for
 from recsys.engine import Engine
 from recsys.synthetic import clustered_interactions, clustered_items
 
 
 def make_cfg(tmp, **nightly_cfg):
-    return from_dict({
-        "source": {"path": str(tmp / "events.csv"), "format": "csv", "items_path": str(tmp / "items.csv"),
-                   "items_format": "csv",
-                   "columns": {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "value": "rating"},
-                   "item_columns": {"item": "item_id", "title": "title", "genres": "genres"}},
-        "filters": {"min_user_interactions": 3, "min_item_interactions": 1, "max_rounds": 3},
-        "split": {"strategy": "leave_last_n", "leave_last_n": 2},
-        "runner": {"shuffle_buckets": 2},
-        "artifacts": {"root": str(tmp / "artifacts")},
-        "model": {"dim": 16, "batch_size": 256, "epochs": 5, "learning_rate": 0.02, "history_length": 5},
-        "nightly": {"models": ["mf", "popularity"], "batch_top_n": 10, "batch_users_per_bundle": 64,
-                    **nightly_cfg},
-    }, base_dir=str(tmp))
+    return config_for(tmp, model={"epochs": 5},
+                      nightly={"models": ["mf", "popularity"], "batch_top_n": 10, "batch_users_per_bundle": 64,
+                               **nightly_cfg})
 
 
 @pytest.fixture
