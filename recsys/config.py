@@ -320,8 +320,8 @@ class IndexConfig:
     """ScaNN index settings; 0 means "follow the catalog size" (recsys/index.py default_params)."""
     kind: str = "auto"                 # auto | brute_force | scann
     brute_force_below: int = 50000
-    num_leaves: int = 0
-    leaves_to_search: int = 0
+    num_leaves: int = 0                # 0 = 2 sqrt(n), at most 4000
+    leaves_to_search: int = 0          # 0 = 1% of the leaves, at least 8 and enough to cover ~10,000 items
     reorder: int = 200                 # AH candidates re-scored exactly (benchmarks/ann.py)
     partitioning: str = "auto"         # auto (spherical when every item vector is unit-norm) | spherical | generic
     dimensions_per_block: int = 2
