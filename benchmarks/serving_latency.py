@@ -169,9 +169,13 @@ def prepare(root: str, args) -> tuple[str, dict]:
         d = registry.version_dir(root, cur)
         icfg = from_dict({}).index
         kind = icfg.kind if icfg.kind != "auto" else ("brute_force" if args.items < icfg.brute_force_below else "scann")
-        want_index = {} if kind == "brute_force" else rindex.default_params(args.items, icfg)
+        want = {} if kind == "brute_force" else rindex.default_params(args.items, icfg)
+        have = m.get("index", {}).get("params")
+        # settings left to "auto" are resolved at build time: any stored value matches them
+        same_index = isinstance(have, dict) and set(have) == set(want) and all(
+            have[k] == v for k, v in want.items() if v != "auto")
         if (m.get("synthetic") == synth_params(args) and os.path.exists(os.path.join(d, "index", "index.json"))
-                and m.get("index", {}).get("params") == want_index):
+                and same_index):
             print(f"reusing version {cur} under {root} (same data parameters and index settings)")
             rng = np.random.default_rng(args.seed)
             n_clusters = max(8, args.items // ITEMS_PER_CLUSTER)
@@ -606,6 +610,7 @@ def main(argv=None) -> int:
     proc = logname = reqdir = None
     try:
         version, data = prepare(root, args)
+        os.sync()  # the version's files are written: no disk writeback in the middle of the measurements
         users = make_users(args.users, 20_000, args.seed)
         histories = make_histories(data, 5_000, args.seed)
         del data
