@@ -24,6 +24,50 @@ class InBatchSoftmaxLoss(tf.keras.losses.Loss):
         return tf.reduce_logsumexp(y_pred, axis=1) - tf.linalg.diag_part(y_pred)
 
 
+_MIN_FLOAT = float(np.finfo(np.float32).min / 100.0)   # TFRS's value for masked logits
+
+
+def fused_softmax_loss(query, candidates, log_q, mask_hits: bool, candidate_ids, temperature: float):
+    """Per-query loss of TFRS `Retrieval` (identity labels, temperature, logQ, accidental hits), fused.
+
+    `candidates` are the batch's positives (row i is query i's positive) followed by any extra negatives;
+    `log_q` is log(clipped sampling probability) per candidate. Same value and gradients as the TFRS task
+    with `InBatchSoftmaxLoss` (tests/recsys/test_models.py), in fewer passes over the B x N score matrix:
+    the positive logit is a row-wise dot product, the logQ and accidental-hit corrections are one select,
+    and the backward pass reuses the forward's exponentials instead of recomputing a softmax.
+    """
+    b = tf.shape(query)[0]
+    qs = query / temperature
+    lq = tf.stop_gradient(log_q)
+    if mask_hits:
+        ids = candidate_ids
+        same = tf.equal(tf.expand_dims(ids[:b], 1), tf.expand_dims(ids, 0))   # includes the positive itself
+    else:
+        same = tf.expand_dims(tf.range(b), 1) == tf.expand_dims(tf.range(tf.shape(candidates)[0]), 0)
+
+    @tf.custom_gradient
+    def loss_fn(qs, c):
+        s = tf.where(same, _MIN_FLOAT, tf.matmul(qs, c, transpose_b=True) - lq)
+        pos = tf.reduce_sum(qs * c[:b], axis=1) - lq[:b]
+        m = tf.maximum(tf.reduce_max(s, axis=1), pos)
+        e = tf.exp(s - tf.expand_dims(m, 1))
+        e_pos = tf.exp(pos - m)
+        z = tf.reduce_sum(e, axis=1) + e_pos
+        loss = m + tf.math.log(z) - pos
+
+        def grad(dy):
+            w = dy / z
+            p = e * tf.expand_dims(w, 1)                 # d loss / d s, already scaled by dy
+            g_pos = tf.expand_dims(e_pos * w - dy, 1)    # d loss / d pos
+            d_qs = tf.matmul(p, c) + g_pos * c[:b]
+            d_c = tf.matmul(p, qs, transpose_a=True)
+            d_c = d_c + tf.pad(g_pos * qs, [[0, tf.shape(c)[0] - b], [0, 0]])
+            return d_qs, d_c
+        return loss, grad
+
+    return loss_fn(qs, candidates)
+
+
 class RetrievalModel(tfrs.Model):
     """Query tower x candidate tower, scored by dot product / temperature.
 
@@ -33,8 +77,10 @@ class RetrievalModel(tfrs.Model):
     """
 
     def __init__(self, query_tower, candidate_tower, item_counts: np.ndarray, temperature: float = 0.1,
-                 logq: bool = True, remove_accidental_hits: bool = True, extra_negatives: int = 0):
+                 logq: bool = True, remove_accidental_hits: bool = True, extra_negatives: int = 0,
+                 fused: bool = True):
         super().__init__()
+        self.fused, self.temperature, self.remove_accidental_hits = fused, temperature, remove_accidental_hits
         self.query_tower, self.candidate_tower = query_tower, candidate_tower
         self.n_items = len(item_counts)
         self.extra_negatives = extra_negatives
@@ -55,6 +101,14 @@ class RetrievalModel(tfrs.Model):
             ids = tf.concat([ids, neg], 0)
             prob = tf.concat([prob, tf.fill([self.extra_negatives], self.extra_negatives / self.n_items)], 0)
         c = self.candidate_tower(ids)
+        if self.fused:
+            log_q = (tf.math.log(tf.clip_by_value(prob, 1e-6, 1.0)) if self.logq
+                     else tf.zeros_like(prob))   # TFRS SamplingProbablityCorrection clips the same way
+            per_query = fused_softmax_loss(q, c, log_q, self.remove_accidental_hits, ids, self.temperature)
+            w = features.get("weight")
+            if w is not None:
+                per_query = per_query * tf.cast(w, per_query.dtype)
+            return tf.reduce_sum(per_query) / batch   # the task's SUM_OVER_BATCH_SIZE reduction
         return self.task(q, c, candidate_sampling_probability=prob if self.logq else None,
                          candidate_ids=ids, sample_weight=features.get("weight"), compute_metrics=False)
 

@@ -115,3 +115,31 @@ def test_warm_start_keeps_carried_over_embeddings(planted, trained, tmp_path):
     np.testing.assert_allclose(new["query.user_embedding"][: ts.n_users + 1], old["query.user_embedding"], atol=1e-6)
     # new rows are fresh initializations, not copies
     assert not np.allclose(new["candidate.item_embedding"][ts.n_items + 1:], 0)
+
+
+@pytest.mark.parametrize("logq,hits,extra,weighted", [(True, True, 0, False), (True, True, 7, True),
+                                                       (False, False, 0, True), (True, False, 5, False)])
+def test_fused_loss_equals_the_tfrs_retrieval_task(logq, hits, extra, weighted):
+    """The fused training loss is the TFRS Retrieval loss: same value and same gradients."""
+    from recsys.models.retrieval import RetrievalModel, build_towers
+    rng = np.random.default_rng(0)
+    n_users, n_items, b = 40, 30, 64            # 64 draws from 30 items: many accidental hits
+    counts = rng.integers(1, 50, n_items)
+    qt, ct = build_towers("mf", n_users, n_items, 8, True)
+    batch = {"user_idx": tf.constant(rng.integers(0, n_users, b), tf.int32),
+             "item_idx": tf.constant(rng.integers(0, n_items, b), tf.int32),
+             "history": tf.fill([b, 1], -1)}
+    if weighted:
+        batch["weight"] = tf.constant(rng.uniform(0.5, 2.0, b), tf.float32)
+    results = []
+    for fused in (False, True):
+        model = RetrievalModel(qt, ct, counts, 0.1, logq, hits, extra, fused=fused)
+        tf.random.set_seed(3)                     # the same extra negatives for both
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(batch, training=True)
+        grads = tape.gradient(loss, model.trainable_variables)
+        results.append((float(loss), [tf.convert_to_tensor(g).numpy() for g in grads]))
+    (l0, g0), (l1, g1) = results
+    assert l1 == pytest.approx(l0, rel=1e-5)
+    for a, c in zip(g0, g1):
+        np.testing.assert_allclose(c, a, rtol=1e-3, atol=1e-6)
