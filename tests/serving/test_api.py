@@ -204,3 +204,18 @@ def test_batch_path_equals_single_requests(served):
         single = engine.recommend(str(engine.lv.users.ids[r]), 10)
         assert [str(x) for x in engine.lv.items.ids[ids[r]]] == single.items
         np.testing.assert_allclose(scores[r], single.scores, rtol=1e-6)
+
+
+def test_every_recommendation_response_matches_its_documented_schema(client, served):
+    """Responses are serialized by hand (fast path): check them against the OpenAPI model anyway."""
+    from serving.schemas import RecommendationResponse
+    user, item = known_user(served), str(served["trainset"].item_ids[0])
+    responses = [client.get(f"/v1/users/{user}/recommendations", params={"k": 3}),
+                 client.get("/v1/users/nobody/recommendations"),
+                 client.post("/v1/recommendations", json={"history": [item, "no-such-item"], "k": 4}),
+                 client.get(f"/v1/items/{item}/similar", params={"k": 2})]
+    for r in responses:
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        parsed = RecommendationResponse.model_validate_json(r.content)
+        assert parsed.model_dump() == r.json()
+    assert client.get("/openapi.json").json()["paths"]["/v1/recommendations"]["post"]["responses"]["200"]
