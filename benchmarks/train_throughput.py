@@ -3,10 +3,13 @@
     .venv/bin/python benchmarks/train_throughput.py                 # Gowalla (shared data), 3 epochs each
     .venv/bin/python benchmarks/train_throughput.py --smoke         # small synthetic data, seconds
 
-The baseline is the TFRS basic-retrieval recipe: unnormalized ID embeddings in two Keras towers, a
-`tfrs.tasks.Retrieval` task, `model.fit` on a batched `tf.data` pipeline, Adagrad(0.1). It trains without
-the FactorizedTopK training metric (which would make it far slower still). Both run the same number of
-epochs at the same batch size; both are then evaluated with the same full-catalog validation recall@20.
+The baseline is the TFRS basic-retrieval tutorial: unnormalized ID embeddings in two Keras towers, a
+`tfrs.tasks.Retrieval` task, `model.fit` on a batched, cached `tf.data` pipeline, Adagrad(0.1). It
+trains without the tutorial's FactorizedTopK training metric (which would make it far slower still).
+It runs twice: at our batch size and embedding size (the same B x B softmax per step, so the ratio
+is the cost of everything around it), and as the tutorial writes it (batch 8192, 32 dimensions).
+Everything runs the same number of epochs and is evaluated with the same full-catalog validation
+recall@20. The goal: our examples/s >= 4x the baseline's at equal or better validation recall.
 """
 from __future__ import annotations
 
@@ -43,6 +46,9 @@ def val_recall(user_emb, item_emb, ev, counts):
     rows = np.arange(len(ev.user_ids))
     return metrics.evaluate(lambda r: user_emb[ev.user_idx[r]] @ item_emb.T, rows, ev.relevant, ev.exclude,
                             (20,), counts).summary()["recall@20"]
+
+
+TUTORIAL_BATCH, TUTORIAL_DIM = 8192, 32   # TFRS basic_retrieval: .batch(8192), embedding_dimension = 32
 
 
 def run_tutorial(ts, epochs, batch, dim):
@@ -90,13 +96,19 @@ def main(argv=None):
     # ours: time only the training steps (fit() reports examples/s over its step loops)
     ours = train.fit(ts, "mf", mc, (20,), progress=lambda *_: None)
     ours_rec = train.evaluate_trained(ours, ev, (20,), ts.item_counts).summary()["recall@20"]
-    base_eps, ue, ie = run_tutorial(ts, args.epochs, args.batch, mc.dim)
-    base_rec = val_recall(ue, ie, ev, ts.item_counts)
-    print(f"{'trainer':<28}{'examples/s':>12}{'val recall@20':>15}")
-    print(f"{'recsys mf (custom step)':<28}{ours.examples_per_second:>12,.0f}{ours_rec:>15.4f}")
-    print(f"{'TFRS tutorial model.fit':<28}{base_eps:>12,.0f}{base_rec:>15.4f}")
-    print(f"speedup: {ours.examples_per_second / base_eps:.2f}x at validation recall@20 "
-          f"{ours_rec:.4f} vs {base_rec:.4f}")
+    rows = [("recsys mf (custom step)", args.batch, mc.dim, ours.examples_per_second, ours_rec)]
+    for label, b, d in (("TFRS tutorial, same shape", args.batch, mc.dim),
+                        ("TFRS tutorial as written", TUTORIAL_BATCH, TUTORIAL_DIM)):
+        eps, ue, ie = run_tutorial(ts, args.epochs, b, d)
+        rows.append((label, b, d, eps, val_recall(ue, ie, ev, ts.item_counts)))
+    print(f"{'trainer':<28}{'batch':>7}{'dim':>5}{'examples/s':>12}{'val recall@20':>15}")
+    for label, b, d, eps, rec in rows:
+        print(f"{label:<28}{b:>7}{d:>5}{eps:>12,.0f}{rec:>15.4f}")
+    for label, _, _, eps, rec in rows[1:]:
+        ratio = ours.examples_per_second / eps
+        ok = ratio >= 4 and ours_rec >= rec
+        print(f"vs {label}: {ratio:.2f}x examples/s at validation recall@20 {ours_rec:.4f} vs {rec:.4f} "
+              f"-> goal (>= 4x at equal or better recall) {'met' if ok else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -236,6 +236,7 @@ def validate(cfg: Config) -> Config:
     _check(1 <= m.history_length <= 1000, "model.history_length", m.history_length, "between 1 and 1000")
     _check(1 <= m.batch_size <= 1 << 20, "model.batch_size", m.batch_size, "between 1 and 1048576")
     _check(0 < m.learning_rate < 10, "model.learning_rate", m.learning_rate, "in (0, 10)")
+    _one_of("model.lr_schedule", m.lr_schedule, ("constant", "cosine"))
     _check(1 <= m.epochs <= 10000, "model.epochs", m.epochs, "between 1 and 10000")
     _check(m.patience >= 1, "model.patience", m.patience, ">= 1")
     _check(m.eval_k >= 1, "model.eval_k", m.eval_k, ">= 1")
@@ -302,6 +303,7 @@ class ModelConfig:
     history_length: int = 20
     batch_size: int = 2048
     learning_rate: float = 0.01
+    lr_schedule: str = "constant"   # constant | cosine (decays to 0 over `epochs`)
     epochs: int = 30
     patience: int = 3
     eval_k: int = 20

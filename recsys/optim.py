@@ -14,9 +14,11 @@ class LazyAdam:
     """Adam that applies `tf.IndexedSlices` gradients to the touched rows only."""
 
     def __init__(self, variables, learning_rate: float = 0.01, beta_1: float = 0.9, beta_2: float = 0.999,
-                 epsilon: float = 1e-7):
+                 epsilon: float = 1e-7, decay_steps: int = 0):
+        """`decay_steps` > 0: cosine decay of the learning rate to 0 over that many steps."""
         self.variables = list(variables)
         self.lr, self.b1, self.b2, self.eps = learning_rate, beta_1, beta_2, epsilon
+        self.decay_steps = float(decay_steps)
         self.step = tf.Variable(0.0, trainable=False, name="adam_step")
         self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables]
         self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables]
@@ -25,6 +27,8 @@ class LazyAdam:
         self.step.assign_add(1.0)
         t = self.step
         lr = self.lr * tf.sqrt(1.0 - self.b2 ** t) / (1.0 - self.b1 ** t)
+        if self.decay_steps:
+            lr = lr * 0.5 * (1.0 + tf.cos(3.141592653589793 * tf.minimum((t - 1.0) / self.decay_steps, 1.0)))
         for var, m, v, g in zip(self.variables, self.m, self.v, grads):
             if g is None:
                 continue

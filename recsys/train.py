@@ -139,7 +139,9 @@ def fit(ts: TrainSet, model_name: str, mc: ModelConfig, ks=(10, 20, 50), previou
     model.compute_loss(dummy)  # build variables
     warm = _warm_start(model, ts, previous)
     variables = model.trainable_variables
-    opt = LazyAdam(variables, mc.learning_rate)
+    steps_per_epoch = len(ts.user_idx) // max(1, min(mc.batch_size, len(ts.user_idx)))
+    opt = LazyAdam(variables, mc.learning_rate,
+                   decay_steps=steps_per_epoch * mc.epochs if mc.lr_schedule == "cosine" else 0)
 
     spec = {"user_idx": tf.TensorSpec([None], tf.int32), "item_idx": tf.TensorSpec([None], tf.int32),
             "weight": tf.TensorSpec([None], tf.float32), "history": tf.TensorSpec([None, None], tf.int32)}
