@@ -3,17 +3,19 @@
 Stages (each a labelled composite transform):
   ReadAndValidate   files -> blocks -> (valid frames, rejected frames); blocks are parsed with Arrow
   BucketByUser      shuffle frames by a stable hash of the user ID; dedupe; keep positives
-  KCore             iterative k-core in one global step on integer codes of every bucket's interactions;
-                    buckets then drop the users and items it removed; also the temporal cut
-  Split             global temporal cut or leave-last-N per user
-  Vocabulary        train users/items appended to the previous dataset's vocabularies
-  WriteSplits       Parquet shards per bucket and split
+  GlobalStep        one step on integer codes of every bucket's interactions: the iterative k-core, the
+                    temporal cut, the train split of the surviving rows and the vocabularies (the
+                    previous dataset's with the new train users/items appended)
+  WriteSplits       per bucket: drop what the k-core removed, split (global temporal cut or leave-last-N
+                    per user), Parquet shards per split
   Finalize          vocab files, items.parquet, stats.json; asserts read == accepted + rejected
 
 Elements are pandas frames (one per block or bucket), never single rows: per-row Python in Beam is the
-slow path on the DirectRunner (see docs/DECISIONS.md). Frames cross stage boundaries through FrameCoder
-(Arrow IPC), several times faster than pickling their string columns; transforms that emit frames
-declare it with `.with_output_types(...)` so Beam picks that coder.
+slow path on the DirectRunner (see docs/DECISIONS.md). Their ID columns stay Arrow-backed from parsing to
+the Parquet shards (`ingest.STRING`), so frames cross stage boundaries through FrameCoder (Arrow IPC)
+without converting strings; transforms that emit frames declare it with `.with_output_types(...)` so
+Beam picks that coder. Every stage boundary costs fixed runner time, so the vocabularies come from the
+global step rather than from a combine over the split buckets.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import apache_beam as beam
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -50,7 +53,8 @@ class FrameCoder(beam.coders.Coder):
 
     def encode(self, df: pd.DataFrame) -> bytes:
         try:
-            table = pa.Table.from_pandas(df)
+            # One thread: columns are numbers or Arrow already, and a thread pool per frame costs more.
+            table = pa.Table.from_pandas(df, nthreads=1)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             return self._PICKLE + pickle.dumps(df, protocol=pickle.HIGHEST_PROTOCOL)
         sink = pa.BufferOutputStream()
@@ -62,7 +66,7 @@ class FrameCoder(beam.coders.Coder):
         if data[:1] == self._PICKLE:
             return pickle.loads(data[1:])
         with pa.ipc.open_stream(pa.py_buffer(data)[1:]) as reader:
-            return reader.read_all().to_pandas()
+            return ingest.arrow_frame(reader.read_all())
 
     def estimate_size(self, df: pd.DataFrame) -> int:
         # Beam samples element sizes for its metrics; the default would encode the whole frame to measure it.
@@ -139,7 +143,7 @@ class ParseValidateFn(beam.DoFn):
             read = block.num_rows
         else:
             valid, rejected = ingest.parse_and_validate(block, first, self.layout, names, self.cfg, source)
-            read = len(ingest.split_lines(block, first)[0])
+            read = ingest.count_lines(block)
         # Reconciliation per block: a row is either accepted or rejected, never lost.
         assert read == len(valid) + len(rejected), (source, first, read, len(valid), len(rejected))
         self.rows_read.inc(read)
@@ -175,20 +179,9 @@ def _split_by_bucket(df: pd.DataFrame, n: int):
         yield int(b), part
 
 
-def _concat(frames: list) -> pd.DataFrame:
-    """`pd.concat(frames, ignore_index=True)`; column by column when all frames have the same numpy
-    dtypes, which skips pandas' per-value scan of all-null object columns (`event` without events)."""
-    first = frames[0] if frames else None
-    if (len(frames) > 1 and first.columns.is_unique
-            and all(isinstance(t, np.dtype) for t in first.dtypes)
-            and all(f.columns.equals(first.columns) and f.dtypes.equals(first.dtypes) for f in frames)):
-        return pd.DataFrame({c: np.concatenate([f[c].to_numpy() for f in frames]) for c in first.columns})
-    return pd.concat(frames, ignore_index=True)
-
-
 def _dedupe_bucket(kv):
     bucket, frames = kv
-    df = _concat(list(frames))
+    df = pd.concat(list(frames), ignore_index=True)
     df, counts = interactions.dedupe_and_keep_positives(df)
     counts["positives"] = len(df)
     yield beam.pvalue.TaggedOutput("counts", counts)
@@ -210,27 +203,39 @@ class BucketByUser(beam.PTransform):
                     "counts", main="buckets"))
 
 
-def _kcore_edges(kv, temporal: bool):
-    """A bucket's interactions as integer codes for the global k-core (plus timestamps for the cut)."""
+def _codes(col: pd.Series) -> tuple[np.ndarray, pa.Array]:
+    """(int32 code per row, the distinct IDs) of an ID column."""
+    enc = pc.dictionary_encode(ingest.arrow_strings(col))
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False), enc.dictionary
+
+
+def _edges(kv):
+    """A bucket's interactions as integer codes (plus distinct IDs and timestamps) for the global step."""
     bucket, df = kv
-    users, user_ids = pd.factorize(df["user"])
-    items, item_ids = pd.factorize(df["item"])
-    return (bucket, users.astype(np.int32), np.asarray(user_ids, dtype=object), items.astype(np.int32),
-            np.asarray(item_ids, dtype=object), df["timestamp"].to_numpy() if temporal else None)
+    users, user_ids = _codes(df["user"])
+    items, item_ids = _codes(df["item"])
+    return bucket, users, user_ids, items, item_ids, df["timestamp"].to_numpy()
 
 
-def _global_kcore(edges: list, cfg: Config) -> dict:
-    """Run the k-core rounds on every bucket's codes at once; what each bucket must drop, and stats."""
+def _global_step(edges: list, cfg: Config, prev_users: Vocabulary, prev_items: Vocabulary) -> dict:
+    """K-core, temporal cut and vocabularies from every bucket's codes at once.
+
+    Returns the IDs each bucket must drop, the cuts (temporal split), the vocabularies as Arrow arrays
+    (`user_ids`, `item_ids`: the previous ones with the new train IDs appended) and k-core statistics.
+    """
     edges = sorted(edges, key=lambda e: e[0])
-    empty = np.array([], dtype=object)
+    temporal = cfg.split.strategy == "temporal"
     if not edges:
-        return {"removed_items": empty, "removed_users": {}, "positives": 0, "kept": 0, "rounds": 0,
-                "violations": 0, "cuts": interactions.temporal_cuts(np.array([], dtype=np.int64), cfg)
-                if cfg.split.strategy == "temporal" else None}
+        return {"removed_items": pa.array([], pa.string()), "removed_users": {}, "positives": 0, "kept": 0,
+                "rounds": 0, "violations": 0,
+                "cuts": interactions.temporal_cuts(np.array([], dtype=np.int64), cfg) if temporal else None,
+                "user_ids": pa.array(prev_users.ids, pa.string()), "item_ids": pa.array(prev_items.ids, pa.string())}
     # Items get global codes (one per distinct ID over all buckets); a user lives in one bucket only.
-    item_codes, item_ids = pd.factorize(np.concatenate([e[4] for e in edges]))
+    enc = pc.dictionary_encode(pa.concat_arrays([e[4] for e in edges]))
+    item_codes, item_ids = enc.indices.to_numpy(zero_copy_only=False), enc.dictionary
     item_offsets = np.cumsum([0] + [len(e[4]) for e in edges])
     user_offsets = np.cumsum([0] + [len(e[2]) for e in edges])
+    row_offsets = np.cumsum([0] + [len(e[1]) for e in edges])
     code = np.int32 if max(len(item_ids), user_offsets[-1]) < 2 ** 31 else np.int64
     items = np.concatenate([item_codes[item_offsets[k]:item_offsets[k + 1]].astype(code)[e[3]]
                             for k, e in enumerate(edges)])
@@ -244,105 +249,122 @@ def _global_kcore(edges: list, cfg: Config) -> dict:
     for k, e in enumerate(edges):
         gone = ~user_alive[user_offsets[k]:user_offsets[k + 1]]
         if gone.any():
-            removed_users[e[0]] = e[2][gone]
-    cuts = None
-    if cfg.split.strategy == "temporal":
-        cuts = interactions.temporal_cuts(np.concatenate([e[5] for e in edges])[alive], cfg)
-    return {"removed_items": np.asarray(item_ids, dtype=object)[~item_alive], "removed_users": removed_users,
+            removed_users[e[0]] = e[2].filter(pa.array(gone))
+    cuts = interactions.temporal_cuts(np.concatenate([e[5] for e in edges])[alive], cfg) if temporal else None
+    # The train split of the surviving rows, bucket by bucket (leave-last-N is per user), as WriteSplits
+    # will assign it; its users and items extend the vocabularies.
+    train_users, train_items = [], []
+    for k, e in enumerate(edges):
+        kept = alive[row_offsets[k]:row_offsets[k + 1]]
+        u, i = e[1][kept], e[3][kept]
+        frame = pd.DataFrame({"user": pd.arrays.ArrowExtensionArray(e[2].take(u)),
+                              "item": pd.arrays.ArrowExtensionArray(e[4].take(i)), "timestamp": e[5][kept]})
+        train = interactions.assign_split(frame, cfg, cuts) == 0
+        train_users.append(e[2].take(np.unique(u[train])))
+        train_items.append(e[4].take(np.unique(i[train])))
+    users_vocab = prev_users.extended(pa.concat_arrays(train_users).to_pylist())
+    items_vocab = prev_items.extended(pa.concat_arrays(train_items).to_pylist())
+    return {"removed_items": item_ids.filter(pa.array(~item_alive)), "removed_users": removed_users,
             "positives": len(alive), "kept": int(alive.sum()), "rounds": rounds, "violations": violations,
-            "cuts": cuts}
+            "cuts": cuts, "user_ids": pa.array(users_vocab.ids, pa.string()),
+            "item_ids": pa.array(items_vocab.ids, pa.string())}
 
 
-def _apply_kcore(kv, result: dict):
-    bucket, df = kv
-    keep = np.ones(len(df), dtype=bool)
-    if len(result["removed_items"]):
-        keep &= ~df["item"].isin(result["removed_items"]).to_numpy()
-    users = result["removed_users"].get(bucket)
-    if users is not None:
-        keep &= ~df["user"].isin(users).to_numpy()
-    return bucket, df[keep]
-
-
-class KCore(beam.PTransform):
-    """Iterative k-core (rounds: items under the item minimum by global counts, then light users).
+class GlobalStep(beam.PTransform):
+    """Buckets -> one dict: the iterative k-core (rounds: items under the item minimum by global counts,
+    then light users), the temporal cut and the vocabularies.
 
     One global step runs the rounds on integer codes of all interactions (held by one worker: about
-    8 bytes per interaction, 16 with the timestamp for the temporal cut), stopping when a round drops
-    nothing or after `filters.max_rounds` (Finalize then fails on the violations left). Unrolling
-    max_rounds Beam stages instead costs about 0.1 s of fixed runner overhead per round, converged or not.
-    Returns (kept buckets, the step's result dict: removed IDs, positives, kept, violations, cuts).
+    16 bytes per interaction with the timestamps), stopping when a round drops nothing or after
+    `filters.max_rounds` (Finalize then fails on the violations left). Unrolling max_rounds Beam stages
+    instead costs about 0.1 s of fixed runner overhead per round, converged or not.
     """
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, prev_users: Vocabulary, prev_items: Vocabulary):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.prev_users, self.prev_items = cfg, prev_users, prev_items
 
     def expand(self, buckets):
-        temporal = self.cfg.split.strategy == "temporal"
-        result = (buckets
-                  | "Edges" >> beam.Map(_kcore_edges, temporal)
-                  | "AllEdges" >> beam.combiners.ToList()
-                  | "Rounds" >> beam.Map(_global_kcore, self.cfg))
-        kept = buckets | "Apply" >> beam.Map(
-            _apply_kcore, beam.pvalue.AsSingleton(result)).with_output_types(Bucket)
-        return kept, result
+        return (buckets
+                | "Edges" >> beam.Map(_edges)
+                | "AllEdges" >> beam.combiners.ToList()
+                | "Rounds" >> beam.Map(_global_step, self.cfg, self.prev_users, self.prev_items))
 
 
-class UnionSets(beam.CombineFn):
-    """Union of (users, items) ID lists -> (sorted users, sorted items): one combine, not one each."""
-
-    def create_accumulator(self):
-        return set(), set()
-
-    def add_input(self, acc, ids):
-        acc[0].update(ids[0])
-        acc[1].update(ids[1])
-        return acc
-
-    def merge_accumulators(self, accs):
-        accs = list(accs)
-        return set().union(*(a[0] for a in accs)), set().union(*(a[1] for a in accs))
-
-    def extract_output(self, acc):
-        return sorted(acc[0]), sorted(acc[1])
+def _is_in(col: pd.Series, ids: pa.Array) -> np.ndarray:
+    return pc.is_in(ingest.arrow_strings(col), value_set=ids).to_numpy(zero_copy_only=False)
 
 
-def _assign(kv, cfg, cuts):
-    b, df = kv
-    df = df.copy()
-    df["split"] = interactions.assign_split(df, cfg, cuts)
-    return b, df
+def _index_in(col: pd.Series, ids: pa.Array) -> np.ndarray:
+    """Vocabulary index per row (int32), -1 for IDs not in `ids`."""
+    idx = pc.index_in(ingest.arrow_strings(col), value_set=ids)
+    return idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+
+
+# Shards carry the pandas metadata that `pa.Table.from_pandas` writes for object string columns, whatever
+# the in-memory string type, so a shard's bytes depend on its rows alone.
+_SPLIT_SCHEMA = ds.SPLIT_SCHEMA.with_metadata(pa.Table.from_pandas(
+    pd.DataFrame({f.name: pd.Series(dtype=f.type.to_pandas_dtype()) for f in ds.SPLIT_SCHEMA}),
+    schema=ds.SPLIT_SCHEMA, preserve_index=False).schema.metadata)
+
+
+def _split_table(part: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_arrays(
+        [ingest.arrow_strings(part[f.name]) if pa.types.is_string(f.type) else
+         pa.array(part[f.name].to_numpy(), type=f.type) for f in _SPLIT_SCHEMA], schema=_SPLIT_SCHEMA)
 
 
 class WriteShardFn(beam.DoFn):
-    """Write one bucket's rows as a Parquet shard per split; emit per-split statistics."""
+    """Per bucket: drop what the k-core removed, assign splits, write a Parquet shard per split; emit
+    per-split statistics."""
 
-    def __init__(self, out_dir: str, n_shards: int):
-        self.out_dir, self.n = out_dir, n_shards
+    def __init__(self, cfg: Config, out_dir: str, n_shards: int):
+        self.cfg, self.out_dir, self.n = cfg, out_dir, n_shards
 
-    def process(self, kv, users: Vocabulary, items: Vocabulary):
+    def process(self, kv, result: dict):
         bucket, df = kv
-        df = df.assign(user_idx=users.lookup(df["user"]).astype(np.int32),
-                       item_idx=items.lookup(df["item"]).astype(np.int32))
+        keep = np.ones(len(df), dtype=bool)
+        if len(result["removed_items"]):
+            keep &= ~_is_in(df["item"], result["removed_items"])
+        users = result["removed_users"].get(bucket)
+        if users is not None:
+            keep &= ~_is_in(df["user"], users)
+        df = df[keep]
+        df = df.assign(split=interactions.assign_split(df, self.cfg, result["cuts"]),
+                       user_idx=_index_in(df["user"], result["user_ids"]),
+                       item_idx=_index_in(df["item"], result["item_ids"]))
+        # Sorted once: each split's rows, selected from it, are then in canonical order too.
+        df = interactions.sort_canonical(df)
+        split_codes = df["split"].to_numpy()
         for code, split in enumerate(SPLITS):
-            part = df[df["split"] == code]
+            part = df[split_codes == code]
             unknown_item = part["item_idx"].to_numpy() < 0
             # Evaluation ranks the training catalog, so a held-out item never seen in training cannot be
             # ranked: it is dropped here and counted (stats.json: dropped_unknown_item). New users stay.
-            part = interactions.sort_canonical(part[~unknown_item])
-            table = pa.Table.from_pandas(part[[f.name for f in ds.SPLIT_SCHEMA]], schema=ds.SPLIT_SCHEMA,
-                                         preserve_index=False)
+            part = part[~unknown_item]
             sink = io.BytesIO()
-            pq.write_table(table, sink, compression="zstd")
+            pq.write_table(_split_table(part), sink, compression="zstd")
             fsio.write_bytes(fsio.join(self.out_dir, ds.shard_name(split, bucket, self.n)), sink.getvalue())
-            yield {"bucket": bucket, "split": split, "interactions": len(part), "dropped_unknown_item": int(unknown_item.sum()),
-                   "users": int(part["user"].nunique()),
-                   "new_users": int(part.loc[part["user_idx"] < 0, "user"].nunique()),
-                   "items": part["item"].unique().tolist(),
+            users, items = ingest.arrow_strings(part["user"]), ingest.arrow_strings(part["item"])
+            new_users = users.filter(pa.array(part["user_idx"].to_numpy() < 0))
+            yield {"bucket": bucket, "split": split, "interactions": len(part),
+                   "dropped_unknown_item": int(unknown_item.sum()),
+                   "users": pc.count_distinct(users).as_py(), "new_users": pc.count_distinct(new_users).as_py(),
+                   "items": pc.unique(items),
                    "min_ts": int(part["timestamp"].min()) if len(part) else None,
                    "max_ts": int(part["timestamp"].max()) if len(part) else None,
-                   "train_item_counts": part["item"].value_counts().to_dict() if code == 0 else {}}
+                   "train_item_counts": pc.value_counts(items) if code == 0 else None}
+
+
+def _train_counts(split_rows, item_ids: pa.Array) -> np.ndarray:
+    """Train interactions per item of `item_ids` (int64; 0 for an item with none), summed over buckets."""
+    counts = [r["train_item_counts"] for r in split_rows if r["train_item_counts"] is not None]
+    if not counts:
+        return np.zeros(len(item_ids), dtype=np.int64)
+    vc = pa.concat_arrays(counts)
+    total = pa.table({"item": vc.field("values"), "n": vc.field("counts")}).group_by("item").aggregate([("n", "sum")])
+    idx = pc.index_in(item_ids, value_set=total["item"].combine_chunks())
+    return total["n_sum"].combine_chunks().take(idx).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _write_empty_shards(out_dir: str, n: int, present: set):
@@ -370,31 +392,32 @@ class FinalizeFn(beam.DoFn):
     def __init__(self, cfg: Config, out_dir: str, n_shards: int):
         self.cfg, self.out_dir, self.n = cfg, out_dir, n_shards
 
-    def process(self, _, counts, split_rows, rejected_written, users, items, kcore_check, cuts):
-        c = merge_counts([counts])
+    def process(self, _, counts, split_rows, rejected_written, result):
+        c = merge_counts([counts, {"kcore_removed": result["positives"] - result["kept"]}])
         if c.get("rows_read", 0) != c.get("accepted", 0) + c.get("rejected", 0):
             raise DataError(f"reconciliation failed: read {c.get('rows_read')} != accepted {c.get('accepted')}"
                             f" + rejected {c.get('rejected')}")
         if sum(rejected_written) != c.get("rejected", 0):
             raise DataError(f"dead-letter output has {sum(rejected_written)} rows, expected {c.get('rejected')}")
-        if kcore_check:
+        if result["violations"]:
             raise DataError(f"k-core filter did not converge in filters.max_rounds={self.cfg.filters.max_rounds} "
-                            f"rounds ({kcore_check} users/items still under the minimum); raise filters.max_rounds")
+                            f"rounds ({result['violations']} users/items still under the minimum); "
+                            f"raise filters.max_rounds")
         _write_empty_shards(self.out_dir, self.n, {r["bucket"] for r in split_rows})
+        users, items = Vocabulary(result["user_ids"].to_pylist()), Vocabulary(result["item_ids"].to_pylist())
         users.save(fsio.join(self.out_dir, "vocab", "users.txt"))
         items.save(fsio.join(self.out_dir, "vocab", "items.txt"))
-        train_counts = merge_counts([{"c": r["train_item_counts"]} for r in split_rows]).get("c", {})
         meta, meta_rejected = self._item_metadata()
         feats = pd.DataFrame({"item": items.ids, "item_idx": np.arange(len(items), dtype=np.int32)})
         feats = feats.merge(meta, on="item", how="left")
         feats["title"] = feats["title"].fillna("")
         feats["year"] = feats["year"].fillna(0).astype(np.int32)
         feats["genres"] = feats["genres"].map(lambda g: g if isinstance(g, list) else [])
-        feats["train_count"] = feats["item"].map(train_counts).fillna(0).astype(np.int64)
+        feats["train_count"] = _train_counts(split_rows, pa.array(feats["item"], pa.string()))
         sink = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(feats, preserve_index=False), sink, compression="zstd")
         fsio.write_bytes(fsio.join(self.out_dir, "items.parquet"), sink.getvalue())
-        stats = self._stats(c, split_rows, users, items, cuts, len(meta), meta_rejected)
+        stats = self._stats(c, split_rows, users, items, result["cuts"], len(meta), meta_rejected)
         # stats.json last: its presence marks the dataset complete (what Dataset.open checks).
         fsio.write_bytes(fsio.join(self.out_dir, "stats.json"), json.dumps(stats, indent=2, sort_keys=True).encode())
         yield stats
@@ -422,14 +445,14 @@ class FinalizeFn(beam.DoFn):
         for split in SPLITS:
             rows = [r for r in split_rows if r["split"] == split]
             n = sum(r["interactions"] for r in rows)
-            its = set().union(*[r["items"] for r in rows]) if rows else set()
+            its = pc.count_distinct(pa.chunked_array([r["items"] for r in rows], pa.string())).as_py()
             nu = sum(r["users"] for r in rows)
             mins = [r["min_ts"] for r in rows if r["min_ts"] is not None]
             maxs = [r["max_ts"] for r in rows if r["max_ts"] is not None]
-            splits[split] = {"interactions": n, "users": nu, "items": len(its),
+            splits[split] = {"interactions": n, "users": nu, "items": its,
                              "new_users": sum(r["new_users"] for r in rows),
                              "dropped_unknown_item": sum(r["dropped_unknown_item"] for r in rows),
-                             "density": n / (nu * len(its)) if nu and its else 0.0,
+                             "density": n / (nu * its) if nu and its else 0.0,
                              "time_range": [min(mins), max(maxs)] if mins else None}
         kept = c.get("positives", 0) - c.get("kcore_removed", 0)
         split_total = sum(s["interactions"] + s["dropped_unknown_item"] for s in splits.values())
@@ -455,33 +478,18 @@ def build(p: beam.Pipeline, cfg: Config, files: list[str], out_dir: str,
     n = cfg.runner.shuffle_buckets
     parsed = p | "Files" >> beam.Create(files) | "ReadAndValidate" >> ReadAndValidate(cfg)
     bucketed = parsed.valid | "BucketByUser" >> BucketByUser(n)
-    kept, kcore = bucketed.buckets | "KCore" >> KCore(cfg)
-    kcore_counts = kcore | "KCoreRemoved" >> beam.Map(lambda r: {"kcore_removed": r["positives"] - r["kept"]})
-    violations = kcore | "KCoreViolations" >> beam.Map(lambda r: r["violations"])
-    cuts = None
-    if cfg.split.strategy == "temporal":
-        cuts = beam.pvalue.AsSingleton(kcore | "TemporalCuts" >> beam.Map(lambda r: r["cuts"]))
-    split = kept | "Split" >> beam.Map(_assign, cfg, cuts).with_output_types(Bucket)
-    train_ids = split | "TrainIds" >> beam.Map(
-        lambda kv: (kv[1].loc[kv[1]["split"] == 0, "user"].unique().tolist(),
-                    kv[1].loc[kv[1]["split"] == 0, "item"].unique().tolist()))
-    train_union = train_ids | "UnionTrainIds" >> beam.CombineGlobally(UnionSets())
-    users = train_union | "UserVocab" >> beam.Map(lambda ids: prev_users.extended(ids[0]))
-    items = train_union | "ItemVocab" >> beam.Map(lambda ids: prev_items.extended(ids[1]))
-    rows = split | "WriteSplits" >> beam.ParDo(
-        WriteShardFn(out_dir, n), beam.pvalue.AsSingleton(users), beam.pvalue.AsSingleton(items))
+    result = beam.pvalue.AsSingleton(bucketed.buckets | "GlobalStep" >> GlobalStep(cfg, prev_users, prev_items))
+    rows = bucketed.buckets | "WriteSplits" >> beam.ParDo(WriteShardFn(cfg, out_dir, n), result)
     rejected_written = (parsed.rejected
                         | "KeyRejected" >> beam.Map(lambda df: (int(interactions.user_bucket(
                             df["source"].iloc[:1], n)[0]), df)).with_output_types(Bucket)
                         | "GroupRejected" >> beam.GroupByKey()
                         | "WriteRejected" >> beam.FlatMap(_write_rejected, out_dir, n))
-    counts = ((parsed.counts, bucketed.counts, kcore_counts) | "AllCounts" >> beam.Flatten()
+    counts = ((parsed.counts, bucketed.counts) | "AllCounts" >> beam.Flatten()
               | "SumCounts" >> beam.CombineGlobally(merge_counts))
     return (p | "Start" >> beam.Create([None])
             | "Finalize" >> beam.ParDo(FinalizeFn(cfg, out_dir, n), beam.pvalue.AsSingleton(counts),
-                                       beam.pvalue.AsList(rows), beam.pvalue.AsList(rejected_written),
-                                       beam.pvalue.AsSingleton(users), beam.pvalue.AsSingleton(items),
-                                       beam.pvalue.AsSingleton(violations), cuts))
+                                       beam.pvalue.AsList(rows), beam.pvalue.AsList(rejected_written), result))
 
 
 def pipeline_options(cfg: Config) -> PipelineOptions:

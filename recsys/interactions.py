@@ -17,7 +17,10 @@ SPLITS = ("train", "validation", "test")
 
 def user_bucket(users: pd.Series, n_buckets: int) -> np.ndarray:
     """Stable bucket per user ID (same on every machine and run: no Python `hash`)."""
-    return (pd.util.hash_array(users.to_numpy(dtype=object)) % np.uint64(n_buckets)).astype(np.int64)
+    # Hash each distinct ID once (as str: the bucket of an ID never depends on how it is stored).
+    codes, uniques = pd.factorize(users, use_na_sentinel=False)
+    hashes = pd.util.hash_array(np.asarray(uniques, dtype=object)) % np.uint64(n_buckets)
+    return hashes.astype(np.int64)[codes]
 
 
 def dedupe_and_keep_positives(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -109,5 +112,16 @@ def assign_split(df: pd.DataFrame, cfg: Config, cuts: tuple[int, int] | None) ->
 
 
 def sort_canonical(df: pd.DataFrame) -> pd.DataFrame:
-    """Deterministic row order for written shards."""
-    return df.sort_values(["user", "timestamp", "item"], kind="stable").reset_index(drop=True)
+    """Deterministic row order for written shards: `df.sort_values(["user", "timestamp", "item"],
+    kind="stable")`, as one integer lexsort (IDs replaced by their rank among the distinct IDs)."""
+    order = np.lexsort((_ranks(df["item"]), df["timestamp"].to_numpy(), _ranks(df["user"])))
+    return df.take(order).reset_index(drop=True)
+
+
+def _ranks(col: pd.Series) -> np.ndarray:
+    """Per row, the position of its value among the column's sorted distinct values."""
+    codes, uniques = pd.factorize(col)
+    # Arrow sorts strings by UTF-8 bytes, Python by code points: the same order for valid UTF-8.
+    rank = np.empty(len(uniques), dtype=np.int64)
+    rank[np.asarray(uniques.argsort())] = np.arange(len(uniques))
+    return rank[codes]
