@@ -70,7 +70,7 @@ class FrameCoder(beam.coders.Coder):
 
     def estimate_size(self, df: pd.DataFrame) -> int:
         # Beam samples element sizes for its metrics; the default would encode the whole frame to measure it.
-        return int(df.memory_usage(index=True, deep=False).sum())
+        return sum(df[c].array.nbytes for c in df.columns)
 
     def is_deterministic(self) -> bool:
         return False
@@ -253,13 +253,13 @@ def _global_step(edges: list, cfg: Config, prev_users: Vocabulary, prev_items: V
     cuts = interactions.temporal_cuts(np.concatenate([e[5] for e in edges])[alive], cfg) if temporal else None
     # The train split of the surviving rows, bucket by bucket (leave-last-N is per user), as WriteSplits
     # will assign it; its users and items extend the vocabularies.
+    item_rank = interactions.id_ranks(item_ids)[items]
     train_users, train_items = [], []
     for k, e in enumerate(edges):
-        kept = alive[row_offsets[k]:row_offsets[k + 1]]
+        rows = slice(row_offsets[k], row_offsets[k + 1])
+        kept = alive[rows]
         u, i = e[1][kept], e[3][kept]
-        frame = pd.DataFrame({"user": pd.arrays.ArrowExtensionArray(e[2].take(u)),
-                              "item": pd.arrays.ArrowExtensionArray(e[4].take(i)), "timestamp": e[5][kept]})
-        train = interactions.assign_split(frame, cfg, cuts) == 0
+        train = _assign_split(interactions.id_ranks(e[2])[u], item_rank[rows][kept], e[5][kept], cfg, cuts) == 0
         train_users.append(e[2].take(np.unique(u[train])))
         train_items.append(e[4].take(np.unique(i[train])))
     users_vocab = prev_users.extended(pa.concat_arrays(train_users).to_pylist())
@@ -291,14 +291,19 @@ class GlobalStep(beam.PTransform):
                 | "Rounds" >> beam.Map(_global_step, self.cfg, self.prev_users, self.prev_items))
 
 
-def _is_in(col: pd.Series, ids: pa.Array) -> np.ndarray:
-    return pc.is_in(ingest.arrow_strings(col), value_set=ids).to_numpy(zero_copy_only=False)
+def _assign_split(user_rank, item_rank, timestamp, cfg: Config, cuts) -> np.ndarray:
+    """`interactions.assign_split` with integer stand-ins for the IDs (same order and groups, cheaper)."""
+    frame = pd.DataFrame({"user": user_rank, "item": item_rank, "timestamp": timestamp})
+    return interactions.assign_split(frame, cfg, cuts)
 
 
-def _index_in(col: pd.Series, ids: pa.Array) -> np.ndarray:
-    """Vocabulary index per row (int32), -1 for IDs not in `ids`."""
-    idx = pc.index_in(ingest.arrow_strings(col), value_set=ids)
-    return idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+def _is_in(ids: pa.Array, value_set: pa.Array) -> np.ndarray:
+    return pc.is_in(ids, value_set=value_set).to_numpy(zero_copy_only=False)
+
+
+def _index_in(ids: pa.Array, vocab: pa.Array) -> np.ndarray:
+    """Vocabulary index of each ID (int32), -1 for IDs not in `vocab`."""
+    return pc.index_in(ids, value_set=vocab).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
 
 
 # Shards carry the pandas metadata that `pa.Table.from_pandas` writes for object string columns, whatever
@@ -308,52 +313,82 @@ _SPLIT_SCHEMA = ds.SPLIT_SCHEMA.with_metadata(pa.Table.from_pandas(
     schema=ds.SPLIT_SCHEMA, preserve_index=False).schema.metadata)
 
 
-def _split_table(part: pd.DataFrame) -> pa.Table:
-    return pa.Table.from_arrays(
-        [ingest.arrow_strings(part[f.name]) if pa.types.is_string(f.type) else
-         pa.array(part[f.name].to_numpy(), type=f.type) for f in _SPLIT_SCHEMA], schema=_SPLIT_SCHEMA)
-
-
 class WriteShardFn(beam.DoFn):
     """Per bucket: drop what the k-core removed, assign splits, write a Parquet shard per split; emit
-    per-split statistics."""
+    per-split statistics.
+
+    Works on integer codes of the user and item columns (each ID hashed once per bucket): every step
+    below would otherwise hash or compare the strings again."""
 
     def __init__(self, cfg: Config, out_dir: str, n_shards: int):
         self.cfg, self.out_dir, self.n = cfg, out_dir, n_shards
 
     def process(self, kv, result: dict):
         bucket, df = kv
+        users, user_ids = _codes(df["user"])
+        items, item_ids = _codes(df["item"])
         keep = np.ones(len(df), dtype=bool)
         if len(result["removed_items"]):
-            keep &= ~_is_in(df["item"], result["removed_items"])
-        users = result["removed_users"].get(bucket)
-        if users is not None:
-            keep &= ~_is_in(df["user"], users)
-        df = df[keep]
-        df = df.assign(split=interactions.assign_split(df, self.cfg, result["cuts"]),
-                       user_idx=_index_in(df["user"], result["user_ids"]),
-                       item_idx=_index_in(df["item"], result["item_ids"]))
+            keep &= ~_is_in(item_ids, result["removed_items"])[items]
+        gone = result["removed_users"].get(bucket)
+        if gone is not None:
+            keep &= ~_is_in(user_ids, gone)[users]
+        rows = np.flatnonzero(keep)
+        timestamp = df["timestamp"].to_numpy()
+        user_rank, item_rank = interactions.id_ranks(user_ids)[users[rows]], interactions.id_ranks(item_ids)[items[rows]]
+        split = _assign_split(user_rank, item_rank, timestamp[rows], self.cfg, result["cuts"])
         # Sorted once: each split's rows, selected from it, are then in canonical order too.
-        df = interactions.sort_canonical(df)
-        split_codes = df["split"].to_numpy()
-        for code, split in enumerate(SPLITS):
-            part = df[split_codes == code]
-            unknown_item = part["item_idx"].to_numpy() < 0
+        order = interactions.canonical_order(user_rank, timestamp[rows], item_rank)
+        rows, split = rows[order], split[order]
+        user_vocab, item_vocab = _index_in(user_ids, result["user_ids"]), _index_in(item_ids, result["item_ids"])
+        columns = {"timestamp": timestamp, "value": df["value"].to_numpy(), "weight": df["weight"].to_numpy()}
+        for code, name in enumerate(SPLITS):
+            part = rows[split == code]
             # Evaluation ranks the training catalog, so a held-out item never seen in training cannot be
             # ranked: it is dropped here and counted (stats.json: dropped_unknown_item). New users stay.
-            part = part[~unknown_item]
+            known = item_vocab[items[part]] >= 0
+            part = part[known]
+            u, i = users[part], items[part]
+            arrays = {"user": user_ids.take(u), "item": item_ids.take(i), "user_idx": user_vocab[u],
+                      "item_idx": item_vocab[i], **{c: v[part] for c, v in columns.items()}}
+            table = pa.Table.from_arrays([pa.array(arrays[f.name], type=f.type) for f in _SPLIT_SCHEMA],
+                                         schema=_SPLIT_SCHEMA)
             sink = io.BytesIO()
-            pq.write_table(_split_table(part), sink, compression="zstd")
-            fsio.write_bytes(fsio.join(self.out_dir, ds.shard_name(split, bucket, self.n)), sink.getvalue())
-            users, items = ingest.arrow_strings(part["user"]), ingest.arrow_strings(part["item"])
-            new_users = users.filter(pa.array(part["user_idx"].to_numpy() < 0))
-            yield {"bucket": bucket, "split": split, "interactions": len(part),
-                   "dropped_unknown_item": int(unknown_item.sum()),
-                   "users": pc.count_distinct(users).as_py(), "new_users": pc.count_distinct(new_users).as_py(),
-                   "items": pc.unique(items),
-                   "min_ts": int(part["timestamp"].min()) if len(part) else None,
-                   "max_ts": int(part["timestamp"].max()) if len(part) else None,
-                   "train_item_counts": pc.value_counts(items) if code == 0 else None}
+            pq.write_table(table, sink, compression="zstd")
+            fsio.write_bytes(fsio.join(self.out_dir, ds.shard_name(name, bucket, self.n)), sink.getvalue())
+            in_part = np.bincount(u, minlength=len(user_ids)) > 0
+            item_counts = np.bincount(i, minlength=len(item_ids))
+            present = np.flatnonzero(item_counts)
+            yield {"bucket": bucket, "split": name, "interactions": len(part),
+                   "dropped_unknown_item": int((~known).sum()),
+                   "users": int(in_part.sum()), "new_users": int((in_part & (user_vocab < 0)).sum()),
+                   "items": item_ids.take(present),
+                   "min_ts": int(timestamp[part].min()) if len(part) else None,
+                   "max_ts": int(timestamp[part].max()) if len(part) else None,
+                   "train_item_counts": (item_ids.take(present), item_counts[present]) if code == 0 else None}
+
+
+def _write_rejected(kv, out_dir: str, n: int):
+    key, frames = kv
+    df = pd.concat(list(frames), ignore_index=True).sort_values(["source", "line"], kind="stable")
+    fsio.write_bytes(fsio.join(out_dir, "rejected", f"part-{key:05d}-of-{n:05d}.jsonl"),
+                     _json_lines(df).encode("utf-8"))
+    yield len(df)
+
+
+def _json_lines(df: pd.DataFrame) -> str:
+    """`"".join(json.dumps(r, ensure_ascii=False) + "\n" for r in df.to_dict("records"))` for columns of
+    strings and integers, built a column at a time (each distinct string encoded once)."""
+    encoded = []
+    for c in df.columns:
+        if pd.api.types.is_integer_dtype(df[c].dtype):
+            encoded.append([str(v) for v in df[c].tolist()])
+            continue
+        codes, uniques = pd.factorize(df[c], use_na_sentinel=False)
+        texts = [json.dumps(None if v is None or v is pd.NA else v, ensure_ascii=False) for v in uniques.tolist()]
+        encoded.append([texts[k] for k in codes.tolist()])
+    template = "{" + ", ".join(json.dumps(c, ensure_ascii=False).replace("%", "%%") + ": %s" for c in df.columns) + "}\n"
+    return "".join(template % row for row in zip(*encoded))
 
 
 def _train_counts(split_rows, item_ids: pa.Array) -> np.ndarray:
@@ -361,8 +396,8 @@ def _train_counts(split_rows, item_ids: pa.Array) -> np.ndarray:
     counts = [r["train_item_counts"] for r in split_rows if r["train_item_counts"] is not None]
     if not counts:
         return np.zeros(len(item_ids), dtype=np.int64)
-    vc = pa.concat_arrays(counts)
-    total = pa.table({"item": vc.field("values"), "n": vc.field("counts")}).group_by("item").aggregate([("n", "sum")])
+    total = pa.table({"item": pa.concat_arrays([c[0] for c in counts]), "n": np.concatenate([c[1] for c in counts])})
+    total = total.group_by("item").aggregate([("n", "sum")])
     idx = pc.index_in(item_ids, value_set=total["item"].combine_chunks())
     return total["n_sum"].combine_chunks().take(idx).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
 
@@ -376,14 +411,6 @@ def _write_empty_shards(out_dir: str, n: int, present: set):
         pq.write_table(ds.SPLIT_SCHEMA.empty_table(), sink, compression="zstd")
         for split in SPLITS:
             fsio.write_bytes(fsio.join(out_dir, ds.shard_name(split, b, n)), sink.getvalue())
-
-
-def _write_rejected(kv, out_dir: str, n: int):
-    key, frames = kv
-    df = pd.concat(list(frames), ignore_index=True).sort_values(["source", "line"], kind="stable")
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in df.to_dict("records"))
-    fsio.write_bytes(fsio.join(out_dir, "rejected", f"part-{key:05d}-of-{n:05d}.jsonl"), text.encode("utf-8"))
-    yield len(df)
 
 
 class FinalizeFn(beam.DoFn):

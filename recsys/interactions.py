@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from recsys.config import Config
 
@@ -111,17 +113,15 @@ def assign_split(df: pd.DataFrame, cfg: Config, cuts: tuple[int, int] | None) ->
     return out.astype(np.int8)
 
 
-def sort_canonical(df: pd.DataFrame) -> pd.DataFrame:
-    """Deterministic row order for written shards: `df.sort_values(["user", "timestamp", "item"],
-    kind="stable")`, as one integer lexsort (IDs replaced by their rank among the distinct IDs)."""
-    order = np.lexsort((_ranks(df["item"]), df["timestamp"].to_numpy(), _ranks(df["user"])))
-    return df.take(order).reset_index(drop=True)
-
-
-def _ranks(col: pd.Series) -> np.ndarray:
-    """Per row, the position of its value among the column's sorted distinct values."""
-    codes, uniques = pd.factorize(col)
+def id_ranks(ids: pa.Array) -> np.ndarray:
+    """The position of each ID in `ids` (distinct strings) once sorted: integer stand-ins that order,
+    group and compare like the strings."""
     # Arrow sorts strings by UTF-8 bytes, Python by code points: the same order for valid UTF-8.
-    rank = np.empty(len(uniques), dtype=np.int64)
-    rank[np.asarray(uniques.argsort())] = np.arange(len(uniques))
-    return rank[codes]
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[pc.array_sort_indices(ids).to_numpy()] = np.arange(len(ids))
+    return rank
+
+
+def canonical_order(user_rank: np.ndarray, timestamp: np.ndarray, item_rank: np.ndarray) -> np.ndarray:
+    """Deterministic row order for written shards: by user, timestamp, item (IDs as `id_ranks`), stable."""
+    return np.lexsort((item_rank, timestamp, user_rank))
