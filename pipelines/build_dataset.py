@@ -277,7 +277,8 @@ class GlobalStep(beam.PTransform):
     One global step runs the rounds on integer codes of all interactions (held by one worker: about
     16 bytes per interaction with the timestamps), stopping when a round drops nothing or after
     `filters.max_rounds` (Finalize then fails on the violations left). Unrolling max_rounds Beam stages
-    instead costs about 0.1 s of fixed runner overhead per round, converged or not.
+    instead costs about 0.1 s of fixed runner overhead per round, converged or not. The buckets' codes
+    reach the step as a side input: a combine into a list would add two stages.
     """
 
     def __init__(self, cfg: Config, prev_users: Vocabulary, prev_items: Vocabulary):
@@ -285,10 +286,11 @@ class GlobalStep(beam.PTransform):
         self.cfg, self.prev_users, self.prev_items = cfg, prev_users, prev_items
 
     def expand(self, buckets):
-        return (buckets
-                | "Edges" >> beam.Map(_edges)
-                | "AllEdges" >> beam.combiners.ToList()
-                | "Rounds" >> beam.Map(_global_step, self.cfg, self.prev_users, self.prev_items))
+        cfg, prev_users, prev_items = self.cfg, self.prev_users, self.prev_items
+        edges = buckets | "Edges" >> beam.Map(_edges)
+        return (buckets.pipeline | "Once" >> beam.Impulse()
+                | "Rounds" >> beam.Map(lambda _, all_edges: _global_step(all_edges, cfg, prev_users, prev_items),
+                                       beam.pvalue.AsList(edges)))
 
 
 def _assign_split(user_rank, item_rank, timestamp, cfg: Config, cuts) -> np.ndarray:
@@ -419,8 +421,8 @@ class FinalizeFn(beam.DoFn):
     def __init__(self, cfg: Config, out_dir: str, n_shards: int):
         self.cfg, self.out_dir, self.n = cfg, out_dir, n_shards
 
-    def process(self, _, counts, split_rows, rejected_written, result):
-        c = merge_counts([counts, {"kcore_removed": result["positives"] - result["kept"]}])
+    def process(self, _, read_counts, bucket_counts, split_rows, rejected_written, result):
+        c = merge_counts([*read_counts, *bucket_counts, {"kcore_removed": result["positives"] - result["kept"]}])
         if c.get("rows_read", 0) != c.get("accepted", 0) + c.get("rejected", 0):
             raise DataError(f"reconciliation failed: read {c.get('rows_read')} != accepted {c.get('accepted')}"
                             f" + rejected {c.get('rejected')}")
@@ -512,11 +514,11 @@ def build(p: beam.Pipeline, cfg: Config, files: list[str], out_dir: str,
                             df["source"].iloc[:1], n)[0]), df)).with_output_types(Bucket)
                         | "GroupRejected" >> beam.GroupByKey()
                         | "WriteRejected" >> beam.FlatMap(_write_rejected, out_dir, n))
-    counts = ((parsed.counts, bucketed.counts) | "AllCounts" >> beam.Flatten()
-              | "SumCounts" >> beam.CombineGlobally(merge_counts))
-    return (p | "Start" >> beam.Create([None])
-            | "Finalize" >> beam.ParDo(FinalizeFn(cfg, out_dir, n), beam.pvalue.AsSingleton(counts),
-                                       beam.pvalue.AsList(rows), beam.pvalue.AsList(rejected_written), result))
+    # Side inputs, not combines: every combine costs stages of fixed runner time, and these are small.
+    return (p | "Start" >> beam.Impulse()
+            | "Finalize" >> beam.ParDo(FinalizeFn(cfg, out_dir, n), beam.pvalue.AsList(parsed.counts),
+                                       beam.pvalue.AsList(bucketed.counts), beam.pvalue.AsList(rows),
+                                       beam.pvalue.AsList(rejected_written), result))
 
 
 def pipeline_options(cfg: Config) -> PipelineOptions:
