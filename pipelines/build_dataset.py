@@ -25,6 +25,7 @@ import logging
 import pickle
 import time
 import uuid
+from json.encoder import encode_basestring
 from typing import Tuple
 
 import apache_beam as beam
@@ -47,14 +48,15 @@ log = logging.getLogger(__name__)
 
 
 class FrameCoder(beam.coders.Coder):
-    """pandas frames as Arrow IPC streams (index and dtypes kept); pickle for what Arrow cannot hold."""
+    """pandas frames as Arrow IPC streams (dtypes kept; not the index: frames here are sets of rows, read
+    by position); pickle for what Arrow cannot hold."""
 
     _ARROW, _PICKLE = b"A", b"P"
 
     def encode(self, df: pd.DataFrame) -> bytes:
         try:
             # One thread: columns are numbers or Arrow already, and a thread pool per frame costs more.
-            table = pa.Table.from_pandas(df, nthreads=1)
+            table = pa.Table.from_pandas(df, nthreads=1, preserve_index=False)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             return self._PICKLE + pickle.dumps(df, protocol=pickle.HIGHEST_PROTOCOL)
         sink = pa.BufferOutputStream()
@@ -66,7 +68,7 @@ class FrameCoder(beam.coders.Coder):
         if data[:1] == self._PICKLE:
             return pickle.loads(data[1:])
         with pa.ipc.open_stream(pa.py_buffer(data)[1:]) as reader:
-            return ingest.arrow_frame(reader.read_all())
+            return ingest.arrow_frame(reader.read_all(), split_blocks=True)
 
     def estimate_size(self, df: pd.DataFrame) -> int:
         # Beam samples element sizes for its metrics; the default would encode the whole frame to measure it.
@@ -387,7 +389,8 @@ def _json_lines(df: pd.DataFrame) -> str:
             encoded.append([str(v) for v in df[c].tolist()])
             continue
         codes, uniques = pd.factorize(df[c], use_na_sentinel=False)
-        texts = [json.dumps(None if v is None or v is pd.NA else v, ensure_ascii=False) for v in uniques.tolist()]
+        # encode_basestring is what json.dumps(ensure_ascii=False) writes for a str, without its overhead.
+        texts = [encode_basestring(v) if isinstance(v, str) else "null" for v in uniques.tolist()]
         encoded.append([texts[k] for k in codes.tolist()])
     template = "{" + ", ".join(json.dumps(c, ensure_ascii=False).replace("%", "%%") + ": %s" for c in df.columns) + "}\n"
     return "".join(template % row for row in zip(*encoded))

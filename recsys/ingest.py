@@ -79,9 +79,9 @@ def layout_for(source: SourceConfig) -> Layout:
     return Layout(source.format, "", True, None, mapping)
 
 
-def arrow_frame(table: pa.Table) -> pd.DataFrame:
-    """`table.to_pandas()` with string columns left in Arrow (`STRING`): no Python str per value."""
-    return table.to_pandas(types_mapper=_STRING_TYPES.get)
+def arrow_frame(table: pa.Table, **options) -> pd.DataFrame:
+    """`table.to_pandas(**options)` with string columns left in Arrow (`STRING`): no Python str per value."""
+    return table.to_pandas(types_mapper=_STRING_TYPES.get, **options)
 
 
 def arrow_strings(col) -> pa.Array:
@@ -171,13 +171,14 @@ def split_lines(block: bytes, first_line: int) -> tuple[list[bytes], np.ndarray]
     return [lines[i].rstrip(b"\r") for i in keep], first_line + np.asarray(keep, dtype=np.int64)
 
 
-def parse_delimited(block: bytes, first_line: int, layout: Layout, names: list[str], source: str):
+def parse_delimited(block: bytes, first_line: int, layout: Layout, names: list[str], source: str, spans=None):
     """Parse a block of delimited text into string columns.
 
     Returns (frame with one string column per field plus `_line`, rejected frame). Rows with the wrong
-    number of columns are rejected with their original text.
+    number of columns are rejected with their original text. `spans`: the block's `_line_spans`, when
+    the caller has them already.
     """
-    starts, ends = _line_spans(block)
+    starts, ends = spans if spans is not None else _line_spans(block)
     if b"\r" not in block and not len(_blank_lines(block, starts, ends)):
         # Common case: Arrow parses the block as it is; lines are byte spans, never Python objects.
         text = block
@@ -488,16 +489,16 @@ def header_names(first_line: bytes, layout: Layout) -> list[str]:
     return [c.strip().strip('"') for c in next(__import__("csv").reader([text], delimiter=delim))]
 
 
-def parse_block(block: bytes, first_line: int, layout: Layout, names: list[str] | None, source: str):
+def parse_block(block: bytes, first_line: int, layout: Layout, names: list[str] | None, source: str, spans=None):
     """Parse one block of a delimited or JSON-lines file (dispatch on the layout)."""
     if layout.kind == "jsonl":
         return parse_jsonl(block, first_line, layout, source)
-    return parse_delimited(block, first_line, layout, names, source)
+    return parse_delimited(block, first_line, layout, names, source, spans)
 
 
-def line_text_lookup(block: bytes, first_line: int):
+def line_text_lookup(block: bytes, first_line: int, spans=None):
     """A function mapping line numbers of `block` back to their original text (for dead letters)."""
-    starts, ends = _line_spans(block)
+    starts, ends = spans if spans is not None else _line_spans(block)
 
     def lookup(line_numbers) -> list[str]:
         idx = np.asarray(line_numbers, dtype=np.int64) - first_line
@@ -507,8 +508,9 @@ def line_text_lookup(block: bytes, first_line: int):
 
 def parse_and_validate(block: bytes, first_line: int, layout: Layout, names, cfg: Config, source: str):
     """Parse then validate a block; returns (valid, rejected) with original text for every rejection."""
-    raw, rejected_parse = parse_block(block, first_line, layout, names, source)
-    lookup = line_text_lookup(block, first_line) if layout.kind != "parquet" else None
+    spans = _line_spans(block)  # one pass over the bytes for the parser and the dead-letter text
+    raw, rejected_parse = parse_block(block, first_line, layout, names, source, spans)
+    lookup = line_text_lookup(block, first_line, spans) if layout.kind != "parquet" else None
     raw_text = (lambda mask: lookup(raw["_line"].to_numpy()[mask])) if lookup else None
     valid, rejected = validate(raw, cfg, source, raw_text)
     if len(rejected_parse):
