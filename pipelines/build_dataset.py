@@ -1,8 +1,9 @@
 """Beam pipeline: raw interaction logs -> a clean, split, vocabularized training dataset.
 
 Stages (each a labelled composite transform):
-  ReadAndValidate   files -> blocks -> (valid frames, rejected frames); blocks are parsed with Arrow
-  BucketByUser      shuffle frames by a stable hash of the user ID; dedupe; keep positives
+  ReadAndValidate   files -> blocks -> (valid frames, rejected frames); blocks are parsed with Arrow and
+                    valid rows split by a stable hash of the user ID (the user bucket)
+  BucketByUser      shuffle frames by user bucket; dedupe; keep positives
   GlobalStep        one step on integer codes of every bucket's interactions: the iterative k-core, the
                     temporal cut, the train split of the surviving rows and the vocabularies (the
                     previous dataset's with the new train users/items appended)
@@ -100,7 +101,8 @@ def merge_counts(dicts) -> dict:
 
 
 class ReadBlocksFn(beam.DoFn):
-    """A file -> (source, first line, names, block) work units of about `block_bytes` each."""
+    """A file -> ((file, block number), (source, first line, names, block)) work units of about
+    `block_bytes` each, keyed for SpreadBlocks."""
 
     def __init__(self, layout: ingest.Layout, block_bytes: int):
         self.layout, self.block_bytes = layout, block_bytes
@@ -110,8 +112,8 @@ class ReadBlocksFn(beam.DoFn):
             if self.layout.kind == "parquet":
                 pf = pq.ParquetFile(fh)
                 first = 1
-                for batch in pf.iter_batches(batch_size=262144):
-                    yield path, first, None, batch
+                for k, batch in enumerate(pf.iter_batches(batch_size=262144)):
+                    yield (path, k), (path, first, None, batch)
                     first += batch.num_rows
                 return
             names, first_line = None, 1
@@ -124,20 +126,24 @@ class ReadBlocksFn(beam.DoFn):
                     names = list(self.layout.names) if self.layout.names else None
                     if names is None:
                         raise DataError(f"source.header: false needs source.format with fixed columns ({path})")
-            for line_no, block in ingest.iter_blocks(fh, self.block_bytes):
-                yield path, first_line + line_no - 1, names, block
+            for k, (line_no, block) in enumerate(ingest.iter_blocks(fh, self.block_bytes)):
+                yield (path, k), (path, first_line + line_no - 1, names, block)
 
 
 class ParseValidateFn(beam.DoFn):
-    """Parse and validate one block. Main output: valid frame; tagged 'rejected' and 'counts'."""
+    """Parse and validate blocks. Main output: (user bucket, valid frame), one per bucket present in a
+    block; tagged 'rejected': (dead-letter shard, rejected frame), and 'counts'."""
 
     def __init__(self, cfg: Config, layout: ingest.Layout):
-        self.cfg, self.layout = cfg, layout
+        self.cfg, self.layout, self.n = cfg, layout, cfg.runner.shuffle_buckets
         self.rows_read = Metrics.counter("recsys", "rows_read")
         self.rows_rejected = Metrics.counter("recsys", "rows_rejected")
 
-    def process(self, unit):
-        source, first, names, block = unit
+    def process(self, keyed_units):
+        for unit in keyed_units[1]:
+            yield from self._block(*unit)
+
+    def _block(self, source, first, names, block):
         if self.layout.kind == "parquet":
             raw, rej0 = ingest.parse_arrow_batch(block, first, self.layout, source)
             valid, rejected = ingest.validate(raw, self.cfg, source)
@@ -154,13 +160,19 @@ class ParseValidateFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput("counts", {"rows_read": read, "accepted": len(valid),
                                                   "rejected": len(rejected), "rejected_by_reason": reasons})
         if len(rejected):
-            yield beam.pvalue.TaggedOutput("rejected", rejected)
+            shard = int(interactions.user_bucket(pd.Series([source]), self.n)[0])
+            yield beam.pvalue.TaggedOutput("rejected", (shard, rejected))
         if len(valid):
-            yield valid
+            buckets = interactions.user_bucket(valid["user"], self.n)
+            for b, part in valid.groupby(buckets, sort=False):
+                yield int(b), part
 
 
 class ReadAndValidate(beam.PTransform):
-    """Interaction files -> valid frames (main), rejected frames, counters."""
+    """Interaction files -> (user bucket, valid frame) (main), (shard, rejected frame), counters.
+
+    SpreadBlocks groups the blocks by their unique key: a fusion break, so that a runner can parse the
+    blocks of one file on many workers (what Reshuffle does, without its four extra steps)."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -170,15 +182,9 @@ class ReadAndValidate(beam.PTransform):
         layout = ingest.layout_for(self.cfg.source)
         return (files
                 | "ReadBlocks" >> beam.ParDo(ReadBlocksFn(layout, self.cfg.runner.block_size_mb << 20))
-                | "SpreadBlocks" >> beam.Reshuffle()
-                | "ParseValidate" >> beam.ParDo(ParseValidateFn(self.cfg, layout)).with_outputs(
-                    "rejected", "counts", main="valid"))
-
-
-def _split_by_bucket(df: pd.DataFrame, n: int):
-    buckets = interactions.user_bucket(df["user"], n)
-    for b, part in df.groupby(buckets, sort=False):
-        yield int(b), part
+                | "SpreadBlocks" >> beam.GroupByKey()
+                | "ParseValidate" >> beam.ParDo(ParseValidateFn(self.cfg, layout)).with_output_types(
+                    Bucket, rejected=Bucket, counts=dict).with_outputs("rejected", "counts", main="valid"))
 
 
 def _dedupe_bucket(kv):
@@ -187,22 +193,19 @@ def _dedupe_bucket(kv):
     df, counts = interactions.dedupe_and_keep_positives(df)
     counts["positives"] = len(df)
     yield beam.pvalue.TaggedOutput("counts", counts)
+    yield beam.pvalue.TaggedOutput("edges", _edges(bucket, df))
     yield bucket, df
 
 
 class BucketByUser(beam.PTransform):
-    """Valid frames -> (bucket, frame of positives) with every interaction of a user in one bucket."""
-
-    def __init__(self, n_buckets: int):
-        super().__init__()
-        self.n = n_buckets
+    """(bucket, valid frame) -> (bucket, frame of positives) with every interaction of a user in one
+    bucket; tagged 'edges' (the bucket's codes for GlobalStep) and 'counts'."""
 
     def expand(self, frames):
         return (frames
-                | "SplitByBucket" >> beam.FlatMap(_split_by_bucket, self.n).with_output_types(Bucket)
                 | "GroupBuckets" >> beam.GroupByKey()
                 | "DedupePositives" >> beam.FlatMap(_dedupe_bucket).with_output_types(Bucket).with_outputs(
-                    "counts", main="buckets"))
+                    "counts", "edges", main="buckets"))
 
 
 def _codes(col: pd.Series) -> tuple[np.ndarray, pa.Array]:
@@ -211,9 +214,8 @@ def _codes(col: pd.Series) -> tuple[np.ndarray, pa.Array]:
     return enc.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False), enc.dictionary
 
 
-def _edges(kv):
+def _edges(bucket: int, df: pd.DataFrame):
     """A bucket's interactions as integer codes (plus distinct IDs and timestamps) for the global step."""
-    bucket, df = kv
     users, user_ids = _codes(df["user"])
     items, item_ids = _codes(df["item"])
     return bucket, users, user_ids, items, item_ids, df["timestamp"].to_numpy()
@@ -273,7 +275,7 @@ def _global_step(edges: list, cfg: Config, prev_users: Vocabulary, prev_items: V
 
 
 class GlobalStep(beam.PTransform):
-    """Buckets -> one dict: the iterative k-core (rounds: items under the item minimum by global counts,
+    """Every bucket's edges -> one dict: the iterative k-core (rounds: items under the item minimum by global counts,
     then light users), the temporal cut and the vocabularies.
 
     One global step runs the rounds on integer codes of all interactions (held by one worker: about
@@ -287,10 +289,9 @@ class GlobalStep(beam.PTransform):
         super().__init__()
         self.cfg, self.prev_users, self.prev_items = cfg, prev_users, prev_items
 
-    def expand(self, buckets):
+    def expand(self, edges):
         cfg, prev_users, prev_items = self.cfg, self.prev_users, self.prev_items
-        edges = buckets | "Edges" >> beam.Map(_edges)
-        return (buckets.pipeline | "Once" >> beam.Impulse()
+        return (edges.pipeline | "Once" >> beam.Impulse()
                 | "Rounds" >> beam.Map(lambda _, all_edges: _global_step(all_edges, cfg, prev_users, prev_items),
                                        beam.pvalue.AsList(edges)))
 
@@ -509,12 +510,10 @@ def build(p: beam.Pipeline, cfg: Config, files: list[str], out_dir: str,
     """Add the whole dataset build to pipeline `p`; returns the stats PCollection."""
     n = cfg.runner.shuffle_buckets
     parsed = p | "Files" >> beam.Create(files) | "ReadAndValidate" >> ReadAndValidate(cfg)
-    bucketed = parsed.valid | "BucketByUser" >> BucketByUser(n)
-    result = beam.pvalue.AsSingleton(bucketed.buckets | "GlobalStep" >> GlobalStep(cfg, prev_users, prev_items))
+    bucketed = parsed.valid | "BucketByUser" >> BucketByUser()
+    result = beam.pvalue.AsSingleton(bucketed.edges | "GlobalStep" >> GlobalStep(cfg, prev_users, prev_items))
     rows = bucketed.buckets | "WriteSplits" >> beam.ParDo(WriteShardFn(cfg, out_dir, n), result)
     rejected_written = (parsed.rejected
-                        | "KeyRejected" >> beam.Map(lambda df: (int(interactions.user_bucket(
-                            df["source"].iloc[:1], n)[0]), df)).with_output_types(Bucket)
                         | "GroupRejected" >> beam.GroupByKey()
                         | "WriteRejected" >> beam.FlatMap(_write_rejected, out_dir, n))
     # Side inputs, not combines: every combine costs stages of fixed runner time, and these are small.
