@@ -402,10 +402,12 @@ def _train_counts(split_rows, item_ids: pa.Array) -> np.ndarray:
     counts = [r["train_item_counts"] for r in split_rows if r["train_item_counts"] is not None]
     if not counts:
         return np.zeros(len(item_ids), dtype=np.int64)
-    total = pa.table({"item": pa.concat_arrays([c[0] for c in counts]), "n": np.concatenate([c[1] for c in counts])})
-    total = total.group_by("item").aggregate([("n", "sum")])
-    idx = pc.index_in(item_ids, value_set=total["item"].combine_chunks())
-    return total["n_sum"].combine_chunks().take(idx).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    # A bincount, not Table.group_by: that would import Arrow's query engine (0.1 s) for a few sums.
+    enc = pc.dictionary_encode(pa.concat_arrays([c[0] for c in counts]))
+    total = np.bincount(enc.indices.to_numpy(zero_copy_only=False), weights=np.concatenate([c[1] for c in counts]),
+                        minlength=len(enc.dictionary)).astype(np.int64)
+    idx = pc.index_in(item_ids, value_set=enc.dictionary).fill_null(-1).to_numpy(zero_copy_only=False)
+    return np.where(idx >= 0, total[idx], 0).astype(np.int64)
 
 
 def _write_empty_shards(out_dir: str, n: int, present: set):
