@@ -376,6 +376,7 @@ def validate(raw: pd.DataFrame, cfg: Config, source: str, raw_text=None):
 
     def strings(arr):
         return pd.arrays.ArrowExtensionArray(arr.filter(keep) if bad.any() else arr)
+    # copy=False: the columns are fresh arrays; pandas would otherwise copy the numbers into blocks.
     valid = pd.DataFrame({
         "user": strings(user),
         "item": strings(item),
@@ -383,7 +384,7 @@ def validate(raw: pd.DataFrame, cfg: Config, source: str, raw_text=None):
         "value": value[good].astype(np.float32),
         "event": strings(event),
         "weight": weight[good],
-    })
+    }, copy=False)
     return valid, rejected
 
 
