@@ -26,6 +26,7 @@ import logging
 import pickle
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from json.encoder import encode_basestring
 from typing import NamedTuple, Tuple
 
@@ -351,10 +352,26 @@ class WriteShardFn(beam.DoFn):
     per-split statistics.
 
     Works on integer codes of the user and item columns (each ID hashed once per bucket): every step
-    below would otherwise hash or compare the strings again."""
+    below would otherwise hash or compare the strings again. A thread encodes and writes the shards
+    (Arrow releases the GIL), overlapping the next bucket's work on a second core; the bundle ends when
+    they are all written."""
 
     def __init__(self, cfg: Config, out_dir: str, n_shards: int):
         self.cfg, self.out_dir, self.n = cfg, out_dir, n_shards
+
+    def setup(self):
+        self._writer = ThreadPoolExecutor(1)
+
+    def start_bundle(self):
+        self._pending = []
+
+    def finish_bundle(self):
+        for write in self._pending:
+            write.result()  # re-raises a failed write: the bundle fails
+        self._pending = []
+
+    def teardown(self):
+        self._writer.shutdown()
 
     def process(self, kv, result: dict):
         bucket, df = kv
@@ -386,9 +403,8 @@ class WriteShardFn(beam.DoFn):
                       "item_idx": item_vocab[i], **{c: v[part] for c, v in columns.items()}}
             table = pa.Table.from_arrays([pa.array(arrays[f.name], type=f.type) for f in _SPLIT_SCHEMA],
                                          schema=_SPLIT_SCHEMA)
-            sink = io.BytesIO()
-            pq.write_table(table, sink, compression="zstd")
-            fsio.write_bytes(fsio.join(self.out_dir, ds.shard_name(name, bucket, self.n)), sink.getvalue())
+            self._pending.append(self._writer.submit(
+                _write_parquet, table, fsio.join(self.out_dir, ds.shard_name(name, bucket, self.n))))
             in_part = np.bincount(u, minlength=len(user_ids)) > 0
             item_counts = np.bincount(i, minlength=len(item_ids))
             present = np.flatnonzero(item_counts)
@@ -399,6 +415,12 @@ class WriteShardFn(beam.DoFn):
                    "min_ts": int(timestamp[part].min()) if len(part) else None,
                    "max_ts": int(timestamp[part].max()) if len(part) else None,
                    "train_item_counts": (item_ids.take(present), item_counts[present]) if code == 0 else None}
+
+
+def _write_parquet(table: pa.Table, path: str):
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    fsio.write_bytes(path, sink.getvalue())
 
 
 def _write_rejected(kv, out_dir: str, n: int):
