@@ -226,6 +226,18 @@ def test_a_block_read_again_must_be_the_one_that_was_cut(tmp_path):
         pipeline._read_range(str(path), pipeline.ByteRange(4, 4, 1))
 
 
+def test_a_failed_shard_write_fails_the_build(write_file, make_config, build_dataset, monkeypatch, tmp_path):
+    # Shards are written by a thread: its error must still fail the pipeline, and leave no dataset.
+    def full_disk(table, path):
+        raise OSError("disk full")
+    monkeypatch.setattr(pipeline, "_write_parquet", full_disk)
+    write_file("in.csv", ["user_id,item_id,rating,timestamp", f"u1,i1,4.0,{BASE_TS}"])
+    cfg = make_config({"source": {"path": "in.csv", "format": "csv", "columns": {"value": "rating"}}})
+    with pytest.raises(Exception, match="disk full"):
+        build_dataset(cfg)
+    assert not glob.glob(str(tmp_path / "artifacts" / "datasets" / "*" / "stats.json"))
+
+
 def test_unknown_event_type_and_unparseable_json_are_rejected(write_file, make_config, build_dataset,
                                                               dataset_io):
     good = [{"who": f"u{u}", "what": f"i{i}", "when": BASE_TS + 10 * u + i, "kind": "view"}
