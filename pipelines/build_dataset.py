@@ -441,7 +441,8 @@ def _json_lines(df: pd.DataFrame) -> str:
             continue
         codes, uniques = pd.factorize(df[c], use_na_sentinel=False)
         # encode_basestring is what json.dumps(ensure_ascii=False) writes for a str, without its overhead.
-        texts = [encode_basestring(v) if isinstance(v, str) else "null" for v in uniques.tolist()]
+        texts = [encode_basestring(v) if v is not None else "null"
+                 for v in pa.array(uniques, type=pa.string(), from_pandas=True).to_pylist()]
         encoded.append([texts[k] for k in codes.tolist()])
     template = "{" + ", ".join(json.dumps(c, ensure_ascii=False).replace("%", "%%") + ": %s" for c in df.columns) + "}\n"
     return "".join(template % row for row in zip(*encoded))

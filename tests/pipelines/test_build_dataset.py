@@ -238,6 +238,16 @@ def test_a_failed_shard_write_fails_the_build(write_file, make_config, build_dat
     assert not glob.glob(str(tmp_path / "artifacts" / "datasets" / "*" / "stats.json"))
 
 
+def test_dead_letter_lines_are_exactly_json_dumps_of_each_row():
+    rows = pd.DataFrame({"source": ["a.csv"] * 4, "line": np.array([7, 2, 3, 4], dtype=np.int64),
+                         "reason": [ingest.BAD_RATING, ingest.MISSING_USER, ingest.BAD_RATING, ingest.CONTROL_CHARS],
+                         "raw": ['u,"i",5', "\u00e9\u4e2d\\x", "", "u\x07,i\t,\u2028"]})
+    expected = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.to_dict("records"))
+    assert pipeline._json_lines(rows) == expected
+    arrow_backed = rows.astype({c: ingest.STRING for c in ("source", "reason", "raw")})
+    assert pipeline._json_lines(arrow_backed) == expected
+
+
 def test_unknown_event_type_and_unparseable_json_are_rejected(write_file, make_config, build_dataset,
                                                               dataset_io):
     good = [{"who": f"u{u}", "what": f"i{i}", "when": BASE_TS + 10 * u + i, "kind": "view"}
