@@ -304,8 +304,8 @@ def _global_step(edges: list, cfg: Config, prev_users: Vocabulary, prev_items: V
 
 
 class GlobalStep(beam.PTransform):
-    """Every bucket's edges -> one dict: the iterative k-core (rounds: items under the item minimum by global counts,
-    then light users), the temporal cut and the vocabularies.
+    """Every bucket's edges -> one dict: the iterative k-core (rounds: items under the item minimum by
+    global counts, then light users), the temporal cut and the vocabularies.
 
     One global step runs the rounds on integer codes of all interactions (held by one worker: about
     16 bytes per interaction with the timestamps), stopping when a round drops nothing or after
