@@ -73,33 +73,6 @@ def history_windows(users: np.ndarray, items: np.ndarray, length: int) -> np.nda
     return out
 
 
-def other_items(users: np.ndarray, items: np.ndarray, length: int, seed: int = 0) -> np.ndarray:
-    """For rows grouped by user with no time order: up to `length` of the user's *other* items.
-
-    The leave-one-out analogue of `history_windows` for data without timestamps (the LightGCN files):
-    a user with at most `length` other items gets all of them; a heavier user gets a random draw (with
-    replacement) that never includes the row's own item, so the target never leaks into its history.
-    """
-    n = len(users)
-    out = np.full((n, length), PAD, dtype=np.int32)
-    if n == 0:
-        return out
-    bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
-    starts, sizes = bounds[:-1], np.diff(bounds)
-    start = np.repeat(starts, sizes)
-    size = np.repeat(sizes, sizes)
-    pos = np.arange(n) - start                       # the row's position within its user
-    heavy = size - 1 > length
-    rng = np.random.default_rng(seed)
-    for o in range(1, length + 1):
-        # light users: the o-th next item around the circle (all others exactly once);
-        # heavy users: a uniform draw among the size - 1 other positions
-        step = np.where(heavy, 1 + (rng.random(n) * (size - 1)).astype(np.int64), o)
-        take = heavy | (o < size)
-        out[take, o - 1] = items[start[take] + (pos[take] + step[take]) % size[take]]
-    return out
-
-
 def last_items(users: np.ndarray, items: np.ndarray, n_rows: int, length: int) -> np.ndarray:
     """Per user row (0..n_rows-1) the `length` most recent items, newest first; input sorted by time."""
     out = np.full((n_rows, length), PAD, dtype=np.int32)
@@ -212,9 +185,9 @@ def from_lightgcn(directory: str, history_len: int = 20, validation_fraction: fl
                   seed: int = 0) -> TrainSet:
     """The LightGCN/NGCF split (`train.txt`, `test.txt`: `user item item ...` per line).
 
-    The files carry no timestamps, so "the items before this one" is undefined: a training example's
-    history is a sample of the user's other train items (`other_items`), and at evaluation time the
-    user's last train items in file order. With
+    The files carry no timestamps, so "the items before this one" is undefined: every training example
+    of a user gets the history the user has at evaluation time (their last `history_len` train items
+    in file order), so the query tower sees the same inputs in training and at test. With
     `validation_fraction` > 0 a random share of each user's train items is held out as validation, so
     early stopping never looks at test.
     """
@@ -228,7 +201,7 @@ def from_lightgcn(directory: str, history_len: int = 20, validation_fraction: fl
     fit_u, fit_i = tr_u[~va_mask], tr_i[~va_mask]
     user_ids = np.asarray([str(x) for x in range(n_users)], dtype=object)
     item_ids = np.asarray([str(x) for x in range(n_items)], dtype=object)
-    ts = TrainSet(fit_u, fit_i, np.ones(len(fit_u), np.float32), other_items(fit_u, fit_i, history_len, seed),
+    ts = TrainSet(fit_u, fit_i, np.ones(len(fit_u), np.float32), last_items(fit_u, fit_i, n_users, history_len)[fit_u],
                   n_users, n_items, user_ids, item_ids, None, dataset_id=os.path.basename(directory.rstrip("/")))
     all_users = np.arange(n_users)
 
