@@ -219,3 +219,19 @@ def test_every_recommendation_response_matches_its_documented_schema(client, ser
         parsed = RecommendationResponse.model_validate_json(r.content)
         assert parsed.model_dump() == r.json()
     assert client.get("/openapi.json").json()["paths"]["/v1/recommendations"]["post"]["responses"]["200"]
+
+
+def test_loaded_engine_is_kept_out_of_full_garbage_collections(served):
+    """After a (re)load the engine's objects are frozen: a full collection no longer walks them."""
+    import gc
+    import weakref
+    holder = EngineHolder(served["root"], poll_seconds=0)
+    holder.reload(served["versions"]["mf"])
+    first = weakref.ref(holder.engine)
+    assert gc.get_freeze_count() > 0
+    frozen_before = gc.get_freeze_count()
+    holder.reload(served["versions"]["two_tower"])
+    gc.collect()
+    assert first() is None                       # the previous version was released, not leaked
+    assert gc.get_freeze_count() > 0 and gc.get_freeze_count() != frozen_before
+    gc.unfreeze()
