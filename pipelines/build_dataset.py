@@ -292,6 +292,8 @@ def _global_step(edges: list, cfg: Config, prev_users: Vocabulary, prev_items: V
         rows = slice(row_offsets[k], row_offsets[k + 1])
         kept = alive[rows]
         u, i = e[1][kept], e[3][kept]
+        # Rows tied on user, timestamp and item may rank otherwise here than in WriteSplits (which breaks
+        # the ties by value and event), but they share their user and item: the train IDs are the same.
         train = _assign_split(interactions.id_ranks(e[2])[u], item_rank[rows][kept], e[5][kept], cfg, cuts) == 0
         train_users.append(e[2].take(np.unique(u[train])))
         train_items.append(e[4].take(np.unique(i[train])))
@@ -329,6 +331,16 @@ def _assign_split(user_rank, item_rank, timestamp, cfg: Config, cuts) -> np.ndar
     """`interactions.assign_split` with integer stand-ins for the IDs (same order and groups, cheaper)."""
     frame = pd.DataFrame({"user": user_rank, "item": item_rank, "timestamp": timestamp})
     return interactions.assign_split(frame, cfg, cuts)
+
+
+def _tie_keys(df: pd.DataFrame, rows: np.ndarray) -> list:
+    """Value, event and weight of `rows`: what can still tell apart rows equal on user, timestamp and
+    item (dedupe dropped the rows equal on all of them)."""
+    event = pc.dictionary_encode(ingest.arrow_strings(df["event"]).take(rows))
+    # A null event (index -1) takes the -1 appended to the ranks: it orders before every event.
+    event_rank = np.append(interactions.id_ranks(event.dictionary), -1)[
+        event.indices.fill_null(-1).to_numpy(zero_copy_only=False)]
+    return [df["value"].to_numpy()[rows], event_rank, df["weight"].to_numpy()[rows]]
 
 
 def _is_in(ids: pa.Array, value_set: pa.Array) -> np.ndarray:
@@ -386,10 +398,12 @@ class WriteShardFn(beam.DoFn):
         rows = np.flatnonzero(keep)
         timestamp = df["timestamp"].to_numpy()
         user_rank, item_rank = interactions.id_ranks(user_ids)[users[rows]], interactions.id_ranks(item_ids)[items[rows]]
-        split = _assign_split(user_rank, item_rank, timestamp[rows], self.cfg, result["cuts"])
-        # Sorted once: each split's rows, selected from it, are then in canonical order too.
-        order = interactions.canonical_order(user_rank, timestamp[rows], item_rank)
-        rows, split = rows[order], split[order]
+        # Sorted once, before the split: leave-last-N then ranks a user's rows in this total order (its
+        # stable sort keeps it), not in arrival order, and each split's rows, selected from it, are in
+        # canonical order too.
+        order = interactions.canonical_order(user_rank, timestamp[rows], item_rank, lambda: _tie_keys(df, rows))
+        rows = rows[order]
+        split = _assign_split(user_rank[order], item_rank[order], timestamp[rows], self.cfg, result["cuts"])
         user_vocab, item_vocab = _index_in(user_ids, result["user_ids"]), _index_in(item_ids, result["item_ids"])
         columns = {"timestamp": timestamp, "value": df["value"].to_numpy(), "weight": df["weight"].to_numpy()}
         for code, name in enumerate(SPLITS):

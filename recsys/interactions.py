@@ -125,13 +125,20 @@ def id_ranks(ids: pa.Array) -> np.ndarray:
     return rank
 
 
-def canonical_order(user_rank: np.ndarray, timestamp: np.ndarray, item_rank: np.ndarray) -> np.ndarray:
-    """Deterministic row order for written shards: by user, timestamp, item (IDs as `id_ranks`), stable."""
+def canonical_order(user_rank: np.ndarray, timestamp: np.ndarray, item_rank: np.ndarray, tie_keys) -> np.ndarray:
+    """Deterministic row order for written shards: by user, timestamp, item (IDs as `id_ranks`), then by
+    the arrays `tie_keys()` returns (most significant first). Rows equal on user, timestamp and item
+    would otherwise keep their arrival order, which a distributed runner does not fix; `tie_keys` is
+    called only when there are such rows."""
     # Logs mostly arrive in time order: then a stable sort by user alone (a radix sort for up to 65,536
     # users) already orders each user's rows, which one linear pass confirms.
     key = user_rank.astype(np.uint16) if len(user_rank) and user_rank.max() < 2 ** 16 else user_rank
     order = np.argsort(key, kind="stable")
     u, t, i = user_rank[order], timestamp[order], item_rank[order]
-    if ((u[1:] != u[:-1]) | (t[1:] > t[:-1]) | ((t[1:] == t[:-1]) & (i[1:] >= i[:-1]))).all():
+    if ((u[1:] != u[:-1]) | (t[1:] > t[:-1]) | ((t[1:] == t[:-1]) & (i[1:] > i[:-1]))).all():
         return order
-    return np.lexsort((item_rank, timestamp, user_rank))
+    order = np.lexsort((item_rank, timestamp, user_rank))
+    u, t, i = user_rank[order], timestamp[order], item_rank[order]
+    if not ((u[1:] == u[:-1]) & (t[1:] == t[:-1]) & (i[1:] == i[:-1])).any():
+        return order
+    return np.lexsort((*reversed(tie_keys()), item_rank, timestamp, user_rank))

@@ -21,6 +21,7 @@ from pipelines import build_dataset as pipeline
 from recsys import ingest, interactions
 from recsys.config import from_dict, load_config
 from recsys.errors import DataError
+from recsys.vocab import Vocabulary
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE_TS = 1_500_000_000
@@ -467,6 +468,53 @@ def test_leave_last_n_split(write_file, make_config, build_dataset):
     assert parts["test"].loc[parts["test"]["user"] == "user6", "item"].tolist() == ["i0", "i4"]
     assert len(parts["test"]) == n * frame.groupby("user").size().gt(n).sum()
     assert_indices_consistent(d, pd.concat(parts.values()))
+
+
+def bucket_frame(rows) -> pd.DataFrame:
+    """A valid frame as ParseValidate emits it, from (user, item, timestamp, value, event) tuples."""
+    users, items, ts, values, events = zip(*rows)
+    return pd.DataFrame({"user": pd.Series(users, dtype=ingest.STRING), "item": pd.Series(items, dtype=ingest.STRING),
+                         "timestamp": np.asarray(ts, dtype=np.int64), "value": np.asarray(values, dtype=np.float32),
+                         "event": pd.Series(events, dtype=ingest.STRING), "weight": np.ones(len(rows), np.float32)})
+
+
+def write_bucket(frames, cfg, monkeypatch) -> dict:
+    """GroupBuckets' frames of bucket 0 -> {shard name: table} through DedupePositives, GlobalStep and
+    WriteSplits, run in process."""
+    written = {}
+    monkeypatch.setattr(pipeline, "_write_parquet", lambda table, path: written.__setitem__(os.path.relpath(path, "out"), table))
+    out = list(pipeline._dedupe_bucket((0, frames)))
+    edges = [o.value for o in out if getattr(o, "tag", None) == "edges"]
+    buckets = [o for o in out if not hasattr(o, "tag")]
+    result = pipeline._global_step(edges, cfg, Vocabulary([]), Vocabulary([]))
+    fn = pipeline.WriteShardFn(cfg, "out", 1)
+    fn.setup()
+    fn.start_bundle()
+    for kv in buckets:
+        list(fn.process(kv, result))
+    fn.finish_bundle()
+    fn.teardown()
+    return written
+
+
+@pytest.mark.parametrize("strategy", ["temporal", "leave_last_n"])
+@pytest.mark.parametrize("event", [None, "click"])
+def test_rows_tied_on_user_timestamp_and_item_do_not_depend_on_arrival_order(strategy, event, monkeypatch):
+    # A distributed runner hands GroupBuckets' frames over in any order: rows equal on user, timestamp
+    # and item but not value must still land in the same split and shard position.
+    cfg = from_dict({"split": {"strategy": strategy, "leave_last_n": 1, "test_fraction": 0.2,
+                               "validation_fraction": 0.2},
+                     "filters": {"min_user_interactions": 1, "min_item_interactions": 1}})
+    a = bucket_frame([("u1", "i1", 1, 4.0, event), ("u1", "i2", 2, 4.0, event), ("u1", "i3", 3, 4.0, event),
+                      ("u1", "i4", 9, 4.0, event), ("u2", "i1", 5, 4.0, None),
+                      ("u3", "i4", 0, 4.0, event)])  # i4 in train: held-out rows of it are kept
+    b = bucket_frame([("u1", "i4", 9, 5.0, event), ("u2", "i1", 5, 4.0, "view"), ("u2", "i2", 6, 3.0, event)])
+    ab, ba = write_bucket([a, b], cfg, monkeypatch), write_bucket([b, a], cfg, monkeypatch)
+    assert sorted(ab) == sorted(ba) and len(ab) == 3
+    for name in ab:
+        assert ab[name].to_pydict() == ba[name].to_pydict(), name
+    test = pd.concat([t.to_pandas() for name, t in ab.items() if name.startswith("test")])
+    assert ((test["user"] == "u1") & (test["item"] == "i4")).any()
 
 
 # --------------------------------------------------------------------------------------------------
