@@ -364,9 +364,9 @@ class WriteShardFn(beam.DoFn):
     per-split statistics.
 
     Works on integer codes of the user and item columns (each ID hashed once per bucket): every step
-    below would otherwise hash or compare the strings again. A thread encodes and writes the shards
-    (Arrow releases the GIL), overlapping the next bucket's work on a second core; the bundle ends when
-    they are all written."""
+    below would otherwise hash or compare the strings again. A thread encodes and writes a bucket's
+    shards (Arrow releases the GIL), overlapping the next bucket's work on a second core; the next
+    bucket and the end of the bundle wait for them."""
 
     def __init__(self, cfg: Config, out_dir: str, n_shards: int):
         self.cfg, self.out_dir, self.n = cfg, out_dir, n_shards
@@ -378,14 +378,24 @@ class WriteShardFn(beam.DoFn):
         self._pending = []
 
     def finish_bundle(self):
-        for write in self._pending:
-            write.result()  # re-raises a failed write: the bundle fails
-        self._pending = []
+        self._wait_for_writes()
+
+    def _wait_for_writes(self):
+        """Wait for every pending shard write, then re-raise the first failure (the bundle fails): none
+        is left running behind the error."""
+        pending, self._pending = self._pending, []
+        errors = [write.exception() for write in pending]
+        for error in errors:
+            if error is not None:
+                raise error
 
     def teardown(self):
         self._writer.shutdown()
 
     def process(self, kv, result: dict):
+        # One bucket's shards in flight at most: the tables waiting for the thread stay bounded, and a
+        # failed write fails this element rather than the end of the bundle.
+        self._wait_for_writes()
         bucket, df = kv
         users, user_ids = _codes(df["user"])
         items, item_ids = _codes(df["item"])

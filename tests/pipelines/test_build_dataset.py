@@ -10,6 +10,7 @@ import glob
 import gzip
 import json
 import os
+import time
 
 import numpy as np
 import pandas as pd
@@ -478,15 +479,20 @@ def bucket_frame(rows) -> pd.DataFrame:
                          "event": pd.Series(events, dtype=ingest.STRING), "weight": np.ones(len(rows), np.float32)})
 
 
+def split_inputs(frames_by_bucket: dict, cfg) -> tuple[list, dict]:
+    """{bucket: GroupBuckets' frames} -> (WriteSplits' elements, GlobalStep's result), run in process."""
+    out = [o for b, frames in frames_by_bucket.items() for o in pipeline._dedupe_bucket((b, frames))]
+    edges = [o.value for o in out if getattr(o, "tag", None) == "edges"]
+    return ([o for o in out if not hasattr(o, "tag")],
+            pipeline._global_step(edges, cfg, Vocabulary([]), Vocabulary([])))
+
+
 def write_bucket(frames, cfg, monkeypatch) -> dict:
     """GroupBuckets' frames of bucket 0 -> {shard name: table} through DedupePositives, GlobalStep and
     WriteSplits, run in process."""
     written = {}
     monkeypatch.setattr(pipeline, "_write_parquet", lambda table, path: written.__setitem__(os.path.relpath(path, "out"), table))
-    out = list(pipeline._dedupe_bucket((0, frames)))
-    edges = [o.value for o in out if getattr(o, "tag", None) == "edges"]
-    buckets = [o for o in out if not hasattr(o, "tag")]
-    result = pipeline._global_step(edges, cfg, Vocabulary([]), Vocabulary([]))
+    buckets, result = split_inputs({0: frames}, cfg)
     fn = pipeline.WriteShardFn(cfg, "out", 1)
     fn.setup()
     fn.start_bundle()
@@ -515,6 +521,57 @@ def test_rows_tied_on_user_timestamp_and_item_do_not_depend_on_arrival_order(str
         assert ab[name].to_pydict() == ba[name].to_pydict(), name
     test = pd.concat([t.to_pandas() for name, t in ab.items() if name.startswith("test")])
     assert ((test["user"] == "u1") & (test["item"] == "i4")).any()
+
+
+def two_buckets():
+    cfg = from_dict({"filters": {"min_user_interactions": 1, "min_item_interactions": 1}})
+    return split_inputs({0: [bucket_frame([("u1", "i1", 1, 4.0, None)])],
+                         1: [bucket_frame([("u2", "i1", 2, 4.0, None)])]}, cfg) + (cfg,)
+
+
+def test_shard_writes_of_a_bucket_finish_before_the_next_bucket(monkeypatch):
+    # At most one bucket's tables wait for the writer thread, and its errors fail the next element.
+    done = []
+
+    def slow_write(table, path):
+        time.sleep(0.05)
+        if path.startswith("bad"):
+            raise OSError("disk full")
+        done.append(path)
+    monkeypatch.setattr(pipeline, "_write_parquet", slow_write)
+    buckets, result, cfg = two_buckets()
+    fn = pipeline.WriteShardFn(cfg, "out", 2)
+    fn.setup()
+    fn.start_bundle()
+    list(fn.process(buckets[0], result))
+    list(fn.process(buckets[1], result))
+    assert sum("part-00000-" in p for p in done) == 3  # bucket 0's three shards
+    fn.out_dir = "bad"
+    list(fn.process(buckets[0], result))
+    with pytest.raises(OSError, match="disk full"):
+        list(fn.process(buckets[1], result))
+    fn.teardown()
+
+
+def test_a_failed_shard_write_still_waits_for_the_other_writes(monkeypatch):
+    done = []
+
+    def write(table, path):
+        if "train" in path:
+            raise OSError("disk full")
+        time.sleep(0.05)
+        done.append(path)
+    monkeypatch.setattr(pipeline, "_write_parquet", write)
+    buckets, result, cfg = two_buckets()
+    fn = pipeline.WriteShardFn(cfg, "out", 2)
+    fn.setup()
+    fn.start_bundle()
+    list(fn.process(buckets[0], result))
+    with pytest.raises(OSError, match="disk full"):
+        fn.finish_bundle()
+    assert len(done) == 2  # validation and test were written, not abandoned behind the error
+    fn.finish_bundle()     # and nothing is left pending
+    fn.teardown()
 
 
 # --------------------------------------------------------------------------------------------------
