@@ -574,6 +574,31 @@ def test_a_failed_shard_write_still_waits_for_the_other_writes(monkeypatch):
     fn.teardown()
 
 
+def test_the_vocabulary_lookup_is_built_once_per_side_input(monkeypatch):
+    # Hashing a vocabulary of millions of IDs for each bucket cost more than the bucket's own work.
+    built, hashed_vocab, written = [], [], {}
+    monkeypatch.setattr(pipeline, "_write_parquet", lambda table, path: written.__setitem__(path, table))
+    init = pipeline._VocabLookup.__init__
+    monkeypatch.setattr(pipeline._VocabLookup, "__init__", lambda self, vocab: (built.append(vocab), init(self, vocab))[1])
+    index_in = pipeline.pc.index_in
+    monkeypatch.setattr(pipeline.pc, "index_in", lambda ids, value_set=None, **kw: (
+        hashed_vocab.append(value_set), index_in(ids, value_set=value_set, **kw))[1])
+    buckets, result, cfg = two_buckets()
+    fn = pipeline.WriteShardFn(cfg, "out", 2)
+    fn.setup()
+    fn.start_bundle()
+    rows = [r for kv in buckets + buckets for r in fn.process(kv, result)]
+    assert len(built) == 2 and not hashed_vocab  # users and items, once
+    other = dict(result, user_ids=pa.array(["u9", "u2", "u1"]), item_ids=pa.array(["i0", "i1"]))
+    list(fn.process(buckets[1], other))
+    fn.finish_bundle()
+    assert len(built) == 4
+    last = pa.concat_tables(written[f"out/{s}/part-00001-of-00002.parquet"] for s in SPLITS)
+    assert last.column("user_idx").to_pylist() == [1] and last.column("item_idx").to_pylist() == [1]
+    fn.teardown()
+    assert [r["new_users"] for r in rows if r["split"] == "train"] == [0, 0, 0, 0]
+
+
 # --------------------------------------------------------------------------------------------------
 # k-core
 # --------------------------------------------------------------------------------------------------
