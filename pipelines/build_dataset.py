@@ -26,6 +26,7 @@ import logging
 import pickle
 import time
 import uuid
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from json.encoder import encode_basestring
 from typing import NamedTuple, Tuple
@@ -103,10 +104,11 @@ def merge_counts(dicts) -> dict:
 
 
 class ByteRange(NamedTuple):
-    """Where a block is in its (uncompressed) file, and its line count to check the re-read against."""
+    """Where a block is in its (uncompressed) file, and the CRC-32 of its bytes to check the re-read
+    against: a file rewritten with content of the same size would otherwise mix old and new rows."""
     offset: int
     size: int
-    newlines: int
+    crc32: int
 
 
 class ReadBlocksFn(beam.DoFn):
@@ -143,7 +145,7 @@ class ReadBlocksFn(beam.DoFn):
             by_range = CompressionTypes.detect_compression_type(path) == CompressionTypes.UNCOMPRESSED
             offset = fh.tell()
             for k, (line_no, block) in enumerate(ingest.iter_blocks(fh, self.block_bytes)):
-                unit = ByteRange(offset, len(block), block.count(b"\n")) if by_range else block
+                unit = ByteRange(offset, len(block), zlib.crc32(block)) if by_range else block
                 yield (path, k), (path, first_line + line_no - 1, names, unit)
                 offset += len(block)
 
@@ -192,7 +194,7 @@ def _read_range(path: str, where: ByteRange) -> bytes:
     with fsio.FileSystems.open(path) as fh:
         fh.seek(where.offset)
         data = fh.read(where.size)
-    if len(data) != where.size or data.count(b"\n") != where.newlines:
+    if len(data) != where.size or zlib.crc32(data) != where.crc32:
         raise DataError(f"{path} changed while the pipeline was reading it")
     return data
 

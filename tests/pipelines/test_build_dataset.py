@@ -10,7 +10,9 @@ import glob
 import gzip
 import json
 import os
+import re
 import time
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -222,10 +224,14 @@ def test_compressed_input_gives_the_same_dataset(write_file, make_config, build_
 def test_a_block_read_again_must_be_the_one_that_was_cut(tmp_path):
     path = tmp_path / "in.csv"
     path.write_bytes(b"a,1\nb,2\n")
-    assert pipeline._read_range(str(path), pipeline.ByteRange(4, 4, 1)) == b"b,2\n"
+    cut = pipeline.ByteRange(4, 4, zlib.crc32(b"b,2\n"))
+    assert pipeline._read_range(str(path), cut) == b"b,2\n"
     path.write_bytes(b"a,1\nb,2,3\n")  # the input changed under the pipeline
-    with pytest.raises(DataError, match="changed"):
-        pipeline._read_range(str(path), pipeline.ByteRange(4, 4, 1))
+    with pytest.raises(DataError, match=re.escape(f"{path} changed")):
+        pipeline._read_range(str(path), cut)
+    path.write_bytes(b"a,1\nc,9\n")  # same size, same line count, other rows
+    with pytest.raises(DataError, match=re.escape(f"{path} changed")):
+        pipeline._read_range(str(path), cut)
 
 
 def test_a_failed_shard_write_fails_the_build(write_file, make_config, build_dataset, monkeypatch, tmp_path):
