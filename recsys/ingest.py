@@ -278,22 +278,23 @@ def _fields_from_table(table: pa.Table, layout: Layout) -> pd.DataFrame:
 def parse_jsonl(block: bytes, first_line: int, layout: Layout, source: str):
     """Parse a block of JSON lines; a line that is not a JSON object is rejected as unparseable."""
     lines, line_nos = split_lines(block, first_line)
-    records, goods, bad_lines, bad_raw = [], [], [], []
+    keys = [layout.mapping.get(f) for f in FIELDS]
+    rows, goods, bad_lines, bad_raw = [], [], [], []
     for ln, no in zip(lines, line_nos):
         try:
             rec = json.loads(ln)
             if not isinstance(rec, dict):
                 raise ValueError("not an object")
+            row = [None if v is None else str(v) for v in (rec.get(k) if k else None for k in keys)]
+            # A lone surrogate ("\ud800") is valid JSON but not UTF-8, so no Arrow string can hold it:
+            # encoding raises UnicodeEncodeError (a ValueError) and the line is rejected.
+            "".join(v for v in row if v is not None).encode("utf-8")
         except ValueError:
             bad_lines.append(no), bad_raw.append(_decode(ln))
             continue
-        records.append(rec)
+        rows.append(row)
         goods.append(no)
-    cols = {}
-    for f in FIELDS:
-        key = layout.mapping.get(f)
-        vals = [r.get(key) if key else None for r in records]
-        cols[f] = pa.array([None if v is None else str(v) for v in vals], type=pa.string())
+    cols = {f: pa.array([r[k] for r in rows], type=pa.string()) for k, f in enumerate(FIELDS)}
     frame = arrow_frame(pa.table(cols))
     frame["_line"] = np.asarray(goods, dtype=np.int64)
     return frame, rejected_frame(source, bad_lines, UNPARSEABLE, bad_raw)

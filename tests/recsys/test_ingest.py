@@ -358,6 +358,20 @@ def test_jsonl_rows_and_rejections():
     assert set(rejected["source"]) == {"f.jsonl"}
 
 
+def test_jsonl_lone_surrogate_is_unparseable_not_a_crash():
+    # Valid JSON, but "\ud800" decodes to a str that is not UTF-8: no Arrow string can hold it.
+    cfg = jsonl_config()
+    lines = [b'{"u": "u\\ud800", "i": "a", "t": 1000000000, "r": 4}',
+             b'{"u": "ok", "i": "a", "t": 1000000000, "r": 4, "note": "\\udfff"}',
+             b'{"u": "x", "i": {"k": "\\ud800"}, "t": 1000000000, "r": 4}',
+             b'{"u": "\\ud83d\\ude00", "i": "a", "t": 1000000000, "r": 4}']
+    block = b"".join(ln + b"\n" for ln in lines)
+    valid, rejected = ingest.parse_and_validate(block, 1, ingest.layout_for(cfg.source), None, cfg, "f.jsonl")
+    assert valid["user"].tolist() == ["ok", "x", "\U0001f600"]  # unmapped or non-string fields do not matter
+    assert reasons_by_line(rejected) == {1: ingest.UNPARSEABLE}
+    assert rejected["raw"].tolist() == [lines[0].decode()]
+
+
 # --- Parquet batches --------------------------------------------------------------------------------
 
 def parquet_config():
