@@ -308,9 +308,45 @@ def parse_arrow_batch(batch: pa.RecordBatch, first_row: int, layout: Layout, sou
         raws = [json.dumps(r, default=str) for r in table.to_pylist()]
         return _empty_raw(), rejected_frame(source, np.arange(first_row, first_row + table.num_rows),
                                             WRONG_COLUMN_COUNT, raws)
-    frame = _fields_from_table(table, layout)
-    frame["_line"] = np.arange(first_row, first_row + table.num_rows, dtype=np.int64)
-    return frame, empty_rejected()
+    lines = np.arange(first_row, first_row + table.num_rows, dtype=np.int64)
+    text, bad = _utf8_columns(table, layout)
+    rejected = empty_rejected()
+    if bad.any():
+        keep = pa.array(~bad)
+        raws = [json.dumps(r, default=str) for r in table.filter(pa.array(bad)).to_pylist()]
+        rejected = rejected_frame(source, lines[bad], UNPARSEABLE, raws)
+        text, lines = text.filter(keep), lines[~bad]
+    frame = _fields_from_table(text, layout)
+    frame["_line"] = lines
+    return frame, rejected
+
+
+def _utf8_columns(table: pa.Table, layout: Layout) -> tuple[pa.Table, np.ndarray]:
+    """`table` with its mapped binary columns cast to strings, and the rows where one of them is not
+    valid UTF-8 (null there): a string field cannot hold them, and the cast of the whole column fails."""
+    bad = np.zeros(table.num_rows, dtype=bool)
+    for col in set(layout.mapping.values()) & set(table.column_names):
+        arr = table.column(col)
+        if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
+            continue
+        try:
+            text = pc.cast(arr, pa.string())
+        except pa.ArrowInvalid:
+            # Rare: find the bad values one by one.
+            invalid = np.array([v is not None and not _is_utf8(v) for v in arr.to_pylist()], dtype=bool)
+            bad |= invalid
+            text = pc.cast(pc.if_else(pa.array(invalid), pa.scalar(None, arr.type), arr.combine_chunks()),
+                           pa.string())
+        table = table.set_column(table.column_names.index(col), col, text)
+    return table, bad
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def validate(raw: pd.DataFrame, cfg: Config, source: str, raw_text=None):

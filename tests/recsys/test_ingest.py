@@ -401,6 +401,26 @@ def test_parquet_batch_casts_types_and_numbers_rows_from_first_row():
                                                                       "timestamp": "1000000001", "value": "6"}
 
 
+def test_parquet_batch_binary_ids_that_are_not_utf8_are_rejected_per_row():
+    cfg = parquet_config()
+    layout = ingest.layout_for(cfg.source)
+    batch = pa.RecordBatch.from_pydict({
+        "uid": pa.array([b"u1", b"u\xff", None, b"\xc3\xa9"], pa.binary()),
+        "sku": pa.array([b"a", b"b", b"c", b"\xe2\x82"], pa.large_binary()),
+        "ts": pa.array([1000000000] * 4, pa.int64()),
+        "stars": pa.array([4.0] * 4, pa.float32()),
+        "other": pa.array([b"\xff"] * 4, pa.binary()),  # not mapped: never looked at
+    })
+    raw, rej0 = ingest.parse_arrow_batch(batch, 11, layout, "f.parquet")
+    assert raw["_line"].tolist() == [11, 13]
+    assert raw["user"].tolist()[0] == "u1" and raw["item"].tolist() == ["a", "c"]
+    assert reasons_by_line(rej0) == {12: ingest.UNPARSEABLE, 14: ingest.UNPARSEABLE}
+    assert json.loads(rej0["raw"].iloc[0])["uid"] == "b'u\\xff'"
+    valid, rejected = ingest.validate(raw, cfg, "f.parquet")
+    assert len(valid) + len(rejected) + len(rej0) == batch.num_rows
+    assert valid["user"].tolist() == ["u1"] and reasons_by_line(rejected) == {13: ingest.MISSING_USER}
+
+
 def test_parquet_batch_missing_column_rejects_every_row():
     cfg = parquet_config()
     layout = ingest.layout_for(cfg.source)
