@@ -139,7 +139,9 @@ def fit(ts: TrainSet, model_name: str, mc: ModelConfig, ks=(10, 20, 50), previou
     model.compute_loss(dummy)  # build variables
     warm = _warm_start(model, ts, previous)
     variables = model.trainable_variables
-    steps_per_epoch = len(ts.user_idx) // max(1, min(mc.batch_size, len(ts.user_idx)))
+    n = len(ts.user_idx)
+    bs = min(mc.batch_size, n)
+    steps_per_epoch = n // max(1, bs)   # full batches only (see the epoch loop)
     opt = LazyAdam(variables, mc.learning_rate,
                    decay_steps=steps_per_epoch * mc.epochs if mc.lr_schedule == "cosine" else 0)
 
@@ -155,8 +157,6 @@ def fit(ts: TrainSet, model_name: str, mc: ModelConfig, ks=(10, 20, 50), previou
 
     step.get_concrete_function()  # trace once up front: examples/s measures training, not tracing
     rng = np.random.default_rng(mc.seed)
-    n = len(ts.user_idx)
-    bs = min(mc.batch_size, n)
     val = ts.evals.get("validation")
     if val is not None and len(val.user_ids) > mc.eval_users:
         val = _subsample(val, mc.eval_users, mc.seed)
@@ -180,7 +180,7 @@ def fit(ts: TrainSet, model_name: str, mc: ModelConfig, ks=(10, 20, 50), previou
         dt = time.time() - t0
         t_train += dt
         tr.item_embeddings = item_embeddings(ct, ts.n_items)
-        line = {"epoch": epoch, "loss": loss, "examples_per_second": (n // bs) * bs / dt, "seconds": dt}
+        line = {"epoch": epoch, "loss": loss, "examples_per_second": steps_per_epoch * bs / dt, "seconds": dt}
         if val is not None:
             m = evaluate_trained(tr, val, ks, ts.item_counts).summary()
             line.update({f"val_{k}": v for k, v in m.items() if "@" in k and k.split("@")[0] in ("recall", "ndcg")})
