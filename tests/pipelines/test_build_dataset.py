@@ -535,6 +535,16 @@ def two_buckets():
                          1: [bucket_frame([("u2", "i1", 2, 4.0, None)])]}, cfg) + (cfg,)
 
 
+def started_shard_writer(monkeypatch, write):
+    """A WriteShardFn in an open bundle over `two_buckets()`, writing through `write(table, path)`."""
+    monkeypatch.setattr(pipeline, "_write_parquet", write)
+    buckets, result, cfg = two_buckets()
+    fn = pipeline.WriteShardFn(cfg, "out", 2)
+    fn.setup()
+    fn.start_bundle()
+    return fn, buckets, result
+
+
 def test_shard_writes_of_a_bucket_finish_before_the_next_bucket(monkeypatch):
     # At most one bucket's tables wait for the writer thread, and its errors fail the next element.
     done = []
@@ -544,11 +554,7 @@ def test_shard_writes_of_a_bucket_finish_before_the_next_bucket(monkeypatch):
         if path.startswith("bad"):
             raise OSError("disk full")
         done.append(path)
-    monkeypatch.setattr(pipeline, "_write_parquet", slow_write)
-    buckets, result, cfg = two_buckets()
-    fn = pipeline.WriteShardFn(cfg, "out", 2)
-    fn.setup()
-    fn.start_bundle()
+    fn, buckets, result = started_shard_writer(monkeypatch, slow_write)
     list(fn.process(buckets[0], result))
     list(fn.process(buckets[1], result))
     assert sum("part-00000-" in p for p in done) == 3  # bucket 0's three shards
@@ -567,11 +573,7 @@ def test_a_failed_shard_write_still_waits_for_the_other_writes(monkeypatch):
             raise OSError("disk full")
         time.sleep(0.05)
         done.append(path)
-    monkeypatch.setattr(pipeline, "_write_parquet", write)
-    buckets, result, cfg = two_buckets()
-    fn = pipeline.WriteShardFn(cfg, "out", 2)
-    fn.setup()
-    fn.start_bundle()
+    fn, buckets, result = started_shard_writer(monkeypatch, write)
     list(fn.process(buckets[0], result))
     with pytest.raises(OSError, match="disk full"):
         fn.finish_bundle()
