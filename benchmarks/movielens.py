@@ -18,11 +18,12 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 
 import recsys  # noqa: E402,F401
 from pipelines import build_dataset  # noqa: E402
 from recsys import compare, evaluate, trainset  # noqa: E402
-from recsys.config import load_config  # noqa: E402
+from recsys.config import from_dict, load_config  # noqa: E402
 from recsys.training_job import train_version  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,11 +34,18 @@ def main(argv=None):
     p.add_argument("--config", default=os.path.join(HERE, "..", "data", "recsys.yaml"))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--cold-max", type=int, default=10)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model option, e.g. --set refit=false --set history_items=candidate")
     args = p.parse_args(argv)
     cfg = load_config(args.config)
+    for kv in args.set:
+        key, value = kv.split("=", 1)
+        cfg = from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], key: yaml.safe_load(value)}},
+                        base_dir=cfg.base_dir)
     cfg.artifacts.root = tempfile.mkdtemp(prefix="ml-bench-")
     ds = build_dataset.run(cfg, previous=None, progress=lambda *_: None)
     ts = trainset.from_dataset(ds, cfg.model.history_length)
+    full = trainset.from_dataset(ds, cfg.model.history_length, include_validation=True)
     ks = (10, 20, 50)
     rows = {}
     variants = [("popularity", "popularity", True), ("mf", "mf", True), ("two_tower", "two_tower", True),
@@ -46,7 +54,7 @@ def main(argv=None):
         for seed in range(args.seeds if model != "popularity" else 1):
             c = copy.deepcopy(cfg)
             c.model.seed, c.model.use_item_features = seed, feats
-            v = train_version(c, model, ds.id, warm_start="none", progress=lambda *_: None, ts=ts)
+            v = train_version(c, model, ds.id, warm_start="none", progress=lambda *_: None, ts=ts, full_ts=full)
             res = {s: evaluate.evaluate_version(c.artifacts.root, v, s, ds.id, ks) for s in ("validation", "test")}
             ev, es = res["test"]["evaluation"], res["test"]["eval_set"]
             cold = res["test"]["train_item_counts"] <= args.cold_max

@@ -124,12 +124,15 @@ def _train(cfg, root, out, progress):
     from recsys import trainset
     from recsys.dataset import Dataset
     from recsys.training_job import train_version
-    ts = trainset.from_dataset(Dataset.open(root, out["dataset_id"]), cfg.model.history_length)
+    dataset = Dataset.open(root, out["dataset_id"])
+    ts = trainset.from_dataset(dataset, cfg.model.history_length)
+    full = (trainset.from_dataset(dataset, cfg.model.history_length, include_validation=True)
+            if cfg.model.refit and "validation" in ts.evals else None)
     out.setdefault("candidates", {})
     for name in cfg.nightly.models:
         if name in out["candidates"]:
             continue  # resumed: this one finished before
-        out["candidates"][name] = train_version(cfg, name, out["dataset_id"], "auto", progress, ts=ts)
+        out["candidates"][name] = train_version(cfg, name, out["dataset_id"], "auto", progress, ts=ts, full_ts=full)
 
 
 def _evaluate(cfg, root, out, progress):

@@ -234,6 +234,7 @@ def validate(cfg: Config) -> Config:
     _check(0 < m.temperature <= 10, "model.temperature", m.temperature, "in (0, 10]")
     _check(m.extra_negatives >= 0, "model.extra_negatives", m.extra_negatives, ">= 0")
     _check(1 <= m.history_length <= 1000, "model.history_length", m.history_length, "between 1 and 1000")
+    _one_of("model.history_items", m.history_items, ("own", "candidate"))
     _check(1 <= m.batch_size <= 1 << 20, "model.batch_size", m.batch_size, "between 1 and 1048576")
     _check(0 < m.learning_rate < 10, "model.learning_rate", m.learning_rate, "in (0, 10)")
     _one_of("model.lr_schedule", m.lr_schedule, ("constant", "cosine"))
@@ -301,11 +302,13 @@ class ModelConfig:
     extra_negatives: int = 0
     use_item_features: bool = True
     history_length: int = 20
+    history_items: str = "own"      # two_tower history table: own | candidate (the item tower's, no gradient)
     batch_size: int = 2048
     learning_rate: float = 0.01
     lr_schedule: str = "constant"   # constant | cosine (decays to 0 over `epochs`)
     epochs: int = 30
     patience: int = 3
+    refit: bool = True              # after early stopping, retrain on train + validation for the chosen epochs
     eval_k: int = 20
     seed: int = 0
     popularity_window_days: int = 0

@@ -54,18 +54,22 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
         raise DataError(f"--split={split!r}: dataset {dataset.id} has no such non-empty split "
                         f"(available: {', '.join(evals) or 'none'})")
     ev = evals[split]
-    train_counts = np.bincount(dataset.read("train", ["item_idx"])["item_idx"].to_numpy(),
-                               minlength=len(dataset.items)).astype(np.float64)
+    count = lambda s: np.bincount(dataset.read(s, ["item_idx"])["item_idx"].to_numpy(),
+                                  minlength=len(dataset.items)).astype(np.float64)
+    train_counts = count("train")
+    # The baseline knows what a popularity model published at the split's cut would: for test, train
+    # and validation (the same counts a refit version falls back on).
+    known_counts = train_counts + count("validation") if split == "test" else train_counts
     rows = np.arange(len(ev.user_ids))
     score, sources = version_scorer(lv, ev, dataset.items.ids)
     model_ev = metrics.evaluate(score, rows, ev.relevant, ev.exclude, ks, train_counts)
-    pop_scores = (train_counts - np.arange(len(train_counts)) * 1e-9).astype(np.float32)
+    pop_scores = (known_counts - np.arange(len(known_counts)) * 1e-9).astype(np.float32)
     pop_ev = metrics.evaluate(lambda r: np.broadcast_to(pop_scores, (len(r), len(pop_scores))).copy(),
                               rows, ev.relevant, ev.exclude, ks, train_counts)
     src = sources[model_ev.users]
     return {"version": lv.version, "model": lv.model, "dataset_id": dataset.id, "split": split,
             "model_metrics": model_ev.summary(), "popularity_metrics": pop_ev.summary(),
-            "sources": {s: int((src == s).sum()) for s in np.unique(src)},
+            "sources": {s: int((src == s).sum()) for s in np.unique(src)}, "user_sources": src,
             "evaluation": model_ev, "popularity_evaluation": pop_ev, "eval_set": ev,
             "train_item_counts": train_counts}
 

@@ -44,25 +44,30 @@ def user_histories(ts: TrainSet, length: int, dataset_path: str | None = None) -
     would know before the test period, and nothing from it.
     """
     users, items = ts.user_idx, ts.item_idx
-    if dataset_path:
-        from recsys.dataset import Dataset
-        val = Dataset(dataset_path).read("validation", ["user_idx", "item_idx", "timestamp"])
-        val = val[(val["user_idx"] >= 0) & (val["item_idx"] >= 0)].sort_values("timestamp", kind="stable")
+    if dataset_path and not ts.includes_validation:
+        val = _split_rows(ts, dataset_path, "validation", ["user", "item_idx", "timestamp"])
+        val = val.sort_values("timestamp", kind="stable")
         users = np.concatenate([users, val["user_idx"].to_numpy(np.int64)])
         items = np.concatenate([items, val["item_idx"].to_numpy(np.int64)])
     return last_items(users, items, ts.n_users, length)
 
 
+def _split_rows(ts: TrainSet, dataset_path: str, split: str, columns: list):
+    """Rows of a dataset split whose user and item the version knows, with `user_idx` in `ts`'s
+    vocabulary (which may extend the dataset's: a refit appends users first seen in validation)."""
+    from recsys.dataset import Dataset
+    df = Dataset(dataset_path).read(split, columns)
+    df["user_idx"] = Vocabulary(ts.user_ids).lookup(df["user"])
+    return df[(df["user_idx"] >= 0) & (df["item_idx"] >= 0)]
+
+
 def seen_items(ts: TrainSet, dataset_path: str | None):
     """Known users x items they interacted with in any split (what the service excludes as seen)."""
     import scipy.sparse as sp
-    from recsys.dataset import Dataset
     rows, cols = [ts.user_idx], [ts.item_idx]
     if dataset_path:
-        ds = Dataset(dataset_path)
         for split in ("validation", "test"):
-            df = ds.read(split, ["user_idx", "item_idx"])
-            df = df[(df["user_idx"] >= 0) & (df["item_idx"] >= 0)]
+            df = _split_rows(ts, dataset_path, split, ["user", "item_idx"])
             rows.append(df["user_idx"].to_numpy(np.int64))
             cols.append(df["item_idx"].to_numpy(np.int64))
     r, c = np.concatenate(rows), np.concatenate(cols)

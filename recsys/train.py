@@ -130,7 +130,7 @@ def fit(ts: TrainSet, model_name: str, mc: ModelConfig, ks=(10, 20, 50), previou
     tf.keras.utils.set_random_seed(mc.seed)
     pop = Popularity(ts.n_items).fit(ts.item_idx)
     qt, ct = build_towers(model_name, ts.n_users, ts.n_items, mc.dim, mc.normalize, ts.item_features,
-                          mc.use_item_features)
+                          mc.use_item_features, mc.history_items)
     model = RetrievalModel(qt, ct, ts.item_counts, mc.temperature, mc.logq_correction,
                            mc.remove_accidental_hits, mc.extra_negatives)
     L = ts.history.shape[1]

@@ -1,6 +1,7 @@
 """`recsys train`: dataset -> trained model version (with warm start from an earlier version)."""
 from __future__ import annotations
 
+import dataclasses
 
 from recsys import registry, trainset
 from recsys.config import Config
@@ -23,17 +24,31 @@ def pick_warm_start(root: str, model_name: str, warm_start: str | None) -> str |
 
 
 def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, warm_start: str | None = "auto",
-                  progress=print, ts: trainset.TrainSet | None = None) -> str:
-    """Train and save a version; returns its id."""
+                  progress=print, ts: trainset.TrainSet | None = None,
+                  full_ts: trainset.TrainSet | None = None) -> str:
+    """Train and save a version; returns its id.
+
+    With `model.refit` (default) and a validation split, training early-stops on validation, then
+    trains again from the start on train + validation for the epoch count validation chose, and that
+    model is saved: the published version has learned from the most recent interactions before the
+    test period. `ts` / `full_ts` (train, train + validation) may be passed in to share them.
+    """
     from recsys import export
     root = cfg.resolve(cfg.artifacts.root)
     dataset = Dataset.open(root, dataset_id)
     ts = ts or trainset.from_dataset(dataset, cfg.model.history_length)
+    refit = cfg.model.refit and "validation" in ts.evals
+
+    def train_plus_validation():
+        return full_ts or trainset.from_dataset(dataset, cfg.model.history_length, include_validation=True)
+
     progress(f"train {model_name}: dataset {dataset.id}: {len(ts.user_idx)} interactions, "
              f"{ts.n_users} users, {ts.n_items} items")
     if model_name == "popularity":
-        version = export.save_version(None, ts, cfg, "popularity", root, dataset.path)
-        progress(f"train popularity: wrote version {version}")
+        pop_ts = train_plus_validation() if refit else ts
+        version = export.save_version(None, pop_ts, cfg, "popularity", root, dataset.path,
+                                      extra={"refit": {"interactions": len(pop_ts.item_idx)}} if refit else None)
+        progress(f"train popularity: wrote version {version}" + (" (counts over train + validation)" if refit else ""))
         return version
     if model_name not in ("two_tower", "mf"):
         raise DataError(f"--model={model_name!r} is invalid: allowed: two_tower, mf, popularity")
@@ -43,14 +58,26 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
     if prev_version:
         users, items = registry.load_vocabs(root, prev_version)
         previous = (users.ids, items.ids, registry.load_weights(root, prev_version))
-    tr = train.fit(ts, model_name, cfg.model, tuple(cfg.evaluation.ks), previous, progress)
+    ks = tuple(cfg.evaluation.ks)
+    tr = train.fit(ts, model_name, cfg.model, ks, previous, progress)
     val = {}
     if "validation" in ts.evals:
-        val = train.evaluate_trained(tr, ts.evals["validation"], tuple(cfg.evaluation.ks), ts.item_counts).summary()
-    version = export.save_version(tr, ts, cfg, model_name, root, dataset.path,
-                                  extra={"warm_started_from": prev_version, "validation_metrics": val})
+        val = train.evaluate_trained(tr, ts.evals["validation"], ks, ts.item_counts).summary()
+    extra = {"warm_started_from": prev_version, "validation_metrics": val}
+    best_epoch, seconds = tr.best_epoch, tr.train_seconds
+    if refit:
+        full = train_plus_validation()
+        progress(f"train {model_name}: refit on train + validation ({len(full.user_idx)} interactions, "
+                 f"{full.n_users} users) for the {best_epoch} epochs validation chose")
+        mc = dataclasses.replace(cfg.model, epochs=best_epoch, patience=best_epoch)
+        tr = train.fit(full, model_name, mc, ks, previous, progress)
+        extra["refit"] = {"epochs": best_epoch, "interactions": int(len(full.user_idx)),
+                          "users": int(full.n_users), "seconds": round(tr.train_seconds, 1)}
+        tr.best_epoch, tr.train_seconds, ts = best_epoch, seconds + tr.train_seconds, full
+    version = export.save_version(tr, ts, cfg, model_name, root, dataset.path, extra=extra)
     progress(f"train {model_name}: wrote version {version} in {tr.train_seconds:.0f}s "
-             f"({tr.examples_per_second:,.0f} examples/s, best epoch {tr.best_epoch}"
+             f"({tr.examples_per_second:,.0f} examples/s, best epoch {best_epoch}"
              + (f", validation recall@{cfg.model.eval_k} {val.get(f'recall@{cfg.model.eval_k}', float('nan')):.4f}" if val else "")
+             + (", refit on train + validation" if refit else "")
              + (f", warm-started from {prev_version}" if prev_version else "") + ")")
     return version

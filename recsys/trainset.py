@@ -55,6 +55,7 @@ class TrainSet:
     item_counts: np.ndarray = field(default=None)
     evals: dict = field(default_factory=dict)   # split name -> EvalSet
     dataset_id: str = ""
+    includes_validation: bool = False           # the validation split is part of the training rows
 
     def __post_init__(self):
         if self.item_counts is None:
@@ -134,37 +135,56 @@ def _eval_set(df: pd.DataFrame, seen: pd.DataFrame, users, items_n: int, history
     return EvalSet(ids, users.lookup(ids), relevant, exclude, history)
 
 
+_COLS = ["user", "user_idx", "item_idx", "timestamp", "weight"]
+
+
 def eval_sets(dataset: Dataset, history_len: int = 20, train: pd.DataFrame | None = None) -> dict:
     """Validation and test EvalSets of a built dataset (test excludes train and validation items)."""
-    cols = ["user", "user_idx", "item_idx", "timestamp", "weight"]
     if train is None:
-        train = dataset.read("train", cols)
-    val = dataset.read("validation", cols)
-    test = dataset.read("test", cols)
+        train = dataset.read("train", _COLS)
+    val = dataset.read("validation", _COLS)
+    test = dataset.read("test", _COLS)
     out = {}
     if len(val):
         out["validation"] = _eval_set(val, train, dataset.users, len(dataset.items), history_len)
     if len(test):
-        out["test"] = _eval_set(test, pd.concat([train[cols], val], ignore_index=True),
+        out["test"] = _eval_set(test, pd.concat([train[_COLS], val], ignore_index=True),
                                 dataset.users, len(dataset.items), history_len)
     return out
 
 
-def from_dataset(dataset: Dataset, history_len: int = 20) -> TrainSet:
-    """Train arrays, item features and validation/test EvalSets from a built dataset."""
-    cols = ["user", "user_idx", "item_idx", "timestamp", "weight"]
-    train = dataset.read("train", cols)
+def from_dataset(dataset: Dataset, history_len: int = 20, include_validation: bool = False) -> TrainSet:
+    """Train arrays, item features and validation/test EvalSets from a built dataset.
+
+    `include_validation`: train on train + validation (the refit after early stopping has chosen the
+    epoch count). Users first seen in validation are appended to the user vocabulary, so the refit
+    model knows them; the only EvalSet is then test.
+    """
+    train = dataset.read("train", _COLS)
     if len(train) == 0:
         raise DataError(f"dataset {dataset.id}: the train split is empty")
-    # shards are sorted by (user, timestamp, item) within a shard and a user lives in one shard
+    users = dataset.users
+    if include_validation:
+        val = dataset.read("validation", _COLS)
+        users = users.extended(val.loc[val["user_idx"] < 0, "user"])
+        val["user_idx"] = users.lookup(val["user"])
+        train = pd.concat([train, val], ignore_index=True)
+    # shards are sorted by (user, timestamp, item) within a shard and a user lives in one shard;
+    # validation rows come after a user's train rows in time
     train = train.sort_values(["user_idx", "timestamp"], kind="stable").reset_index(drop=True)
     u = train["user_idx"].to_numpy(np.int64)
     i = train["item_idx"].to_numpy(np.int64)
-    n_users, n_items = len(dataset.users), len(dataset.items)
+    n_users, n_items = len(users), len(dataset.items)
     feats = item_features_from_frame(dataset.item_features(), n_items)
     ts = TrainSet(u, i, train["weight"].to_numpy(np.float32), history_windows(u, i, history_len),
-                  n_users, n_items, dataset.users.ids, dataset.items.ids, feats, dataset_id=dataset.id)
-    ts.evals = eval_sets(dataset, history_len, train)
+                  n_users, n_items, users.ids, dataset.items.ids, feats, dataset_id=dataset.id,
+                  includes_validation=include_validation)
+    if include_validation:
+        test = dataset.read("test", _COLS)
+        if len(test):
+            ts.evals["test"] = _eval_set(test, train, users, n_items, history_len)
+    else:
+        ts.evals = eval_sets(dataset, history_len, train)
     return ts
 
 

@@ -188,6 +188,7 @@ def test_int_is_accepted_for_a_float_and_as_a_string():
     ({"source": {"columns": {"user": ""}}}, "source.columns.user", ""),
     ({"source": {"columns": {"timestamp": None}}}, "source.columns.timestamp", ""),
     ({"feedback": {"mode": "explicit"}}, "feedback.mode", "explicit"),
+    ({"model": {"history_items": "shared"}}, "model.history_items", "shared"),
     ({"feedback": {"min_rating": 6}}, "feedback.min_rating", 6.0),
     ({"feedback": {"min_rating": 0.0}}, "feedback.min_rating", 0.0),
     ({"feedback": {"rating_range": [5, 1]}}, "feedback.rating_range", [5, 1]),

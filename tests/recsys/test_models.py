@@ -1,4 +1,6 @@
 """Models on generated data with planted clusters: quality that can fail, export round-trip, warm start."""
+import copy
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,6 +10,7 @@ from recsys import export, metrics, registry, train, trainset
 from recsys.config import from_dict
 from recsys.dataset import Dataset
 from recsys.models.popularity import Popularity
+from recsys.models.retrieval import RetrievalModel, build_towers
 from recsys.scoring import LoadedVersion
 from recsys.synthetic import clustered_interactions
 
@@ -43,33 +46,43 @@ def popularity_recall(ts, split="test"):
                             ev.relevant, ev.exclude, (20,)).summary()["recall@20"]
 
 
+# "two_tower/candidate": the query tower pools the candidate tower's item table (model.history_items)
+VARIANTS = {"mf": ("mf", "own"), "two_tower": ("two_tower", "own"), "two_tower/candidate": ("two_tower", "candidate")}
+
+
 @pytest.fixture(scope="module")
 def trained(planted):
     tmp, cfg, ds, ts = planted
-    return {name: train.fit(ts, name, cfg.model, (20,), progress=lambda *_: None) for name in ("mf", "two_tower")}
+    out = {}
+    for key, (name, history_items) in VARIANTS.items():
+        mc = copy.deepcopy(cfg.model)
+        mc.history_items = history_items
+        out[key] = train.fit(ts, name, mc, (20,), progress=lambda *_: None)
+    return out
 
 
-@pytest.mark.parametrize("name", ["mf", "two_tower"])
-def test_models_beat_popularity_by_a_wide_margin(planted, trained, name):
+@pytest.mark.parametrize("key", list(VARIANTS))
+def test_models_beat_popularity_by_a_wide_margin(planted, trained, key):
     tmp, cfg, ds, ts = planted
     pop = popularity_recall(ts)
-    got = train.evaluate_trained(trained[name], ts.evals["test"], (20,), ts.item_counts).summary()["recall@20"]
-    assert got > 1.5 * pop, (name, got, pop)
-    assert trained[name].history and trained[name].best_epoch >= 1
+    got = train.evaluate_trained(trained[key], ts.evals["test"], (20,), ts.item_counts).summary()["recall@20"]
+    assert got > 1.5 * pop, (key, got, pop)
+    assert trained[key].history and trained[key].best_epoch >= 1
 
 
-@pytest.mark.parametrize("name", ["mf", "two_tower"])
-def test_export_reload_round_trip_gives_identical_scores(planted, trained, name):
+@pytest.mark.parametrize("key", list(VARIANTS))
+def test_export_reload_round_trip_gives_identical_scores(planted, trained, key):
     tmp, cfg, ds, ts = planted
+    name = VARIANTS[key][0]
     root = cfg.resolve(cfg.artifacts.root)
-    version = export.save_version(trained[name], ts, cfg, name, root, ds.path)
+    version = export.save_version(trained[key], ts, cfg, name, root, ds.path)
     lv = LoadedVersion(root, version)
     assert lv.users.ids.tolist() == ts.user_ids.tolist() and lv.items.ids.tolist() == ts.item_ids.tolist()
-    np.testing.assert_allclose(lv.item_embeddings, trained[name].item_embeddings, rtol=0, atol=0)
+    np.testing.assert_allclose(lv.item_embeddings, trained[key].item_embeddings, rtol=0, atol=0)
     users = np.arange(ts.n_users, dtype=np.int32)
     hist = export.user_histories(ts, cfg.model.history_length, ds.path) if name == "two_tower" \
         else np.full((ts.n_users, 1), -1, np.int32)
-    expected = trained[name].query_embeddings(users, hist) @ trained[name].item_embeddings.T
+    expected = trained[key].query_embeddings(users, hist) @ trained[key].item_embeddings.T
     np.testing.assert_allclose(lv.score(lv.user_embeddings), expected, rtol=1e-6, atol=1e-6)
     # the SavedModel answers with the same embeddings from string IDs
     ids = np.where(hist >= 0, ts.item_ids[np.maximum(hist, 0)], "").astype(str)
@@ -79,9 +92,10 @@ def test_export_reload_round_trip_gives_identical_scores(planted, trained, name)
     assert m["model"] == name and m["dataset_id"] == "d1" and m["training"]["best_epoch"] >= 1
 
 
-def test_query_tower_on_fresh_history_agrees_with_training(planted, trained):
+@pytest.mark.parametrize("key", ["two_tower", "two_tower/candidate"])
+def test_query_tower_on_fresh_history_agrees_with_training(planted, trained, key):
     tmp, cfg, ds, ts = planted
-    tr = trained["two_tower"]
+    tr = trained[key]
     root = cfg.resolve(cfg.artifacts.root)
     version = export.save_version(tr, ts, cfg, "two_tower", root, ds.path)
     lv = LoadedVersion(root, version)
@@ -92,6 +106,24 @@ def test_query_tower_on_fresh_history_agrees_with_training(planted, trained):
     fresh = lv.query_model()(user_id=tf.constant(ts.user_ids[ts.user_idx[rows]].astype(str)),
                              history=tf.constant(ids))["embedding"].numpy()
     np.testing.assert_allclose(fresh, seen, rtol=1e-5, atol=1e-5)
+
+
+def test_candidate_history_reads_the_item_table_without_training_it():
+    qt, ct = build_towers("two_tower", 10, 30, 8, True, history_items="candidate")
+    model = RetrievalModel(qt, ct, np.ones(30))
+    batch = {"user_idx": tf.constant([0, 1, -1]), "item_idx": tf.constant([3, 4, 5]),
+             "history": tf.constant([[1, 2, -1], [7, -1, -1], [-1, -1, -1]])}
+    model.compute_loss(batch)
+    table = ct.item_embedding.embeddings
+    assert not hasattr(qt, "history_embedding")
+    assert sum(v is table for v in model.trainable_variables) == 1      # one table, updated once per step
+    with tf.GradientTape() as tape:
+        q = qt(batch)
+    assert tape.gradient(q, table) is None                                # the query side does not train it
+    before = qt(batch).numpy()
+    table.assign_add(tf.ones_like(table))                                 # but it reads the current values
+    assert not np.allclose(qt(batch).numpy()[:2], before[:2])
+    np.testing.assert_allclose(qt(batch).numpy()[2], before[2], atol=1e-6)  # empty history: user ID only
 
 
 def test_warm_start_keeps_carried_over_embeddings(planted, trained, tmp_path):
@@ -121,7 +153,6 @@ def test_warm_start_keeps_carried_over_embeddings(planted, trained, tmp_path):
                                                        (False, False, 0, True), (True, False, 5, False)])
 def test_fused_loss_equals_the_tfrs_retrieval_task(logq, hits, extra, weighted):
     """The fused training loss is the TFRS Retrieval loss: same value and same gradients."""
-    from recsys.models.retrieval import RetrievalModel, build_towers
     rng = np.random.default_rng(0)
     n_users, n_items, b = 40, 30, 64            # 64 draws from 30 items: many accidental hits
     counts = rng.integers(1, 50, n_items)

@@ -1,0 +1,118 @@
+"""Refit on train + validation (model.refit): users first seen in validation become known, the epoch
+count is the one validation chose, and the test baseline knows what the refit model knows."""
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from pipelines import build_dataset
+from recsys import evaluate, metrics, registry, trainset
+from recsys.config import from_dict
+from recsys.scoring import LoadedVersion
+from recsys.synthetic import clustered_interactions
+from recsys.training_job import train_version
+
+DAY = 86400
+LATE = [f"late{i}" for i in range(8)]
+
+
+def make_config(tmp, csv, **model):
+    return from_dict({
+        "source": {"path": str(csv), "format": "csv", "items_format": "none",
+                   "columns": {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "value": "rating"}},
+        "filters": {"min_user_interactions": 3, "min_item_interactions": 1, "max_rounds": 3},
+        "split": {"strategy": "temporal", "test_fraction": 0.1, "validation_fraction": 0.1},
+        "runner": {"shuffle_buckets": 2},
+        "artifacts": {"root": str(tmp / "artifacts")},
+        "model": {"dim": 16, "batch_size": 256, "epochs": 6, "patience": 2, "learning_rate": 0.02,
+                  "history_length": 5, **model},
+    }, base_dir=str(tmp))
+
+
+@pytest.fixture(scope="module")
+def temporal(tmp_path_factory):
+    """Planted clusters over a year; LATE users start inside the validation window and go on into test."""
+    tmp = tmp_path_factory.mktemp("refit")
+    base = clustered_interactions(n_users=200, n_items=120, n_clusters=5, per_user=25, seed=4, start_ts=0)
+    late = clustered_interactions(n_users=len(LATE), n_items=120, n_clusters=5, per_user=24, seed=5, start_ts=0)
+    late["user_id"] = late["user_id"].map(lambda u: f"late{u[1:]}")
+    # 16 rows in days 335-340 (validation: the cut quantiles of the base rows sit near days 292 and 328
+    # plus the late rows), the rest on day 400 (test)
+    n = late.groupby("user_id").cumcount()
+    late["timestamp"] = np.where(n < 16, 335 * DAY + n * 1000, 400 * DAY + n)
+    csv = tmp / "events.csv"
+    pd.concat([base, late]).to_csv(csv, index=False)
+    cfg = make_config(tmp, csv)
+    ds = build_dataset.run(cfg, dataset_id="t1", previous=None, progress=lambda *_: None)
+    return tmp, cfg, ds
+
+
+def test_train_plus_validation_appends_users_first_seen_in_validation(temporal):
+    tmp, cfg, ds = temporal
+    ts = trainset.from_dataset(ds, 5)
+    full = trainset.from_dataset(ds, 5, include_validation=True)
+    val = ds.read("validation", ["user", "user_idx", "item_idx"])
+    new_users = sorted(val.loc[val["user_idx"] < 0, "user"].unique())
+    assert set(LATE) <= set(new_users), "the fixture must put the late users in validation only"
+    assert full.user_ids[:ts.n_users].tolist() == ts.user_ids.tolist()          # existing indices never move
+    assert full.user_ids[ts.n_users:].tolist() == new_users
+    assert len(full.user_idx) == len(ts.user_idx) + len(val)
+    assert list(full.evals) == ["test"] and full.includes_validation
+    # test users first seen in validation now map to their appended rows
+    test = full.evals["test"]
+    rows = np.flatnonzero(np.isin(test.user_ids, LATE))
+    assert len(rows) == len(LATE) and (test.user_idx[rows] >= ts.n_users).all()
+    assert (ts.evals["test"].user_idx[np.isin(ts.evals["test"].user_ids, LATE)] == -1).all()
+    # a late user's training examples see only their own earlier (validation) items
+    u = full.user_ids.tolist().index(LATE[0])
+    ex = np.flatnonzero(full.user_idx == u)
+    assert (full.history[ex[0]] == -1).all() and full.history[ex[1], 0] == full.item_idx[ex[0]]
+
+
+@pytest.mark.parametrize("model", ["mf", "two_tower"])
+def test_refit_version_knows_validation_users_and_keeps_the_chosen_epochs(temporal, model):
+    tmp, cfg, ds = temporal
+    root = cfg.resolve(cfg.artifacts.root)
+    v = train_version(cfg, model, ds.id, warm_start="none", progress=lambda *_: None)
+    m = registry.read_manifest(root, v)
+    assert m["refit"]["epochs"] == m["training"]["best_epoch"] >= 1
+    assert m["refit"]["interactions"] == ds.stats["splits"]["train"]["interactions"] + \
+        ds.stats["splits"]["validation"]["interactions"]
+    assert m["validation_metrics"]["recall@20"] > 0          # measured before the refit saw validation
+    lv = LoadedVersion(root, v)
+    assert set(LATE) <= set(lv.users.ids)
+    # a late user's seen items (what the service excludes) hold their validation and test items
+    rows = lv.users.lookup([LATE[0]])[0]
+    items = ds.read("validation", ["user", "item"]).query("user == @LATE[0]")["item"].tolist() + \
+        ds.read("test", ["user", "item"]).query("user == @LATE[0]")["item"].tolist()
+    seen_m = sp.load_npz(os.path.join(registry.version_dir(root, v), "seen.npz")).tocsr()
+    seen = set(lv.items.ids[seen_m[rows].indices])
+    assert set(items) <= seen
+    res = evaluate.evaluate_version(root, v, "test", ds.id, (20,))
+    assert res["sources"].get("history", 0) == 0              # late users are served as known users
+    assert res["model_metrics"]["recall@20"] > 1.3 * res["popularity_metrics"]["recall@20"]
+
+    no_refit = make_config(tmp, cfg.source.path, refit=False)
+    v2 = train_version(no_refit, model, ds.id, warm_start="none", progress=lambda *_: None)
+    assert "refit" not in registry.read_manifest(root, v2)
+    assert not set(LATE) & set(LoadedVersion(root, v2).users.ids)
+    assert evaluate.evaluate_version(root, v2, "test", ds.id, (20,))["sources"]["history"] >= len(LATE)
+
+
+def test_test_baseline_counts_train_and_validation(temporal):
+    tmp, cfg, ds = temporal
+    root = cfg.resolve(cfg.artifacts.root)
+    v = train_version(cfg, "popularity", ds.id, warm_start="none", progress=lambda *_: None)
+    res = evaluate.evaluate_version(root, v, "test", ds.id, (20,))
+    ev = res["eval_set"]
+    counts = sum(np.bincount(ds.read(s, ["item_idx"])["item_idx"], minlength=len(ds.items))
+                 for s in ("train", "validation")).astype(np.float64)
+    scores = (counts - np.arange(len(counts)) * 1e-9).astype(np.float32)
+    want = metrics.evaluate(lambda r: np.broadcast_to(scores, (len(r), len(scores))).copy(),
+                            np.arange(len(ev.user_ids)), ev.relevant, ev.exclude, (20,)).summary()
+    assert res["popularity_metrics"]["recall@20"] == pytest.approx(want["recall@20"])
+    # the refit popularity version counts the same rows, so it equals its baseline exactly
+    assert res["model_metrics"]["recall@20"] == pytest.approx(want["recall@20"])
+    assert registry.read_manifest(root, v)["refit"]["interactions"] == int(counts.sum())
