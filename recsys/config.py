@@ -17,6 +17,7 @@ from recsys.errors import ConfigError
 
 INTERACTION_FORMATS = ("csv", "parquet", "jsonl", "movielens_csv", "movielens_100k", "movielens_1m")
 ITEM_FORMATS = ("none", "movielens_movies", "csv", "parquet", "jsonl")
+USER_FORMATS = ("none", "movielens_users", "csv", "parquet", "jsonl")
 TIMESTAMP_UNITS = ("s", "ms", "iso")
 FEEDBACK_MODES = ("rating", "event", "implicit")
 SPLIT_STRATEGIES = ("temporal", "leave_last_n")
@@ -42,6 +43,12 @@ class ItemColumns:
 
 
 @dataclass
+class UserColumns:
+    user: str = "user_id"
+    features: list = field(default_factory=list)   # categorical columns, e.g. [gender, age, country]
+
+
+@dataclass
 class SourceConfig:
     path: str = "ml-latest-small/ratings.csv"
     format: str = "movielens_csv"
@@ -54,6 +61,9 @@ class SourceConfig:
     items_format: str = "movielens_movies"
     item_columns: ItemColumns = field(default_factory=ItemColumns)
     genre_separator: str = "|"
+    users_path: str = ""
+    users_format: str = "none"
+    user_columns: UserColumns = field(default_factory=UserColumns)
 
 
 @dataclass
@@ -190,6 +200,14 @@ def validate(cfg: Config) -> Config:
     _check(bool(s.path), "source.path", s.path, "a path or glob to the interaction files is required")
     _one_of("source.format", s.format, INTERACTION_FORMATS)
     _one_of("source.items_format", s.items_format, ITEM_FORMATS)
+    _one_of("source.users_format", s.users_format, USER_FORMATS)
+    _check(s.users_format == "none" or bool(s.users_path), "source.users_path", s.users_path,
+           f"a path is required when source.users_format is {s.users_format}")
+    _check(all(isinstance(c, str) and c for c in s.user_columns.features), "source.user_columns.features",
+           s.user_columns.features, "a list of column names")
+    _check(s.users_format in ("none", "movielens_users") or bool(s.user_columns.features),
+           "source.user_columns.features", s.user_columns.features,
+           f"name at least one feature column when source.users_format is {s.users_format}")
     _one_of("source.timestamp_unit", s.timestamp_unit, TIMESTAMP_UNITS)
     _check(len(s.delimiter) == 1, "source.delimiter", s.delimiter, "a single character")
     _check(1 <= s.max_id_length <= 65536, "source.max_id_length", s.max_id_length, "between 1 and 65536")
@@ -301,6 +319,7 @@ class ModelConfig:
     remove_accidental_hits: bool = True
     extra_negatives: int = 0
     use_item_features: bool = True
+    use_user_features: bool = True  # two_tower: categorical user features from source.users_path, if any
     history_length: int = 20
     history_items: str = "own"      # two_tower history table: own | candidate (the item tower's, no gradient)
     batch_size: int = 2048

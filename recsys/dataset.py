@@ -4,6 +4,8 @@
 train/ validation/ test/   part-NNNNN-of-MMMMM.parquet (user, item, user_idx, item_idx, timestamp, value, weight)
 vocab/users.txt vocab/items.txt   one ID per line; the line number is the index
 items.parquet              item, item_idx, title, year, genres, train_count
+users.parquet              user, user_idx (-1: no interactions here), features ['col=value', ...]
+                           (only with source.users_format)
 rejected/                  part-*.jsonl: source, line, reason, raw
 stats.json
 ```
@@ -95,6 +97,13 @@ class Dataset:
 
     def item_features(self) -> pd.DataFrame:
         return pq.read_table(pa.BufferReader(fsio.read_bytes(fsio.join(self.path, "items.parquet")))).to_pandas()
+
+    def user_features(self) -> pd.DataFrame | None:
+        """users.parquet (user, user_idx, features), or None when the dataset was built without one."""
+        path = fsio.join(self.path, "users.parquet")
+        if not fsio.exists(path):
+            return None
+        return pq.read_table(pa.BufferReader(fsio.read_bytes(path))).to_pandas()
 
     def shards(self, split: str) -> list[str]:
         if split not in SPLITS:

@@ -31,24 +31,7 @@ def read_items(path: str, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
         mapping = {"item": "movieId", "title": "title", "genres": "genres"}
     else:
         mapping = {k: getattr(ic, k) for k in ("item", "title", "genres", "year") if getattr(ic, k)}
-    data = fsio.read_bytes(path)
-    if fmt == "parquet":
-        raw = pq.read_table(pa.BufferReader(data)).to_pandas()
-        raw["_line"] = np.arange(1, len(raw) + 1)
-        rejected = ingest.empty_rejected()
-        lookup = None
-    else:
-        kind = "jsonl" if fmt == "jsonl" else "delimited"
-        first_nl = data.find(b"\n")
-        header, body = (data[:first_nl], data[first_nl + 1:]) if kind == "delimited" else (b"", data)
-        layout = ingest.Layout(kind, s.delimiter if fmt == "csv" else ",", True, None, {})
-        names = ingest.header_names(header, layout) if kind == "delimited" else None
-        first = 2 if kind == "delimited" else 1
-        if kind == "delimited":
-            raw, rejected = _raw_columns(body, first, names, layout.delimiter, path)
-        else:
-            raw, rejected = _jsonl_columns(body, path)
-        lookup = ingest.line_text_lookup(body, first)
+    raw, rejected, lookup = read_columns(path, fmt, s.delimiter if fmt == "csv" else ",")
     out = pd.DataFrame({
         "item": raw.get(mapping.get("item"), pd.Series([None] * len(raw))).astype(object),
         "title": raw.get(mapping.get("title"), pd.Series([None] * len(raw))),
@@ -79,6 +62,25 @@ def read_items(path: str, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     return items, rejected
 
 
+def read_columns(path: str, fmt: str, delimiter: str = ","):
+    """Every column of a metadata file (`parquet`, `jsonl`, or delimited with a header) as read, plus
+    `_line` (1-based line or row number). Returns (frame, rejected rows, line-number -> text lookup or
+    None for Parquet)."""
+    data = fsio.read_bytes(path)
+    if fmt == "parquet":
+        raw = pq.read_table(pa.BufferReader(data)).to_pandas()
+        raw["_line"] = np.arange(1, len(raw) + 1)
+        return raw, ingest.empty_rejected(), None
+    if fmt == "jsonl":
+        raw, rejected = _jsonl_columns(data, path)
+        return raw, rejected, ingest.line_text_lookup(data, 1)
+    first_nl = data.find(b"\n")
+    header, body = data[:first_nl], data[first_nl + 1:]
+    layout = ingest.Layout("delimited", delimiter, True, None, {})
+    raw, rejected = _raw_columns(body, 2, ingest.header_names(header, layout), delimiter, path)
+    return raw, rejected, ingest.line_text_lookup(body, 2)
+
+
 def _raw_columns(body, first, names, delimiter, path):
     """All columns of a delimited metadata file as strings (quoted fields allowed)."""
     lines, line_nos = ingest.split_lines(body, first)
@@ -88,7 +90,8 @@ def _raw_columns(body, first, names, delimiter, path):
         bad_rows.append(row.number - 1)
         return "skip"
     text = b"\n".join(lines)
-    table = pcsv.read_csv(io.BytesIO(text), read_options=pcsv.ReadOptions(column_names=names),
+    # one thread: the invalid-row handler only gets line numbers from a serial parse
+    table = pcsv.read_csv(io.BytesIO(text), read_options=pcsv.ReadOptions(column_names=names, use_threads=False),
                           parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
                           convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in names}))
     good = np.ones(len(lines), dtype=bool)

@@ -68,8 +68,10 @@ def evaluate_trained(tr: Trained, ev: EvalSet, ks, item_counts: np.ndarray) -> m
                             np.arange(len(ev.user_ids)), ev.relevant, ev.exclude, ks, item_counts)
 
 
+# Layers saved in weights.npz and warm-started. Not the user-feature table: its token vocabulary is
+# rebuilt from each dataset's users.parquet, so its rows do not carry over by position.
 _LAYERS = ("user_embedding", "history_embedding", "item_embedding", "genre_embedding", "token_embedding",
-           "year_embedding", "project")
+           "year_embedding")
 _ROWS_BY = {"user_embedding": "user", "history_embedding": "item", "item_embedding": "item"}
 
 
@@ -130,7 +132,8 @@ def fit(ts: TrainSet, model_name: str, mc: ModelConfig, ks=(10, 20, 50), previou
     tf.keras.utils.set_random_seed(mc.seed)
     pop = Popularity(ts.n_items).fit(ts.item_idx)
     qt, ct = build_towers(model_name, ts.n_users, ts.n_items, mc.dim, mc.normalize, ts.item_features,
-                          mc.use_item_features, mc.history_items)
+                          mc.use_item_features, mc.history_items,
+                          ts.user_features if mc.use_user_features else None)
     model = RetrievalModel(qt, ct, ts.item_counts, mc.temperature, mc.logq_correction,
                            mc.remove_accidental_hits, mc.extra_negatives)
     L = ts.history.shape[1]

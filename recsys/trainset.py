@@ -32,6 +32,30 @@ class ItemFeatures:
 
 
 @dataclass
+class UserFeatures:
+    """Padded index matrix per user (row = user index); -1 pads. Values index `names`."""
+    values: np.ndarray          # [n_users, F]
+    names: np.ndarray           # 'column=value' tokens, sorted
+
+
+def user_features_from_frame(frame: pd.DataFrame | None, users, max_values: int = 8) -> UserFeatures | None:
+    """Feature tokens of the users in `users` (a Vocabulary), matched by ID string; None without data."""
+    if frame is None or not len(frame):
+        return None
+    names = np.asarray(sorted({t for toks in frame["features"] for t in toks}), dtype=object)
+    if not len(names):
+        return None
+    index = pd.Index(names)
+    out = np.full((len(users), max_values), PAD, dtype=np.int32)
+    rows = users.lookup(frame["user"])
+    for row, toks in zip(rows, frame["features"]):
+        if row >= 0 and len(toks):
+            v = index.get_indexer(list(toks)[:max_values])
+            out[row, :len(v)] = v
+    return UserFeatures(out, names)
+
+
+@dataclass
 class EvalSet:
     """Held-out interactions for evaluation. Row r of `relevant`/`exclude` is user `user_ids[r]`."""
     user_ids: np.ndarray        # string IDs of the evaluated users
@@ -52,6 +76,7 @@ class TrainSet:
     user_ids: np.ndarray
     item_ids: np.ndarray
     item_features: ItemFeatures | None = None
+    user_features: UserFeatures | None = None
     item_counts: np.ndarray = field(default=None)
     evals: dict = field(default_factory=dict)   # split name -> EvalSet
     dataset_id: str = ""
@@ -177,7 +202,8 @@ def from_dataset(dataset: Dataset, history_len: int = 20, include_validation: bo
     n_users, n_items = len(users), len(dataset.items)
     feats = item_features_from_frame(dataset.item_features(), n_items)
     ts = TrainSet(u, i, train["weight"].to_numpy(np.float32), history_windows(u, i, history_len),
-                  n_users, n_items, users.ids, dataset.items.ids, feats, dataset_id=dataset.id,
+                  n_users, n_items, users.ids, dataset.items.ids, feats,
+                  user_features_from_frame(dataset.user_features(), users), dataset_id=dataset.id,
                   includes_validation=include_validation)
     if include_validation:
         test = dataset.read("test", _COLS)

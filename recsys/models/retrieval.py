@@ -114,12 +114,13 @@ class RetrievalModel(tfrs.Model):
 
 
 def build_towers(model_name: str, n_users: int, n_items: int, dim: int, normalize: bool,
-                 item_features=None, use_item_features: bool = True, history_items: str = "own"):
+                 item_features=None, use_item_features: bool = True, history_items: str = "own",
+                 user_features=None):
     """(query tower, candidate tower) for `two_tower` or `mf`."""
     if model_name == "mf":
         return IdQueryTower(n_users, dim, normalize), IdCandidateTower(n_items, dim, normalize)
     if model_name == "two_tower":
         ct = CandidateTower(n_items, dim, item_features if use_item_features else None, normalize)
         shared = ct.item_embedding if history_items == "candidate" else None
-        return QueryTower(n_users, n_items, dim, normalize, candidate_items=shared), ct
+        return QueryTower(n_users, n_items, dim, normalize, candidate_items=shared, user_features=user_features), ct
     raise ValueError(f"model={model_name!r} is not a retrieval model (allowed: two_tower, mf)")

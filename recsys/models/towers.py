@@ -54,25 +54,34 @@ class IdCandidateTower(tf.keras.Model):
 class QueryTower(tf.keras.Model):
     """Two-tower query side: user ID embedding + mean of the user's recent items' embeddings.
 
+    The sum is normalized as is, with no dense projection: an identity-initialized projection on each
+    tower learned slower on Gowalla (validation recall@20 0.198 vs 0.210 after 8 epochs, d=256).
+
     The history table is either the query tower's own or the candidate tower's item ID table read
     without gradient (`model.history_items: candidate`). The second skips a second item table and its
     sparse Adam update, which touch ~24k rows per 2048 x 20 batch and cost more than the rest of the
-    step (CPU scatters run at ~1 GB/s); the query side still learns how to read it (user ID + projection).
+    step (CPU scatters run at ~1 GB/s); the user ID embedding still learns what the pooled items miss.
     """
 
     def __init__(self, n_users: int, n_items: int, dim: int, normalize: bool = True, init_scale: float = 0.1,
-                 use_user_id: bool = True, candidate_items=None):
+                 use_user_id: bool = True, candidate_items=None, user_features=None):
         """`candidate_items`: the candidate tower's item Embedding layer to pool the history from, read
-        without gradient (the candidate side trains it). None: the query tower owns a history table."""
+        without gradient (the candidate side trains it). None: the query tower owns a history table.
+        `user_features` (trainset.UserFeatures): categorical tokens per known user, looked up by user
+        index like the item features (constants in the tower), mean-pooled and added."""
         super().__init__()
         self.normalize, self.use_user_id = normalize, use_user_id
         self.user_embedding = tf.keras.layers.Embedding(n_users + 1, dim, embeddings_initializer=_init(init_scale))
+        self.has_user_features = user_features is not None
+        if self.has_user_features:
+            values = user_features.values
+            self.user_feature_values = tf.constant(np.vstack([np.full((1, values.shape[1]), -1, np.int32), values]))
+            self.user_feature_embedding = tf.keras.layers.Embedding(
+                len(user_features.names) + 1, dim, embeddings_initializer=_init(init_scale))
         if candidate_items is None:
             self.history_embedding = tf.keras.layers.Embedding(n_items + 1, dim, embeddings_initializer=_init(init_scale))
         else:
             self.history_items = candidate_items
-        self.project = tf.keras.layers.Dense(dim, use_bias=False,
-                                             kernel_initializer=tf.keras.initializers.Identity())
 
     def call(self, inputs):
         hist = tf.cast(inputs["history"], tf.int32)
@@ -83,7 +92,9 @@ class QueryTower(tf.keras.Model):
         e = h
         if self.use_user_id:
             e = e + self.user_embedding(_shift(inputs["user_idx"]))
-        e = self.project(e)
+        if self.has_user_features:
+            f = tf.gather(self.user_feature_values, _shift(inputs["user_idx"]))
+            e = e + _masked_mean(self.user_feature_embedding(f + 1), f)
         return tf.math.l2_normalize(e, axis=-1) if self.normalize else e
 
 
@@ -107,7 +118,6 @@ class CandidateTower(tf.keras.Model):
             self.genre_embedding = tf.keras.layers.Embedding(features.n_genres + 1, dim, embeddings_initializer=_init(init_scale))
             self.token_embedding = tf.keras.layers.Embedding(features.n_tokens + 1, dim, embeddings_initializer=_init(init_scale))
             self.year_embedding = tf.keras.layers.Embedding(features.n_year_buckets, dim, embeddings_initializer=_init(init_scale))
-        self.project = tf.keras.layers.Dense(dim, use_bias=False, kernel_initializer=tf.keras.initializers.Identity())
 
     def call(self, item_idx):
         row = _shift(item_idx)
@@ -117,5 +127,4 @@ class CandidateTower(tf.keras.Model):
             t = tf.gather(self.tokens, row)
             e = (e + _masked_mean(self.genre_embedding(g + 1), g) + _masked_mean(self.token_embedding(t + 1), t)
                  + self.year_embedding(tf.gather(self.year, row)))
-        e = self.project(e)
         return tf.math.l2_normalize(e, axis=-1) if self.normalize else e

@@ -8,7 +8,6 @@ import tensorflow as tf
 from pipelines import build_dataset
 from recsys import export, metrics, registry, train, trainset
 from recsys.config import from_dict
-from recsys.dataset import Dataset
 from recsys.models.popularity import Popularity
 from recsys.models.retrieval import RetrievalModel, build_towers
 from recsys.scoring import LoadedVersion
