@@ -47,8 +47,9 @@ class LoadedVersion:
             self._query_model = tf.saved_model.load(fsio.join(self.path, "query_model")).signatures["serving_default"]
         return self._query_model
 
-    def history_vectors(self, histories: list[np.ndarray]) -> np.ndarray:
-        """Query vectors for item-index histories (newest first; -1 entries ignored)."""
+    def history_vectors(self, histories: list[np.ndarray], user_idx: np.ndarray | None = None) -> np.ndarray:
+        """Query vectors for item-index histories (newest first; -1 entries ignored). two_tower also
+        takes each row's user (index, -1 unknown): a known user keeps their ID embedding and features."""
         d = self.item_embeddings.shape[1]
         out = np.zeros((len(histories), d), dtype=np.float32)
         if self.model == "two_tower":
@@ -58,8 +59,9 @@ class LoadedVersion:
             for r, h in enumerate(histories):
                 h = [int(x) for x in h if x >= 0][:L]
                 ids[r, :len(h)] = self.items.ids[h]
-            res = self.query_model()(user_id=tf.constant([""] * len(histories)),
-                                     history=tf.constant(ids.astype(str)))
+            users = [""] * len(histories) if user_idx is None else \
+                [self.users.ids[u] if u >= 0 else "" for u in user_idx]
+            res = self.query_model()(user_id=tf.constant(users), history=tf.constant(ids.astype(str)))
             return res["embedding"].numpy().astype(np.float32)
         for r, h in enumerate(histories):
             out[r] = fold_in(self.item_embeddings, np.asarray([x for x in h if x >= 0], dtype=np.int64))
@@ -85,7 +87,8 @@ def query_vectors(lv: LoadedVersion, user_idx: np.ndarray, histories: list[np.nd
     """Vectors and sources for rows of (user index or -1, optional fresh history).
 
     A known user uses the precomputed embedding unless a fresh history is given (then the history path
-    runs on the fresh items); an unknown user with a history uses the history path; else popularity.
+    runs on the fresh items, with the user's ID and features for two_tower); an unknown user with a
+    history uses the history path; else popularity.
     Rows with source POPULARITY get a zero vector (callers use `popularity_scores` for them).
     """
     n = len(user_idx)
@@ -100,6 +103,6 @@ def query_vectors(lv: LoadedVersion, user_idx: np.ndarray, histories: list[np.nd
     sources[known] = PERSONALIZED
     if has_hist.any():
         rows = np.flatnonzero(has_hist)
-        vecs[rows] = lv.history_vectors([histories[r] for r in rows])
+        vecs[rows] = lv.history_vectors([histories[r] for r in rows], user_idx[rows])
         sources[rows] = HISTORY
     return vecs, sources

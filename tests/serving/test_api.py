@@ -56,6 +56,22 @@ def test_history_request_ignores_unknown_items(client, served):
     assert not set(items) & set(body["items"])  # history items count as seen
 
 
+def test_known_user_with_fresh_history_keeps_their_user_embedding(served):
+    """two_tower: the query tower gets the user's ID with the fresh items, as in training."""
+    import tensorflow as tf
+    engine = Engine.load(served["root"], served["versions"]["two_tower"])
+    user, items = known_user(served), [str(x) for x in served["trainset"].item_ids[:3]]
+    qm = engine.lv.query_model()
+    hist = tf.constant([items + [""] * (engine.lv.history_length - 3)])
+    with_user = qm(user_id=tf.constant([user]), history=hist)["embedding"].numpy()[0]
+    anonymous = qm(user_id=tf.constant([""]), history=hist)["embedding"].numpy()[0]
+    assert not np.allclose(with_user, anonymous)
+    got = engine.recommend_for_history(items, user_id=user, k=5, exclude_seen=False)
+    assert got.source == "history"
+    want = engine.lv.items.ids[np.argsort(-(engine.lv.item_embeddings @ with_user))[:5]]
+    assert got.items == want.tolist()
+
+
 def test_filters_still_return_k_items(client, served):
     user = known_user(served)
     r = client.get(f"/v1/users/{user}/recommendations", params={"k": 20, "include": "genre:g3"})
