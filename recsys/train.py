@@ -33,6 +33,7 @@ class Trained:
     examples_per_second: float = 0.0
     best_epoch: int = 0
     warm_started: dict = field(default_factory=dict)
+    row_names: dict = field(default_factory=dict)   # token-keyed table kind -> row strings (train._row_names)
 
     def query_embeddings(self, user_idx: np.ndarray, history: np.ndarray, batch: int = 8192) -> np.ndarray:
         out = []
@@ -68,11 +69,13 @@ def evaluate_trained(tr: Trained, ev: EvalSet, ks, item_counts: np.ndarray) -> m
                             np.arange(len(ev.user_ids)), ev.relevant, ev.exclude, ks, item_counts)
 
 
-# Layers saved in weights.npz and warm-started. Not the user-feature table: its token vocabulary is
-# rebuilt from each dataset's users.parquet, so its rows do not carry over by position.
+# Layers saved in weights.npz and warm-started. Rows of ID tables carry over by ID string, rows of
+# feature tables by token (genre, title token, user feature), the year buckets and anything else only
+# when the shape is unchanged.
 _LAYERS = ("user_embedding", "history_embedding", "item_embedding", "genre_embedding", "token_embedding",
-           "year_embedding")
-_ROWS_BY = {"user_embedding": "user", "history_embedding": "item", "item_embedding": "item"}
+           "year_embedding", "user_feature_embedding")
+_ROWS_BY = {"user_embedding": "user", "history_embedding": "item", "item_embedding": "item",
+            "genre_embedding": "genre", "token_embedding": "token", "user_feature_embedding": "user_feature"}
 
 
 def _named_layers(query_tower, candidate_tower):
@@ -83,12 +86,22 @@ def _named_layers(query_tower, candidate_tower):
                 yield f"{side}.{attr}", attr, getattr(tower, attr)
 
 
+def _row_names(ts: TrainSet) -> dict:
+    """Kind -> the string each table row (after the pad row 0) stands for, for the token-keyed tables."""
+    out = {"user": ts.user_ids, "item": ts.item_ids}
+    if ts.item_features is not None and ts.item_features.genre_names is not None:
+        out["genre"], out["token"] = ts.item_features.genre_names, ts.item_features.token_names
+    if ts.user_features is not None:
+        out["user_feature"] = ts.user_features.names
+    return out
+
+
 def _warm_start(model: RetrievalModel, ts: TrainSet, previous) -> dict:
-    """Copy rows of carried-over IDs from a previous version's weights (matched by ID string)."""
+    """Copy rows of carried-over IDs and feature tokens from a previous version's weights."""
     if previous is None:
         return {}
     prev_users, prev_items, weights = previous
-    maps = {"user": _row_map(ts.user_ids, prev_users), "item": _row_map(ts.item_ids, prev_items)}
+    names = _row_names(ts)
     copied = {}
     for name, attr, layer in _named_layers(model.query_tower, model.candidate_tower):
         if name not in weights:
@@ -100,10 +113,11 @@ def _warm_start(model: RetrievalModel, ts: TrainSet, previous) -> dict:
             if old.shape == value.shape:
                 layer.set_weights([old])
             continue
-        new_rows, old_rows = maps[kind]
-        if old.shape[1] != value.shape[1]:
-            continue  # dimension changed: nothing carries over
-        value[0] = old[0]  # out-of-vocabulary row
+        old_names = {"user": prev_users, "item": prev_items}.get(kind, weights.get(f"{name}:names"))
+        if old_names is None or kind not in names or old.shape[1] != value.shape[1]:
+            continue  # no names to match rows by, or the dimension changed: nothing carries over
+        new_rows, old_rows = _row_map(names[kind], old_names)
+        value[0] = old[0]  # out-of-vocabulary / padding row
         value[new_rows + 1] = old[old_rows + 1]
         layer.set_weights([value])
         copied[name] = int(len(new_rows))
@@ -166,7 +180,7 @@ def fit(ts: TrainSet, model_name: str, mc: ModelConfig, ks=(10, 20, 50), previou
     key = f"recall@{mc.eval_k}"
     ks = sorted(set(ks) | {mc.eval_k})
     best, best_epoch, best_weights, bad_epochs = -np.inf, 0, None, 0
-    tr = Trained(model_name, qt, ct, None, pop)
+    tr = Trained(model_name, qt, ct, None, pop, row_names=_row_names(ts))
     t_start, t_train = time.time(), 0.0
     use_history = model_name == "two_tower"
     for epoch in range(1, mc.epochs + 1):
@@ -216,5 +230,11 @@ def fit(ts: TrainSet, model_name: str, mc: ModelConfig, ks=(10, 20, 50), previou
 
 
 def tower_weights(tr: Trained) -> dict:
-    """{stable layer name: array} of both towers (what a later version warm-starts from)."""
-    return {name: layer.get_weights()[0] for name, _, layer in _named_layers(tr.query_tower, tr.candidate_tower)}
+    """{stable layer name: array} of both towers, plus '<name>:names' (the token of each row) for the
+    feature tables: what a later version warm-starts from."""
+    out = {name: layer.get_weights()[0] for name, _, layer in _named_layers(tr.query_tower, tr.candidate_tower)}
+    for name, attr, _ in _named_layers(tr.query_tower, tr.candidate_tower):
+        kind = _ROWS_BY.get(attr)
+        if kind not in (None, "user", "item") and kind in tr.row_names:
+            out[f"{name}:names"] = np.asarray(tr.row_names[kind], dtype=str)
+    return out

@@ -29,6 +29,8 @@ class ItemFeatures:
     n_genres: int
     n_tokens: int
     n_year_buckets: int
+    genre_names: np.ndarray | None = None   # genre / token string per index (warm start matches by name)
+    token_names: np.ndarray | None = None
 
 
 @dataclass
@@ -144,7 +146,8 @@ def item_features_from_frame(feats: pd.DataFrame, n_items: int, max_tokens: int 
     y[feats["item_idx"].to_numpy()] = feats["year"].to_numpy()
     # 5-year buckets from 1900; bucket 0 = unknown year
     year = np.where(y > 0, np.clip((y - 1900) // 5 + 1, 1, 40), 0).astype(np.int32)
-    return ItemFeatures(genres, tokens, year, max(1, len(genre_index)), max(1, len(token_index)), 41)
+    return ItemFeatures(genres, tokens, year, max(1, len(genre_index)), max(1, len(token_index)), 41,
+                        np.asarray(list(genre_index), dtype=str), np.asarray(list(token_index), dtype=str))
 
 
 def _eval_set(df: pd.DataFrame, seen: pd.DataFrame, users, items_n: int, history_len: int) -> EvalSet:

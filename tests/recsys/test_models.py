@@ -173,3 +173,42 @@ def test_fused_loss_equals_the_tfrs_retrieval_task(logq, hits, extra, weighted):
     assert l1 == pytest.approx(l0, rel=1e-5)
     for a, c in zip(g0, g1):
         np.testing.assert_allclose(c, a, rtol=1e-3, atol=1e-6)
+
+
+def _featured_trainset(token_names, genre_names, user_ids, item_ids):
+    """A tiny two_tower TrainSet whose feature tables are keyed by the given token/genre lists."""
+    rng = np.random.default_rng(0)
+    n_users, n_items = len(user_ids), len(item_ids)
+    u = np.repeat(np.arange(n_users), 4)
+    i = rng.integers(0, n_items, len(u))
+    feats = trainset.ItemFeatures(
+        np.tile(np.arange(len(genre_names), dtype=np.int32)[:1], (n_items, 1)),
+        np.tile(np.arange(len(token_names), dtype=np.int32), (n_items, 1)),
+        np.ones(n_items, np.int32), len(genre_names), len(token_names), 41,
+        np.asarray(genre_names, dtype=str), np.asarray(token_names, dtype=str))
+    users = trainset.UserFeatures(np.zeros((n_users, 1), np.int32), np.asarray(["plan=basic"], dtype=object))
+    return trainset.TrainSet(u, i, np.ones(len(u), np.float32), trainset.history_windows(u, i, 3), n_users, n_items,
+                             np.asarray(user_ids, dtype=object), np.asarray(item_ids, dtype=object), feats, users)
+
+
+def test_warm_start_matches_feature_rows_by_token_not_position():
+    cfg = from_dict({"model": {**MODEL, "epochs": 1, "history_length": 3}})
+    ts1 = _featured_trainset(["comedy", "war"], ["drama"], ["a", "b"], ["x", "y", "z"])
+    tr1 = train.fit(ts1, "two_tower", cfg.model, (20,), progress=lambda *_: None)
+    old = train.tower_weights(tr1)
+    assert old["candidate.token_embedding:names"].tolist() == ["comedy", "war"]
+    # the next dataset adds a token that sorts first: every old token moves down one index
+    ts2 = _featured_trainset(["action", "comedy", "war"], ["drama", "noir"], ["a", "b", "c"], ["x", "y", "z", "w"])
+    mc = copy.deepcopy(cfg.model)
+    mc.learning_rate = 1e-9
+    tr2 = train.fit(ts2, "two_tower", mc, (20,), previous=(ts1.user_ids, ts1.item_ids, old), progress=lambda *_: None)
+    new = train.tower_weights(tr2)
+    assert tr2.warm_started["candidate.token_embedding"] == 2 and tr2.warm_started["candidate.genre_embedding"] == 1
+    np.testing.assert_allclose(new["candidate.token_embedding"][2:4], old["candidate.token_embedding"][1:3], atol=1e-6)
+    assert not np.allclose(new["candidate.token_embedding"][1], old["candidate.token_embedding"][1])  # "action": fresh
+    np.testing.assert_allclose(new["candidate.genre_embedding"][1], old["candidate.genre_embedding"][1], atol=1e-6)
+    np.testing.assert_allclose(new["query.user_feature_embedding"][1], old["query.user_feature_embedding"][1], atol=1e-6)
+    # a previous version without names (written before they were saved) copies no feature rows
+    legacy = {k: v for k, v in old.items() if not k.endswith(":names")}
+    tr3 = train.fit(ts2, "two_tower", mc, (20,), previous=(ts1.user_ids, ts1.item_ids, legacy), progress=lambda *_: None)
+    assert "candidate.token_embedding" not in tr3.warm_started and "candidate.item_embedding" in tr3.warm_started
