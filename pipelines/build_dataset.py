@@ -550,19 +550,20 @@ class FinalizeFn(beam.DoFn):
         sink = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(feats, preserve_index=False), sink, compression="zstd")
         fsio.write_bytes(fsio.join(self.out_dir, "items.parquet"), sink.getvalue())
-        user_rows, user_rejected = self._user_metadata(users)
+        user_stats = self._user_metadata(users)
         stats = self._stats(c, split_rows, users, items, result["cuts"], len(meta), meta_rejected)
-        if self.cfg.source.users_format != "none":
-            stats["users_metadata"] = {"rows": user_rows, "rejected": user_rejected}
+        if user_stats is not None:
+            stats["users_metadata"] = user_stats
         # stats.json last: its presence marks the dataset complete (what Dataset.open checks).
         fsio.write_bytes(fsio.join(self.out_dir, "stats.json"), json.dumps(stats, indent=2, sort_keys=True).encode())
         yield stats
 
-    def _user_metadata(self, users: Vocabulary) -> tuple[int, int]:
+    def _user_metadata(self, users: Vocabulary) -> dict | None:
         """users.parquet (user, user_idx or -1 for users without interactions here, features) from
-        source.users_path; bad rows to rejected/users.jsonl. Returns (rows written, rows rejected)."""
+        source.users_path; bad rows to rejected/users.jsonl. Returns counts for stats.json (rows
+        written, rows rejected, rows matched to a user of the vocabulary)."""
         if self.cfg.source.users_format == "none":
-            return 0, 0
+            return None
         frames, rejected = [], []
         for p in fsio.match(self.cfg.resolve(self.cfg.source.users_path)):
             meta, rej = user_meta.read_users(p, self.cfg)
@@ -575,13 +576,14 @@ class FinalizeFn(beam.DoFn):
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rej.to_dict("records"))
             fsio.write_bytes(fsio.join(self.out_dir, "rejected", "users.jsonl"), text.encode("utf-8"))
         meta = pd.concat(frames, ignore_index=True).drop_duplicates("user", keep="last")
+        user_idx = users.lookup(meta["user"]).astype(np.int32)
         table = pa.table({"user": pa.array(meta["user"], pa.string()),
-                          "user_idx": pa.array(users.lookup(meta["user"]).astype(np.int32)),
+                          "user_idx": pa.array(user_idx),
                           "features": pa.array(meta["features"].tolist(), pa.list_(pa.string()))})
         sink = io.BytesIO()
         pq.write_table(table, sink, compression="zstd")
         fsio.write_bytes(fsio.join(self.out_dir, "users.parquet"), sink.getvalue())
-        return len(meta), len(rej)
+        return {"rows": len(meta), "rejected": len(rej), "matched": int((user_idx >= 0).sum())}
 
     def _item_metadata(self):
         path = self.cfg.resolve(self.cfg.source.items_path)

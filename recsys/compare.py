@@ -87,8 +87,9 @@ def segments(res_a: dict, res_b: dict, k: int, primary: str) -> list[dict]:
         # equal-sized thirds by activity rank (quantile cuts collapse when many users have no history)
         third = np.argsort(np.argsort(activity, kind="stable"), kind="stable") * 3 // len(users)
         for name, mask in (("light users", third == 0), ("medium users", third == 1),
-                           ("heavy users", third == 2), ("new users", es.user_idx[users] < 0),
-                           ("returning users", es.user_idx[users] >= 0)):
+                           ("heavy users", third == 2),
+                           # relative to the dataset's train split, so both versions are cut alike
+                           ("new users", es.user_idx[users] < 0), ("returning users", es.user_idx[users] >= 0)):
             out.append({"segment": name, **paired_stats(a_vals[mask], b_vals[mask], n_boot=500, n_perm=1000)})
     # head = the most popular items that make up half of training interactions; tail = the rest
     order = np.argsort(-counts)

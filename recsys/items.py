@@ -7,11 +7,13 @@ import json
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from recsys import fsio, ingest
 from recsys.config import Config
+from recsys.errors import DataError
 
 ITEM_COLUMNS = ["item", "title", "year", "genres"]
 _YEAR_RE = r"\((\d{4})\)\s*$"
@@ -67,18 +69,31 @@ def read_columns(path: str, fmt: str, delimiter: str = ","):
     `_line` (1-based line or row number). Returns (frame, rejected rows, line-number -> text lookup or
     None for Parquet)."""
     data = fsio.read_bytes(path)
-    if fmt == "parquet":
-        raw = pq.read_table(pa.BufferReader(data)).to_pandas()
-        raw["_line"] = np.arange(1, len(raw) + 1)
-        return raw, ingest.empty_rejected(), None
-    if fmt == "jsonl":
-        raw, rejected = _jsonl_columns(data, path)
-        return raw, rejected, ingest.line_text_lookup(data, 1)
-    first_nl = data.find(b"\n")
-    header, body = data[:first_nl], data[first_nl + 1:]
-    layout = ingest.Layout("delimited", delimiter, True, None, {})
-    raw, rejected = _raw_columns(body, 2, ingest.header_names(header, layout), delimiter, path)
-    return raw, rejected, ingest.line_text_lookup(body, 2)
+    try:
+        if fmt == "parquet":
+            table = pq.read_table(pa.BufferReader(data))
+            # integer columns as strings before pandas, where a null would turn 7 into "7.0"
+            table = pa.table({n: pc.cast(c, pa.string()) if pa.types.is_integer(c.type) else c
+                              for n, c in zip(table.column_names, table.columns)})
+            raw = table.to_pandas()
+            raw["_line"] = np.arange(1, len(raw) + 1)
+            return raw, ingest.empty_rejected(), None
+        if fmt == "jsonl":
+            raw, rejected = _jsonl_columns(data, path)
+            return raw, rejected, ingest.line_text_lookup(data, 1)
+        first_nl = data.find(b"\n")
+        header, body = (data, b"") if first_nl < 0 else (data[:first_nl], data[first_nl + 1:])
+        if not header.strip():
+            raise DataError(f"{path}: empty file, expected a header line")
+        names = ingest.header_names(header, ingest.Layout("delimited", delimiter, True, None, {}))
+        if not body.strip():
+            return pd.DataFrame({n: pd.Series(dtype=object) for n in names} | {"_line": pd.Series(dtype=np.int64)}), \
+                ingest.empty_rejected(), None
+        raw, rejected = _raw_columns(body, 2, names, delimiter, path)
+        return raw, rejected, ingest.line_text_lookup(body, 2)
+    except (pa.ArrowException, UnicodeDecodeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: cannot read as {fmt}: {msg}") from None
 
 
 def _raw_columns(body, first, names, delimiter, path):
@@ -114,6 +129,7 @@ def _jsonl_columns(body, path):
             recs.append(r), goods.append(no)
         except ValueError:
             bad_no.append(no), bad_raw.append(ln.decode("utf-8", "backslashreplace"))
-    raw = pd.DataFrame(recs)
+    # object columns keep each value as parsed: 7 stays 7 (then "7"), not 7.0 next to a missing value
+    raw = pd.DataFrame(recs, dtype=object)
     raw["_line"] = np.asarray(goods, dtype=np.int64)
     return raw, ingest.rejected_frame(path, bad_no, ingest.UNPARSEABLE, bad_raw)

@@ -138,10 +138,12 @@ def _row_map(new_ids: np.ndarray, old_ids: np.ndarray):
 
 
 def fit(ts: TrainSet, model_name: str, mc: ModelConfig, ks=(10, 20, 50), previous=None, progress=print,
-        max_seconds: float | None = None) -> Trained:
+        max_seconds: float | None = None, stop_after: int | None = None) -> Trained:
     """Train `two_tower` or `mf` on `ts`; early-stops on validation recall@eval_k when there is one.
 
     `previous`: (user ids, item ids, {variable name: array}) of a previous version to warm-start from.
+    `stop_after`: run exactly this many of the `mc.epochs` epochs and keep the last weights (the refit:
+    no early stopping, and a cosine schedule follows the same path as in the fit that chose the count).
     """
     tf.keras.utils.set_random_seed(mc.seed)
     pop = Popularity(ts.n_items).fit(ts.item_idx)
@@ -183,7 +185,8 @@ def fit(ts: TrainSet, model_name: str, mc: ModelConfig, ks=(10, 20, 50), previou
     tr = Trained(model_name, qt, ct, None, pop, row_names=_row_names(ts))
     t_start, t_train = time.time(), 0.0
     use_history = model_name == "two_tower"
-    for epoch in range(1, mc.epochs + 1):
+    last_epoch = min(mc.epochs, stop_after) if stop_after else mc.epochs
+    for epoch in range(1, last_epoch + 1):
         t0 = time.time()
         perm = rng.permutation(n)
         losses = []
@@ -208,7 +211,9 @@ def fit(ts: TrainSet, model_name: str, mc: ModelConfig, ks=(10, 20, 50), previou
         progress(f"epoch {epoch:3d}  loss {loss:.4f}  "
                  + "  ".join(f"{k} {v:.4f}" for k, v in line.items() if k.startswith("val_") and f"@{mc.eval_k}" in k)
                  + f"  {line['examples_per_second']:,.0f} ex/s  elapsed {time.time() - t_start:.0f}s")
-        if score > best:
+        if stop_after:
+            best_epoch = epoch
+        elif score > best:
             best, best_epoch, bad_epochs = score, epoch, 0
             best_weights = [v.numpy() for v in model.variables]
         else:

@@ -1,7 +1,6 @@
 """`recsys train`: dataset -> trained model version (with warm start from an earlier version)."""
 from __future__ import annotations
 
-import dataclasses
 
 from recsys import registry, trainset
 from recsys.config import Config
@@ -58,25 +57,32 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
     if prev_version:
         users, items = registry.load_vocabs(root, prev_version)
         previous = (users.ids, items.ids, registry.load_weights(root, prev_version))
+    # A refit version has trained on rows that can sit in today's validation split (the days before its
+    # test cut; an inactive user's leave-last-N row). Starting the epoch-choosing fit from it would
+    # leak them into the choice, so that fit starts cold; the refit itself warm-starts.
+    select_from = None if (prev_version and "refit" in registry.read_manifest(root, prev_version)) else previous
     ks = tuple(cfg.evaluation.ks)
-    tr = train.fit(ts, model_name, cfg.model, ks, previous, progress)
+    tr = train.fit(ts, model_name, cfg.model, ks, select_from, progress)
     val = {}
     if "validation" in ts.evals:
         val = train.evaluate_trained(tr, ts.evals["validation"], ks, ts.item_counts).summary()
     extra = {"warm_started_from": prev_version, "validation_metrics": val}
-    best_epoch, seconds = tr.best_epoch, tr.train_seconds
     if refit:
+        best_epoch = tr.best_epoch
+        extra["selection"] = {"best_epoch": best_epoch, "seconds": round(tr.train_seconds, 1), "epochs": tr.history,
+                              "warm_started": select_from is not None}
         full = train_plus_validation()
         progress(f"train {model_name}: refit on train + validation ({len(full.user_idx)} interactions, "
                  f"{full.n_users} users) for the {best_epoch} epochs validation chose")
-        mc = dataclasses.replace(cfg.model, epochs=best_epoch, patience=best_epoch)
-        tr = train.fit(full, model_name, mc, ks, previous, progress)
-        extra["refit"] = {"epochs": best_epoch, "interactions": int(len(full.user_idx)),
+        tr = train.fit(full, model_name, cfg.model, ks, previous, progress, stop_after=best_epoch)
+        extra["refit"] = {"epochs": tr.best_epoch, "interactions": int(len(full.user_idx)),
                           "users": int(full.n_users), "seconds": round(tr.train_seconds, 1)}
-        tr.best_epoch, tr.train_seconds, ts = best_epoch, seconds + tr.train_seconds, full
+        tr.train_seconds += extra["selection"]["seconds"]
+        ts = full
     version = export.save_version(tr, ts, cfg, model_name, root, dataset.path, extra=extra)
     progress(f"train {model_name}: wrote version {version} in {tr.train_seconds:.0f}s "
-             f"({tr.examples_per_second:,.0f} examples/s, best epoch {best_epoch}"
+             f"({tr.examples_per_second:,.0f} examples/s, best epoch "
+             f"{extra['selection']['best_epoch'] if refit else tr.best_epoch}"
              + (f", validation recall@{cfg.model.eval_k} {val.get(f'recall@{cfg.model.eval_k}', float('nan')):.4f}" if val else "")
              + (", refit on train + validation" if refit else "")
              + (f", warm-started from {prev_version}" if prev_version else "") + ")")

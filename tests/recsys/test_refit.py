@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from pipelines import build_dataset
 from recsys import evaluate, metrics, registry, trainset
 from recsys.config import from_dict
+from recsys.errors import DataError
 from recsys.scoring import LoadedVersion
 from recsys.synthetic import clustered_interactions
 from recsys.training_job import train_version
@@ -77,7 +78,12 @@ def test_refit_version_knows_validation_users_and_keeps_the_chosen_epochs(tempor
     root = cfg.resolve(cfg.artifacts.root)
     v = train_version(cfg, model, ds.id, warm_start="none", progress=lambda *_: None)
     m = registry.read_manifest(root, v)
-    assert m["refit"]["epochs"] == m["training"]["best_epoch"] >= 1
+    chosen = m["selection"]["best_epoch"]
+    assert 1 <= chosen <= len(m["selection"]["epochs"])                       # early stopping ran on validation
+    assert all("val_recall@20" in e for e in m["selection"]["epochs"])
+    # the refit ran exactly the chosen epochs on train + validation, with no validation to look at
+    assert m["refit"]["epochs"] == m["training"]["best_epoch"] == len(m["training"]["epochs"]) == chosen
+    assert not any("val_recall@20" in e for e in m["training"]["epochs"])
     assert m["refit"]["interactions"] == ds.stats["splits"]["train"]["interactions"] + \
         ds.stats["splits"]["validation"]["interactions"]
     assert m["validation_metrics"]["recall@20"] > 0          # measured before the refit saw validation
@@ -92,6 +98,14 @@ def test_refit_version_knows_validation_users_and_keeps_the_chosen_epochs(tempor
     assert set(items) <= seen
     res = evaluate.evaluate_version(root, v, "test", ds.id, (20,))
     assert res["sources"].get("history", 0) == 0              # late users are served as known users
+    with pytest.raises(DataError, match="refit"):             # it trained on validation: no such numbers
+        evaluate.evaluate_version(root, v, "validation", ds.id, (20,))
+    # the next version warm-starts its refit from this one, but chooses its epochs from a cold start
+    # (this version has trained on rows that can be in the next validation split)
+    v_next = train_version(cfg, model, ds.id, warm_start=v, progress=lambda *_: None)
+    m_next = registry.read_manifest(root, v_next)
+    assert m_next["warm_started_from"] == v and m_next["selection"]["warm_started"] is False
+    assert m_next["training"]["warm_started_rows"]
     assert res["model_metrics"]["recall@20"] > 1.3 * res["popularity_metrics"]["recall@20"]
 
     no_refit = make_config(tmp, cfg.source.path, refit=False)

@@ -9,6 +9,7 @@ import tensorflow as tf
 from pipelines import build_dataset
 from recsys import export, metrics, train, trainset
 from recsys.config import from_dict
+from recsys.errors import DataError
 from recsys.models.popularity import Popularity
 from recsys.models.retrieval import build_towers
 from recsys.scoring import LoadedVersion
@@ -44,6 +45,42 @@ def test_csv_users_with_bad_rows_go_to_dead_letters(tmp_path):
     assert rejected.loc[rejected["line"] == 3, "raw"].item() == ",M,30,de"
 
 
+def test_numeric_ids_with_gaps_stay_integers(tmp_path):
+    """A missing value must not turn the other rows' integer IDs and values into '7.0'."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    (tmp_path / "users.jsonl").write_text('{"uid": 7, "age": 30}\n{"age": 41}\n{"uid": 8}\nnot json\n')
+    cfg = config(tmp_path, str(tmp_path / "users.jsonl"), "jsonl", ["age"])
+    users, rejected = read_users(str(tmp_path / "users.jsonl"), cfg)
+    assert dict(zip(users["user"], users["features"])) == {"7": ["age=30"], "8": []}
+    assert sorted(zip(rejected["line"], rejected["reason"])) == [(2, "missing_user_id"), (4, "unparseable")]
+    pq.write_table(pa.table({"uid": pa.array([7, None, 8], pa.int64()), "age": pa.array([30, 41, None], pa.int64())}),
+                   tmp_path / "users.parquet")
+    cfg = config(tmp_path, str(tmp_path / "users.parquet"), "parquet", ["age"])
+    users, rejected = read_users(str(tmp_path / "users.parquet"), cfg)
+    assert dict(zip(users["user"], users["features"])) == {"7": ["age=30"], "8": []}
+    assert rejected["reason"].tolist() == ["missing_user_id"]
+
+
+@pytest.mark.parametrize("content", [b"", b"uid,gender", b"uid,gender\n"])
+def test_empty_or_header_only_users_file(tmp_path, content):
+    (tmp_path / "users.csv").write_bytes(content)
+    cfg = config(tmp_path, str(tmp_path / "users.csv"), "csv", ["gender"])
+    if not content:
+        with pytest.raises(DataError, match="empty file"):
+            read_users(str(tmp_path / "users.csv"), cfg)
+        return
+    users, rejected = read_users(str(tmp_path / "users.csv"), cfg)
+    assert len(users) == 0 and len(rejected) == 0
+
+
+def test_corrupt_parquet_users_file_is_one_line_error(tmp_path):
+    (tmp_path / "users.parquet").write_bytes(b"PAR1 not really parquet")
+    cfg = config(tmp_path, str(tmp_path / "users.parquet"), "parquet", ["gender"])
+    with pytest.raises(DataError, match="cannot read as parquet"):
+        read_users(str(tmp_path / "users.parquet"), cfg)
+
+
 def test_movielens_users_dat(tmp_path):
     (tmp_path / "users.dat").write_bytes("1::F::1::10::48067\n2::M::56::16::70072\nbroken line\n3::M::25::15::55117\n".encode("latin-1"))
     cfg = config(tmp_path, str(tmp_path / "users.dat"), "movielens_users")
@@ -71,7 +108,9 @@ def sparse_users(tmp_path_factory):
 def test_dataset_writes_users_parquet_and_rejected_rows(sparse_users):
     tmp, cfg, ds, ts = sparse_users
     frame = ds.user_features()
-    assert len(frame) == 401 and ds.stats["users_metadata"] == {"rows": 401, "rejected": 1}
+    # every user the k-core kept has a row; "nobody" and any user the filters dropped do not match
+    assert len(frame) == 401 and ds.stats["users_metadata"] == {"rows": 401, "rejected": 1,
+                                                                 "matched": len(ds.users)}
     assert frame.loc[frame["user"] == "nobody", "user_idx"].item() == -1      # no interactions: kept, unindexed
     row = frame[frame["user"] == "u5"].iloc[0]
     assert ds.users.lookup(["u5"])[0] == row["user_idx"] and list(row["features"])[1] == "plan=basic"
