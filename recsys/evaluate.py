@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 
 from recsys import fsio, metrics, registry
 from recsys.dataset import Dataset
 from recsys.errors import DataError
+from recsys.models.popularity import Popularity
 from recsys.scoring import POPULARITY, LoadedVersion, query_vectors
 from recsys.trainset import EvalSet, eval_sets
 
@@ -57,12 +59,17 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
         raise DataError(f"--split={split!r}: dataset {dataset.id} has no such non-empty split "
                         f"(available: {', '.join(evals) or 'none'})")
     ev = evals[split]
-    count = lambda s: np.bincount(dataset.read(s, ["item_idx"])["item_idx"].to_numpy(),
-                                  minlength=len(dataset.items)).astype(np.float64)
-    train_counts = count("train")
+    n_items = len(dataset.items)
+    train_rows = dataset.read("train", ["item_idx", "timestamp"])
+    train_counts = np.bincount(train_rows["item_idx"].to_numpy(), minlength=n_items).astype(np.float64)
     # The baseline knows what a popularity model published at the split's cut would: for test, train
-    # and validation (the same counts a refit version falls back on).
-    known_counts = train_counts + count("validation") if split == "test" else train_counts
+    # and validation (the same rows a refit version falls back on), within the version's configured
+    # recent window (model.popularity_window_days).
+    known = (pd.concat([train_rows, dataset.read("validation", ["item_idx", "timestamp"])], ignore_index=True)
+             if split == "test" else train_rows)
+    window_days = int((lv.manifest.get("config") or {}).get("model", {}).get("popularity_window_days") or 0)
+    known_counts = Popularity(n_items).fit(known["item_idx"].to_numpy(), known["timestamp"].to_numpy(np.int64),
+                                           window_days * 86400).counts
     rows = np.arange(len(ev.user_ids))
     score, sources = version_scorer(lv, ev, dataset.items.ids)
     model_ev = metrics.evaluate(score, rows, ev.relevant, ev.exclude, ks, train_counts)

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from recsys import fsio, registry
 from recsys.config import Config, is_url
-from recsys.models.popularity import Popularity
+from recsys.models.popularity import fit_popularity
 from recsys.train import Trained, tower_weights
 from recsys.trainset import TrainSet, last_items
 from recsys.vocab import Vocabulary
@@ -85,7 +85,7 @@ def save_version(tr: Trained | None, ts: TrainSet, cfg: Config, model_name: str,
     with registry.VersionWriter(root, version) as w:
         Vocabulary(ts.user_ids).save(w.file("users.txt"))
         Vocabulary(ts.item_ids).save(w.file("items.txt"))
-        pop = tr.popularity if tr is not None else Popularity(ts.n_items).fit(ts.item_idx)
+        pop = tr.popularity if tr is not None else fit_popularity(ts, cfg.model.popularity_window_days)
         registry.save_npy(w.file("popularity.npy"), pop.counts.astype(np.int64))
         registry.save_npz_csr(w.file("seen.npz"), seen_items(ts, dataset_path))
         if dataset_path and fsio.exists(fsio.join(dataset_path, "items.parquet")):

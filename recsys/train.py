@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from recsys import metrics
 from recsys.config import ModelConfig
-from recsys.models.popularity import Popularity
+from recsys.models.popularity import Popularity, fit_popularity
 from recsys.optim import LazyAdam
 from recsys.models.retrieval import RetrievalModel, build_towers
 from recsys.trainset import EvalSet, TrainSet
@@ -146,7 +146,7 @@ def fit(ts: TrainSet, model_name: str, mc: ModelConfig, ks=(10, 20, 50), previou
     no early stopping, and a cosine schedule follows the same path as in the fit that chose the count).
     """
     tf.keras.utils.set_random_seed(mc.seed)
-    pop = Popularity(ts.n_items).fit(ts.item_idx)
+    pop = fit_popularity(ts, mc.popularity_window_days)
     qt, ct = build_towers(model_name, ts.n_users, ts.n_items, mc.dim, mc.normalize, ts.item_features,
                           mc.use_item_features, mc.history_items,
                           ts.user_features if mc.use_user_features else None)

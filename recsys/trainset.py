@@ -83,6 +83,7 @@ class TrainSet:
     evals: dict = field(default_factory=dict)   # split name -> EvalSet
     dataset_id: str = ""
     includes_validation: bool = False           # the validation split is part of the training rows
+    timestamp: np.ndarray | None = None         # per row (epoch seconds); None for data without time
 
     def __post_init__(self):
         if self.item_counts is None:
@@ -207,7 +208,7 @@ def from_dataset(dataset: Dataset, history_len: int = 20, include_validation: bo
     ts = TrainSet(u, i, train["weight"].to_numpy(np.float32), history_windows(u, i, history_len),
                   n_users, n_items, users.ids, dataset.items.ids, feats,
                   user_features_from_frame(dataset.user_features(), users), dataset_id=dataset.id,
-                  includes_validation=include_validation)
+                  includes_validation=include_validation, timestamp=train["timestamp"].to_numpy(np.int64))
     if include_validation:
         test = dataset.read("test", _COLS)
         if len(test):

@@ -4,6 +4,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def fit_popularity(ts, window_days: int = 0) -> "Popularity":
+    """Popularity over a TrainSet's rows, or only those of the last `window_days` before its newest row
+    (`model.popularity_window_days`; data without timestamps counts everything)."""
+    return Popularity(ts.n_items).fit(ts.item_idx, ts.timestamp, int(window_days) * 86400)
+
+
 class Popularity:
     """Scores every item by its interaction count (optionally only the most recent `window` rows)."""
 
