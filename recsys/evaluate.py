@@ -51,8 +51,9 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
     """Metrics of `version` and of the dataset's popularity baseline; per-user arrays included."""
     lv = lv or LoadedVersion(root, version)
     if split != "test" and "refit" in lv.manifest:
+        before = "" if lv.model == "popularity" else " (validation_metrics in its manifest.json are from before the refit)"
         raise DataError(f"--split={split!r}: version {lv.version} was refit on train + validation, so only "
-                        f"test measures it (its validation metrics from before the refit are in manifest.json)")
+                        f"test measures it{before}")
     dataset = Dataset.open(root, dataset_id or lv.manifest.get("dataset_id"))
     evals = eval_sets(dataset, lv.history_length)
     if split not in evals:
