@@ -564,18 +564,7 @@ class FinalizeFn(beam.DoFn):
         written, rows rejected, rows matched to a user of the vocabulary)."""
         if self.cfg.source.users_format == "none":
             return None
-        frames, rejected = [], []
-        for p in fsio.match(self.cfg.resolve(self.cfg.source.users_path)):
-            meta, rej = user_meta.read_users(p, self.cfg)
-            frames.append(meta)
-            rejected.append(rej)
-        if not frames:
-            raise DataError(f"source.users_path={self.cfg.source.users_path!r} matches no file")
-        rej = pd.concat(rejected, ignore_index=True)
-        if len(rej):
-            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rej.to_dict("records"))
-            fsio.write_bytes(fsio.join(self.out_dir, "rejected", "users.jsonl"), text.encode("utf-8"))
-        meta = pd.concat(frames, ignore_index=True).drop_duplicates("user", keep="last")
+        meta, n_rejected = self._read_metadata("users_path", user_meta.read_users, "user")
         user_idx = users.lookup(meta["user"]).astype(np.int32)
         table = pa.table({"user": pa.array(meta["user"], pa.string()),
                           "user_idx": pa.array(user_idx),
@@ -583,24 +572,29 @@ class FinalizeFn(beam.DoFn):
         sink = io.BytesIO()
         pq.write_table(table, sink, compression="zstd")
         fsio.write_bytes(fsio.join(self.out_dir, "users.parquet"), sink.getvalue())
-        return {"rows": len(meta), "rejected": len(rej), "matched": int((user_idx >= 0).sum())}
+        return {"rows": len(meta), "rejected": n_rejected, "matched": int((user_idx >= 0).sum())}
 
     def _item_metadata(self):
-        path = self.cfg.resolve(self.cfg.source.items_path)
-        if self.cfg.source.items_format == "none" or not path:
+        if self.cfg.source.items_format == "none" or not self.cfg.source.items_path:
             return item_meta.empty_items(), 0
+        return self._read_metadata("items_path", item_meta.read_items, "item")
+
+    def _read_metadata(self, path_key: str, read, id_column: str):
+        """Every file matching source.<path_key>, read with `read(path, cfg)` -> (rows, rejected); bad
+        rows to rejected/<id_column>s.jsonl. Returns (rows, the last row per ID winning; rejected count)."""
+        pattern = getattr(self.cfg.source, path_key)
         frames, rejected = [], []
-        for p in fsio.match(path):
-            meta, rej = item_meta.read_items(p, self.cfg)
+        for p in fsio.match(self.cfg.resolve(pattern)):
+            meta, rej = read(p, self.cfg)
             frames.append(meta)
             rejected.append(rej)
         if not frames:
-            raise DataError(f"source.items_path={self.cfg.source.items_path!r} matches no file")
+            raise DataError(f"source.{path_key}={pattern!r} matches no file")
         rej = pd.concat(rejected, ignore_index=True)
         if len(rej):
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rej.to_dict("records"))
-            fsio.write_bytes(fsio.join(self.out_dir, "rejected", "items.jsonl"), text.encode("utf-8"))
-        meta = pd.concat(frames, ignore_index=True).drop_duplicates("item", keep="last")
+            fsio.write_bytes(fsio.join(self.out_dir, "rejected", f"{id_column}s.jsonl"), text.encode("utf-8"))
+        meta = pd.concat(frames, ignore_index=True).drop_duplicates(id_column, keep="last")
         return meta, len(rej)
 
     def _stats(self, c, split_rows, users, items, cuts, n_meta, meta_rejected):
