@@ -41,13 +41,7 @@ def read_items(path: str, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
         "year_raw": raw.get(mapping.get("year"), pd.Series([None] * len(raw))),
         "_line": raw["_line"].to_numpy(),
     })
-    item = out["item"].astype("string").str.strip()
-    bad = item.isna() | (item == "") | item.str.contains(r"[\x00-\x1f\x7f]", regex=True).fillna(True)
-    bad = bad.to_numpy(dtype=bool)
-    if bad.any():
-        raws = lookup(out["_line"].to_numpy()[bad]) if lookup else [""] * int(bad.sum())
-        rejected = pd.concat([rejected, ingest.rejected_frame(path, out["_line"].to_numpy()[bad],
-                                                              ingest.MISSING_ITEM, raws)], ignore_index=True)
+    item, bad, rejected = check_ids(out["item"], out["_line"], ingest.MISSING_ITEM, path, lookup, rejected)
     out = out[~bad]
     item = item[~bad]
     title = out["title"].fillna("").astype(str)
@@ -62,6 +56,19 @@ def read_items(path: str, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     # The last row for an ID wins, like an upsert; it keeps item features unique per item.
     items = items.drop_duplicates("item", keep="last").reset_index(drop=True)
     return items, rejected
+
+
+def check_ids(ids: pd.Series, lines: pd.Series, reason: str, path: str, lookup, rejected: pd.DataFrame):
+    """IDs of a metadata file, stripped; rows with an empty ID or control characters are dead letters.
+    Returns (ids as strings, bad-row mask, `rejected` plus those rows under `reason`)."""
+    ids = ids.astype("string").str.strip()
+    bad = (ids.isna() | (ids == "") | ids.str.contains(r"[\x00-\x1f\x7f]", regex=True).fillna(True)).to_numpy(bool)
+    if bad.any():
+        lines = lines.to_numpy()[bad]
+        rejected = pd.concat([rejected, ingest.rejected_frame(path, lines, reason,
+                                                              lookup(lines) if lookup else [""] * len(lines))],
+                             ignore_index=True)
+    return ids, bad, rejected
 
 
 def read_columns(path: str, fmt: str, delimiter: str = ","):

@@ -11,13 +11,9 @@ import pandas as pd
 
 from recsys import fsio, ingest
 from recsys.config import Config
-from recsys.items import read_columns
+from recsys.items import check_ids, read_columns
 
 MOVIELENS_USER_FEATURES = ["gender", "age", "occupation"]   # users.dat; the zip code is left out
-
-
-def empty_users() -> pd.DataFrame:
-    return pd.DataFrame({"user": pd.Series(dtype=object), "features": pd.Series(dtype=object)})
 
 
 def read_users(path: str, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -29,13 +25,8 @@ def read_users(path: str, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     else:
         raw, rejected, lookup = read_columns(path, s.users_format, s.delimiter if s.users_format == "csv" else ",")
         user_col, feature_cols = s.user_columns.user, list(s.user_columns.features)
-    user = raw.get(user_col, pd.Series([None] * len(raw), dtype=object)).astype("string").str.strip()
-    bad = (user.isna() | (user == "") | user.str.contains(r"[\x00-\x1f\x7f]", regex=True).fillna(True)).to_numpy(bool)
-    if bad.any():
-        lines = raw["_line"].to_numpy()[bad]
-        rejected = pd.concat([rejected, ingest.rejected_frame(path, lines, ingest.MISSING_USER,
-                                                              lookup(lines) if lookup else [""] * len(lines))],
-                             ignore_index=True)
+    user, bad, rejected = check_ids(raw.get(user_col, pd.Series([None] * len(raw), dtype=object)), raw["_line"],
+                                    ingest.MISSING_USER, path, lookup, rejected)
     raw, user = raw[~bad], user[~bad]
     tokens = [[] for _ in range(len(raw))]
     for col in feature_cols:
