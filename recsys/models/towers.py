@@ -18,6 +18,11 @@ def _init(scale: float):
     return tf.keras.initializers.RandomNormal(stddev=scale, seed=int(tf.random.uniform([], 0, 2**31 - 1, tf.int64)))
 
 
+def _with_unknown_row(m: np.ndarray) -> np.ndarray:
+    """A per-index feature matrix with a -1 (no feature) row 0 prepended, for the `_shift`ed index."""
+    return np.vstack([np.full((1,) + m.shape[1:], -1, m.dtype), m])
+
+
 def _masked_mean(emb, idx):
     mask = tf.cast(tf.expand_dims(idx >= 0, -1), emb.dtype)
     return tf.reduce_sum(emb * mask, axis=-2) / tf.maximum(tf.reduce_sum(mask, axis=-2), 1.0)
@@ -74,8 +79,7 @@ class QueryTower(tf.keras.Model):
         self.user_embedding = tf.keras.layers.Embedding(n_users + 1, dim, embeddings_initializer=_init(init_scale))
         self.has_user_features = user_features is not None
         if self.has_user_features:
-            values = user_features.values
-            self.user_feature_values = tf.constant(np.vstack([np.full((1, values.shape[1]), -1, np.int32), values]))
+            self.user_feature_values = tf.constant(_with_unknown_row(user_features.values))
             self.user_feature_embedding = tf.keras.layers.Embedding(
                 len(user_features.names) + 1, dim, embeddings_initializer=_init(init_scale))
         if candidate_items is None:
@@ -111,9 +115,8 @@ class CandidateTower(tf.keras.Model):
         self.item_embedding = tf.keras.layers.Embedding(n_items + 1, dim, embeddings_initializer=_init(init_scale))
         self.has_features = features is not None
         if self.has_features:
-            pad = lambda m: np.vstack([np.full((1,) + m.shape[1:], -1, m.dtype), m])  # row 0 = unknown item
-            self.genres = tf.constant(pad(features.genres))
-            self.tokens = tf.constant(pad(features.title_tokens))
+            self.genres = tf.constant(_with_unknown_row(features.genres))
+            self.tokens = tf.constant(_with_unknown_row(features.title_tokens))
             self.year = tf.constant(np.r_[0, features.year_bucket].astype(np.int32))
             self.genre_embedding = tf.keras.layers.Embedding(features.n_genres + 1, dim, embeddings_initializer=_init(init_scale))
             self.token_embedding = tf.keras.layers.Embedding(features.n_tokens + 1, dim, embeddings_initializer=_init(init_scale))
