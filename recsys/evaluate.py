@@ -70,7 +70,7 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
              if split == "test" else train_rows)
     window_days = int((lv.manifest.get("config") or {}).get("model", {}).get("popularity_window_days") or 0)
     known_counts = Popularity(n_items).fit(known["item_idx"].to_numpy(), known["timestamp"].to_numpy(np.int64),
-                                           window_days * 86400).counts
+                                           window_days).counts
     rows = np.arange(len(ev.user_ids))
     score, sources = version_scorer(lv, ev, dataset.items.ids)
     model_ev = metrics.evaluate(score, rows, ev.relevant, ev.exclude, ks, train_counts)
