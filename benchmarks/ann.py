@@ -2,9 +2,9 @@
 
 For each dataset it builds, in one process and one run:
 
-  ours          recsys.index.build(items, IndexConfig())  -- exactly what `recsys index` builds by default
+  ours          recsys.retrieval.index.build(items, IndexConfig())  -- exactly what `recsys index` builds by default
                 for that catalog size (ScaNN above index.brute_force_below items, brute force below)
-  brute_force   recsys.index.BruteForceIndex (exact NumPy matmul + partial sort)
+  brute_force   recsys.retrieval.index.BruteForceIndex (exact NumPy matmul + partial sort)
   hnswlib       hnswlib.Index(space="ip"), M=16, ef_construction=200, ef swept (10, 20, 30, 40, 50, 100)
 
 and reports, against exact top-10 (NumPy, float32):
@@ -55,7 +55,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from recsys import index as rindex  # noqa: E402
+from recsys.retrieval import index as rindex  # noqa: E402
 from recsys.config import from_dict  # noqa: E402
 
 K = 10

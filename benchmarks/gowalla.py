@@ -17,7 +17,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import recsys  # noqa: E402,F401
-from recsys import metrics, train, trainset  # noqa: E402
+from recsys.evaluation import metrics  # noqa: E402
+from recsys.models import training as train
+from recsys.data import trainset
 from recsys.config import load_config  # noqa: E402
 from recsys.models.popularity import Popularity  # noqa: E402
 

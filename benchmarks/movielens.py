@@ -23,10 +23,14 @@ import yaml  # noqa: E402
 
 import recsys  # noqa: E402,F401
 from pipelines import build_dataset  # noqa: E402
-from recsys import compare, evaluate, metrics, registry, trainset  # noqa: E402
+from recsys import registry  # noqa: E402
+from recsys.evaluation import compare
+from recsys.evaluation import evaluate
+from recsys.evaluation import metrics
+from recsys.data import trainset
 from recsys.models.popularity import Popularity  # noqa: E402
 from recsys.config import from_dict, load_config  # noqa: E402
-from recsys.training_job import train_version  # noqa: E402
+from recsys.jobs import train_version  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -163,7 +163,7 @@ def pandas_build(csv_path: str, out_dir: str, cfg) -> dict:
         "timestamp": np.floor(pd.to_numeric(raw[c.timestamp], errors="coerce")),
         "value": pd.to_numeric(raw[c.value], errors="coerce"),
     })
-    # First rule that applies wins (same order as recsys.ingest.validate).
+    # First rule that applies wins (same order as recsys.data.ingest.validate).
     lo, hi = fb.rating_range
     rules = {
         "missing_user_id": df["user"] == "",

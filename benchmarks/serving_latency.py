@@ -10,7 +10,7 @@ What it does, in one run:
    seen.npz with 10-30 (mean 20) items per user, 80 % of them from the user's own cluster, popularity
    counts with a Zipf shape. No SavedModel: an "mf" version folds a history in by least squares
    (recsys/scoring.py fold_in), which is the request-time path of POST /v1/recommendations.
-   Builds its index with recsys.index_job.build_version_index and the default config (ScaNN at 1M items,
+   Builds its index with recsys.jobs.build_version_index and the default config (ScaNN at 1M items,
    brute force below index.brute_force_below = 50,000) and publishes it (recsys.registry.publish).
 2. Baseline, same run: Engine.load(root) in this process, then Engine.recommend (random known users,
    k=10) and Engine.recommend_for_history (5-20 random items of one cluster, k=10) one call at a time;
@@ -113,7 +113,7 @@ def synthesize(root: str, args) -> tuple[str, dict]:
     import scipy.sparse as sp
     from recsys import registry
     from recsys.config import from_dict
-    from recsys.vocab import Vocabulary
+    from recsys.data.vocab import Vocabulary
     rng = np.random.default_rng(args.seed)
     n_items, n_users = args.items, args.users
     n_clusters = max(8, n_items // ITEMS_PER_CLUSTER)
@@ -161,7 +161,9 @@ def synthesize(root: str, args) -> tuple[str, dict]:
 
 def prepare(root: str, args) -> tuple[str, dict]:
     """Reuse the published version under --root if it was made with the same parameters, else build one."""
-    from recsys import index as rindex, index_job, registry
+    from recsys import registry
+    from recsys.retrieval import index as rindex
+    from recsys import jobs
     from recsys.config import from_dict
     cur = registry.current_version(root) if os.path.exists(os.path.join(root, "CURRENT")) else None
     if cur:
@@ -188,7 +190,7 @@ def prepare(root: str, args) -> tuple[str, dict]:
           f"in {time.perf_counter() - t:.1f}s")
     t = time.perf_counter()
     try:
-        info = index_job.build_version_index(from_dict({}), root, version, progress=lambda m: print(m, flush=True))
+        info = jobs.build_version_index(from_dict({}), root, version, progress=lambda m: print(m, flush=True))
     except Exception as exc:
         raise SystemExit(f"index build refused: {exc}\n(the synthetic data is too hard for the default index "
                          f"settings; a smaller --spread makes tighter clusters)") from None
@@ -244,7 +246,7 @@ def pct(lat_s, q) -> float:
 
 
 def engine_baseline(root: str, users: list[str], histories: list[list[str]], n: int, profile: bool) -> dict:
-    from recsys.engine import Engine
+    from recsys.retrieval.engine import Engine
     t = time.perf_counter()
     engine = Engine.load(root)
     load_s = time.perf_counter() - t

@@ -26,7 +26,9 @@ import recsys  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow lo
 import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
-from recsys import metrics, train, trainset  # noqa: E402
+from recsys.evaluation import metrics  # noqa: E402
+from recsys.models import training as train
+from recsys.data import trainset
 from recsys.config import from_dict  # noqa: E402
 
 
@@ -74,7 +76,7 @@ def main(argv=None):
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
     if args.smoke:
-        from recsys.synthetic import clustered_interactions
+        from recsys.data.synthetic import clustered_interactions
         import tempfile
         tmp = tempfile.mkdtemp()
         df = clustered_interactions(2000, 1500, 20, 40, seed=0)

@@ -32,7 +32,7 @@ class ScoreUsersFn(beam.DoFn):
         self.users_scored = Metrics.counter("recsys", "users_scored")
 
     def setup(self):
-        from recsys.engine import Engine
+        from recsys.retrieval.engine import Engine
         self.engine = Engine.load(self.root, self.version)
 
     def process(self, bundle):

@@ -41,12 +41,15 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from recsys import dataset as ds
-from recsys import fsio, ingest, interactions, items as item_meta, users as user_meta
+from recsys.data import dataset as ds
+from recsys import fsio
+from recsys.data import ingest
+from recsys.data import interactions
+from recsys.data import metadata
 from recsys.config import Config, is_url
 from recsys.errors import DataError
-from recsys.interactions import SPLITS
-from recsys.vocab import Vocabulary
+from recsys.data.interactions import SPLITS
+from recsys.data.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -564,7 +567,7 @@ class FinalizeFn(beam.DoFn):
         written, rows rejected, rows matched to a user of the vocabulary)."""
         if self.cfg.source.users_format == "none":
             return None
-        meta, n_rejected = self._read_metadata("users_path", user_meta.read_users, "user")
+        meta, n_rejected = self._read_metadata("users_path", metadata.read_users, "user")
         user_idx = users.lookup(meta["user"]).astype(np.int32)
         table = pa.table({"user": pa.array(meta["user"], pa.string()),
                           "user_idx": pa.array(user_idx),
@@ -576,8 +579,8 @@ class FinalizeFn(beam.DoFn):
 
     def _item_metadata(self):
         if self.cfg.source.items_format == "none" or not self.cfg.source.items_path:
-            return item_meta.empty_items(), 0
-        return self._read_metadata("items_path", item_meta.read_items, "item")
+            return metadata.empty_items(), 0
+        return self._read_metadata("items_path", metadata.read_items, "item")
 
     def _read_metadata(self, path_key: str, read, id_column: str):
         """Every file matching source.<path_key>, read with `read(path, cfg)` -> (rows, rejected); bad

@@ -11,8 +11,9 @@ import json
 import time
 
 
-from recsys import compare as ab
-from recsys import evaluate, fsio, registry
+from recsys.evaluation import compare as ab
+from recsys import fsio, registry
+from recsys.evaluation import evaluate
 from recsys.config import Config
 from recsys.errors import DataError, RecsysError
 
@@ -121,9 +122,9 @@ def _build_dataset(cfg, out, progress):
 
 
 def _train(cfg, root, out, progress):
-    from recsys import trainset
-    from recsys.dataset import Dataset
-    from recsys.training_job import train_version
+    from recsys.data import trainset
+    from recsys.data.dataset import Dataset
+    from recsys.jobs import train_version
     dataset = Dataset.open(root, out["dataset_id"])
     ts = trainset.from_dataset(dataset, cfg.model.history_length)
     full = (trainset.from_dataset(dataset, cfg.model.history_length, include_validation=True)
@@ -182,7 +183,7 @@ def _gate(cfg, root, out, progress):
 
 
 def _index(cfg, root, out, progress):
-    from recsys.index_job import build_version_index
+    from recsys.jobs import build_version_index
     out["index"] = build_version_index(cfg, root, out["gate"]["candidate"], progress)
 
 

@@ -22,14 +22,15 @@ def _build_dataset(args) -> int:
 
 
 def _train(args) -> int:
-    from recsys.training_job import train_version
+    from recsys.jobs import train_version
     cfg = load_config(args.config)
     train_version(cfg, args.model, dataset_id=args.dataset, warm_start=args.warm_start)
     return 0
 
 
 def _evaluate(args) -> int:
-    from recsys import evaluate, registry
+    from recsys import registry
+    from recsys.evaluation import evaluate
     cfg = load_config(args.config)
     root = cfg.resolve(cfg.artifacts.root)
     version = registry.resolve_version(root, args.model)
@@ -42,10 +43,11 @@ def _evaluate(args) -> int:
 
 
 def _index(args) -> int:
-    from recsys import index_job, registry
+    from recsys import registry
+    from recsys import jobs
     cfg = load_config(args.config)
     root = cfg.resolve(cfg.artifacts.root)
-    index_job.build_version_index(cfg, root, registry.resolve_version(root, args.model))
+    jobs.build_version_index(cfg, root, registry.resolve_version(root, args.model))
     return 0
 
 
@@ -65,7 +67,9 @@ def _serve(args) -> int:
 
 
 def _compare(args) -> int:
-    from recsys import compare, registry, report
+    from recsys import registry
+    from recsys.evaluation import compare
+    from recsys.evaluation import report
     cfg = load_config(args.config)
     root = cfg.resolve(cfg.artifacts.root)
     a, b = registry.resolve_version(root, args.a), registry.resolve_version(root, args.b)
@@ -135,8 +139,10 @@ def _print_summary(summary: dict) -> None:
 def _demo(args) -> int:
     """The README's main job on the embedded data: nightly, A/B verdict vs popularity, sample answers."""
     from pipelines import nightly
-    from recsys import compare, registry, report
-    from recsys.engine import Engine
+    from recsys import registry
+    from recsys.evaluation import compare
+    from recsys.evaluation import report
+    from recsys.retrieval.engine import Engine
     cfg = load_config(args.config)
     root = cfg.resolve(cfg.artifacts.root)
     summary = nightly.run(cfg)

@@ -11,9 +11,9 @@ import tensorflow as tf
 from recsys import fsio, registry
 from recsys.config import Config, is_url
 from recsys.models.popularity import fit_popularity
-from recsys.train import Trained, tower_weights
-from recsys.trainset import TrainSet, last_items
-from recsys.vocab import Vocabulary
+from recsys.models.training import Trained, tower_weights
+from recsys.data.trainset import TrainSet, last_items
+from recsys.data.vocab import Vocabulary
 
 
 class QueryModel(tf.Module):
@@ -55,7 +55,7 @@ def user_histories(ts: TrainSet, length: int, dataset_path: str | None = None) -
 def _split_rows(ts: TrainSet, dataset_path: str, split: str, columns: list):
     """Rows of a dataset split whose user and item the version knows, with `user_idx` in `ts`'s
     vocabulary (which may extend the dataset's: a refit appends users first seen in validation)."""
-    from recsys.dataset import Dataset
+    from recsys.data.dataset import Dataset
     df = Dataset(dataset_path).read(split, columns)
     df["user_idx"] = Vocabulary(ts.user_ids).lookup(df["user"])
     return df[(df["user_idx"] >= 0) & (df["item_idx"] >= 0)]

@@ -26,7 +26,7 @@ import numpy as np
 from recsys import __version__, fsio
 from recsys.config import is_url
 from recsys.errors import DataError
-from recsys.vocab import Vocabulary
+from recsys.data.vocab import Vocabulary
 
 CURRENT = "CURRENT"
 

@@ -11,9 +11,9 @@ import logging
 import threading
 
 from recsys import registry
-from recsys.engine import Engine
+from recsys.retrieval.engine import Engine
 
-from serving import metrics
+from serving import prometheus
 
 log = logging.getLogger("recsys.serving")
 
@@ -34,7 +34,7 @@ class EngineHolder:
                 target = registry.resolve_version(self.root, version)
             except Exception as exc:  # noqa: BLE001 - reported, old engine keeps serving
                 self.last_error = str(exc)
-                metrics.RELOADS.labels(result="failed").inc()
+                prometheus.RELOADS.labels(result="failed").inc()
                 return False, str(exc)
             if self.engine is not None and self.engine.version == target:
                 return False, f"already serving {target}"
@@ -43,7 +43,7 @@ class EngineHolder:
             except Exception as exc:  # noqa: BLE001
                 self.last_error = f"version {target} refused: {type(exc).__name__}: {exc}".splitlines()[0]
                 log.error(self.last_error)
-                metrics.RELOADS.labels(result="failed").inc()
+                prometheus.RELOADS.labels(result="failed").inc()
                 return False, self.last_error
             old = self.engine.version if self.engine else None
             self.engine = engine          # atomic reference swap
@@ -55,8 +55,8 @@ class EngineHolder:
             gc.unfreeze()
             gc.collect()
             gc.freeze()
-            metrics.RELOADS.labels(result="ok").inc()
-            metrics.LOADED_VERSION.info({"version": target})
+            prometheus.RELOADS.labels(result="ok").inc()
+            prometheus.LOADED_VERSION.info({"version": target})
             log.warning("serving version %s (was %s)", target, old)
             return True, f"serving {target}"
 

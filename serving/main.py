@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving import metrics
+from serving import prometheus
 from serving.holder import EngineHolder
 from serving.routes import router
 from serving.settings import Settings
@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None, holder: EngineHolder | None = N
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        metrics.ERRORS.labels(request.url.path.split("/")[2] if request.url.path.startswith("/v1/") else "other",
+        prometheus.ERRORS.labels(request.url.path.split("/")[2] if request.url.path.startswith("/v1/") else "other",
                               "422").inc()
         return JSONResponse(status_code=422, content={"error": _one_line(exc)})
 
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, holder: EngineHolder | None = N
         # Never a bare 500 page: one line, logged with the traceback.
         import logging
         logging.getLogger("recsys.serving").exception("unexpected error on %s", request.url.path)
-        metrics.ERRORS.labels("other", "500").inc()
+        prometheus.ERRORS.labels("other", "500").inc()
         return JSONResponse(status_code=500, content={"error": f"internal error: {type(exc).__name__}"})
 
     return app

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from recsys.engine import MAX_K, Engine, RequestError
+from recsys.retrieval.engine import MAX_K, Engine, RequestError
 from recsys.scoring import POPULARITY
 
-from serving import metrics
+from serving import prometheus
 from serving.deps import get_engine
 from serving.schemas import HistoryRequest, RecommendationResponse, Status
 
@@ -29,18 +29,18 @@ def _observe(endpoint: str, call):
     try:
         rec = call()
     except RequestError as exc:
-        metrics.ERRORS.labels(endpoint, str(exc.status)).inc()
-        metrics.REQUESTS.labels(endpoint, str(exc.status)).inc()
+        prometheus.ERRORS.labels(endpoint, str(exc.status)).inc()
+        prometheus.REQUESTS.labels(endpoint, str(exc.status)).inc()
         raise HTTPException(status_code=exc.status, detail=str(exc)) from None
     if rec.source == POPULARITY:
-        metrics.FALLBACKS.labels(endpoint).inc()
-    metrics.REQUESTS.labels(endpoint, "200").inc()
+        prometheus.FALLBACKS.labels(endpoint).inc()
+    prometheus.REQUESTS.labels(endpoint, "200").inc()
     # Serialized here and returned as a Response: FastAPI then skips re-validating the dict against
     # `response_model` and jsonable_encoder, which cost more than the recommendation on the request path
     # (benchmarks/serving_latency.py). The model still documents the schema in OpenAPI, and
     # tests/serving check every response against it.
     body = json.dumps(rec.as_dict(), separators=(",", ":"), allow_nan=False)
-    metrics.LATENCY.labels(endpoint).observe(time.perf_counter() - t0)
+    prometheus.LATENCY.labels(endpoint).observe(time.perf_counter() - t0)
     return Response(body, media_type="application/json")
 
 
@@ -56,7 +56,7 @@ async def user_recommendations(user_id: str, k: int = Query(10, ge=1, le=MAX_K),
 async def history_recommendations(body: HistoryRequest, request: Request, engine: Engine = Depends(current_engine)):
     limit = request.app.state.settings.max_history
     if len(body.history) > limit:
-        metrics.ERRORS.labels("history_recommendations", "400").inc()
+        prometheus.ERRORS.labels("history_recommendations", "400").inc()
         raise HTTPException(status_code=400, detail=f"history: {len(body.history)} items is over the limit of {limit}")
     return _observe("history_recommendations", lambda: engine.recommend_for_history(
         body.history, body.user_id, body.k, body.exclude_seen, body.include, body.exclude))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from recsys.engine import MAX_K
+from recsys.retrieval.engine import MAX_K
 
 
 class HistoryRequest(BaseModel):

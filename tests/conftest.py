@@ -10,9 +10,12 @@ import pandas as pd
 import pytest
 
 from pipelines import build_dataset as _pipeline
-from recsys import export, index_job, registry, train, trainset
+from recsys import export, registry
+from recsys import jobs
+from recsys.models import training as train
+from recsys.data import trainset
 from recsys.config import from_dict
-from recsys.synthetic import clustered_interactions, clustered_items
+from recsys.data.synthetic import clustered_interactions, clustered_items
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,7 +127,7 @@ def served(tmp_path_factory):
     for name in ("mf", "two_tower"):
         tr = train.fit(ts, name, cfg.model, (10,), progress=lambda *_: None)
         versions[name] = export.save_version(tr, ts, cfg, name, root, ds.path)
-        index_job.build_version_index(cfg, root, versions[name], progress=lambda *_: None)
+        jobs.build_version_index(cfg, root, versions[name], progress=lambda *_: None)
     versions["popularity"] = export.save_version(None, ts, cfg, "popularity", root, ds.path)
     registry.publish(root, versions["two_tower"])
     return {"root": root, "cfg": cfg, "versions": versions, "dataset": ds, "trainset": ts}

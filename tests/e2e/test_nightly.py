@@ -8,8 +8,8 @@ import pytest
 from pipelines import batch_recommend, nightly
 from recsys import registry
 from tests.conftest import config_for
-from recsys.engine import Engine
-from recsys.synthetic import clustered_interactions, clustered_items
+from recsys.retrieval.engine import Engine
+from recsys.data.synthetic import clustered_interactions, clustered_items
 
 
 def make_cfg(tmp, **nightly_cfg):
@@ -63,7 +63,7 @@ def test_training_failure_leaves_current_and_resume_completes(workdir, monkeypat
     cfg = make_cfg(workdir)
     root = cfg.resolve(cfg.artifacts.root)
     first = nightly.run(cfg, progress=quiet)["published"]
-    import recsys.training_job as tj
+    import recsys.jobs as tj
     real = tj.train_version
 
     def broken(*a, **k):

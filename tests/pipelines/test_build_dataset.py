@@ -1,7 +1,7 @@
 """pipelines/build_dataset.py end to end on small generated inputs (DirectRunner, 2-3 shuffle buckets).
 
 Each test writes its input files to tmp_path, runs the whole Beam pipeline and reads the dataset back
-with recsys.dataset. The last test runs the default config on the embedded MovieLens data.
+with recsys.data.dataset. The last test runs the default config on the embedded MovieLens data.
 """
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import build_dataset as pipeline
-from recsys import ingest, interactions
+from recsys.data import ingest
+from recsys.data import interactions
 from recsys.config import from_dict, load_config
 from recsys.errors import DataError
-from recsys.vocab import Vocabulary
+from recsys.data.vocab import Vocabulary
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE_TS = 1_500_000_000

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from recsys import compare, report
+from recsys.evaluation import compare
+from recsys.evaluation import report
 
 
 def test_identical_arrays_have_no_difference():

@@ -1,6 +1,6 @@
 import numpy as np
 
-from recsys import index
+from recsys.retrieval import index
 from recsys.config import from_dict
 
 

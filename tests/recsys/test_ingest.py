@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from recsys import ingest
+from recsys.data import ingest
 from recsys.config import from_dict
 
 NAMES = ["user_id", "item_id", "rating", "timestamp"]
@@ -477,7 +477,7 @@ def test_missing_optional_value_is_the_same_in_csv_and_jsonl():
 
 def test_absurd_numbers_are_rejected_not_a_crash():
     """pandas' to_numeric segfaults on some huge exponents; such values are bad rows, not a crash."""
-    from recsys import ingest
+    from recsys.data import ingest
     from recsys.config import from_dict
     cfg = from_dict({"source": {"format": "movielens_csv", "items_format": "none"}})
     layout = ingest.layout_for(cfg.source)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from recsys import metrics
+from recsys.evaluation import metrics
 
 
 def csr(rows, n_items):

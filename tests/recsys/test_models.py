@@ -6,12 +6,15 @@ import pytest
 import tensorflow as tf
 
 from pipelines import build_dataset
-from recsys import export, metrics, registry, train, trainset
+from recsys import export, registry
+from recsys.evaluation import metrics
+from recsys.models import training as train
+from recsys.data import trainset
 from recsys.config import from_dict
 from recsys.models.popularity import Popularity
-from recsys.models.retrieval import RetrievalModel, build_towers
+from recsys.models.loss import RetrievalModel, build_towers
 from recsys.scoring import LoadedVersion
-from recsys.synthetic import clustered_interactions
+from recsys.data.synthetic import clustered_interactions
 
 MODEL = {"dim": 16, "batch_size": 256, "epochs": 12, "patience": 4, "learning_rate": 0.02, "history_length": 5}
 

@@ -1,7 +1,7 @@
 import numpy as np
 import tensorflow as tf
 
-from recsys.optim import LazyAdam
+from recsys.models.optim import LazyAdam
 
 
 def _run(decay_steps, steps):

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 
 from pipelines import build_dataset
-from recsys import evaluate
+from recsys.evaluation import evaluate
 from recsys.config import from_dict
 from recsys.scoring import LoadedVersion
-from recsys.training_job import train_version
+from recsys.jobs import train_version
 
 DAY = 86400
 

@@ -8,12 +8,15 @@ import pytest
 import scipy.sparse as sp
 
 from pipelines import build_dataset
-from recsys import evaluate, metrics, registry, trainset
+from recsys import registry
+from recsys.evaluation import evaluate
+from recsys.evaluation import metrics
+from recsys.data import trainset
 from recsys.config import from_dict
 from recsys.errors import DataError
 from recsys.scoring import LoadedVersion
-from recsys.synthetic import clustered_interactions
-from recsys.training_job import train_version
+from recsys.data.synthetic import clustered_interactions
+from recsys.jobs import train_version
 
 DAY = 86400
 LATE = [f"late{i}" for i in range(8)]

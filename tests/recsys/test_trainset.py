@@ -1,6 +1,6 @@
 import numpy as np
 
-from recsys import trainset
+from recsys.data import trainset
 
 
 def test_lightgcn_loader(tmp_path):

@@ -7,14 +7,17 @@ import pytest
 import tensorflow as tf
 
 from pipelines import build_dataset
-from recsys import export, metrics, train, trainset
+from recsys import export
+from recsys.evaluation import metrics
+from recsys.models import training as train
+from recsys.data import trainset
 from recsys.config import from_dict
 from recsys.errors import DataError
 from recsys.models.popularity import Popularity
-from recsys.models.retrieval import build_towers
+from recsys.models.loss import build_towers
 from recsys.scoring import LoadedVersion
-from recsys.synthetic import clustered_interactions
-from recsys.users import read_users
+from recsys.data.synthetic import clustered_interactions
+from recsys.data.metadata import read_users
 
 N_CLUSTERS = 6
 

@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from recsys import registry
-from recsys.engine import Engine
+from recsys.retrieval.engine import Engine
 from serving.holder import EngineHolder
 from serving.main import create_app
 from serving.settings import Settings

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recsys import fsio, index as index_mod, registry
+from recsys import fsio, registry
+from recsys.retrieval import index as index_mod
 from recsys.errors import RecsysError
 from recsys.scoring import PERSONALIZED, POPULARITY, LoadedVersion, query_vectors
 

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recsys.dataset import Dataset
+from recsys.data.dataset import Dataset
 from recsys.errors import DataError
-from recsys.metrics import csr_from_pairs
+from recsys.evaluation.metrics import csr_from_pairs
 
 PAD = -1  # history padding (no item)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from recsys.evaluate import evaluate_version
-from recsys.metrics import Evaluation
+from recsys.evaluation.evaluate import evaluate_version
+from recsys.evaluation.metrics import Evaluation
 
 DEFAULT_METRICS = ("recall", "ndcg")
 

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 
 from recsys import fsio
 from recsys.errors import DataError
-from recsys.interactions import SPLITS
-from recsys.vocab import Vocabulary
+from recsys.data.interactions import SPLITS
+from recsys.data.vocab import Vocabulary
 
 LATEST = "LATEST"
 SPLIT_SCHEMA = pa.schema([

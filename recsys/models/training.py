@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
-from recsys import metrics
+from recsys.evaluation import metrics
 from recsys.config import ModelConfig
 from recsys.models.popularity import Popularity, fit_popularity
-from recsys.optim import LazyAdam
-from recsys.models.retrieval import RetrievalModel, build_towers
-from recsys.trainset import EvalSet, TrainSet
+from recsys.models.optim import LazyAdam
+from recsys.models.loss import RetrievalModel, build_towers
+from recsys.data.trainset import EvalSet, TrainSet
 
 
 @dataclass

@@ -11,12 +11,13 @@ import json
 import numpy as np
 import pandas as pd
 
-from recsys import fsio, metrics, registry
-from recsys.dataset import Dataset
+from recsys import fsio, registry
+from recsys.evaluation import metrics
+from recsys.data.dataset import Dataset
 from recsys.errors import DataError
 from recsys.models.popularity import Popularity
 from recsys.scoring import POPULARITY, LoadedVersion, query_vectors
-from recsys.trainset import EvalSet, eval_sets
+from recsys.data.trainset import EvalSet, eval_sets
 
 
 def version_scorer(lv: LoadedVersion, ev: EvalSet, catalog_ids: np.ndarray):

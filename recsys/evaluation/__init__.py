@@ -1,0 +1,2 @@
+"""Evaluation: ranking metrics, the one scorer, `recsys evaluate`, offline A/B comparison and the gate,
+reports."""
