@@ -1,14 +1,12 @@
 """Beam job: top-N for every known user of a version, through the engine the service uses.
 
 Output: `<version>/recommendations/part-NNNNN.parquet` with user_id, rank, item_id, score, model_version.
-Written under a temporary directory and renamed when complete.
+Written under a temporary directory and renamed when complete (`fsio.atomic_dir`).
 """
 from __future__ import annotations
 
 import io
-import shutil
 import time
-import uuid
 
 import apache_beam as beam
 import numpy as np
@@ -16,9 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
-from pipelines.build_dataset import make_runner, pipeline_options
-from recsys import fsio, registry
-from recsys.config import Config, is_url
+from recsys import fsio, version as version_mod
+from recsys.config import Config
+
+from pipelines.runner import make_runner, pipeline_options
 
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
                     ("score", pa.float32()), ("model_version", pa.string())])
@@ -54,33 +53,27 @@ class ScoreUsersFn(beam.DoFn):
 
 
 def run(cfg: Config, root: str, version: str, k: int | None = None, progress=print) -> str:
-    """Score every known user of `version`; returns the output directory."""
+    """Score every known user of `version` into its recommendations directory (replaced whole).
+
+    Returns:
+        The output directory.
+    """
     t0 = time.time()
     k = k or cfg.nightly.batch_top_n
-    users, _ = registry.load_vocabs(root, version)
+    users, _ = version_mod.load_vocabs(root, version)
     n, per = len(users), cfg.nightly.batch_users_per_bundle
     bundles = [(i, s, min(s + per, n)) for i, s in enumerate(range(0, n, per))]
-    final = fsio.join(registry.version_dir(root, version), "recommendations")
-    out_dir = final if is_url(root) else f"{final}.tmp-{uuid.uuid4().hex[:6]}"
-    fsio.makedirs(out_dir)
-    try:
+    final = version_mod.recommendations_dir(root, version)
+    with fsio.atomic_dir(final, replace=True) as out_dir:
         with beam.Pipeline(runner=make_runner(cfg), options=pipeline_options(cfg)) as p:
             (p | "Bundles" >> beam.Create(bundles) | "Spread" >> beam.Reshuffle()
              | "ScoreUsers" >> beam.ParDo(ScoreUsersFn(root, version, k, out_dir)))
-    except BaseException:
-        if not is_url(out_dir):
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-    if out_dir != final:
-        if fsio.exists(final):
-            shutil.rmtree(final)
-        fsio.rename(out_dir, final)
     progress(f"batch-recommend: {n} users x top {k} for {version} in {time.time() - t0:.1f}s -> {final}")
     return final
 
 
 def read(root: str, version: str):
     """All batch recommendations of a version as a pandas frame (user_id, rank, item_id, score, model_version)."""
-    paths = fsio.match(fsio.join(registry.version_dir(root, version), "recommendations", "part-*.parquet"))
+    paths = fsio.match(fsio.join(version_mod.recommendations_dir(root, version), "part-*.parquet"))
     tables = [pq.read_table(pa.BufferReader(fsio.read_bytes(p))) for p in paths]
     return (pa.concat_tables(tables) if tables else SCHEMA.empty_table()).to_pandas()

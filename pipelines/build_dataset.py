@@ -25,7 +25,6 @@ import json
 import logging
 import pickle
 import time
-import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from json.encoder import encode_basestring
@@ -39,17 +38,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from recsys.data import dataset as ds
 from recsys import fsio
-from recsys.data import ingest
-from recsys.data import interactions
-from recsys.data import metadata
-from recsys.config import Config, is_url
-from recsys.errors import DataError
+from recsys.config import Config
+from recsys.data import dataset as ds
+from recsys.data import ingest, interactions, metadata
 from recsys.data.interactions import SPLITS
 from recsys.data.vocab import Vocabulary
+from recsys.errors import DataError
+
+from pipelines.runner import make_runner, pipeline_options
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +125,7 @@ class ReadBlocksFn(beam.DoFn):
         self.layout, self.block_bytes = layout, block_bytes
 
     def process(self, path):
-        with fsio.FileSystems.open(path) as fh:
+        with fsio.open_read(path) as fh:
             if self.layout.kind == "parquet":
                 pf = pq.ParquetFile(fh)
                 first = 1
@@ -194,7 +192,7 @@ class ParseValidateFn(beam.DoFn):
 
 
 def _read_range(path: str, where: ByteRange) -> bytes:
-    with fsio.FileSystems.open(path) as fh:
+    with fsio.open_read(path) as fh:
         fh.seek(where.offset)
         data = fh.read(where.size)
     if len(data) != where.size or zlib.crc32(data) != where.crc32:
@@ -650,27 +648,6 @@ def build(p: beam.Pipeline, cfg: Config, files: list[str], out_dir: str,
                                        beam.pvalue.AsList(rejected_written), result))
 
 
-def pipeline_options(cfg: Config) -> PipelineOptions:
-    """Pass-through options from `runner.options` (any Beam flag, e.g. project, region, temp_location)."""
-    flags = []
-    for key, value in cfg.runner.options.items():
-        if isinstance(value, bool):
-            if value:
-                flags.append(f"--{key}")
-        else:
-            flags.append(f"--{key}={value}")
-    return PipelineOptions(flags)
-
-
-def make_runner(cfg: Config):
-    """The Beam runner. 'DirectRunner' means the in-process FnApiRunner: Beam's DirectRunner would
-    otherwise pick the PrismRunner, which downloads a binary at start (fails offline)."""
-    if cfg.runner.name in ("DirectRunner", "direct", "FnApiRunner"):
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-        return FnApiRunner()
-    return cfg.runner.name
-
-
 def run(cfg: Config, dataset_id: str | None = None, previous: str | None = "latest", progress=print) -> ds.Dataset:
     """Build a dataset from `cfg.source` under `cfg.artifacts.root`; returns the opened Dataset.
 
@@ -690,19 +667,15 @@ def run(cfg: Config, dataset_id: str | None = None, previous: str | None = "late
     final = fsio.join(ds.datasets_dir(root), dataset_id)
     if fsio.exists(fsio.join(final, "stats.json")):
         raise DataError(f"dataset id {dataset_id!r} already exists under {ds.datasets_dir(root)!r}")
-    # Local: build under a temporary name and rename when complete. Object stores have no atomic
-    # directory rename; there stats.json, written last, marks completeness and LATEST is moved last.
-    out_dir = final if is_url(root) else fsio.join(ds.datasets_dir(root), f".tmp-{dataset_id}-{uuid.uuid4().hex[:8]}")
-    fsio.makedirs(out_dir)
     progress(f"build-dataset: {len(files)} input file(s), runner={cfg.runner.name}, "
              f"previous vocab={prev_id or 'none'} ({len(prev_users)} users, {len(prev_items)} items)")
+    # Object stores have no atomic directory rename: there stats.json, written last, marks
+    # completeness, and LATEST is moved last.
     try:
-        with beam.Pipeline(runner=make_runner(cfg), options=pipeline_options(cfg)) as p:
-            build(p, cfg, files, out_dir, prev_users, prev_items)
+        with fsio.atomic_dir(final) as out_dir:
+            with beam.Pipeline(runner=make_runner(cfg), options=pipeline_options(cfg)) as p:
+                build(p, cfg, files, out_dir, prev_users, prev_items)
     except Exception as exc:
-        if not is_url(out_dir):
-            import shutil
-            shutil.rmtree(out_dir, ignore_errors=True)
         # Beam wraps DoFn errors; surface our own one-line error when that is the cause.
         cause = exc
         while cause is not None and not isinstance(cause, DataError):
@@ -713,8 +686,6 @@ def run(cfg: Config, dataset_id: str | None = None, previous: str | None = "late
             if "DataError:" in line:
                 raise DataError(line.split("DataError:", 1)[1].strip()) from None
         raise
-    if out_dir != final:
-        fsio.rename(out_dir, final)
     fsio.atomic_write_text(fsio.join(ds.datasets_dir(root), ds.LATEST), dataset_id + "\n")
     dataset = ds.Dataset(final)
     st = dataset.stats

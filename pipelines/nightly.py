@@ -6,15 +6,14 @@ service) untouched: publishing is the last step and a single atomic rename.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import time
 
-
-from recsys.evaluation import compare as ab
-from recsys import fsio, registry
-from recsys.evaluation import evaluate
+from recsys import fsio, registry, version as version_mod
 from recsys.config import Config
+from recsys.evaluation import compare, evaluate
 from recsys.errors import DataError, RecsysError
 
 STEPS = ("build_dataset", "train", "evaluate", "gate", "index", "batch_recommendations", "publish")
@@ -46,22 +45,6 @@ def last_unfinished_run(root: str) -> dict | None:
             state = json.loads(fsio.read_text(path))
             return None if state.get("finished") else state
     return None
-
-
-def prune(root: str, keep: int) -> list[str]:
-    """Delete the oldest versions beyond `keep`; never the published one or the one before it."""
-    import shutil
-    protected = {registry.current_version(root), registry.previous_published(root)}
-    versions = registry.list_versions(root)
-    removable = [v for v in versions if v not in protected]
-    excess = len(versions) - keep
-    removed = []
-    for v in removable[:max(0, excess)]:
-        path = registry.version_dir(root, v)
-        if fsio.exists(path):
-            shutil.rmtree(path) if not path.startswith(("gs://", "s3://")) else fsio.delete(path)
-        removed.append(v)
-    return removed
 
 
 def run(cfg: Config, resume: bool = False, progress=print) -> dict:
@@ -122,9 +105,9 @@ def _build_dataset(cfg, out, progress):
 
 
 def _train(cfg, root, out, progress):
+    from recsys import jobs
     from recsys.data import trainset
     from recsys.data.dataset import Dataset
-    from recsys.jobs import train_version
     dataset = Dataset.open(root, out["dataset_id"])
     ts = trainset.from_dataset(dataset, cfg.model.history_length)
     full = (trainset.from_dataset(dataset, cfg.model.history_length, include_validation=True)
@@ -133,7 +116,7 @@ def _train(cfg, root, out, progress):
     for name in cfg.nightly.models:
         if name in out["candidates"]:
             continue  # resumed: this one finished before
-        out["candidates"][name] = train_version(cfg, name, out["dataset_id"], "auto", progress, ts=ts, full_ts=full)
+        out["candidates"][name] = jobs.train_version(cfg, name, out["dataset_id"], "auto", progress, ts=ts, full_ts=full)
 
 
 def _evaluate(cfg, root, out, progress):
@@ -145,46 +128,28 @@ def _evaluate(cfg, root, out, progress):
         targets["production"] = production
     for label, version in targets.items():
         res = evaluate.evaluate_version(root, version, "test", out["dataset_id"], ks)
-        results[label] = {"version": version, "metrics": res["model_metrics"], "sources": res["sources"]}
-        results["popularity_baseline"] = {"version": None, "metrics": res["popularity_metrics"]}
+        results[label] = {"version": version, "metrics": res.metrics, "sources": res.sources}
+        results["popularity_baseline"] = {"version": None, "metrics": res.popularity_metrics}
         if label != "production":
-            registry.update_manifest(root, version, test_metrics=res["model_metrics"])
-        m = res["model_metrics"]
+            version_mod.update_manifest(root, version, test_metrics=res.metrics)
+        m = res.metrics
         progress(f"  {label:<11} {version}: recall@20 {m.get('recall@20', 0):.4f} ndcg@20 {m.get('ndcg@20', 0):.4f}")
     out["evaluation"] = results
 
 
 def _gate(cfg, root, out, progress):
-    """Best candidate by the primary metric; publish only if not worse than production (paired
-    comparison on the same users) beyond the tolerance, or on a first run, if it beats popularity."""
-    metric, tol = cfg.nightly.primary_metric, cfg.nightly.tolerance
     ev = out["evaluation"]
-    cands = {k: v for k, v in ev.items() if k in out["candidates"]}
-    best = max(cands, key=lambda k: cands[k]["metrics"][metric])
-    best_v = cands[best]["version"]
-    score = cands[best]["metrics"][metric]
-    production = ev.get("production", {}).get("version")
-    decision = {"metric": metric, "tolerance": tol, "best": best, "candidate": best_v, "candidate_score": score}
-    if production:
-        c = ab.compare(root, production, best_v, "test", out["dataset_id"], tuple(cfg.evaluation.ks), metric)
-        decision.update(production=production, production_score=c["primary"]["a"], delta=c["primary"]["delta"],
-                        ci=[c["primary"]["ci_low"], c["primary"]["ci_high"]], p_value=c["primary"]["p_value"],
-                        verdict=c["verdict"])
-        decision["publish"] = best_v != production and c["primary"]["delta"] >= -tol
-        reason = (f"{best} {score:.4f} vs production {c['primary']['a']:.4f} (delta {c['primary']['delta']:+.4f}, "
-                  f"tolerance {tol})")
-    else:
-        pop = ev["popularity_baseline"]["metrics"][metric]
-        decision.update(production=None, popularity_score=pop, publish=score > pop or best == "popularity")
-        reason = f"first run: {best} {score:.4f} vs popularity {pop:.4f}"
-    decision["reason"] = reason
-    out["gate"] = decision
-    progress(f"  gate: {'PUBLISH' if decision['publish'] else 'KEEP PRODUCTION'} {best_v}: {reason}")
+    decision = compare.gate(root, {k: v for k, v in ev.items() if k in out["candidates"]},
+                            ev.get("production", {}).get("version"),
+                            ev["popularity_baseline"]["metrics"][cfg.nightly.primary_metric], out["dataset_id"],
+                            tuple(cfg.evaluation.ks), cfg.nightly.primary_metric, cfg.nightly.tolerance)
+    out["gate"] = {k: v for k, v in dataclasses.asdict(decision).items() if v is not None}
+    progress(f"  gate: {'PUBLISH' if decision.publish else 'KEEP PRODUCTION'} {decision.candidate}: {decision.reason}")
 
 
 def _index(cfg, root, out, progress):
-    from recsys.jobs import build_version_index
-    out["index"] = build_version_index(cfg, root, out["gate"]["candidate"], progress)
+    from recsys import jobs
+    out["index"] = jobs.index_version(cfg, root, out["gate"]["candidate"], progress)
 
 
 def _batch(cfg, root, out, progress):
@@ -196,7 +161,7 @@ def _publish(cfg, root, out, progress):
     version = out["gate"]["candidate"]
     registry.publish(root, version, reason=f"nightly gate: {out['gate']['reason']}")
     out["published"] = version
-    out["pruned"] = prune(root, cfg.nightly.keep_versions)
+    out["pruned"] = registry.prune(root, cfg.nightly.keep_versions)
     progress(f"  published {version}; pruned {len(out['pruned'])} old version(s)")
 
 

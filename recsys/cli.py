@@ -1,11 +1,13 @@
 """The `recsys` command line. Errors a user can cause print one line and exit 2; no tracebacks.
 
-Commands import their implementation lazily, so `recsys --help` stays fast and `recsys` never imports
-`pipelines/` or `serving/` at import time (they depend on `recsys`, not the reverse).
+This module parses arguments and calls `recsys` functions. Commands import their implementation
+lazily, so `recsys --help` stays fast. The Beam jobs (`pipelines/`) and the HTTP service (`serving/`)
+depend on `recsys`, not the reverse: `_outside` is the one door through which recsys reaches them.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -14,10 +16,21 @@ from recsys.config import load_config
 from recsys.errors import RecsysError
 
 
+def _outside(module: str):
+    """The CLI's one door to `pipelines.*` and `serving.*` (imported here only, when a command needs them)."""
+    if module.split(".")[0] not in ("pipelines", "serving"):
+        raise ValueError(module)
+    return importlib.import_module(module)
+
+
+def _root(cfg) -> str:
+    return cfg.resolve(cfg.artifacts.root)
+
+
 def _build_dataset(args) -> int:
-    from pipelines import build_dataset
     cfg = load_config(args.config)
-    build_dataset.run(cfg, dataset_id=args.dataset_id, previous=None if args.fresh_vocab else (args.previous or "latest"))
+    _outside("pipelines.build_dataset").run(cfg, dataset_id=args.dataset_id,
+                                            previous=None if args.fresh_vocab else (args.previous or "latest"))
     return 0
 
 
@@ -29,77 +42,63 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from recsys import registry
+    from recsys import registry, version
     from recsys.evaluation import evaluate
     cfg = load_config(args.config)
-    root = cfg.resolve(cfg.artifacts.root)
-    version = registry.resolve_version(root, args.model)
+    root = _root(cfg)
+    v = registry.resolve_version(root, args.model)
     ks = tuple(cfg.evaluation.ks)
-    result = evaluate.evaluate_version(root, version, args.split, args.dataset, ks)
-    print(f"evaluate: {version} on dataset {result['dataset_id']} split {args.split} (full catalog, seen items excluded)")
+    result = evaluate.evaluate_version(root, v, args.split, args.dataset, ks)
+    print(f"evaluate: {v} on dataset {result.dataset_id} split {args.split} (full catalog, seen items excluded)")
     print(evaluate.format_table(result, ks))
-    print(f"wrote {evaluate.write_metrics(root, result)}")
+    print(f"wrote {version.write_metrics(root, v, args.split, result.metrics_entry())}")
     return 0
 
 
 def _index(args) -> int:
-    from recsys import registry
-    from recsys import jobs
+    from recsys import jobs, registry
     cfg = load_config(args.config)
-    root = cfg.resolve(cfg.artifacts.root)
-    jobs.build_version_index(cfg, root, registry.resolve_version(root, args.model))
+    root = _root(cfg)
+    jobs.index_version(cfg, root, registry.resolve_version(root, args.model))
     return 0
 
 
 def _serve(args) -> int:
-    import os
-    import uvicorn
     cfg = load_config(args.config)
-    root = args.root or cfg.resolve(cfg.artifacts.root)
-    os.environ["RECSYS_ROOT"] = root
-    if args.admin_token:
-        os.environ["RECSYS_ADMIN_TOKEN"] = args.admin_token
-    os.environ["RECSYS_POLL_SECONDS"] = str(args.poll_seconds)
+    root = args.root or _root(cfg)
     print(f"serve: http://{args.host}:{args.port} root={root} workers={args.workers}")
-    uvicorn.run("serving.main:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level="warning", access_log=False)
+    _outside("serving.main").serve(root, host=args.host, port=args.port, workers=args.workers,
+                                   poll_seconds=args.poll_seconds, admin_token=args.admin_token)
     return 0
 
 
 def _compare(args) -> int:
-    from recsys import registry
-    from recsys.evaluation import compare
-    from recsys.evaluation import report
+    from recsys import fsio, registry
+    from recsys.evaluation import compare, report
     cfg = load_config(args.config)
-    root = cfg.resolve(cfg.artifacts.root)
+    root = _root(cfg)
     a, b = registry.resolve_version(root, args.a), registry.resolve_version(root, args.b)
     c = compare.compare(root, a, b, args.split, args.dataset, tuple(cfg.evaluation.ks),
                         args.primary or cfg.nightly.primary_metric)
-    out = args.out or fsio_join(root, "reports", f"{a}__vs__{b}")
+    out = args.out or fsio.join(root, "reports", f"{a}__vs__{b}")
     paths = report.write_report(c, out)
     print(report.markdown(c))
-    print(f"verdict: {c['verdict']}")
+    print(f"verdict: {c.verdict}")
     print(f"wrote {paths['md']}, {paths['html']}, {paths['json']}")
     return 0
-
-
-def fsio_join(*parts):
-    from recsys import fsio
-    return fsio.join(*parts)
 
 
 def _versions(args) -> int:
     from recsys import registry
     cfg = load_config(args.config)
-    root = cfg.resolve(cfg.artifacts.root)
-    print(registry.format_versions(root))
+    print(registry.format_versions(_root(cfg)))
     return 0
 
 
 def _publish(args) -> int:
     from recsys import registry
     cfg = load_config(args.config)
-    root = cfg.resolve(cfg.artifacts.root)
+    root = _root(cfg)
     version = registry.resolve_version(root, args.version)
     registry.publish(root, version, reason="manual")
     print(f"published {version}")
@@ -108,21 +107,14 @@ def _publish(args) -> int:
 
 def _rollback(args) -> int:
     from recsys import registry
-    from recsys.errors import DataError
     cfg = load_config(args.config)
-    root = cfg.resolve(cfg.artifacts.root)
-    prev = registry.previous_published(root)
-    if not prev:
-        raise DataError("rollback: no previously published version to go back to")
-    registry.publish(root, prev, reason="rollback")
-    print(f"rolled back to {prev}")
+    print(f"rolled back to {registry.rollback(_root(cfg))}")
     return 0
 
 
 def _nightly(args) -> int:
-    from pipelines import nightly
     cfg = load_config(args.config)
-    summary = nightly.run(cfg, resume=args.resume)
+    summary = _outside("pipelines.nightly").run(cfg, resume=args.resume)
     _print_summary(summary)
     return 0
 
@@ -138,32 +130,32 @@ def _print_summary(summary: dict) -> None:
 
 def _demo(args) -> int:
     """The README's main job on the embedded data: nightly, A/B verdict vs popularity, sample answers."""
-    from pipelines import nightly
-    from recsys import registry
-    from recsys.evaluation import compare
-    from recsys.evaluation import report
+    from recsys import fsio, registry, version
+    from recsys.evaluation import compare, report
+    from recsys.models import MODELS
     from recsys.retrieval.engine import Engine
     cfg = load_config(args.config)
-    root = cfg.resolve(cfg.artifacts.root)
-    summary = nightly.run(cfg)
+    root = _root(cfg)
+    summary = _outside("pipelines.nightly").run(cfg)
     _print_summary(summary)
     current = registry.current_version(root)
     cands = summary.get("candidates") or {}
-    pop = cands.get("popularity", {}).get("version")
     metric = cfg.nightly.primary_metric
-    personal = {k: v for k, v in cands.items() if k in ("two_tower", "mf")}
-    if pop and personal:
+    baseline = next((k for k in cands if k in MODELS and not MODELS[k].personalized), None)
+    personal = {k: v for k, v in cands.items() if k in MODELS and MODELS[k].personalized}
+    if baseline and personal:
         best = max(personal, key=lambda k: personal[k]["metrics"][metric])
-        c = compare.compare(root, pop, personal[best]["version"], "test", summary["dataset_id"],
-                            tuple(cfg.evaluation.ks), metric)
-        paths = report.write_report(c, fsio_join(root, "reports", f"{pop}__vs__{personal[best]['version']}"))
-        print(f"A/B {best} (B) vs popularity (A): {c['verdict']}")
+        a, b = cands[baseline]["version"], personal[best]["version"]
+        c = compare.compare(root, a, b, "test", summary["dataset_id"], tuple(cfg.evaluation.ks), metric)
+        paths = report.write_report(c, fsio.join(root, "reports", f"{a}__vs__{b}"))
+        print(f"A/B {best} (B) vs {baseline} (A): {c.verdict}")
         print(f"report: {paths['html']}")
     if current:
         engine = Engine.load(root, current)
         user = str(engine.lv.users.ids[0])
         rec = engine.recommend(user, 5)
-        titles = _titles(engine)
+        items = version.load_item_attributes(root, current, ["item", "title"])
+        titles = dict(zip(items["item"], items["title"])) if items is not None else {}
         print(f"top 5 for user {user} ({rec.source}, {rec.version}):")
         for item, score in zip(rec.items, rec.scores):
             print(f"  {item:>8}  {score:6.3f}  {titles.get(item, '')}")
@@ -172,17 +164,6 @@ def _demo(args) -> int:
         print("           curl -X POST http://127.0.0.1:8000/v1/recommendations "
               "-H 'content-type: application/json' -d '{\"history\": [\"1\", \"260\"], \"k\": 5}'")
     return 0
-
-
-def _titles(engine) -> dict:
-    from recsys import fsio, registry
-    path = fsio.join(registry.version_dir(engine.lv.root, engine.version), "items.parquet")
-    if not fsio.exists(path):
-        return {}
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    t = pq.read_table(pa.BufferReader(fsio.read_bytes(path)), columns=["item", "title"]).to_pandas()
-    return dict(zip(t["item"], t["title"]))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -199,7 +180,8 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model version on a dataset")
     t.add_argument("--config")
-    t.add_argument("--model", required=True, choices=["two_tower", "mf", "popularity"])
+    from recsys.models import MODELS
+    t.add_argument("--model", required=True, choices=list(MODELS))
     t.add_argument("--dataset", help="dataset id (default: the latest)")
     t.add_argument("--warm-start", default="auto",
                    help="version to warm-start from: auto (published or latest of this model), none, or a version")

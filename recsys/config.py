@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from recsys.errors import ConfigError
+from recsys.fsio import is_url
 
 INTERACTION_FORMATS = ("csv", "parquet", "jsonl", "movielens_csv", "movielens_100k", "movielens_1m")
 ITEM_FORMATS = ("none", "movielens_movies", "csv", "parquet", "jsonl")
@@ -21,7 +22,6 @@ USER_FORMATS = ("none", "movielens_users", "csv", "parquet", "jsonl")
 TIMESTAMP_UNITS = ("s", "ms", "iso")
 FEEDBACK_MODES = ("rating", "event", "implicit")
 SPLIT_STRATEGIES = ("temporal", "leave_last_n")
-MODEL_NAMES = ("two_tower", "mf", "popularity")
 
 
 @dataclass
@@ -126,10 +126,6 @@ class Config:
         d = dataclasses.asdict(self)
         d.pop("base_dir")
         return d
-
-
-def is_url(path: str) -> bool:
-    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path or "") is not None
 
 
 def _build(cls, data: Any, prefix: str):
@@ -275,8 +271,9 @@ def validate(cfg: Config) -> Config:
     _check(0 <= ix.min_recall_at_10 <= 1, "index.min_recall_at_10", ix.min_recall_at_10, "between 0 and 1")
     _check(ix.recall_sample_users >= 1, "index.recall_sample_users", ix.recall_sample_users, ">= 1")
     nc = cfg.nightly
-    _check(bool(nc.models) and all(m in MODEL_NAMES for m in nc.models), "nightly.models", nc.models,
-           f"a non-empty list of {', '.join(MODEL_NAMES)}")
+    from recsys.models import MODELS   # here, not at the top: recsys.models imports this module
+    _check(bool(nc.models) and all(m in MODELS for m in nc.models), "nightly.models", nc.models,
+           f"a non-empty list of {', '.join(MODELS)}")
     _check(bool(re.match(r"^(recall|recall_norm|ndcg|hit_rate|map|mrr)@\d+$", nc.primary_metric))
            and int(nc.primary_metric.split("@")[1]) in cfg.evaluation.ks,
            "nightly.primary_metric", nc.primary_metric, f"<metric>@<k> with k in evaluation.ks {cfg.evaluation.ks}")

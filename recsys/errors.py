@@ -15,3 +15,11 @@ class ConfigError(RecsysError):
 
 class DataError(RecsysError):
     """Input data or an artifact that cannot be used."""
+
+
+class RequestError(RecsysError):
+    """A bad recommendation request (the engine and the HTTP service): the message names the field."""
+
+    def __init__(self, field_name: str, message: str, status: int = 400):
+        super().__init__(f"{field_name}: {message}")
+        self.field, self.status = field_name, status

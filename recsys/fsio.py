@@ -1,23 +1,44 @@
-"""File access for artifacts: local paths or any scheme Beam's filesystems support (gs://, s3://, ...).
+"""File access for artifacts: local paths, or any scheme Beam's filesystems support (gs://, s3://, ...).
 
-Anything another process reads is written atomically: to a temporary name, then renamed.
+The one place that knows how to write so that another process never reads half a file or half a
+directory:
+- `atomic_write_bytes` / `atomic_write_text`: a file, written to a temporary name and renamed;
+- `atomic_dir`: a directory, filled under a temporary name and renamed when complete;
+- `staged_dir` / `local_copy`: tools that only write or read local folders (TensorFlow SavedModel,
+  ScaNN) go through a local folder that is uploaded or downloaded whole.
+
+Local paths use the standard library only. Apache Beam's `FileSystems` is imported on the first URL,
+so processes that never touch an object store (the HTTP service on a local artifact root) never load
+Beam.
 """
 from __future__ import annotations
 
+import glob
 import os
+import re
+import shutil
+import tempfile
 import uuid
+from contextlib import contextmanager
+from typing import Iterator
 
-from apache_beam.io.filesystems import FileSystems
 
-from recsys.config import is_url
+def is_url(path: str) -> bool:
+    """True for `scheme://...` paths (gs://, s3://, ...), which go through Beam's filesystems."""
+    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path or "") is not None
+
+
+def _filesystems():
+    from apache_beam.io.filesystems import FileSystems   # only for URLs: Beam is a heavy import
+    return FileSystems
 
 
 def join(*parts: str) -> str:
-    return FileSystems.join(*parts) if is_url(parts[0]) else os.path.join(*parts)
+    return _filesystems().join(*parts) if is_url(parts[0]) else os.path.join(*parts)
 
 
 def exists(path: str) -> bool:
-    return FileSystems.exists(path)
+    return _filesystems().exists(path) if is_url(path) else os.path.exists(path)
 
 
 def makedirs(path: str) -> None:
@@ -26,8 +47,20 @@ def makedirs(path: str) -> None:
     os.makedirs(path, exist_ok=True)
 
 
+# Beam decompresses these on read (by suffix); local files with them go through Beam too, so a
+# gzipped input reads the same from a laptop and from a bucket.
+_COMPRESSED = (".bz2", ".deflate", ".gz", ".zst", ".zstd", ".xz", ".lzma")
+
+
+def open_read(path: str):
+    """A binary file object for reading; compressed files (by suffix) are decompressed."""
+    if is_url(path) or path.lower().endswith(_COMPRESSED):
+        return _filesystems().open(path)
+    return open(path, "rb")
+
+
 def read_bytes(path: str) -> bytes:
-    with FileSystems.open(path) as fh:
+    with open_read(path) as fh:
         return fh.read()
 
 
@@ -36,9 +69,11 @@ def read_text(path: str) -> str:
 
 
 def open_write(path: str):
-    if not is_url(path):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    return FileSystems.create(path)
+    """A binary file object for writing (parent folders are created). Not atomic: see below."""
+    if is_url(path):
+        return _filesystems().create(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    return open(path, "wb")
 
 
 def write_bytes(path: str, data: bytes) -> None:
@@ -64,14 +99,88 @@ def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+@contextmanager
+def atomic_dir(final: str, replace: bool = False) -> Iterator[str]:
+    """Yield a directory to fill; when the block completes it becomes `final`, all at once.
+
+    Locally the directory is a hidden sibling (`.tmp-<name>-<random>`, which listings skip) renamed to
+    `final` at the end, and removed if the block raises. Object stores have no directory rename: there
+    the block writes to `final` itself, and the caller writes a completion marker (a manifest, a
+    stats.json) last. With `replace`, an existing `final` is swapped out and deleted; otherwise it must
+    not exist.
+
+    Args:
+        final: the directory the caller wants to create.
+        replace: replace an existing `final` instead of failing.
+    Yields:
+        The path to write into.
+    """
+    if is_url(final):
+        yield final
+        return
+    parent, name = os.path.split(final.rstrip("/"))
+    os.makedirs(parent or ".", exist_ok=True)
+    tmp = os.path.join(parent, f".tmp-{name}-{uuid.uuid4().hex[:8]}")
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if replace and os.path.exists(final):
+        old = os.path.join(parent, f".old-{name}-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)   # readers see the old or the new directory under `final`, never a mix
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+@contextmanager
+def staged_dir(path: str) -> Iterator[str]:
+    """A local folder for a tool that writes only to local disk; its files end up under `path`.
+
+    A local `path` is used as it is; for a URL the tool writes to a temporary folder whose files are
+    uploaded (same relative names) when the block completes.
+    """
+    if not is_url(path):
+        os.makedirs(path, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="recsys-stage-") as tmp:
+        yield tmp
+        for dirpath, _, files in os.walk(tmp):
+            for f in files:
+                src = os.path.join(dirpath, f)
+                with open(src, "rb") as fh:
+                    write_bytes(join(path, os.path.relpath(src, tmp).replace(os.sep, "/")), fh.read())
+
+
+@contextmanager
+def local_copy(path: str) -> Iterator[str]:
+    """A local folder holding the files directly under `path` (downloaded for a URL, removed after)."""
+    if not is_url(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="recsys-fetch-") as tmp:
+        for src in match(join(path, "*")):
+            with open(os.path.join(tmp, src.rsplit("/", 1)[-1]), "wb") as fh:
+                fh.write(read_bytes(src))
+        yield tmp
+
+
 def match(pattern: str) -> list[str]:
     """Files matching a path or glob, sorted (deterministic input order)."""
-    result = FileSystems.match([pattern])[0]
-    return sorted(m.path for m in result.metadata_list)
+    if is_url(pattern):
+        result = _filesystems().match([pattern])[0]
+        return sorted(m.path for m in result.metadata_list)
+    if pattern.endswith(("/", os.sep)):
+        pattern += "*"   # a folder means its files, as in Beam's match
+    return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
 
 
 def list_dir(path: str) -> list[str]:
-    """Names of the direct children of a local directory (empty if it does not exist)."""
+    """Names of the direct children of a directory (empty if it does not exist)."""
     if is_url(path):
         prefix = path.rstrip("/") + "/"
         names = {p[len(prefix):].split("/")[0] for p in match(prefix + "*")}
@@ -81,11 +190,17 @@ def list_dir(path: str) -> list[str]:
 
 def rename(src: str, dst: str) -> None:
     if is_url(src):
-        FileSystems.rename([src], [dst])
+        _filesystems().rename([src], [dst])
     else:
         os.replace(src, dst)
 
 
 def delete(path: str) -> None:
-    if exists(path):
-        FileSystems.delete([path])
+    """Delete a file or a whole directory (nothing if it does not exist)."""
+    if is_url(path):
+        if exists(path):
+            _filesystems().delete([path])
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)

@@ -67,3 +67,22 @@ def create_app(settings: Settings | None = None, holder: EngineHolder | None = N
 def app_from_env() -> FastAPI:
     """uvicorn factory for multi-worker runs (`--workers N`): settings come from RECSYS_* variables."""
     return create_app(Settings.from_env())
+
+
+def serve(root: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, poll_seconds: float = 10.0,
+          admin_token: str = "") -> None:
+    """Run the service with uvicorn until interrupted (what `recsys serve` calls).
+
+    Each of the `workers` processes builds its app from RECSYS_* variables (uvicorn starts workers
+    from an import string, so settings cannot be passed as objects); they are set here, from the
+    arguments, and nowhere else.
+    """
+    import os
+
+    import uvicorn
+    os.environ["RECSYS_ROOT"] = root
+    os.environ["RECSYS_POLL_SECONDS"] = str(poll_seconds)
+    if admin_token:
+        os.environ["RECSYS_ADMIN_TOKEN"] = admin_token
+    uvicorn.run("serving.main:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="warning", access_log=False)

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from recsys.retrieval.engine import MAX_K, Engine, RequestError
-from recsys.scoring import POPULARITY
+from recsys.errors import RequestError
+from recsys.models.base import POPULARITY
+from recsys.retrieval.engine import MAX_K, Engine
 
 from serving import prometheus
 from serving.deps import get_engine

@@ -28,7 +28,3 @@ class Status(BaseModel):
     status: str
     version: str | None = None
     detail: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: str

@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 
 from pipelines import build_dataset as _pipeline
-from recsys import export, registry
-from recsys import jobs
-from recsys.models import training as train
+from recsys import jobs, registry, version
 from recsys.data import trainset
+from recsys.models import create
 from recsys.config import from_dict
 from recsys.data.synthetic import clustered_interactions, clustered_items
 
@@ -124,10 +123,10 @@ def served(tmp_path_factory):
     ts = trainset.from_dataset(ds, cfg.model.history_length)
     root = cfg.resolve(cfg.artifacts.root)
     versions = {}
-    for name in ("mf", "two_tower"):
-        tr = train.fit(ts, name, cfg.model, (10,), progress=lambda *_: None)
-        versions[name] = export.save_version(tr, ts, cfg, name, root, ds.path)
-        jobs.build_version_index(cfg, root, versions[name], progress=lambda *_: None)
-    versions["popularity"] = export.save_version(None, ts, cfg, "popularity", root, ds.path)
+    for name in ("mf", "two_tower", "popularity"):
+        model = create(name, cfg.model)
+        model.fit(ts, (10,), progress=lambda *_: None)
+        versions[name] = version.save(model, ts, cfg, root, ds)
+        jobs.index_version(cfg, root, versions[name], progress=lambda *_: None)
     registry.publish(root, versions["two_tower"])
     return {"root": root, "cfg": cfg, "versions": versions, "dataset": ds, "trainset": ts}

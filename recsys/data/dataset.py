@@ -10,7 +10,7 @@ rejected/                  part-*.jsonl: source, line, reason, raw
 stats.json
 ```
 Splits are Parquet, not TFRecord: Arrow reads them in column chunks straight into numpy (and from there
-into `tf.data`) far faster than per-row `tf.train.Example` parsing (see benchmarks/dataset_formats.py).
+into `tf.data`) far faster than per-row `tf.train.Example` parsing.
 """
 from __future__ import annotations
 
@@ -95,8 +95,13 @@ class Dataset:
             self._items = Vocabulary.load(fsio.join(self.path, "vocab", "items.txt"))
         return self._items
 
+    @property
+    def item_features_path(self) -> str:
+        """items.parquet: item attributes (a version copies it for its filters)."""
+        return fsio.join(self.path, "items.parquet")
+
     def item_features(self) -> pd.DataFrame:
-        return pq.read_table(pa.BufferReader(fsio.read_bytes(fsio.join(self.path, "items.parquet")))).to_pandas()
+        return pq.read_table(pa.BufferReader(fsio.read_bytes(self.item_features_path))).to_pandas()
 
     def user_features(self) -> pd.DataFrame | None:
         """users.parquet (user, user_idx, features), or None when the dataset was built without one."""
@@ -120,7 +125,7 @@ class Dataset:
     def iter_batches(self, split: str, columns: list[str], batch_size: int = 65536) -> Iterator[dict]:
         """Stream a split as dicts of numpy column chunks, one shard at a time (bounded memory)."""
         for path in self.shards(split):
-            with fsio.FileSystems.open(path) as fh:
+            with fsio.open_read(path) as fh:
                 pf = pq.ParquetFile(fh)
                 for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
                     yield {c: batch.column(c).to_numpy(zero_copy_only=False) for c in columns}

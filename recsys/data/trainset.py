@@ -263,3 +263,42 @@ def from_lightgcn(directory: str, history_len: int = 20, validation_fraction: fl
         ts.evals["validation"] = es(tr_u[va_mask], tr_i[va_mask], fit_u, fit_i)
     ts.evals["test"] = es(te_u, te_i, tr_u, tr_i)
     return ts
+
+
+def user_histories(ts: TrainSet, length: int, dataset: Dataset | None = None) -> np.ndarray:
+    """Each known user's `length` most recent items (newest first) from train, then validation.
+
+    Validation interactions precede test in time, so the stored embeddings use everything a service
+    would know before the test period, and nothing from it.
+    """
+    users, items = ts.user_idx, ts.item_idx
+    if dataset is not None and not ts.includes_validation:
+        val = _split_rows(ts, dataset, "validation", ["user", "item_idx", "timestamp"])
+        val = val.sort_values("timestamp", kind="stable")
+        users = np.concatenate([users, val["user_idx"].to_numpy(np.int64)])
+        items = np.concatenate([items, val["item_idx"].to_numpy(np.int64)])
+    return last_items(users, items, ts.n_users, length)
+
+
+def seen_items(ts: TrainSet, dataset: Dataset | None) -> sp.csr_matrix:
+    """Known users x items they interacted with in any split (what the service excludes as seen)."""
+    rows, cols = [ts.user_idx], [ts.item_idx]
+    if dataset is not None:
+        for split in ("validation", "test"):
+            df = _split_rows(ts, dataset, split, ["user", "item_idx"])
+            rows.append(df["user_idx"].to_numpy(np.int64))
+            cols.append(df["item_idx"].to_numpy(np.int64))
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    m = sp.csr_matrix((np.ones(len(r), np.int8), (r, c)), shape=(ts.n_users, ts.n_items))
+    m.sum_duplicates()
+    m.data[:] = 1
+    return m
+
+
+def _split_rows(ts: TrainSet, dataset: Dataset, split: str, columns: list) -> pd.DataFrame:
+    """Rows of a dataset split whose user and item the TrainSet knows, with `user_idx` in `ts`'s
+    vocabulary (which may extend the dataset's: a refit appends users first seen in validation)."""
+    from recsys.data.vocab import Vocabulary
+    df = dataset.read(split, columns)
+    df["user_idx"] = Vocabulary(ts.user_ids).lookup(df["user"])
+    return df[(df["user_idx"] >= 0) & (df["item_idx"] >= 0)]

@@ -8,24 +8,98 @@ Statistics are over users (the unit that is randomized online):
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from recsys.evaluation.evaluate import evaluate_version
+from recsys.evaluation.evaluate import EvaluationResult, evaluate_version
 from recsys.evaluation.metrics import Evaluation
 
 DEFAULT_METRICS = ("recall", "ndcg")
 
 
+@dataclass
+class PairedStats:
+    """B - A on one metric (or within one segment), paired over the same users."""
+    n_users: int
+    a: float
+    b: float
+    delta: float
+    ci_low: float = 0.0
+    ci_high: float = 0.0
+    p_value: float = 1.0
+    relative: float = 0.0
+    name: str = ""            # the metric or the segment
+
+
+@dataclass
+class Arm:
+    version: str
+    model: str
+    sources: dict             # source -> evaluated users answered from it
+
+
+@dataclass
+class Comparison:
+    """What `recsys compare` found; `to_dict()` is comparison.json."""
+    a: Arm
+    b: Arm
+    dataset_id: str
+    split: str
+    primary_metric: str
+    alpha: float
+    metrics: list             # [PairedStats] per metric
+    list_level: dict          # coverage@k: {"a": .., "b": ..}
+    segments: list            # [PairedStats] per segment
+    verdict: str
+    primary: PairedStats
+    per_user_delta: np.ndarray
+    popularity_metrics: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["per_user_delta"] = np.asarray(self.per_user_delta).tolist()
+        return d
+
+
+@dataclass
+class GateDecision:
+    """The nightly gate: publish the best candidate only if it is not worse than production."""
+    metric: str
+    tolerance: float
+    best: str                 # the candidate's model name
+    candidate: str            # its version
+    candidate_score: float
+    publish: bool
+    reason: str
+    production: str | None = None
+    production_score: float | None = None
+    delta: float | None = None
+    ci: list | None = None
+    p_value: float | None = None
+    verdict: str | None = None
+    popularity_score: float | None = None
+
+
 def paired_stats(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, n_perm: int = 5000, seed: int = 0,
-                 alpha: float = 0.05) -> dict:
-    """Mean difference B - A with a bootstrap CI and a sign-flip permutation p-value."""
+                 alpha: float = 0.05, name: str = "") -> PairedStats:
+    """Mean difference B - A with a bootstrap CI and a sign-flip permutation p-value.
+
+    Args:
+        a, b: per-user values of the two arms, paired by position.
+        n_boot: bootstrap resamples (CI).
+        n_perm: random sign flips (p-value).
+        seed: the random seed (results are reproducible).
+        alpha: 1 - the CI's coverage.
+        name: the metric or segment, carried into the result.
+    """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     d = b - a
     n = len(d)
-    out = {"n_users": int(n), "a": float(a.mean()) if n else 0.0, "b": float(b.mean()) if n else 0.0,
-           "delta": float(d.mean()) if n else 0.0}
     if n == 0:
-        return {**out, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0, "relative": 0.0}
+        return PairedStats(0, 0.0, 0.0, 0.0, name=name)
+    base = dict(n_users=int(n), a=float(a.mean()), b=float(b.mean()), delta=float(d.mean()), name=name)
     rng = np.random.default_rng(seed)
     boots = np.empty(n_boot)
     chunk = max(1, 2_000_000 // n)
@@ -43,19 +117,19 @@ def paired_stats(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, n_perm: int =
             signs = rng.integers(0, 2, (m, n), dtype=np.int8) * 2 - 1
             extreme += int((np.abs(signs @ d) >= obs - 1e-12).sum())
         p = (extreme + 1) / (n_perm + 1)   # the observed labelling counts as one permutation
-    rel = out["delta"] / out["a"] if out["a"] else 0.0
-    return {**out, "ci_low": float(lo), "ci_high": float(hi), "p_value": float(p), "relative": float(rel)}
+    rel = base["delta"] / base["a"] if base["a"] else 0.0
+    return PairedStats(**base, ci_low=float(lo), ci_high=float(hi), p_value=float(p), relative=float(rel))
 
 
-def verdict(stats: dict, metric: str, alpha: float = 0.05) -> str:
+def verdict(stats: PairedStats, metric: str, alpha: float = 0.05) -> str:
     """One line: B better / worse / no significant difference on the primary metric."""
-    d, p = stats["delta"], stats["p_value"]
-    ci = f"95% CI [{stats['ci_low']:+.4f}, {stats['ci_high']:+.4f}], p={p:.3g}, {stats['n_users']} users"
-    if p < alpha and d > 0:
-        return f"B is better on {metric}: {stats['a']:.4f} -> {stats['b']:.4f} ({d:+.4f}, {stats['relative']:+.1%}; {ci})"
-    if p < alpha and d < 0:
-        return f"B is worse on {metric}: {stats['a']:.4f} -> {stats['b']:.4f} ({d:+.4f}, {stats['relative']:+.1%}; {ci})"
-    return f"no significant difference on {metric}: {stats['a']:.4f} vs {stats['b']:.4f} ({d:+.4f}; {ci})"
+    s = stats
+    ci = f"95% CI [{s.ci_low:+.4f}, {s.ci_high:+.4f}], p={s.p_value:.3g}, {s.n_users} users"
+    if s.p_value < alpha and s.delta > 0:
+        return f"B is better on {metric}: {s.a:.4f} -> {s.b:.4f} ({s.delta:+.4f}, {s.relative:+.1%}; {ci})"
+    if s.p_value < alpha and s.delta < 0:
+        return f"B is worse on {metric}: {s.a:.4f} -> {s.b:.4f} ({s.delta:+.4f}, {s.relative:+.1%}; {ci})"
+    return f"no significant difference on {metric}: {s.a:.4f} vs {s.b:.4f} ({s.delta:+.4f}; {ci})"
 
 
 def group_recall(ev: Evaluation, relevant, item_mask: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,12 +147,12 @@ def group_recall(ev: Evaluation, relevant, item_mask: np.ndarray, k: int) -> tup
     return np.where(has, hits / np.maximum(n_rel, 1), 0.0), has
 
 
-def segments(res_a: dict, res_b: dict, k: int, primary: str) -> list[dict]:
+def segments(res_a: EvaluationResult, res_b: EvaluationResult, k: int, primary: str) -> list[PairedStats]:
     """Paired deltas of the primary metric within user and item segments."""
-    ev_a, ev_b = res_a["evaluation"], res_b["evaluation"]
-    es = res_b["eval_set"]
+    ev_a, ev_b = res_a.evaluation, res_b.evaluation
+    es = res_b.eval_set
     users = ev_b.users
-    counts = res_b["train_item_counts"]
+    counts = res_b.train_item_counts
     # activity: the user's seen (train [+ validation]) interactions, cut at tertiles
     activity = np.asarray(es.exclude[users].sum(1)).ravel()
     out = []
@@ -90,7 +164,7 @@ def segments(res_a: dict, res_b: dict, k: int, primary: str) -> list[dict]:
                            ("heavy users", third == 2),
                            # relative to the dataset's train split, so both versions are cut alike
                            ("new users", es.user_idx[users] < 0), ("returning users", es.user_idx[users] >= 0)):
-            out.append({"segment": name, **paired_stats(a_vals[mask], b_vals[mask], n_boot=500, n_perm=1000)})
+            out.append(paired_stats(a_vals[mask], b_vals[mask], n_boot=500, n_perm=1000, name=name))
     # head = the most popular items that make up half of training interactions; tail = the rest
     order = np.argsort(-counts)
     cum = np.cumsum(counts[order]) / max(counts.sum(), 1)
@@ -100,18 +174,28 @@ def segments(res_a: dict, res_b: dict, k: int, primary: str) -> list[dict]:
         ra, has_a = group_recall(ev_a, es.relevant, mask, k)
         rb, has_b = group_recall(ev_b, es.relevant, mask, k)
         has = has_a & has_b
-        out.append({"segment": name, **paired_stats(ra[has], rb[has], n_boot=500, n_perm=1000)})
+        out.append(paired_stats(ra[has], rb[has], n_boot=500, n_perm=1000, name=name))
     return out
 
 
 def compare(root: str, version_a: str, version_b: str, split: str = "test", dataset_id: str | None = None,
-            ks=(10, 20, 50), primary: str = "ndcg@20", alpha: float = 0.05) -> dict:
-    """Compare two versions on the same dataset split (default: B's dataset)."""
-    from recsys import registry
-    dataset_id = dataset_id or registry.read_manifest(root, version_b).get("dataset_id")
+            ks=(10, 20, 50), primary: str = "ndcg@20", alpha: float = 0.05) -> Comparison:
+    """Compare two versions on the same dataset split (default: B's dataset).
+
+    Args:
+        root: the artifact root.
+        version_a, version_b: the baseline and the candidate.
+        split: the held-out split both are scored on.
+        dataset_id: the dataset (default: B's).
+        ks: metric cutoffs.
+        primary: the metric of the verdict.
+        alpha: the significance level of the verdict.
+    """
+    from recsys import version as version_mod
+    dataset_id = dataset_id or version_mod.read_manifest(root, version_b).get("dataset_id")
     res_a = evaluate_version(root, version_a, split, dataset_id, ks)
     res_b = evaluate_version(root, version_b, split, dataset_id, ks)
-    ev_a, ev_b = res_a["evaluation"], res_b["evaluation"]
+    ev_a, ev_b = res_a.evaluation, res_b.evaluation
     assert np.array_equal(ev_a.users, ev_b.users)   # same held-out users, row for row
     k_primary = int(primary.split("@")[1])
     rows = []
@@ -119,18 +203,51 @@ def compare(root: str, version_a: str, version_b: str, split: str = "test", data
         for m in DEFAULT_METRICS + ("novelty",):
             key = f"{m}@{k}"
             if key in ev_a.per_user:
-                rows.append({"metric": key, **paired_stats(ev_a.per_user[key], ev_b.per_user[key])})
-    list_level = {k: {"a": res_a["model_metrics"][k], "b": res_b["model_metrics"][k]}
-                  for k in res_a["model_metrics"] if k.startswith("coverage@")}
-    primary_stats = next(r for r in rows if r["metric"] == primary)
-    return {
-        "a": {"version": version_a, "model": res_a["model"], "sources": res_a["sources"]},
-        "b": {"version": version_b, "model": res_b["model"], "sources": res_b["sources"]},
-        "dataset_id": res_b["dataset_id"], "split": split, "primary_metric": primary, "alpha": alpha,
-        "metrics": rows, "list_level": list_level,
-        "segments": segments(res_a, res_b, k_primary, primary),
-        "verdict": verdict(primary_stats, primary, alpha),
-        "primary": primary_stats,
-        "per_user_delta": (ev_b.per_user[primary] - ev_a.per_user[primary]).tolist(),
-        "popularity_metrics": res_b["popularity_metrics"],
-    }
+                rows.append(paired_stats(ev_a.per_user[key], ev_b.per_user[key], name=key))
+    list_level = {k: {"a": res_a.metrics[k], "b": res_b.metrics[k]}
+                  for k in res_a.metrics if k.startswith("coverage@")}
+    primary_stats = next(r for r in rows if r.name == primary)
+    return Comparison(
+        a=Arm(version_a, res_a.model, res_a.sources), b=Arm(version_b, res_b.model, res_b.sources),
+        dataset_id=res_b.dataset_id, split=split, primary_metric=primary, alpha=alpha,
+        metrics=rows, list_level=list_level, segments=segments(res_a, res_b, k_primary, primary),
+        verdict=verdict(primary_stats, primary, alpha), primary=primary_stats,
+        per_user_delta=ev_b.per_user[primary] - ev_a.per_user[primary],
+        popularity_metrics=res_b.popularity_metrics)
+
+
+def gate(root: str, candidates: dict, production: str | None, popularity_score: float, dataset_id: str,
+         ks, metric: str, tolerance: float) -> GateDecision:
+    """Which candidate to publish, if any.
+
+    The best candidate by `metric` is published only if it is not worse than production (a paired
+    comparison on the same users) beyond `tolerance`; on a first run (no production), if it beats the
+    popularity baseline, or is the popularity model itself.
+
+    Args:
+        root: the artifact root.
+        candidates: model name -> {"version": id, "metrics": {metric: value}}.
+        production: the published version, or None.
+        popularity_score: the popularity baseline's `metric` on the same split.
+        dataset_id: the dataset both are compared on.
+        ks: metric cutoffs.
+        metric: the primary metric.
+        tolerance: how much worse than production a candidate may be and still be published.
+    """
+    best = max(candidates, key=lambda k: candidates[k]["metrics"][metric])
+    best_v = candidates[best]["version"]
+    score = candidates[best]["metrics"][metric]
+    if production:
+        c = compare(root, production, best_v, "test", dataset_id, ks, metric)
+        p = c.primary
+        return GateDecision(metric, tolerance, best, best_v, score,
+                            publish=best_v != production and p.delta >= -tolerance,
+                            reason=f"{best} {score:.4f} vs production {p.a:.4f} (delta {p.delta:+.4f}, "
+                                   f"tolerance {tolerance})",
+                            production=production, production_score=p.a, delta=p.delta,
+                            ci=[p.ci_low, p.ci_high], p_value=p.p_value, verdict=c.verdict)
+    from recsys.models import MODELS
+    return GateDecision(metric, tolerance, best, best_v, score,
+                        publish=score > popularity_score or not MODELS[best].personalized,
+                        reason=f"first run: {best} {score:.4f} vs popularity {popularity_score:.4f}",
+                        popularity_score=popularity_score)

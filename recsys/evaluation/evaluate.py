@@ -1,58 +1,69 @@
 """`recsys evaluate`: a saved version on a dataset split, full catalog, next to popularity.
 
-The version's vocabularies need not match the dataset's (the nightly gate evaluates yesterday's
-production version on today's split): users and items are matched by ID string; catalog items the
-version does not know can still be relevant and simply count as misses.
+Scoring goes through recsys/evaluation/scorer.py, the same rule training validates with. The
+version's vocabularies need not match the dataset's (the nightly gate evaluates yesterday's production
+version on today's split).
 """
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from recsys import fsio, registry
-from recsys.evaluation import metrics
+from recsys import version as version_mod
 from recsys.data.dataset import Dataset
-from recsys.errors import DataError
-from recsys.models.popularity import Popularity
-from recsys.scoring import POPULARITY, LoadedVersion, query_vectors
 from recsys.data.trainset import EvalSet, eval_sets
+from recsys.errors import DataError
+from recsys.evaluation import metrics
+from recsys.evaluation.scorer import evaluate_model
+from recsys.models.popularity import Popularity
+from recsys.version import LoadedVersion
 
 
-def version_scorer(lv: LoadedVersion, ev: EvalSet, catalog_ids: np.ndarray):
-    """score_fn(rows) over the dataset's catalog for the users of `ev`, and each user's source."""
-    col = lv.items.lookup(catalog_ids)              # version item index per catalog item, -1 unknown
-    known_cols = np.flatnonzero(col >= 0)
-    pop = np.full(len(catalog_ids), -np.inf, dtype=np.float32)
-    pop[known_cols] = lv.popularity_scores[col[known_cols]]
-    if not lv.personalized:
-        return (lambda rows: np.broadcast_to(pop, (len(rows), len(pop))).copy()), \
-            np.full(len(ev.user_ids), POPULARITY, dtype=object)
-    u = lv.users.lookup(ev.user_ids)
-    # Unknown users are served from the history they have (what the service does with fresh history).
-    hist = [col[h[h >= 0]] if u[r] < 0 else np.zeros(0, np.int64) for r, h in enumerate(ev.history)]
-    hist = [h[h >= 0] for h in hist]
-    vecs, sources = query_vectors(lv, u, hist)
-    items_known = lv.item_embeddings[col[known_cols]]
+@dataclass
+class EvaluationResult:
+    """A version's metrics on one split, beside the dataset's popularity baseline on the same users."""
+    version: str
+    model: str
+    dataset_id: str
+    split: str
+    metrics: dict                 # summary: metric name -> mean over users (plus list-level metrics)
+    popularity_metrics: dict      # the baseline, same users and rules
+    sources: dict                 # source -> evaluated users answered from it
+    user_sources: np.ndarray      # source per evaluated user (rows of `evaluation.users`)
+    evaluation: metrics.Evaluation
+    popularity_evaluation: metrics.Evaluation
+    eval_set: EvalSet
+    train_item_counts: np.ndarray  # training interactions per catalog item
 
-    def score(rows):
-        out = np.broadcast_to(pop, (len(rows), len(pop))).copy()
-        pers = sources[rows] != POPULARITY
-        if pers.any():
-            out[np.ix_(pers, known_cols)] = vecs[rows[pers]] @ items_known.T
-            unknown = np.setdiff1d(np.arange(len(pop)), known_cols)
-            out[np.ix_(pers, unknown)] = -np.inf
-        return out
-    return score, sources
+    def metrics_entry(self) -> dict:
+        """What metrics.json records for this split."""
+        return {"dataset_id": self.dataset_id, "model": self.metrics, "popularity": self.popularity_metrics,
+                "sources": self.sources}
 
 
 def evaluate_version(root: str, version: str, split: str = "test", dataset_id: str | None = None,
-                     ks=(10, 20, 50), lv: LoadedVersion | None = None) -> dict:
-    """Metrics of `version` and of the dataset's popularity baseline; per-user arrays included."""
-    lv = lv or LoadedVersion(root, version)
+                     ks=(10, 20, 50), lv: LoadedVersion | None = None) -> EvaluationResult:
+    """Full-catalog metrics of `version` and of the dataset's popularity baseline.
+
+    Args:
+        root: the artifact root.
+        version: the version id.
+        split: "validation" or "test".
+        dataset_id: the dataset (default: the one the version was trained on).
+        ks: metric cutoffs.
+        lv: the version, when the caller has it loaded already.
+    Returns:
+        The EvaluationResult.
+    Raises:
+        DataError: the split is empty or missing, or the version was refit on the split it is asked
+            to be measured on.
+    """
+    lv = lv or version_mod.load(root, version)
     if split != "test" and "refit" in lv.manifest:
-        before = "" if lv.model == "popularity" else " (validation_metrics in its manifest.json are from before the refit)"
+        before = " (validation_metrics in its manifest.json are from before the refit)" \
+            if lv.manifest.get("validation_metrics") else ""
         raise DataError(f"--split={split!r}: version {lv.version} was refit on train + validation, so only "
                         f"test measures it{before}")
     dataset = Dataset.open(root, dataset_id or lv.manifest.get("dataset_id"))
@@ -70,39 +81,25 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
     known = (pd.concat([train_rows, dataset.read("validation", ["item_idx", "timestamp"])], ignore_index=True)
              if split == "test" else train_rows)
     window_days = int((lv.manifest.get("config") or {}).get("model", {}).get("popularity_window_days") or 0)
-    known_counts = Popularity(n_items).fit(known["item_idx"].to_numpy(), known["timestamp"].to_numpy(np.int64),
-                                           window_days).counts
-    rows = np.arange(len(ev.user_ids))
-    score, sources = version_scorer(lv, ev, dataset.items.ids)
-    model_ev = metrics.evaluate(score, rows, ev.relevant, ev.exclude, ks, train_counts)
-    pop_scores = (known_counts - np.arange(len(known_counts)) * 1e-9).astype(np.float32)
+    baseline = Popularity(n_items).fit(known["item_idx"].to_numpy(), known["timestamp"].to_numpy(np.int64),
+                                       window_days)
+    model_ev, sources = evaluate_model(lv.model, ev, ks, train_counts, catalog_ids=dataset.items.ids)
+    pop_scores = baseline.scores.astype(np.float32)
     pop_ev = metrics.evaluate(lambda r: np.broadcast_to(pop_scores, (len(r), len(pop_scores))).copy(),
-                              rows, ev.relevant, ev.exclude, ks, train_counts)
+                              np.arange(len(ev.user_ids)), ev.relevant, ev.exclude, ks, train_counts)
     src = sources[model_ev.users]
-    return {"version": lv.version, "model": lv.model, "dataset_id": dataset.id, "split": split,
-            "model_metrics": model_ev.summary(), "popularity_metrics": pop_ev.summary(),
-            "sources": {s: int((src == s).sum()) for s in np.unique(src)}, "user_sources": src,
-            "evaluation": model_ev, "popularity_evaluation": pop_ev, "eval_set": ev,
-            "train_item_counts": train_counts}
+    return EvaluationResult(lv.version, lv.model_name, dataset.id, split, model_ev.summary(), pop_ev.summary(),
+                            {s: int((src == s).sum()) for s in np.unique(src)}, src, model_ev, pop_ev, ev,
+                            train_counts)
 
 
-def format_table(result: dict, ks=(10, 20, 50)) -> str:
+def format_table(result: EvaluationResult, ks=(10, 20, 50)) -> str:
     """Model vs popularity, one metric per line."""
-    m, p = result["model_metrics"], result["popularity_metrics"]
+    m, p = result.metrics, result.popularity_metrics
     names = [f"{n}@{k}" for k in ks for n in metrics.METRICS + metrics.LIST_METRICS]
-    lines = [f"{'metric':<16}{result['model']:>12}{'popularity':>12}{'delta':>10}"]
+    lines = [f"{'metric':<16}{result.model:>12}{'popularity':>12}{'delta':>10}"]
     for n in names:
         if n in m:
             lines.append(f"{n:<16}{m[n]:>12.4f}{p[n]:>12.4f}{m[n] - p[n]:>+10.4f}")
-    lines.append(f"users evaluated: {m['users']} ({', '.join(f'{k} {v}' for k, v in result['sources'].items())})")
+    lines.append(f"users evaluated: {m['users']} ({', '.join(f'{k} {v}' for k, v in result.sources.items())})")
     return "\n".join(lines)
-
-
-def write_metrics(root: str, result: dict) -> str:
-    """metrics.json inside the version directory (summaries only)."""
-    path = fsio.join(registry.version_dir(root, result["version"]), "metrics.json")
-    existing = json.loads(fsio.read_text(path)) if fsio.exists(path) else {}
-    existing[result["split"]] = {"dataset_id": result["dataset_id"], "model": result["model_metrics"],
-                                 "popularity": result["popularity_metrics"], "sources": result["sources"]}
-    fsio.atomic_write_text(path, json.dumps(existing, indent=2, sort_keys=True))
-    return path

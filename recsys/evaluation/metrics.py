@@ -68,6 +68,8 @@ def ranking_metrics(hits: np.ndarray, n_relevant: np.ndarray, ks) -> dict:
     """Per-user recall, recall_norm, ndcg, hit_rate, map, mrr at each K from a hits matrix."""
     out = {}
     n_rel = n_relevant.astype(np.float64)
+    if hits.shape[1] < max(ks):   # a catalog smaller than k: the missing ranks are misses
+        hits = np.pad(hits, ((0, 0), (0, max(ks) - hits.shape[1])))
     discounts = 1.0 / np.log2(np.arange(2, hits.shape[1] + 2))
     for k in ks:
         h = hits[:, :k].astype(np.float64)

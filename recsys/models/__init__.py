@@ -1,2 +1,19 @@
-"""Models: two_tower and mf share one retrieval model and trainer; popularity is the baseline."""
-from recsys.models.popularity import Popularity  # noqa: F401
+"""Models. `MODELS` maps each model name to its class; adding a model is one class (implementing
+`recsys.models.base.Model`) plus one entry here, and nothing else branches on model names."""
+from recsys.models.base import Model
+from recsys.models.embedding import MF, TwoTower
+from recsys.models.popularity import PopularityModel
+
+MODELS: dict[str, type[Model]] = {"two_tower": TwoTower, "mf": MF, "popularity": PopularityModel}
+
+
+def create(name: str, config=None) -> Model:
+    """A new, unfitted model of this name.
+
+    Raises:
+        DataError: for a name not in MODELS.
+    """
+    if name not in MODELS:
+        from recsys.errors import DataError
+        raise DataError(f"model={name!r} is invalid: allowed: {', '.join(MODELS)}")
+    return MODELS[name](config)

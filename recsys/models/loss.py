@@ -1,11 +1,10 @@
-"""One TFRS retrieval model for two_tower and mf: towers + in-batch softmax with logQ correction."""
+"""The retrieval loss both embedding models train with: in-batch softmax (TFRS `Retrieval`), logQ correction,
+accidental-hit removal and optional shared uniform negatives, fused into one pass."""
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
-
-from recsys.models.towers import CandidateTower, IdCandidateTower, IdQueryTower, QueryTower
 
 
 class InBatchSoftmaxLoss(tf.keras.losses.Loss):
@@ -111,16 +110,3 @@ class RetrievalModel(tfrs.Model):
             return tf.reduce_sum(per_query) / batch   # the task's SUM_OVER_BATCH_SIZE reduction
         return self.task(q, c, candidate_sampling_probability=prob if self.logq else None,
                          candidate_ids=ids, sample_weight=features.get("weight"), compute_metrics=False)
-
-
-def build_towers(model_name: str, n_users: int, n_items: int, dim: int, normalize: bool,
-                 item_features=None, use_item_features: bool = True, history_items: str = "own",
-                 user_features=None):
-    """(query tower, candidate tower) for `two_tower` or `mf`."""
-    if model_name == "mf":
-        return IdQueryTower(n_users, dim, normalize), IdCandidateTower(n_items, dim, normalize)
-    if model_name == "two_tower":
-        ct = CandidateTower(n_items, dim, item_features if use_item_features else None, normalize)
-        shared = ct.item_embedding if history_items == "candidate" else None
-        return QueryTower(n_users, n_items, dim, normalize, candidate_items=shared, user_features=user_features), ct
-    raise ValueError(f"model={model_name!r} is not a retrieval model (allowed: two_tower, mf)")

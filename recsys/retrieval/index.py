@@ -8,15 +8,11 @@ tree partitioning + asymmetric hashing + exact reordering above.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 
 import numpy as np
 
 from recsys import fsio
-from recsys.config import is_url
 from recsys.errors import DataError
 
 
@@ -87,15 +83,8 @@ class ScannIndex:
         return np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
 
     def save(self, directory: str) -> None:
-        if is_url(directory):
-            with tempfile.TemporaryDirectory() as tmp:
-                self.searcher.serialize(tmp, relative_path=True)
-                for name in os.listdir(tmp):
-                    with open(os.path.join(tmp, name), "rb") as fh:
-                        fsio.write_bytes(fsio.join(directory, name), fh.read())
-        else:
-            os.makedirs(directory, exist_ok=True)
-            self.searcher.serialize(directory, relative_path=True)
+        with fsio.staged_dir(directory) as local:   # ScaNN serializes to a local folder only
+            self.searcher.serialize(local, relative_path=True)
         fsio.atomic_write_text(fsio.join(directory, "index.json"),
                                json.dumps({"kind": self.kind, "n": self.n, "params": self.params}))
 
@@ -138,6 +127,11 @@ def build(embeddings: np.ndarray, cfg) -> BruteForceIndex | ScannIndex:
     return ScannIndex.build(embeddings, params)
 
 
+def exists(directory: str) -> bool:
+    """Whether an index was saved in `directory`."""
+    return fsio.exists(fsio.join(directory, "index.json"))
+
+
 def load(directory: str, embeddings: np.ndarray) -> BruteForceIndex | ScannIndex:
     """Load an index saved by `save`; brute force needs only the embeddings."""
     meta_path = fsio.join(directory, "index.json")
@@ -147,15 +141,8 @@ def load(directory: str, embeddings: np.ndarray) -> BruteForceIndex | ScannIndex
     if meta["kind"] == "brute_force":
         return BruteForceIndex(embeddings)
     from scann.scann_ops.py import scann_ops_pybind
-    if is_url(directory):
-        tmp = tempfile.mkdtemp(prefix="scann-")
-        for path in fsio.match(fsio.join(directory, "*")):
-            with open(os.path.join(tmp, path.rsplit("/", 1)[-1]), "wb") as fh:
-                fh.write(fsio.read_bytes(path))
-        directory = tmp
-    searcher = scann_ops_pybind.load_searcher(directory)
-    if is_url(meta_path):
-        shutil.rmtree(directory, ignore_errors=True)
+    with fsio.local_copy(directory) as local:   # ScaNN loads from a local folder only
+        searcher = scann_ops_pybind.load_searcher(local)
     return ScannIndex(searcher, int(meta["n"]), meta["params"])
 
 
@@ -185,23 +172,63 @@ def exact_subset(embeddings: np.ndarray, query: np.ndarray, candidates: np.ndarr
     return candidates[part][order].astype(np.int64), scores[part][order].astype(np.float32)
 
 
+def not_in(values: np.ndarray, sorted_rows: np.ndarray) -> np.ndarray:
+    """`~np.isin(values, sorted_rows)` for sorted unique rows, without isin's set-up cost on a few values."""
+    if not len(sorted_rows):
+        return np.ones(len(values), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_rows, values), len(sorted_rows) - 1)
+    return sorted_rows[pos] != values
+
+
+def _allowed_mask(n: int, blocked, allowed, blocked_rows) -> np.ndarray | None:
+    if blocked is None and allowed is None and not len(blocked_rows):
+        return None
+    ok = np.ones(n, dtype=bool) if allowed is None else allowed.copy()
+    if blocked is not None:
+        ok &= ~blocked
+    ok[blocked_rows] = False
+    return ok
+
+
 def search_filtered(index, embeddings: np.ndarray, query: np.ndarray, k: int, blocked: np.ndarray | None = None,
-                    allowed: np.ndarray | None = None, max_fetch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k for one query skipping `blocked` items and keeping only `allowed` ones (bool masks).
+                    allowed: np.ndarray | None = None, blocked_rows: np.ndarray | None = None,
+                    max_fetch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k for one query skipping blocked items and keeping only allowed ones.
 
     Over-fetches from the index and widens the fetch until k items survive, so the caller gets k
     results whenever k are available. When the filters leave a small share of the catalog, or the
     index cannot supply enough survivors (a tree search only visits some leaves), the surviving items
     are scored exactly instead.
+
+    Args:
+        index: a BruteForceIndex or ScannIndex over `embeddings`.
+        embeddings: [n_items, d] item embeddings (for exact scoring of survivors).
+        query: [d] the query vector.
+        k: how many items to return.
+        blocked, allowed: optional boolean masks over items.
+        blocked_rows: sorted unique item indices to skip (seen items, the history, `item:` excludes).
+            The common request blocks only such rows: it is answered with one index search checked
+            against them, without a mask over the whole catalog.
+        max_fetch: the widest fetch before falling back to exact scoring.
+    Returns:
+        (item indices, scores), best first; fewer than k when fewer items pass the filters.
     """
     n = len(embeddings)
-    ok = None
-    if blocked is not None or allowed is not None:
-        ok = np.ones(n, dtype=bool)
-        if blocked is not None:
-            ok &= ~blocked
-        if allowed is not None:
-            ok &= allowed
+    rows = np.zeros(0, dtype=np.int64) if blocked_rows is None else np.asarray(blocked_rows, dtype=np.int64)
+    if blocked is None and allowed is None:
+        available = n - len(rows)
+        kk = min(k, available)
+        if kk <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        if not len(rows):
+            ids, scores = index.search(query[None], kk)
+            return ids[0], scores[0]
+        if available > n // 5:   # the first over-fetch, checked against the few blocked rows
+            ids, scores = index.search(query[None], min(n, kk + len(rows) + 16))
+            keep = not_in(ids[0], rows)
+            if keep.sum() >= kk:
+                return ids[0][keep][:kk], scores[0][keep][:kk]
+    ok = _allowed_mask(n, blocked, allowed, rows)
     available = n if ok is None else int(ok.sum())
     k = min(k, available)
     if k <= 0:
@@ -221,3 +248,24 @@ def search_filtered(index, embeddings: np.ndarray, query: np.ndarray, k: int, bl
         if fetch >= min(n, max_fetch) or len(ids) < fetch:
             return exact_subset(embeddings, query, np.flatnonzero(ok), k)
         fetch = min(n, fetch * 4)
+
+
+def popular_filtered(popularity, k: int, blocked: np.ndarray | None = None, allowed: np.ndarray | None = None,
+                     blocked_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The k most popular items that pass the filters (same arguments as `search_filtered`).
+
+    Args:
+        popularity: a recsys.models.popularity.Popularity.
+    Returns:
+        (item indices, interaction counts as float32), most popular first.
+    """
+    order = popularity.order
+    rows = np.zeros(0, dtype=np.int64) if blocked_rows is None else np.asarray(blocked_rows, dtype=np.int64)
+    if blocked is None and allowed is None:
+        # the first k survivors lie in the first k + |rows| of the order
+        top = order[:k + len(rows)]
+        top = top[not_in(top, rows)][:k]
+    else:
+        ok = _allowed_mask(len(order), blocked, allowed, rows)
+        top = order[ok[order]][:k]
+    return top, popularity.counts[top].astype(np.float32)

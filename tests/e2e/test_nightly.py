@@ -7,6 +7,7 @@ import pytest
 
 from pipelines import batch_recommend, nightly
 from recsys import registry
+from recsys import version as version_mod
 from tests.conftest import config_for
 from recsys.retrieval.engine import Engine
 from recsys.data.synthetic import clustered_interactions, clustered_items
@@ -39,7 +40,7 @@ def test_first_run_publishes_a_model_that_beats_popularity(workdir):
     assert set(summary["steps"]) == set(nightly.STEPS)
     saved = json.load(open(os.path.join(root, "runs", summary["run_id"], "summary.json")))
     assert saved["gate"]["reason"].startswith("first run")
-    assert registry.read_manifest(root, summary["published"])["index"]["recall@10"] >= 0.9
+    assert version_mod.read_manifest(root, summary["published"])["index"]["recall@10"] >= 0.9
 
 
 def test_batch_recommendations_equal_service_answers(workdir):
@@ -49,7 +50,7 @@ def test_batch_recommendations_equal_service_answers(workdir):
     version = summary["published"]
     recs = batch_recommend.read(root, version)
     engine = Engine.load(root)
-    users = registry.load_vocabs(root, version)[0].ids
+    users = version_mod.load_vocabs(root, version)[0].ids
     assert recs["user_id"].nunique() == len(users)
     for user in users[:25]:
         mine = recs[recs["user_id"] == user].sort_values("rank")

@@ -1,20 +1,16 @@
 """Refit on train + validation (model.refit): users first seen in validation become known, the epoch
 count is the one validation chose, and the test baseline knows what the refit model knows."""
-import os
-
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 
 from pipelines import build_dataset
-from recsys import registry
+from recsys import version
 from recsys.evaluation import evaluate
 from recsys.evaluation import metrics
 from recsys.data import trainset
 from recsys.config import from_dict
 from recsys.errors import DataError
-from recsys.scoring import LoadedVersion
 from recsys.data.synthetic import clustered_interactions
 from recsys.jobs import train_version
 
@@ -80,7 +76,7 @@ def test_refit_version_knows_validation_users_and_keeps_the_chosen_epochs(tempor
     tmp, cfg, ds = temporal
     root = cfg.resolve(cfg.artifacts.root)
     v = train_version(cfg, model, ds.id, warm_start="none", progress=lambda *_: None)
-    m = registry.read_manifest(root, v)
+    m = version.read_manifest(root, v)
     chosen = m["selection"]["best_epoch"]
     assert 1 <= chosen <= len(m["selection"]["epochs"])                       # early stopping ran on validation
     assert all("val_recall@20" in e for e in m["selection"]["epochs"])
@@ -90,32 +86,32 @@ def test_refit_version_knows_validation_users_and_keeps_the_chosen_epochs(tempor
     assert m["refit"]["interactions"] == ds.stats["splits"]["train"]["interactions"] + \
         ds.stats["splits"]["validation"]["interactions"]
     assert m["validation_metrics"]["recall@20"] > 0          # measured before the refit saw validation
-    lv = LoadedVersion(root, v)
+    lv = version.load(root, v)
     assert set(LATE) <= set(lv.users.ids)
     # a late user's seen items (what the service excludes) hold their validation and test items
     rows = lv.users.lookup([LATE[0]])[0]
     items = ds.read("validation", ["user", "item"]).query("user == @LATE[0]")["item"].tolist() + \
         ds.read("test", ["user", "item"]).query("user == @LATE[0]")["item"].tolist()
-    seen_m = sp.load_npz(os.path.join(registry.version_dir(root, v), "seen.npz")).tocsr()
+    seen_m = version.load_seen(root, v)
     seen = set(lv.items.ids[seen_m[rows].indices])
     assert set(items) <= seen
     res = evaluate.evaluate_version(root, v, "test", ds.id, (20,))
-    assert res["sources"].get("history", 0) == 0              # late users are served as known users
+    assert res.sources.get("history", 0) == 0              # late users are served as known users
     with pytest.raises(DataError, match="refit"):             # it trained on validation: no such numbers
         evaluate.evaluate_version(root, v, "validation", ds.id, (20,))
     # the next version warm-starts its refit from this one, but chooses its epochs from a cold start
     # (this version has trained on rows that can be in the next validation split)
     v_next = train_version(cfg, model, ds.id, warm_start=v, progress=lambda *_: None)
-    m_next = registry.read_manifest(root, v_next)
+    m_next = version.read_manifest(root, v_next)
     assert m_next["warm_started_from"] == v and m_next["selection"]["warm_started"] is False
     assert m_next["training"]["warm_started_rows"]
-    assert res["model_metrics"]["recall@20"] > 1.3 * res["popularity_metrics"]["recall@20"]
+    assert res.metrics["recall@20"] > 1.3 * res.popularity_metrics["recall@20"]
 
     no_refit = make_config(tmp, cfg.source.path, refit=False)
     v2 = train_version(no_refit, model, ds.id, warm_start="none", progress=lambda *_: None)
-    assert "refit" not in registry.read_manifest(root, v2)
-    assert not set(LATE) & set(LoadedVersion(root, v2).users.ids)
-    assert evaluate.evaluate_version(root, v2, "test", ds.id, (20,))["sources"]["history"] >= len(LATE)
+    assert "refit" not in version.read_manifest(root, v2)
+    assert not set(LATE) & set(version.load(root, v2).users.ids)
+    assert evaluate.evaluate_version(root, v2, "test", ds.id, (20,)).sources["history"] >= len(LATE)
 
 
 def test_test_baseline_counts_train_and_validation(temporal):
@@ -123,13 +119,13 @@ def test_test_baseline_counts_train_and_validation(temporal):
     root = cfg.resolve(cfg.artifacts.root)
     v = train_version(cfg, "popularity", ds.id, warm_start="none", progress=lambda *_: None)
     res = evaluate.evaluate_version(root, v, "test", ds.id, (20,))
-    ev = res["eval_set"]
+    ev = res.eval_set
     counts = sum(np.bincount(ds.read(s, ["item_idx"])["item_idx"], minlength=len(ds.items))
                  for s in ("train", "validation")).astype(np.float64)
     scores = (counts - np.arange(len(counts)) * 1e-9).astype(np.float32)
     want = metrics.evaluate(lambda r: np.broadcast_to(scores, (len(r), len(scores))).copy(),
                             np.arange(len(ev.user_ids)), ev.relevant, ev.exclude, (20,)).summary()
-    assert res["popularity_metrics"]["recall@20"] == pytest.approx(want["recall@20"])
+    assert res.popularity_metrics["recall@20"] == pytest.approx(want["recall@20"])
     # the refit popularity version counts the same rows, so it equals its baseline exactly
-    assert res["model_metrics"]["recall@20"] == pytest.approx(want["recall@20"])
-    assert registry.read_manifest(root, v)["refit"]["interactions"] == int(counts.sum())
+    assert res.metrics["recall@20"] == pytest.approx(want["recall@20"])
+    assert version.read_manifest(root, v)["refit"]["interactions"] == int(counts.sum())

@@ -1,4 +1,5 @@
 """HTTP contract: every endpoint, every error, fallbacks, filters, hot reload."""
+import os
 import shutil
 import threading
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from recsys import registry
+from recsys import registry, version
 from recsys.retrieval.engine import Engine
 from serving.holder import EngineHolder
 from serving.main import create_app
@@ -58,17 +59,17 @@ def test_history_request_ignores_unknown_items(client, served):
 
 def test_known_user_with_fresh_history_keeps_their_user_embedding(served):
     """two_tower: the query tower gets the user's ID with the fresh items, as in training."""
-    import tensorflow as tf
     engine = Engine.load(served["root"], served["versions"]["two_tower"])
     user, items = known_user(served), [str(x) for x in served["trainset"].item_ids[:3]]
-    qm = engine.lv.query_model()
-    hist = tf.constant([items + [""] * (engine.lv.history_length - 3)])
-    with_user = qm(user_id=tf.constant([user]), history=hist)["embedding"].numpy()[0]
-    anonymous = qm(user_id=tf.constant([""]), history=hist)["embedding"].numpy()[0]
+    model = engine.lv.model
+    hist = np.full((1, engine.lv.history_length), -1)
+    hist[0, :3] = engine.lv.items.lookup(items)
+    with_user = model.history_vectors(hist, engine.lv.users.lookup([user]))[0]
+    anonymous = model.history_vectors(hist, np.array([-1]))[0]
     assert not np.allclose(with_user, anonymous)
     got = engine.recommend_for_history(items, user_id=user, k=5, exclude_seen=False)
     assert got.source == "history"
-    want = engine.lv.items.ids[np.argsort(-(engine.lv.item_embeddings @ with_user))[:5]]
+    want = engine.lv.items.ids[np.argsort(-(engine.lv.model.item_embeddings @ with_user))[:5]]
     assert got.items == want.tolist()
 
 
@@ -178,8 +179,8 @@ def test_broken_version_is_refused_and_old_keeps_serving(served, tmp_path):
     root = served["root"]
     good = served["versions"]["two_tower"]
     broken = good + "-broken"
-    shutil.copytree(registry.version_dir(root, good), registry.version_dir(root, broken))
-    with open(f"{registry.version_dir(root, broken)}/item_embeddings.npy", "wb") as fh:
+    shutil.copytree(version.version_dir(root, good), version.version_dir(root, broken))
+    with open(os.path.join(version.version_dir(root, broken), version.ITEM_EMBEDDINGS), "wb") as fh:
         fh.write(b"not a numpy file")
     holder = EngineHolder(root, poll_seconds=0)
     app = create_app(Settings(root=root, poll_seconds=0), holder)
@@ -192,7 +193,7 @@ def test_broken_version_is_refused_and_old_keeps_serving(served, tmp_path):
             assert c.get("/readyz").json()["version"] == good
             assert c.get("/v1/users/u1/recommendations").status_code == 200
     finally:
-        shutil.rmtree(registry.version_dir(root, broken))
+        shutil.rmtree(version.version_dir(root, broken))
 
 
 def test_poller_picks_up_a_new_current(served):

@@ -7,7 +7,7 @@ import pytest
 from pipelines import build_dataset
 from recsys.evaluation import evaluate
 from recsys.config import from_dict
-from recsys.scoring import LoadedVersion
+from recsys import version
 from recsys.jobs import train_version
 
 DAY = 86400
@@ -47,10 +47,10 @@ def test_popularity_window_ranks_recent_items_first(shifting_tastes, window, top
     ds = build_dataset.run(cfg, dataset_id="d1", previous=None, progress=lambda *_: None)
     root = cfg.resolve(cfg.artifacts.root)
     v = train_version(cfg, "popularity", ds.id, warm_start="none", progress=lambda *_: None)
-    lv = LoadedVersion(root, v)
-    best = lv.items.ids[np.argsort(-lv.popularity_scores)[:len(top)]]
+    lv = version.load(root, v)
+    best = lv.items.ids[lv.popularity.order[:len(top)]]
     assert set(best) == top
     res = evaluate.evaluate_version(root, v, "test", ds.id, (10,))
     # the report's baseline is the same windowed popularity, so the popularity version ties it exactly
-    assert res["model_metrics"]["recall@10"] == pytest.approx(res["popularity_metrics"]["recall@10"])
-    assert res["model_metrics"]["ndcg@10"] == pytest.approx(res["popularity_metrics"]["ndcg@10"])
+    assert res.metrics["recall@10"] == pytest.approx(res.popularity_metrics["recall@10"])
+    assert res.metrics["ndcg@10"] == pytest.approx(res.popularity_metrics["ndcg@10"])

@@ -7,15 +7,14 @@ import pytest
 import tensorflow as tf
 
 from pipelines import build_dataset
-from recsys import export
+from recsys import version
 from recsys.evaluation import metrics
-from recsys.models import training as train
 from recsys.data import trainset
 from recsys.config import from_dict
 from recsys.errors import DataError
 from recsys.models.popularity import Popularity
-from recsys.models.loss import build_towers
-from recsys.scoring import LoadedVersion
+from recsys.evaluation.scorer import evaluate_model
+from recsys.models import create
 from recsys.data.synthetic import clustered_interactions
 from recsys.data.metadata import read_users
 
@@ -127,7 +126,10 @@ def test_dataset_writes_users_parquet_and_rejected_rows(sparse_users):
 
 def test_query_tower_pools_user_features():
     uf = trainset.UserFeatures(np.array([[0, 2], [1, -1], [-1, -1]], np.int32), np.array(["a=1", "a=2", "b=x"]))
-    qt, ct = build_towers("two_tower", 3, 10, 8, True, user_features=uf)
+    ts = trainset.TrainSet(np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1, np.float32),
+                           np.full((1, 1), -1, np.int32), 3, 10, np.array(["u0", "u1", "u2"], dtype=object),
+                           np.array([f"i{i}" for i in range(10)], dtype=object), user_features=uf)
+    qt, ct = create("two_tower", from_dict({"model": {"dim": 8}}).model).build_towers(ts)
     batch = {"user_idx": tf.constant([0, 1, 2, -1]), "history": tf.fill([4, 2], -1)}
     with tf.GradientTape() as tape:
         q = qt(batch)
@@ -141,14 +143,16 @@ def test_query_tower_pools_user_features():
 
 
 def _test_recall(tr, ts):
-    return train.evaluate_trained(tr, ts.evals["test"], (20,), ts.item_counts).summary()["recall@20"]
+    return evaluate_model(tr, ts.evals["test"], (20,), ts.item_counts)[0].summary()["recall@20"]
 
 
 def test_user_features_help_users_with_few_interactions(sparse_users):
     tmp, cfg, ds, ts = sparse_users
-    with_f = train.fit(ts, "two_tower", cfg.model, (20,), progress=lambda *_: None)
+    with_f = create("two_tower", cfg.model)
+    with_f.fit(ts, (20,), progress=lambda *_: None)
     cfg_without = config(tmp, use_user_features=False)
-    without = train.fit(ts, "two_tower", cfg_without.model, (20,), progress=lambda *_: None)
+    without = create("two_tower", cfg_without.model)
+    without.fit(ts, (20,), progress=lambda *_: None)
     pop = Popularity(ts.n_items).fit(ts.item_idx)
     ev = ts.evals["test"]
     pop_recall = metrics.evaluate(lambda r: np.array(pop.score_rows(len(r))), np.arange(len(ev.user_ids)),
@@ -158,9 +162,8 @@ def test_user_features_help_users_with_few_interactions(sparse_users):
 
     # the exported version answers with the same embeddings, features included
     root = cfg.resolve(cfg.artifacts.root)
-    version = export.save_version(with_f, ts, cfg, "two_tower", root, ds.path)
-    lv = LoadedVersion(root, version)
-    hist = export.user_histories(ts, cfg.model.history_length, ds.path)
-    ids = np.where(hist >= 0, ts.item_ids[np.maximum(hist, 0)], "").astype(str)
-    got = lv.query_model()(user_id=tf.constant(ts.user_ids.astype(str)), history=tf.constant(ids))["embedding"]
-    np.testing.assert_allclose(got.numpy(), lv.user_embeddings, rtol=1e-5, atol=1e-5)
+    lv = version.load(root, version.save(with_f, ts, cfg, root, ds))
+    hist = trainset.user_histories(ts, cfg.model.history_length, ds)
+    users = np.arange(ts.n_users)
+    np.testing.assert_allclose(lv.model.user_vectors(users, hist), lv.model.user_embeddings, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lv.model.user_embeddings, with_f.user_vectors(users, hist), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,125 @@
+"""The one offline scorer: how a model ranks the catalog for held-out users.
+
+Used by validation during training (early stopping) and by `recsys evaluate` / `recsys compare` /
+the nightly gate on saved versions, so the epoch training picks is chosen by the rule that is
+reported. The rule, per evaluated user, with the history known at the split's cut:
+- a user the model knows: `model.user_vectors(user, history)`                 -> "personalized";
+- a user it does not know, with a history of items it knows: `history_vectors` -> "history";
+- anyone else, and every user of a model that is not personalized: popularity -> "popularity_fallback".
+
+The model and the dataset need not share vocabularies (the nightly gate scores yesterday's
+production version on today's split): users and items are matched by ID string, and catalog items
+the model does not know can still be relevant and simply count as misses.
+
+This module imports no model code: a model is anything with the attributes of `recsys.models.base.Model`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from recsys.evaluation import metrics
+from recsys.models.base import HISTORY, PERSONALIZED, POPULARITY
+
+
+def query_vectors(model, user_idx: np.ndarray, history: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """Query vectors and sources for rows of (user index in the model or -1, history in model items).
+
+    Args:
+        model: a fitted or loaded model.
+        user_idx: [n] the model's user index per row, -1 for users it does not know.
+        history: [n, L] the model's item indices, newest first, -1 padded.
+    Returns:
+        (vectors [n, d] or None for a model without vectors, sources [n]); rows with source
+        POPULARITY have a zero vector.
+    """
+    n = len(user_idx)
+    sources = np.full(n, POPULARITY, dtype=object)
+    if not model.personalized:
+        return None, sources
+    vecs = np.zeros((n, model.item_embeddings.shape[1]), dtype=np.float32)
+    known = user_idx >= 0
+    has_hist = (history >= 0).any(1) if history.size else np.zeros(n, dtype=bool)
+    if known.any():
+        vecs[known] = model.user_vectors(user_idx[known], history[known])
+        sources[known] = PERSONALIZED
+    fresh = ~known & has_hist
+    if fresh.any():
+        vecs[fresh] = model.history_vectors(history[fresh], user_idx[fresh])
+        sources[fresh] = HISTORY
+    return vecs, sources
+
+
+def catalog_scorer(model, user_idx: np.ndarray, history: np.ndarray, catalog_cols: np.ndarray | None = None):
+    """score_fn(rows) -> [len(rows), n_catalog] scores, and the source of every row.
+
+    Args:
+        model: a fitted or loaded model.
+        user_idx, history: as in `query_vectors`.
+        catalog_cols: the model's item index of each catalog column (-1: unknown to the model; such
+            columns score -inf for personalized rows and are never recommended). None: the catalog
+            is the model's own item list.
+    """
+    pop_model = model.popularity.scores.astype(np.float32)
+    if catalog_cols is None:
+        catalog_cols = np.arange(len(pop_model))
+    known_cols = np.flatnonzero(catalog_cols >= 0)
+    all_known = len(known_cols) == len(catalog_cols)
+    pop = np.full(len(catalog_cols), -np.inf, dtype=np.float32)
+    pop[known_cols] = pop_model[catalog_cols[known_cols]]
+    vecs, sources = query_vectors(model, user_idx, history)
+    if vecs is None:
+        return (lambda rows: np.broadcast_to(pop, (len(rows), len(pop))).copy()), sources
+    identity = all_known and np.array_equal(catalog_cols, np.arange(len(catalog_cols)))
+    items = model.item_embeddings if identity else model.item_embeddings[catalog_cols[known_cols]]
+    personalized = sources != POPULARITY
+
+    def score(rows):
+        out = np.broadcast_to(pop, (len(rows), len(pop))).copy()
+        pers = personalized[rows]
+        if pers.any():
+            s = vecs[rows[pers]] @ items.T
+            if all_known:
+                out[pers] = s
+            else:
+                block = np.full((len(s), len(pop)), -np.inf, dtype=np.float32)
+                block[:, known_cols] = s
+                out[pers] = block
+        return out
+    return score, sources
+
+
+def evaluate_model(model, ev, ks=(10, 20, 50), item_counts: np.ndarray | None = None,
+                   catalog_ids: np.ndarray | None = None) -> tuple[metrics.Evaluation, np.ndarray]:
+    """Full-catalog metrics of a model on an EvalSet, seen items excluded.
+
+    Args:
+        model: a fitted or loaded model.
+        ev: the EvalSet (recsys.data.trainset); its rows index `ev.relevant` / `ev.exclude`.
+        ks: metric cutoffs.
+        item_counts: training interactions per catalog item (novelty); None to skip novelty.
+        catalog_ids: the item ID of every column of `ev.relevant` when the EvalSet comes from a
+            dataset whose vocabularies may differ from the model's. None: the EvalSet's user and
+            item indices are the model's own (validation during training).
+    Returns:
+        (the Evaluation, the source of every row of `ev`).
+    """
+    if catalog_ids is None:
+        user_idx, cols = np.asarray(ev.user_idx, dtype=np.int64), None
+        history = np.asarray(ev.history)
+    else:
+        user_idx = _lookup(model.user_ids, ev.user_ids)
+        cols = _lookup(model.item_ids, catalog_ids)
+        h = np.asarray(ev.history)
+        history = np.where(h >= 0, cols[np.maximum(h, 0)], -1)
+        # items the model does not know drop out of the history, which stays newest first
+        order = np.argsort(history < 0, axis=1, kind="stable")
+        history = np.take_along_axis(history, order, axis=1)
+    score, sources = catalog_scorer(model, user_idx, history, cols)
+    result = metrics.evaluate(score, np.arange(len(ev.user_ids)), ev.relevant, ev.exclude, ks, item_counts)
+    return result, sources
+
+
+def _lookup(vocab_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    return pd.Index(np.asarray(vocab_ids, dtype=object)).get_indexer(
+        pd.Index(np.asarray(ids, dtype=object))).astype(np.int64)

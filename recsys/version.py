@@ -1,0 +1,318 @@
+"""A model version: the directory `<root>/models/<version>/`, how it is written and how it is loaded.
+
+This is the only module that knows the directory's file names:
+```
+manifest.json          model, config, dataset_id, metrics, training, package version, created_at
+users.txt items.txt    ID lists (row i of every array below stands for line i)
+popularity.npy         training interaction count per item (fallback and baseline)
+seen.npz               known users x items they interacted with (excluded from their answers)
+items.parquet          item attributes for filters (copied from the dataset)
+item_embeddings.npy    [n_items, d] float32                     (personalized models)
+user_embeddings.npy    [n_users, d] float32, every known user    (personalized models)
+weights.npz            tower weights by stable layer name (what the next version warm-starts from)
+query_model/           SavedModel: serving_default(user_id: string[B], history: string[B, L]) -> embedding
+metrics.json           what `recsys evaluate` measured, by split
+index/                 the item index (recsys.retrieval.index) and its measured recall
+recommendations/       batch top-N for every known user (pipelines/batch_recommend.py)
+```
+A version is written whole under a temporary name and renamed when complete (`fsio.atomic_dir`), with
+`manifest.json` last, so a crash never leaves a half-written version that looks complete.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsys import __version__, fsio
+from recsys.config import Config
+from recsys.data.vocab import Vocabulary
+from recsys.errors import DataError
+from recsys.models import MODELS, Model
+from recsys.models.base import WarmStart
+from recsys.models.popularity import Popularity
+
+MANIFEST = "manifest.json"
+USERS, ITEMS = "users.txt", "items.txt"
+POPULARITY = "popularity.npy"
+SEEN = "seen.npz"
+ITEM_ATTRIBUTES = "items.parquet"
+ITEM_EMBEDDINGS, USER_EMBEDDINGS = "item_embeddings.npy", "user_embeddings.npy"
+WEIGHTS = "weights.npz"
+QUERY_MODEL = "query_model"
+METRICS = "metrics.json"
+INDEX = "index"
+RECOMMENDATIONS = "recommendations"
+
+
+# ---- where things are -------------------------------------------------------------------------
+def models_dir(root: str) -> str:
+    return fsio.join(root, "models")
+
+
+def version_dir(root: str, version: str) -> str:
+    return fsio.join(models_dir(root), version)
+
+
+def index_dir(root: str, version: str) -> str:
+    """Where the version's item index is saved (recsys.retrieval.index.save / load)."""
+    return fsio.join(version_dir(root, version), INDEX)
+
+
+def recommendations_dir(root: str, version: str) -> str:
+    """Where the batch job writes the version's top-N for every user."""
+    return fsio.join(version_dir(root, version), RECOMMENDATIONS)
+
+
+def new_version_id(model_name: str, now: _dt.datetime | None = None) -> str:
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return f"{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond // 1000:03d}Z-{model_name}"
+
+
+def is_complete(root: str, version: str) -> bool:
+    """A version directory with its manifest (written last)."""
+    return fsio.exists(fsio.join(version_dir(root, version), MANIFEST))
+
+
+# ---- manifest and metrics -------------------------------------------------------------------------
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+def _write_manifest(path: str, manifest: dict) -> None:
+    manifest = dict(manifest)
+    manifest.setdefault("package_version", __version__)
+    manifest.setdefault("created_at", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    fsio.atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True, default=_json_default))
+
+
+def read_manifest(root: str, version: str) -> dict:
+    """The version's manifest.json.
+
+    Raises:
+        DataError: the version does not exist (or is incomplete).
+    """
+    path = fsio.join(version_dir(root, version), MANIFEST)
+    if not fsio.exists(path):
+        raise DataError(f"model version {version!r} not found under {models_dir(root)!r}")
+    return json.loads(fsio.read_text(path))
+
+
+def update_manifest(root: str, version: str, **fields) -> dict:
+    """Merge `fields` into the manifest (atomic rewrite); returns the new manifest."""
+    m = read_manifest(root, version)
+    m.update(fields)
+    _write_manifest(fsio.join(version_dir(root, version), MANIFEST), m)
+    return m
+
+
+def write_metrics(root: str, version: str, split: str, entry: dict) -> str:
+    """Record one split's evaluation in the version's metrics.json; returns its path."""
+    path = fsio.join(version_dir(root, version), METRICS)
+    existing = json.loads(fsio.read_text(path)) if fsio.exists(path) else {}
+    existing[split] = entry
+    fsio.atomic_write_text(path, json.dumps(existing, indent=2, sort_keys=True, default=_json_default))
+    return path
+
+
+# ---- arrays ------------------------------------------------------------------------------------
+def _save_npy(path: str, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    fsio.write_bytes(path, buf.getvalue())
+
+
+def _load_npy(path: str) -> np.ndarray:
+    return np.load(io.BytesIO(fsio.read_bytes(path)), allow_pickle=False)
+
+
+def load_vocabs(root: str, version: str) -> tuple[Vocabulary, Vocabulary]:
+    """(users, items) of a version."""
+    d = version_dir(root, version)
+    return Vocabulary.load(fsio.join(d, USERS)), Vocabulary.load(fsio.join(d, ITEMS))
+
+
+def load_embeddings(root: str, version: str) -> tuple[np.ndarray, np.ndarray]:
+    """(item_embeddings, user_embeddings) of a personalized version."""
+    d = version_dir(root, version)
+    return _load_npy(fsio.join(d, ITEM_EMBEDDINGS)), _load_npy(fsio.join(d, USER_EMBEDDINGS))
+
+
+def load_warm_start(root: str, version: str) -> WarmStart:
+    """A version's weights and vocabularies, for the next version to start from."""
+    users, items = load_vocabs(root, version)
+    path = fsio.join(version_dir(root, version), WEIGHTS)
+    weights = {}
+    if fsio.exists(path):
+        with np.load(io.BytesIO(fsio.read_bytes(path))) as z:
+            weights = {k: z[k] for k in z.files}
+    return WarmStart(version, users.ids, items.ids, weights, refit="refit" in read_manifest(root, version))
+
+
+# ---- writing -------------------------------------------------------------------------------------
+def save(model: Model, ts, cfg: Config, root: str, dataset=None, extra: dict | None = None,
+         version: str | None = None) -> str:
+    """Write a fitted model as a new version directory, atomically.
+
+    Computes what serving needs beside the model: every known user's vector (with the history a
+    service would know: train, then validation), the seen items, the item attributes.
+
+    Args:
+        model: a fitted model (any entry of MODELS).
+        ts: the TrainSet it was fitted on (vocabularies, interactions for seen items and histories).
+        cfg: the config, recorded in the manifest.
+        root: the artifact root.
+        dataset: the Dataset `ts` came from (validation/test rows join the seen items, validation
+            rows the stored histories, items.parquet the filters), or None.
+        extra: more manifest fields.
+        version: the version id (default: a new timestamped id).
+    Returns:
+        The version id.
+    Raises:
+        DataError: a version of this id already exists.
+    """
+    from recsys.data.trainset import seen_items, user_histories
+    manifest = {"dataset_id": ts.dataset_id, "config": cfg.to_dict()}
+    if model.personalized:
+        L = cfg.model.history_length
+        hist = user_histories(ts, L, dataset) if model.uses_history else np.full((ts.n_users, 1), -1, np.int32)
+        model.user_embeddings = model.user_vectors(np.arange(ts.n_users, dtype=np.int64), hist).astype(np.float32)
+        r = model.report
+        manifest.update({"history_length": L,
+                         "training": {"seconds": round(r.seconds, 1), "best_epoch": r.best_epoch,
+                                      "examples_per_second": round(r.examples_per_second),
+                                      "epochs": r.epochs, "warm_started_rows": r.warm_started}})
+    attributes = None
+    if dataset is not None and fsio.exists(dataset.item_features_path):
+        attributes = fsio.read_bytes(dataset.item_features_path)
+    manifest.update(extra or {})
+    return write(root, model, seen_items(ts, dataset), manifest, attributes, version)
+
+
+def write(root: str, model: Model, seen, manifest: dict, item_attributes: bytes | None = None,
+          version: str | None = None) -> str:
+    """Write a model's state as a new version directory, atomically (`save` computes what goes in).
+
+    Args:
+        root: the artifact root.
+        model: a model with vocabularies (`user_ids`, `item_ids`), `popularity` and, if personalized,
+            `item_embeddings` and `user_embeddings`.
+        seen: CSR users x items to exclude as seen.
+        manifest: manifest fields (version, model, sizes, dim, package version and time are added).
+        item_attributes: the bytes of an items.parquet, or None.
+        version: the version id (default: a new timestamped id).
+    Returns:
+        The version id.
+    Raises:
+        DataError: a version of this id already exists.
+    """
+    import scipy.sparse as sp
+    version = version or new_version_id(model.name)
+    if is_complete(root, version):
+        raise DataError(f"model version {version!r} already exists")
+    manifest = {"version": version, "model": model.name, "n_users": len(model.user_ids),
+                "n_items": len(model.item_ids), **manifest}
+    with fsio.atomic_dir(version_dir(root, version)) as d:
+        Vocabulary(model.user_ids).save(fsio.join(d, USERS))
+        Vocabulary(model.item_ids).save(fsio.join(d, ITEMS))
+        _save_npy(fsio.join(d, POPULARITY), model.popularity.counts.astype(np.int64))
+        buf = io.BytesIO()
+        sp.save_npz(buf, seen.tocsr())
+        fsio.write_bytes(fsio.join(d, SEEN), buf.getvalue())
+        if item_attributes is not None:
+            fsio.write_bytes(fsio.join(d, ITEM_ATTRIBUTES), item_attributes)
+        if model.personalized:
+            manifest["dim"] = int(model.item_embeddings.shape[1])
+            _save_npy(fsio.join(d, ITEM_EMBEDDINGS), model.item_embeddings.astype(np.float32))
+            _save_npy(fsio.join(d, USER_EMBEDDINGS), model.user_embeddings.astype(np.float32))
+            buf = io.BytesIO()
+            np.savez(buf, **model.weights())
+            fsio.write_bytes(fsio.join(d, WEIGHTS), buf.getvalue())
+            module = model.query_module()
+            if module is not None:
+                import tensorflow as tf
+                with fsio.staged_dir(fsio.join(d, QUERY_MODEL)) as local:
+                    tf.saved_model.save(module, local, signatures={"serving_default": module.serve})
+        _write_manifest(fsio.join(d, MANIFEST), manifest)   # last: it marks the version complete
+    return version
+
+
+# ---- loading -------------------------------------------------------------------------------------
+@dataclass
+class LoadedVersion:
+    """A version in memory: its manifest, vocabularies and model (vectors, popularity)."""
+    root: str
+    version: str
+    manifest: dict
+    users: Vocabulary
+    items: Vocabulary
+    model: Model
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
+
+    @property
+    def personalized(self) -> bool:
+        return self.model.personalized
+
+    @property
+    def popularity(self) -> Popularity:
+        return self.model.popularity
+
+    @property
+    def history_length(self) -> int:
+        return int(self.manifest.get("history_length", 20))
+
+
+def load(root: str, version: str) -> LoadedVersion:
+    """Load a version for scoring. Anything missing or corrupt raises here, not on a later request.
+
+    Raises:
+        DataError: the version does not exist or names a model this package does not have.
+    """
+    manifest = read_manifest(root, version)
+    name = manifest.get("model")
+    if name not in MODELS:
+        raise DataError(f"model version {version!r}: model={name!r} is unknown (known: {', '.join(MODELS)})")
+    d = version_dir(root, version)
+    users, items = load_vocabs(root, version)
+    model = MODELS[name]()
+    model.popularity = Popularity(len(items), _load_npy(fsio.join(d, POPULARITY)))
+    item_emb = user_emb = None
+    if model.personalized:
+        item_emb, user_emb = load_embeddings(root, version)
+
+    def query_model():
+        import tensorflow as tf
+        return tf.saved_model.load(fsio.join(d, QUERY_MODEL)).signatures["serving_default"]
+    model.load_state(users.ids, items.ids, item_emb, user_emb, query_model, int(manifest.get("history_length", 20)))
+    return LoadedVersion(root, version, manifest, users, items, model)
+
+
+def load_seen(root: str, version: str):
+    """Known users x items they interacted with (CSR), or None for a version saved without it."""
+    path = fsio.join(version_dir(root, version), SEEN)
+    if not fsio.exists(path):
+        return None
+    import scipy.sparse as sp
+    return sp.load_npz(io.BytesIO(fsio.read_bytes(path))).tocsr()
+
+
+def load_item_attributes(root: str, version: str, columns: list[str]):
+    """Columns of the version's items.parquet as a pandas frame, or None without one."""
+    path = fsio.join(version_dir(root, version), ITEM_ATTRIBUTES)
+    if not fsio.exists(path):
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    return pq.read_table(pa.BufferReader(fsio.read_bytes(path)), columns=columns).to_pandas()

@@ -1,0 +1,113 @@
+"""Towers and loss of the embedding models, and warm start by token: the parts the contract test
+(test_contract.py) does not reach."""
+import copy
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from recsys.config import from_dict
+from recsys.data import trainset
+from recsys.models import create
+from recsys.models.base import WarmStart
+from recsys.models.loss import RetrievalModel
+
+MODEL = {"dim": 16, "batch_size": 256, "epochs": 12, "patience": 4, "learning_rate": 0.02, "history_length": 5}
+
+
+def towers(name, n_users, n_items, dim, **model):
+    """The towers a model of `name` builds for a TrainSet of this size (no features)."""
+    ts = trainset.TrainSet(np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1, np.float32),
+                           np.full((1, 1), -1, np.int32), n_users, n_items,
+                           np.asarray([f"u{u}" for u in range(n_users)], dtype=object),
+                           np.asarray([f"i{i}" for i in range(n_items)], dtype=object))
+    return create(name, from_dict({"model": {"dim": dim, **model}}).model).build_towers(ts)
+
+
+def test_candidate_history_reads_the_item_table_without_training_it():
+    qt, ct = towers("two_tower", 10, 30, 8, history_items="candidate")
+    model = RetrievalModel(qt, ct, np.ones(30))
+    batch = {"user_idx": tf.constant([0, 1, -1]), "item_idx": tf.constant([3, 4, 5]),
+             "history": tf.constant([[1, 2, -1], [7, -1, -1], [-1, -1, -1]])}
+    model.compute_loss(batch)
+    table = ct.item_embedding.embeddings
+    assert not hasattr(qt, "history_embedding")
+    assert sum(v is table for v in model.trainable_variables) == 1      # one table, updated once per step
+    with tf.GradientTape() as tape:
+        q = qt(batch)
+    assert tape.gradient(q, table) is None                                # the query side does not train it
+    before = qt(batch).numpy()
+    table.assign_add(tf.ones_like(table))                                 # but it reads the current values
+    assert not np.allclose(qt(batch).numpy()[:2], before[:2])
+    np.testing.assert_allclose(qt(batch).numpy()[2], before[2], atol=1e-6)  # empty history: user ID only
+
+
+@pytest.mark.parametrize("logq,hits,extra,weighted", [(True, True, 0, False), (True, True, 7, True),
+                                                       (False, False, 0, True), (True, False, 5, False)])
+def test_fused_loss_equals_the_tfrs_retrieval_task(logq, hits, extra, weighted):
+    """The fused training loss is the TFRS Retrieval loss: same value and same gradients."""
+    rng = np.random.default_rng(0)
+    n_users, n_items, b = 40, 30, 64            # 64 draws from 30 items: many accidental hits
+    counts = rng.integers(1, 50, n_items)
+    qt, ct = towers("mf", n_users, n_items, 8)
+    batch = {"user_idx": tf.constant(rng.integers(0, n_users, b), tf.int32),
+             "item_idx": tf.constant(rng.integers(0, n_items, b), tf.int32),
+             "history": tf.fill([b, 1], -1)}
+    if weighted:
+        batch["weight"] = tf.constant(rng.uniform(0.5, 2.0, b), tf.float32)
+    results = []
+    for fused in (False, True):
+        model = RetrievalModel(qt, ct, counts, 0.1, logq, hits, extra, fused=fused)
+        tf.random.set_seed(3)                     # the same extra negatives for both
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(batch, training=True)
+        grads = tape.gradient(loss, model.trainable_variables)
+        results.append((float(loss), [tf.convert_to_tensor(g).numpy() for g in grads]))
+    (l0, g0), (l1, g1) = results
+    assert l1 == pytest.approx(l0, rel=1e-5)
+    for a, c in zip(g0, g1):
+        np.testing.assert_allclose(c, a, rtol=1e-3, atol=1e-6)
+
+
+def _featured_trainset(token_names, genre_names, user_ids, item_ids):
+    """A tiny two_tower TrainSet whose feature tables are keyed by the given token/genre lists."""
+    rng = np.random.default_rng(0)
+    n_users, n_items = len(user_ids), len(item_ids)
+    u = np.repeat(np.arange(n_users), 4)
+    i = rng.integers(0, n_items, len(u))
+    feats = trainset.ItemFeatures(
+        np.tile(np.arange(len(genre_names), dtype=np.int32)[:1], (n_items, 1)),
+        np.tile(np.arange(len(token_names), dtype=np.int32), (n_items, 1)),
+        np.ones(n_items, np.int32), len(genre_names), len(token_names), 41,
+        np.asarray(genre_names, dtype=str), np.asarray(token_names, dtype=str))
+    users = trainset.UserFeatures(np.zeros((n_users, 1), np.int32), np.asarray(["plan=basic"], dtype=object))
+    return trainset.TrainSet(u, i, np.ones(len(u), np.float32), trainset.history_windows(u, i, 3), n_users, n_items,
+                             np.asarray(user_ids, dtype=object), np.asarray(item_ids, dtype=object), feats, users)
+
+
+def test_warm_start_matches_feature_rows_by_token_not_position():
+    cfg = from_dict({"model": {**MODEL, "epochs": 1, "history_length": 3}})
+    ts1 = _featured_trainset(["comedy", "war"], ["drama"], ["a", "b"], ["x", "y", "z"])
+    tr1 = create("two_tower", cfg.model)
+    tr1.fit(ts1, (20,), progress=lambda *_: None)
+    old = tr1.weights()
+    assert old["candidate.token_embedding:names"].tolist() == ["comedy", "war"]
+    # the next dataset adds a token that sorts first: every old token moves down one index
+    ts2 = _featured_trainset(["action", "comedy", "war"], ["drama", "noir"], ["a", "b", "c"], ["x", "y", "z", "w"])
+    mc = copy.deepcopy(cfg.model)
+    mc.learning_rate = 1e-9
+    tr2 = create("two_tower", mc)
+    tr2.fit(ts2, (20,), previous=WarmStart("v1", ts1.user_ids, ts1.item_ids, old), progress=lambda *_: None)
+    new = tr2.weights()
+    warm = tr2.report.warm_started
+    assert warm["candidate.token_embedding"] == 2 and warm["candidate.genre_embedding"] == 1
+    np.testing.assert_allclose(new["candidate.token_embedding"][2:4], old["candidate.token_embedding"][1:3], atol=1e-6)
+    assert not np.allclose(new["candidate.token_embedding"][1], old["candidate.token_embedding"][1])  # "action": fresh
+    np.testing.assert_allclose(new["candidate.genre_embedding"][1], old["candidate.genre_embedding"][1], atol=1e-6)
+    np.testing.assert_allclose(new["query.user_feature_embedding"][1], old["query.user_feature_embedding"][1], atol=1e-6)
+    # a previous version without names (written before they were saved) copies no feature rows
+    legacy = {k: v for k, v in old.items() if not k.endswith(":names")}
+    tr3 = create("two_tower", mc)
+    tr3.fit(ts2, (20,), previous=WarmStart("v1", ts1.user_ids, ts1.item_ids, legacy), progress=lambda *_: None)
+    warm = tr3.report.warm_started
+    assert "candidate.token_embedding" not in warm and "candidate.item_embedding" in warm
