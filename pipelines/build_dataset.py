@@ -471,7 +471,7 @@ def _write_parquet(table: pa.Table, path: str):
 def _write_rejected(kv, out_dir: str, n: int):
     key, frames = kv
     df = pd.concat(list(frames), ignore_index=True).sort_values(["source", "line"], kind="stable")
-    fsio.write_bytes(fsio.join(out_dir, "rejected", f"part-{key:05d}-of-{n:05d}.jsonl"),
+    fsio.write_bytes(fsio.join(out_dir, ds.REJECTED, f"part-{key:05d}-of-{n:05d}.jsonl"),
                      _json_lines(df).encode("utf-8"))
     yield len(df)
 
@@ -536,8 +536,8 @@ class FinalizeFn(beam.DoFn):
                             f"raise filters.max_rounds")
         _write_empty_shards(self.out_dir, self.n, {r["bucket"] for r in split_rows})
         users, items = Vocabulary(result["user_ids"].to_pylist()), Vocabulary(result["item_ids"].to_pylist())
-        users.save(fsio.join(self.out_dir, "vocab", "users.txt"))
-        items.save(fsio.join(self.out_dir, "vocab", "items.txt"))
+        users.save(fsio.join(self.out_dir, *ds.USERS_VOCAB.split("/")))
+        items.save(fsio.join(self.out_dir, *ds.ITEMS_VOCAB.split("/")))
         meta, meta_rejected = self._item_metadata()
         feats = pd.DataFrame({"item": items.ids, "item_idx": np.arange(len(items), dtype=np.int32)})
         feats = feats.merge(meta, on="item", how="left")
@@ -550,13 +550,13 @@ class FinalizeFn(beam.DoFn):
         feats["train_count"] = _train_counts(split_rows, pa.array(feats["item"], pa.string()))
         sink = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(feats, preserve_index=False), sink, compression="zstd")
-        fsio.write_bytes(fsio.join(self.out_dir, "items.parquet"), sink.getvalue())
+        fsio.write_bytes(fsio.join(self.out_dir, ds.ITEMS_FILE), sink.getvalue())
         user_stats = self._user_metadata(users)
         stats = self._stats(c, split_rows, users, items, result["cuts"], len(meta), meta_rejected)
         if user_stats is not None:
             stats["users_metadata"] = user_stats
         # stats.json last: its presence marks the dataset complete (what Dataset.open checks).
-        fsio.write_bytes(fsio.join(self.out_dir, "stats.json"), json.dumps(stats, indent=2, sort_keys=True).encode())
+        fsio.write_bytes(fsio.join(self.out_dir, ds.STATS), json.dumps(stats, indent=2, sort_keys=True).encode())
         yield stats
 
     def _user_metadata(self, users: Vocabulary) -> dict | None:
@@ -572,7 +572,7 @@ class FinalizeFn(beam.DoFn):
                           "features": pa.array(meta["features"].tolist(), pa.list_(pa.string()))})
         sink = io.BytesIO()
         pq.write_table(table, sink, compression="zstd")
-        fsio.write_bytes(fsio.join(self.out_dir, "users.parquet"), sink.getvalue())
+        fsio.write_bytes(fsio.join(self.out_dir, ds.USERS_FILE), sink.getvalue())
         return {"rows": len(meta), "rejected": n_rejected, "matched": int((user_idx >= 0).sum())}
 
     def _item_metadata(self):
@@ -594,7 +594,7 @@ class FinalizeFn(beam.DoFn):
         rej = pd.concat(rejected, ignore_index=True)
         if len(rej):
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rej.to_dict("records"))
-            fsio.write_bytes(fsio.join(self.out_dir, "rejected", f"{id_column}s.jsonl"), text.encode("utf-8"))
+            fsio.write_bytes(fsio.join(self.out_dir, ds.REJECTED, f"{id_column}s.jsonl"), text.encode("utf-8"))
         meta = pd.concat(frames, ignore_index=True).drop_duplicates(id_column, keep="last")
         return meta, len(rej)
 
@@ -665,7 +665,7 @@ def run(cfg: Config, dataset_id: str | None = None, previous: str | None = "late
         prev_users, prev_items = prev.users, prev.items
     dataset_id = dataset_id or ds.new_dataset_id()
     final = fsio.join(ds.datasets_dir(root), dataset_id)
-    if fsio.exists(fsio.join(final, "stats.json")):
+    if fsio.exists(fsio.join(final, ds.STATS)):
         raise DataError(f"dataset id {dataset_id!r} already exists under {ds.datasets_dir(root)!r}")
     progress(f"build-dataset: {len(files)} input file(s), runner={cfg.runner.name}, "
              f"previous vocab={prev_id or 'none'} ({len(prev_users)} users, {len(prev_items)} items)")

@@ -308,7 +308,7 @@ def load_config(path: str | None) -> Config:
 
 @dataclass
 class ModelConfig:
-    """Retrieval model and training options; defaults are the ones that measured best (docs/MODELS.md)."""
+    """Retrieval model and training options; defaults are the ones that measured best (docs/RESULTS.md)."""
     dim: int = 64
     normalize: bool = True
     temperature: float = 0.1

@@ -28,6 +28,11 @@ from recsys.data.interactions import SPLITS
 from recsys.data.vocab import Vocabulary
 
 LATEST = "LATEST"
+# The dataset directory's file names: this module and the pipeline that writes them use these.
+STATS = "stats.json"
+USERS_VOCAB, ITEMS_VOCAB = "vocab/users.txt", "vocab/items.txt"
+ITEMS_FILE, USERS_FILE = "items.parquet", "users.parquet"
+REJECTED = "rejected"
 SPLIT_SCHEMA = pa.schema([
     ("user", pa.string()), ("item", pa.string()), ("user_idx", pa.int32()), ("item_idx", pa.int32()),
     ("timestamp", pa.int64()), ("value", pa.float32()), ("weight", pa.float32()),
@@ -60,8 +65,8 @@ class Dataset:
 
     def __init__(self, path: str):
         self.path = path
-        if not fsio.exists(fsio.join(path, "stats.json")):
-            raise DataError(f"dataset: {path!r} is not a complete dataset (no stats.json)")
+        if not fsio.exists(fsio.join(path, STATS)):
+            raise DataError(f"dataset: {path!r} is not a complete dataset (no {STATS})")
         self._users = self._items = None
 
     @classmethod
@@ -71,9 +76,13 @@ class Dataset:
         if not dataset_id:
             raise DataError(f"dataset: no dataset under {root!r}; run `recsys build-dataset` first")
         path = fsio.join(datasets_dir(root), dataset_id)
-        if not fsio.exists(fsio.join(path, "stats.json")):
+        if not fsio.exists(fsio.join(path, STATS)):
             raise DataError(f"dataset: id {dataset_id!r} not found under {datasets_dir(root)!r}")
         return cls(path)
+
+    def file(self, name: str) -> str:
+        """The path of one of the dataset's files (names: the constants above)."""
+        return fsio.join(self.path, *name.split("/"))
 
     @property
     def id(self) -> str:
@@ -81,31 +90,31 @@ class Dataset:
 
     @property
     def stats(self) -> dict:
-        return json.loads(fsio.read_text(fsio.join(self.path, "stats.json")))
+        return json.loads(fsio.read_text(fsio.join(self.path, STATS)))
 
     @property
     def users(self) -> Vocabulary:
         if self._users is None:
-            self._users = Vocabulary.load(fsio.join(self.path, "vocab", "users.txt"))
+            self._users = Vocabulary.load(self.file(USERS_VOCAB))
         return self._users
 
     @property
     def items(self) -> Vocabulary:
         if self._items is None:
-            self._items = Vocabulary.load(fsio.join(self.path, "vocab", "items.txt"))
+            self._items = Vocabulary.load(self.file(ITEMS_VOCAB))
         return self._items
 
     @property
     def item_features_path(self) -> str:
         """items.parquet: item attributes (a version copies it for its filters)."""
-        return fsio.join(self.path, "items.parquet")
+        return self.file(ITEMS_FILE)
 
     def item_features(self) -> pd.DataFrame:
         return pq.read_table(pa.BufferReader(fsio.read_bytes(self.item_features_path))).to_pandas()
 
     def user_features(self) -> pd.DataFrame | None:
         """users.parquet (user, user_idx, features), or None when the dataset was built without one."""
-        path = fsio.join(self.path, "users.parquet")
+        path = self.file(USERS_FILE)
         if not fsio.exists(path):
             return None
         return pq.read_table(pa.BufferReader(fsio.read_bytes(path))).to_pandas()

@@ -34,27 +34,9 @@ def dedupe_and_keep_positives(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
                                        "not_positive": int((~duplicate & ~positive).sum())}
 
 
-def item_counts(df: pd.DataFrame) -> pd.Series:
-    return df["item"].value_counts(sort=False)
-
-
-def kcore_round(df: pd.DataFrame, counts: pd.Series, cfg: Config) -> pd.DataFrame:
-    """One k-core round: drop items under the item minimum (given global counts), then light users.
-
-    `df` must hold every interaction of its users (a user bucket), so user counts here are global.
-    """
-    fl = cfg.filters
-    if len(df) == 0:
-        return df
-    c = df["item"].map(counts).fillna(0).to_numpy()
-    df = df[c >= fl.min_item_interactions]
-    uc = df.groupby("user", sort=False)["item"].transform("size").to_numpy()
-    return df[uc >= fl.min_user_interactions]
-
-
 def kcore_codes(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int,
                 cfg: Config) -> tuple[np.ndarray, int, int]:
-    """The k-core rounds of `kcore_round` on integer codes of all interactions at once.
+    """The k-core filter on integer codes of all interactions at once.
 
     `users`, `items`: one code per interaction (in [0, n_users) and [0, n_items)). Runs up to
     `filters.max_rounds` rounds, each dropping items under the item minimum and then users under the

@@ -38,7 +38,7 @@ class EvaluationResult:
     train_item_counts: np.ndarray  # training interactions per catalog item
 
     def metrics_entry(self) -> dict:
-        """What metrics.json records for this split."""
+        """What the version's metrics file records for this split (recsys.version.write_metrics)."""
         return {"dataset_id": self.dataset_id, "model": self.metrics, "popularity": self.popularity_metrics,
                 "sources": self.sources}
 
@@ -62,7 +62,7 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
     """
     lv = lv or version_mod.load(root, version)
     if split != "test" and "refit" in lv.manifest:
-        before = " (validation_metrics in its manifest.json are from before the refit)" \
+        before = f" (validation_metrics in its {version_mod.MANIFEST} are from before the refit)" \
             if lv.manifest.get("validation_metrics") else ""
         raise DataError(f"--split={split!r}: version {lv.version} was refit on train + validation, so only "
                         f"test measures it{before}")
