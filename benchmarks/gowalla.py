@@ -18,8 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import recsys  # noqa: E402,F401
 from recsys.evaluation import metrics  # noqa: E402
-from recsys.models import training as train
-from recsys.data import trainset
+from recsys.data import trainset  # noqa: E402
+from recsys.evaluation.scorer import evaluate_model  # noqa: E402
+from recsys.models import create  # noqa: E402
 from recsys.config import load_config  # noqa: E402
 from recsys.models.popularity import Popularity  # noqa: E402
 
@@ -50,10 +51,11 @@ def main(argv=None):
     results = {"popularity": metrics.evaluate(lambda r: np.array(pop.score_rows(len(r))), rows, test.relevant,
                                               test.exclude, (20, 50), ts.item_counts).summary()}
     for name in args.models.split(","):
-        tr = train.fit(ts, name, cfg.model, (20, 50), progress=lambda s: print(f"  {name} {s}", flush=True))
-        ev = train.evaluate_trained(tr, test, (20, 50), ts.item_counts).summary()
-        ev["train_seconds"] = round(tr.train_seconds, 1)
-        ev["examples_per_second"] = round(tr.examples_per_second)
+        tr = create(name, cfg.model)
+        tr.fit(ts, (20, 50), progress=lambda s: print(f"  {name} {s}", flush=True))
+        ev = evaluate_model(tr, test, (20, 50), ts.item_counts)[0].summary()
+        ev["train_seconds"] = round(tr.report.seconds, 1)
+        ev["examples_per_second"] = round(tr.report.examples_per_second)
         results[name] = ev
     print(f"\n{'model':<14}{'recall@20':>10}{'ndcg@20':>9}{'recall@50':>10}{'ndcg@50':>9}{'train s':>9}")
     for name, r in results.items():

@@ -23,11 +23,9 @@ import yaml  # noqa: E402
 
 import recsys  # noqa: E402,F401
 from pipelines import build_dataset  # noqa: E402
-from recsys import registry  # noqa: E402
-from recsys.evaluation import compare
-from recsys.evaluation import evaluate
-from recsys.evaluation import metrics
-from recsys.data import trainset
+from recsys import version  # noqa: E402
+from recsys.data import trainset  # noqa: E402
+from recsys.evaluation import compare, evaluate, metrics  # noqa: E402
 from recsys.models.popularity import Popularity  # noqa: E402
 from recsys.config import from_dict, load_config  # noqa: E402
 from recsys.jobs import train_version  # noqa: E402
@@ -71,24 +69,24 @@ def main(argv=None):
             c.model.seed, c.model.use_item_features = seed, feats
             v = train_version(c, model, ds.id, warm_start="none", progress=lambda *_: None, ts=ts, full_ts=full)
             res = {"test": evaluate.evaluate_version(c.artifacts.root, v, "test", ds.id, ks)}
-            ev, es = res["test"]["evaluation"], res["test"]["eval_set"]
-            cold = res["test"]["train_item_counts"] <= args.cold_max
+            ev, es = res["test"].evaluation, res["test"].eval_set
+            cold = res["test"].train_item_counts <= args.cold_max
             cold_recall, has = compare.group_recall(ev, es.relevant, cold, 20)
             r = rows.setdefault(label, {"val_recall@20": [], "val_ndcg@20": [], "recall@20": [], "ndcg@20": [],
                                         "cold_recall@20": [], "cold_users": 0})
             # Validation figures from before the refit (a refit version has trained on validation);
             # for popularity, the baseline over train counts.
             val = (validation_baseline(ts, ks) if model == "popularity"
-                   else registry.read_manifest(c.artifacts.root, v)["validation_metrics"])
+                   else version.read_manifest(c.artifacts.root, v)["validation_metrics"])
             r["val_recall@20"].append(val["recall@20"])
             r["val_ndcg@20"].append(val["ndcg@20"])
-            r["recall@20"].append(res["test"]["model_metrics"]["recall@20"])
-            r["ndcg@20"].append(res["test"]["model_metrics"]["ndcg@20"])
+            r["recall@20"].append(res["test"].metrics["recall@20"])
+            r["ndcg@20"].append(res["test"].metrics["ndcg@20"])
             r["cold_recall@20"].append(float(cold_recall[has].mean()) if has.any() else 0.0)
             r["cold_users"] = int(has.sum())
             for k in ("recall@20", "ndcg@20"):   # per-user test arrays, for the paired test below
                 r.setdefault("per_user_" + k, []).append(ev.per_user[k])
-                r["baseline_" + k] = res["test"]["popularity_evaluation"].per_user[k]
+                r["baseline_" + k] = res["test"].popularity_evaluation.per_user[k]
     st = ds.stats
     print(f"dataset: train {st['splits']['train']['interactions']}, validation {st['splits']['validation']['interactions']}"
           f" ({st['splits']['validation']['users']} users), test {st['splits']['test']['interactions']} "
@@ -106,8 +104,8 @@ def main(argv=None):
             continue
         for k in ("recall@20", "ndcg@20"):
             st = compare.paired_stats(r["baseline_" + k], np.mean(r["per_user_" + k], axis=0))
-            print(f"  {label:<30}{k:<10} {st['delta']:+.4f} [{st['ci_low']:+.4f}, {st['ci_high']:+.4f}] "
-                  f"p={st['p_value']:.2f} ({st['n_users']} users)")
+            print(f"  {label:<30}{k:<10} {st.delta:+.4f} [{st.ci_low:+.4f}, {st.ci_high:+.4f}] "
+                  f"p={st.p_value:.2f} ({st.n_users} users)")
 
 
 if __name__ == "__main__":

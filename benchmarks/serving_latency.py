@@ -2,15 +2,14 @@
 
 What it does, in one run:
 
-1. Synthesizes an "mf" model version with the product's own writers (recsys.registry.VersionWriter,
-   Vocabulary.save, registry.save_npy / save_npz_csr / write_manifest), in the layout of
-   recsys/registry.py: --items item IDs x 64-dim embeddings from a Gaussian mixture (one cluster per
+1. Synthesizes an "mf" model version with the product's own writer (recsys.version.write, given an
+   `MF` model holding the arrays), in the layout of recsys/version.py: --items item IDs x 64-dim embeddings from a Gaussian mixture (one cluster per
    500 items, centres ~ N(0, I/64), per-cluster noise --spread x U(0.5, 1.5) relative to the centre norm,
    L2-normalised), --users user embeddings from the same mixture (each user in one cluster),
    seen.npz with 10-30 (mean 20) items per user, 80 % of them from the user's own cluster, popularity
    counts with a Zipf shape. No SavedModel: an "mf" version folds a history in by least squares
-   (recsys/scoring.py fold_in), which is the request-time path of POST /v1/recommendations.
-   Builds its index with recsys.jobs.build_version_index and the default config (ScaNN at 1M items,
+   (recsys/models/embedding.py fold_in), which is the request-time path of POST /v1/recommendations.
+   Builds its index with recsys.jobs.index_version and the default config (ScaNN at 1M items,
    brute force below index.brute_force_below = 50,000) and publishes it (recsys.registry.publish).
 2. Baseline, same run: Engine.load(root) in this process, then Engine.recommend (random known users,
    k=10) and Engine.recommend_for_history (5-20 random items of one cluster, k=10) one call at a time;
@@ -111,9 +110,10 @@ def synth_params(args) -> dict:
 def synthesize(root: str, args) -> tuple[str, dict]:
     """Write the version; returns (version, data needed to make requests)."""
     import scipy.sparse as sp
-    from recsys import registry
+    from recsys import version as version_mod
     from recsys.config import from_dict
-    from recsys.data.vocab import Vocabulary
+    from recsys.models import create
+    from recsys.models.popularity import Popularity
     rng = np.random.default_rng(args.seed)
     n_items, n_users = args.items, args.users
     n_clusters = max(8, n_items // ITEMS_PER_CLUSTER)
@@ -143,32 +143,24 @@ def synthesize(root: str, args) -> tuple[str, dict]:
 
     item_ids = np.array([f"i{i}" for i in range(n_items)], dtype=object)
     user_ids = np.array([f"u{u}" for u in range(n_users)], dtype=object)
-    version = registry.new_version_id("mf")
     cfg = from_dict({})
-    with registry.VersionWriter(root, version) as w:
-        Vocabulary(user_ids).save(w.file("users.txt"))
-        Vocabulary(item_ids).save(w.file("items.txt"))
-        registry.save_npy(w.file("popularity.npy"), popularity)
-        registry.save_npz_csr(w.file("seen.npz"), seen)
-        registry.save_npy(w.file("item_embeddings.npy"), items)
-        registry.save_npy(w.file("user_embeddings.npy"), users)
-        registry.write_manifest(w.file("manifest.json"), {
-            "version": version, "model": "mf", "dataset_id": "synthetic-serving-latency",
-            "config": cfg.to_dict(), "n_users": n_users, "n_items": n_items, "dim": DIM,
-            "history_length": cfg.model.history_length, "synthetic": synth_params(args)})
+    model = create("mf", cfg.model)
+    model.load_state(user_ids, item_ids, items, users, None, cfg.model.history_length)
+    model.popularity = Popularity(n_items, popularity)
+    version = version_mod.write(root, model, seen, {
+        "dataset_id": "synthetic-serving-latency", "config": cfg.to_dict(),
+        "history_length": cfg.model.history_length, "synthetic": synth_params(args)})
     return version, {"item_cluster": item_cluster, "n_clusters": n_clusters}
 
 
 def prepare(root: str, args) -> tuple[str, dict]:
     """Reuse the published version under --root if it was made with the same parameters, else build one."""
-    from recsys import registry
-    from recsys.retrieval import index as rindex
-    from recsys import jobs
+    from recsys import jobs, registry, version as version_mod
     from recsys.config import from_dict
+    from recsys.retrieval import index as rindex
     cur = registry.current_version(root) if os.path.exists(os.path.join(root, "CURRENT")) else None
     if cur:
-        m = registry.read_manifest(root, cur)
-        d = registry.version_dir(root, cur)
+        m = version_mod.read_manifest(root, cur)
         icfg = from_dict({}).index
         kind = icfg.kind if icfg.kind != "auto" else ("brute_force" if args.items < icfg.brute_force_below else "scann")
         want = {} if kind == "brute_force" else rindex.default_params(args.items, icfg)
@@ -176,7 +168,7 @@ def prepare(root: str, args) -> tuple[str, dict]:
         # settings left to "auto" are resolved at build time: any stored value matches them
         same_index = isinstance(have, dict) and set(have) == set(want) and all(
             have[k] == v for k, v in want.items() if v != "auto")
-        if (m.get("synthetic") == synth_params(args) and os.path.exists(os.path.join(d, "index", "index.json"))
+        if (m.get("synthetic") == synth_params(args) and rindex.exists(version_mod.index_dir(root, cur))
                 and same_index):
             print(f"reusing version {cur} under {root} (same data parameters and index settings)")
             rng = np.random.default_rng(args.seed)
@@ -190,7 +182,7 @@ def prepare(root: str, args) -> tuple[str, dict]:
           f"in {time.perf_counter() - t:.1f}s")
     t = time.perf_counter()
     try:
-        info = jobs.build_version_index(from_dict({}), root, version, progress=lambda m: print(m, flush=True))
+        info = jobs.index_version(from_dict({}), root, version, progress=lambda m: print(m, flush=True))
     except Exception as exc:
         raise SystemExit(f"index build refused: {exc}\n(the synthetic data is too hard for the default index "
                          f"settings; a smaller --spread makes tighter clusters)") from None
