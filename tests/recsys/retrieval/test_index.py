@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 
 from recsys.retrieval import index
 from recsys.config import from_dict
+from recsys.models.popularity import Popularity
 
 
 def clustered(n=5000, d=16, seed=0):
@@ -53,3 +55,45 @@ def test_filtered_search_refills_to_k():
     assert len(ids) == 10 and allowed[ids].all()
     ids, _ = index.search_filtered(ix, emb, q, 10, allowed=np.zeros(len(emb), bool))
     assert len(ids) == 0
+
+
+# ---- the contract every index kind passes ----------------------------------------------------------
+KINDS = {"brute_force": {"kind": "brute_force"},
+         "scann": {"kind": "scann", "num_leaves": 16, "leaves_to_search": 16, "reorder": 3000}}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_index_contract(kind, tmp_path):
+    """Build, search (best first, true dot-product scores), save -> load -> same answers, filtered top-k."""
+    emb = clustered(3000)
+    ix = index.build(emb, from_dict({"index": KINDS[kind]}).index)
+    assert ix.kind == kind and len(ix) == len(emb)
+    q = emb[:20] + 0.05
+    ids, scores = ix.search(q, 10)
+    assert ids.shape == scores.shape == (20, 10)
+    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", q, emb[ids]), rtol=1e-4, atol=1e-4)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    assert index.recall_vs_exact(ix, emb, q)["recall@10"] >= 0.95
+    assert not index.exists(str(tmp_path / "ix"))
+    ix.save(str(tmp_path / "ix"))
+    assert index.exists(str(tmp_path / "ix"))
+    again = index.load(str(tmp_path / "ix"), emb)
+    assert again.kind == kind
+    np.testing.assert_array_equal(again.search(q, 10)[0], ids)
+    # filtered top-k: blocked rows as a sorted array answer like the same rows as a mask
+    rows = np.unique(ids[0, :5])
+    mask = np.zeros(len(emb), bool)
+    mask[rows] = True
+    by_rows = index.search_filtered(ix, emb, q[0], 10, blocked_rows=rows)
+    by_mask = index.search_filtered(ix, emb, q[0], 10, blocked=mask)
+    np.testing.assert_array_equal(by_rows[0], by_mask[0])
+    assert len(by_rows[0]) == 10 and not np.isin(by_rows[0], rows).any()
+
+
+def test_popular_filtered_skips_blocked_rows_and_keeps_allowed_ones():
+    pop = Popularity(6, np.array([5, 9, 9, 1, 0, 7]))
+    assert pop.order.tolist() == [1, 2, 5, 0, 3, 4]            # ties: the lower index first
+    ids, counts = index.popular_filtered(pop, 3, blocked_rows=np.array([2]))
+    assert ids.tolist() == [1, 5, 0] and counts.tolist() == [9, 7, 5]
+    allowed = np.array([True, False, True, True, False, False])
+    assert index.popular_filtered(pop, 2, allowed=allowed, blocked_rows=np.array([2]))[0].tolist() == [0, 3]
