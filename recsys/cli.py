@@ -167,6 +167,7 @@ def _demo(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The argument parser of every `recsys` command."""
     p = argparse.ArgumentParser(prog="recsys", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="show library logs and tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -243,6 +244,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run one command; returns the exit code (2: an error the user can fix, printed as one line)."""
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verbose:

@@ -123,6 +123,7 @@ class Config:
         return os.path.normpath(os.path.join(self.base_dir, path))
 
     def to_dict(self) -> dict:
+        """The config as plain data (what a version's manifest records), without `base_dir`."""
         d = dataclasses.asdict(self)
         d.pop("base_dir")
         return d

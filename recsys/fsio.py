@@ -34,14 +34,17 @@ def _filesystems():
 
 
 def join(*parts: str) -> str:
+    """Join path parts (URL-aware)."""
     return _filesystems().join(*parts) if is_url(parts[0]) else os.path.join(*parts)
 
 
 def exists(path: str) -> bool:
+    """Whether a file or directory exists."""
     return _filesystems().exists(path) if is_url(path) else os.path.exists(path)
 
 
 def makedirs(path: str) -> None:
+    """Create a local directory and its parents (nothing for URLs)."""
     if is_url(path):
         return  # object stores have no directories
     os.makedirs(path, exist_ok=True)
@@ -60,11 +63,13 @@ def open_read(path: str):
 
 
 def read_bytes(path: str) -> bytes:
+    """The whole file (decompressed by suffix)."""
     with open_read(path) as fh:
         return fh.read()
 
 
 def read_text(path: str) -> str:
+    """The whole file as UTF-8 text."""
     return read_bytes(path).decode("utf-8")
 
 
@@ -77,6 +82,7 @@ def open_write(path: str):
 
 
 def write_bytes(path: str, data: bytes) -> None:
+    """Write a file (not atomic: for files inside a directory that `atomic_dir` publishes)."""
     with open_write(path) as fh:
         fh.write(data)
 
@@ -96,6 +102,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def atomic_write_text(path: str, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -189,6 +196,7 @@ def list_dir(path: str) -> list[str]:
 
 
 def rename(src: str, dst: str) -> None:
+    """Rename a file or directory (an atomic replace for local paths)."""
     if is_url(src):
         _filesystems().rename([src], [dst])
     else:

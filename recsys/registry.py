@@ -50,6 +50,7 @@ def resolve_version(root: str, version: str | None) -> str:
 
 
 def publish_history(root: str) -> list[dict]:
+    """Every publish so far, oldest first: {version, at, reason}."""
     path = fsio.join(root, HISTORY)
     if not fsio.exists(path):
         return []

@@ -50,10 +50,12 @@ RECOMMENDATIONS = "recommendations"
 
 # ---- where things are -------------------------------------------------------------------------
 def models_dir(root: str) -> str:
+    """`<root>/models`: where versions live."""
     return fsio.join(root, "models")
 
 
 def version_dir(root: str, version: str) -> str:
+    """The directory of one version."""
     return fsio.join(models_dir(root), version)
 
 
@@ -68,6 +70,7 @@ def recommendations_dir(root: str, version: str) -> str:
 
 
 def new_version_id(model_name: str, now: _dt.datetime | None = None) -> str:
+    """A sortable id for a new version: UTC time to the millisecond, then the model name."""
     now = now or _dt.datetime.now(_dt.timezone.utc)
     return f"{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond // 1000:03d}Z-{model_name}"
 
@@ -259,18 +262,22 @@ class LoadedVersion:
 
     @property
     def model_name(self) -> str:
+        """The model's name (a key of MODELS)."""
         return self.model.name
 
     @property
     def personalized(self) -> bool:
+        """Whether the model has vectors (else popularity order for everyone)."""
         return self.model.personalized
 
     @property
     def popularity(self) -> Popularity:
+        """The version's popularity counts (fallback for requests without a user or history)."""
         return self.model.popularity
 
     @property
     def history_length(self) -> int:
+        """How many recent items the model's history inputs hold."""
         return int(self.manifest.get("history_length", 20))
 
 

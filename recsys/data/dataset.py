@@ -40,10 +40,12 @@ SPLIT_SCHEMA = pa.schema([
 
 
 def datasets_dir(root: str) -> str:
+    """`<root>/datasets`: where datasets and the LATEST pointer live."""
     return fsio.join(root, "datasets")
 
 
 def new_dataset_id(now: _dt.datetime | None = None) -> str:
+    """A UTC timestamp id for a new dataset."""
     now = now or _dt.datetime.now(_dt.timezone.utc)
     return now.strftime("%Y%m%dT%H%M%SZ")
 
@@ -57,6 +59,7 @@ def latest_dataset_id(root: str) -> str | None:
 
 
 def shard_name(split: str, shard: int, n_shards: int) -> str:
+    """The relative path of one Parquet shard of a split."""
     return f"{split}/part-{shard:05d}-of-{n_shards:05d}.parquet"
 
 
@@ -86,20 +89,24 @@ class Dataset:
 
     @property
     def id(self) -> str:
+        """The dataset id (its directory name)."""
         return self.path.rstrip("/").split("/")[-1]
 
     @property
     def stats(self) -> dict:
+        """stats.json: counts read, accepted, rejected, per split, the config it was built with."""
         return json.loads(fsio.read_text(fsio.join(self.path, STATS)))
 
     @property
     def users(self) -> Vocabulary:
+        """The user vocabulary (row i = user index i)."""
         if self._users is None:
             self._users = Vocabulary.load(self.file(USERS_VOCAB))
         return self._users
 
     @property
     def items(self) -> Vocabulary:
+        """The item vocabulary (row i = item index i)."""
         if self._items is None:
             self._items = Vocabulary.load(self.file(ITEMS_VOCAB))
         return self._items
@@ -110,6 +117,7 @@ class Dataset:
         return self.file(ITEMS_FILE)
 
     def item_features(self) -> pd.DataFrame:
+        """items.parquet as a frame: item, item_idx, title, year, genres, train_count."""
         return pq.read_table(pa.BufferReader(fsio.read_bytes(self.item_features_path))).to_pandas()
 
     def user_features(self) -> pd.DataFrame | None:
@@ -120,6 +128,11 @@ class Dataset:
         return pq.read_table(pa.BufferReader(fsio.read_bytes(path))).to_pandas()
 
     def shards(self, split: str) -> list[str]:
+        """The Parquet shards of a split, sorted.
+
+        Raises:
+            DataError: an unknown split name.
+        """
         if split not in SPLITS:
             raise DataError(f"dataset: split={split!r} is invalid: allowed: {', '.join(SPLITS)}")
         return fsio.match(fsio.join(self.path, split, "part-*.parquet"))

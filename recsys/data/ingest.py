@@ -91,11 +91,13 @@ def arrow_strings(col) -> pa.Array:
 
 
 def empty_rejected() -> pd.DataFrame:
+    """A dead-letter frame with no rows (source, line, reason, raw)."""
     return pd.DataFrame({"source": pd.Series(dtype=str), "line": pd.Series(dtype=np.int64),
                          "reason": pd.Series(dtype=str), "raw": pd.Series(dtype=str)})
 
 
 def rejected_frame(source: str, lines, reason, raws) -> pd.DataFrame:
+    """Dead letters: one row per rejected input line, with its source file, line number, reason and text."""
     lines = np.asarray(lines, dtype=np.int64)
     return pd.DataFrame({"source": source, "line": lines,
                          "reason": reason if not np.isscalar(reason) else [reason] * len(lines),

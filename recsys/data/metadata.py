@@ -28,6 +28,7 @@ _YEAR_RE = r"\((\d{4})\)\s*$"
 
 
 def empty_items() -> pd.DataFrame:
+    """An item metadata frame with no rows (item, title, year, genres)."""
     return pd.DataFrame({"item": pd.Series(dtype=object), "title": pd.Series(dtype=object),
                          "year": pd.Series(dtype=np.int32), "genres": pd.Series(dtype=object)})
 

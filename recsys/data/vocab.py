@@ -32,9 +32,11 @@ class Vocabulary:
         return Vocabulary(np.concatenate([self.ids, added.to_numpy(dtype=object)]))
 
     def save(self, path: str) -> None:
+        """Write one ID per line, atomically."""
         fsio.atomic_write_text(path, "".join(f"{i}\n" for i in self.ids))
 
     @classmethod
     def load(cls, path: str) -> "Vocabulary":
+        """Read a vocabulary written by `save`."""
         text = fsio.read_text(path)
         return cls(text.split("\n")[:-1] if text else [])

@@ -58,6 +58,7 @@ class Comparison:
     popularity_metrics: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """comparison.json: every field as plain data."""
         d = dataclasses.asdict(self)
         d["per_user_delta"] = np.asarray(self.per_user_delta).tolist()
         return d

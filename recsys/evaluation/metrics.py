@@ -48,6 +48,7 @@ class Evaluation:
     list_level: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
+        """Mean of every per-user metric, the list-level metrics, and the number of users."""
         out = {k: float(np.mean(v)) if len(v) else 0.0 for k, v in self.per_user.items()}
         out.update(self.list_level)
         out["users"] = int(len(self.users))

@@ -113,6 +113,7 @@ def _md_table_to_html(md: str) -> str:
 
 
 def html_report(c, md: str) -> str:
+    """A self-contained HTML page: the markdown report and the plots inlined as PNG."""
     figs = plots(c)
     imgs = "".join(f"<h2>{t}</h2><img src='data:image/png;base64,{figs[k]}'/>"
                    for k, t in (("metrics", "Metrics"), ("segments", "Segments"), ("deltas", "Per-user deltas")))

@@ -79,12 +79,14 @@ class EmbeddingModel(Model):
 
     def fit(self, ts, ks=(10, 20, 50), previous: WarmStart | None = None, progress=print,
             stop_after: int | None = None, max_seconds: float | None = None) -> FitReport:
+        """See `Model.fit`; the loop is recsys/models/training.py."""
         from recsys.models import training
         self.history_length = ts.history.shape[1]
         return training.fit(self, ts, ks, previous, progress, max_seconds, stop_after)
 
     @property
     def dim(self) -> int:
+        """The embedding dimension."""
         return int(self.item_embeddings.shape[1])
 
     def _tower(self, user_idx: np.ndarray, history: np.ndarray) -> np.ndarray:
@@ -106,17 +108,20 @@ class EmbeddingModel(Model):
         return out["embedding"].numpy().astype(np.float32)
 
     def weights(self) -> dict:
+        """Tower weights by stable layer name, with the tokens of feature-table rows (see warm_start.py)."""
         from recsys.models.warm_start import tower_weights
         if self.query_tower is None:
             return {}
         return tower_weights(self.query_tower, self.candidate_tower, self.row_names)
 
     def query_module(self):
+        """The query tower behind string IDs (saved as the version's SavedModel), or None before fit."""
         if self.query_tower is None:
             return None
         return _query_module(self.query_tower, self.user_ids, self.item_ids, self.history_length)
 
     def load_state(self, user_ids, item_ids, item_embeddings, user_embeddings, query_model, history_length):
+        """See `Model.load_state`."""
         super().load_state(user_ids, item_ids, item_embeddings, user_embeddings, query_model, history_length)
         self._load_query_model, self.history_length = query_model, history_length
 
@@ -128,6 +133,7 @@ class TwoTower(EmbeddingModel):
     uses_history = True
 
     def build_towers(self, ts):
+        """Query tower (user ID, user features, pooled history) and candidate tower (item ID, item features)."""
         from recsys.models.towers import CandidateTower, QueryTower
         mc = self.config
         ct = CandidateTower(ts.n_items, mc.dim, ts.item_features if mc.use_item_features else None, mc.normalize)
@@ -137,14 +143,17 @@ class TwoTower(EmbeddingModel):
         return qt, ct
 
     def user_vectors(self, user_idx, history):
+        """The query tower on (user, history); see `Model.user_vectors`."""
         return self._tower(user_idx, history)
 
     def history_vectors(self, history, user_idx=None):
+        """The query tower on the history, with the user's ID and features when known."""
         if user_idx is None:
             user_idx = np.full(len(history), -1, dtype=np.int64)
         return self._tower(user_idx, history)
 
     def load_state(self, user_ids, item_ids, item_embeddings, user_embeddings, query_model, history_length):
+        """See `Model.load_state`; the SavedModel is loaded here, so a broken one fails at load."""
         super().load_state(user_ids, item_ids, item_embeddings, user_embeddings, query_model, history_length)
         self._saved_query = query_model()   # load now: a broken SavedModel must fail at load, not on a request
 
@@ -156,17 +165,20 @@ class MF(EmbeddingModel):
     uses_history = False
 
     def build_towers(self, ts):
+        """A user ID table and an item ID table."""
         from recsys.models.towers import IdCandidateTower, IdQueryTower
         mc = self.config
         return IdQueryTower(ts.n_users, mc.dim, mc.normalize), IdCandidateTower(ts.n_items, mc.dim, mc.normalize)
 
     def user_vectors(self, user_idx, history=None):
+        """The user's row of the user table (the history is not used)."""
         user_idx = np.asarray(user_idx, dtype=np.int64)
         if self.query_tower is not None:
             return self._tower(user_idx, np.full((len(user_idx), 1), -1, np.int32))
         return self.user_embeddings[user_idx]
 
     def history_vectors(self, history, user_idx=None):
+        """Each history folded in by least squares over the item embeddings (`fold_in`); the user is not used."""
         out = np.zeros((len(history), self.dim), dtype=np.float32)
         for r, h in enumerate(history):
             h = np.asarray(h)

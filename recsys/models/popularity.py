@@ -52,6 +52,7 @@ class Popularity:
         return self._order
 
     def score_rows(self, n_rows: int) -> np.ndarray:
+        """The popularity scores repeated for `n_rows` rows (a read-only view)."""
         return np.broadcast_to(self.scores.astype(np.float32), (n_rows, self.n_items))
 
 
@@ -68,6 +69,7 @@ class PopularityModel(Model):
     personalized = False
 
     def fit(self, ts, ks=(10, 20, 50), previous=None, progress=print, stop_after=None, max_seconds=None) -> FitReport:
+        """Count interactions per item over the TrainSet (see `Model.fit`)."""
         self.user_ids, self.item_ids = ts.user_ids, ts.item_ids
         self.popularity = fit_popularity(ts, self.config.popularity_window_days)
         self.report = FitReport()

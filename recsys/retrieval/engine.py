@@ -36,6 +36,7 @@ class Recommendations:
     ignored_history: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
+        """The JSON answer of the HTTP service."""
         return {"items": self.items, "scores": self.scores, "source": self.source, "version": self.version,
                 "ignored_history": self.ignored_history}
 

@@ -27,6 +27,7 @@ class BruteForceIndex:
         return len(self.embeddings)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item indices and scores per query row, best first (ties: lower index)."""
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         k = min(k, len(self.embeddings))
         scores = q @ self.embeddings.T
@@ -37,6 +38,7 @@ class BruteForceIndex:
         return ids, np.take_along_axis(scores, ids, 1)
 
     def save(self, directory: str) -> None:
+        """Write index.json (brute force needs nothing but the item embeddings)."""
         fsio.atomic_write_text(fsio.join(directory, "index.json"), json.dumps({"kind": self.kind}))
 
 
@@ -56,6 +58,7 @@ class ScannIndex:
 
     @classmethod
     def build(cls, embeddings: np.ndarray, params: dict, threads: int = 0) -> "ScannIndex":
+        """Build a ScaNN searcher (tree + asymmetric hashing + exact reorder) over `embeddings`."""
         from scann.scann_ops.py import scann_ops_pybind
         db = np.ascontiguousarray(embeddings, dtype=np.float32)
         n = len(db)
@@ -72,6 +75,7 @@ class ScannIndex:
         return cls(b.build(), n, dict(params))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item indices and scores per query row, best first."""
         q = np.asarray(queries, dtype=np.float32)
         k = min(k, self.n)
         pre = max(self._reorder, k)
@@ -83,6 +87,7 @@ class ScannIndex:
         return np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
 
     def save(self, directory: str) -> None:
+        """Serialize the searcher and index.json into `directory` (local or URL)."""
         with fsio.staged_dir(directory) as local:   # ScaNN serializes to a local folder only
             self.searcher.serialize(local, relative_path=True)
         fsio.atomic_write_text(fsio.join(directory, "index.json"),
