@@ -131,16 +131,16 @@ def atomic_dir(final: str, replace: bool = False) -> Iterator[str]:
     os.makedirs(tmp)
     try:
         yield tmp
+        if replace and os.path.exists(final):
+            old = os.path.join(parent, f".old-{name}-{uuid.uuid4().hex[:8]}")
+            os.replace(final, old)   # readers see the old or the new directory under `final`, never a mix
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)   # fails if `final` exists and is not empty
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if replace and os.path.exists(final):
-        old = os.path.join(parent, f".old-{name}-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)   # readers see the old or the new directory under `final`, never a mix
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 @contextmanager
