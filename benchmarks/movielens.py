@@ -25,21 +25,12 @@ import recsys  # noqa: E402,F401
 from pipelines import build_dataset  # noqa: E402
 from recsys import version  # noqa: E402
 from recsys.data import trainset  # noqa: E402
-from recsys.evaluation import compare, evaluate, metrics  # noqa: E402
-from recsys.models.popularity import Popularity  # noqa: E402
+from recsys.evaluation import compare, evaluate  # noqa: E402
 from recsys.config import from_dict, load_config  # noqa: E402
 from recsys.jobs import train_version  # noqa: E402
+from recsys.models import MODELS  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def validation_baseline(ts, ks) -> dict:
-    """Popularity over train counts on the validation split (what the refit popularity version saw
-    before it also counted validation)."""
-    ev = ts.evals["validation"]
-    pop = Popularity(ts.n_items).fit(ts.item_idx)
-    return metrics.evaluate(lambda r: np.array(pop.score_rows(len(r))), np.arange(len(ev.user_ids)),
-                            ev.relevant, ev.exclude, ks).summary()
 
 
 def main(argv=None):
@@ -64,7 +55,7 @@ def main(argv=None):
     variants = [("popularity", "popularity", True), ("mf", "mf", True), ("two_tower", "two_tower", True),
                 ("two_tower (no item features)", "two_tower", False)]
     for label, model, feats in variants:
-        for seed in range(args.seeds if model != "popularity" else 1):
+        for seed in range(args.seeds if MODELS[model].personalized else 1):   # popularity has no seed
             c = copy.deepcopy(cfg)
             c.model.seed, c.model.use_item_features = seed, feats
             v = train_version(c, model, ds.id, warm_start="none", progress=lambda *_: None, ts=ts, full_ts=full)
@@ -74,10 +65,8 @@ def main(argv=None):
             cold_recall, has = compare.group_recall(ev, es.relevant, cold, 20)
             r = rows.setdefault(label, {"val_recall@20": [], "val_ndcg@20": [], "recall@20": [], "ndcg@20": [],
                                         "cold_recall@20": [], "cold_users": 0})
-            # Validation figures from before the refit (a refit version has trained on validation);
-            # for popularity, the baseline over train counts.
-            val = (validation_baseline(ts, ks) if model == "popularity"
-                   else version.read_manifest(c.artifacts.root, v)["validation_metrics"])
+            # Validation figures from before the refit (a refit version has trained on validation).
+            val = version.read_manifest(c.artifacts.root, v)["validation_metrics"]
             r["val_recall@20"].append(val["recall@20"])
             r["val_ndcg@20"].append(val["ndcg@20"])
             r["recall@20"].append(res["test"].metrics["recall@20"])
@@ -100,7 +89,7 @@ def main(argv=None):
     print("test, model - popularity baseline (per-user metrics averaged over seeds; paired bootstrap 95% CI, "
           "sign-flip permutation p):")
     for label, r in rows.items():
-        if label == "popularity":
+        if not MODELS[dict((lb, m) for lb, m, _ in variants)[label]].personalized:
             continue
         for k in ("recall@20", "ndcg@20"):
             st = compare.paired_stats(r["baseline_" + k], np.mean(r["per_user_" + k], axis=0))

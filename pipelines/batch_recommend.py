@@ -53,7 +53,7 @@ class ScoreUsersFn(beam.DoFn):
 
 
 def run(cfg: Config, root: str, version: str, k: int | None = None, progress=print) -> str:
-    """Score every known user of `version` into its recommendations directory (replaced whole).
+    """Score every known user of `version` into its recommendations directory (replacing what was there).
 
     Returns:
         The output directory.

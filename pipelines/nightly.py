@@ -143,7 +143,7 @@ def _gate(cfg, root, out, progress):
                             ev.get("production", {}).get("version"),
                             ev["popularity_baseline"]["metrics"][cfg.nightly.primary_metric], out["dataset_id"],
                             tuple(cfg.evaluation.ks), cfg.nightly.primary_metric, cfg.nightly.tolerance)
-    out["gate"] = {k: v for k, v in dataclasses.asdict(decision).items() if v is not None}
+    out["gate"] = dataclasses.asdict(decision)
     progress(f"  gate: {'PUBLISH' if decision.publish else 'KEEP PRODUCTION'} {decision.candidate}: {decision.reason}")
 
 

@@ -339,7 +339,7 @@ class EvaluationConfig:
 
 @dataclass
 class IndexConfig:
-    """ScaNN index settings; 0 means "follow the catalog size" (recsys/index.py default_params)."""
+    """ScaNN index settings; 0 means "follow the catalog size" (recsys/retrieval/index.py default_params)."""
     kind: str = "auto"                 # auto | brute_force | scann
     brute_force_below: int = 50000
     num_leaves: int = 0                # 0 = 2 sqrt(n), at most 4000

@@ -13,7 +13,6 @@ Beam.
 """
 from __future__ import annotations
 
-import glob
 import os
 import re
 import shutil
@@ -111,10 +110,12 @@ def atomic_dir(final: str, replace: bool = False) -> Iterator[str]:
     """Yield a directory to fill; when the block completes it becomes `final`, all at once.
 
     Locally the directory is a hidden sibling (`.tmp-<name>-<random>`, which listings skip) renamed to
-    `final` at the end, and removed if the block raises. Object stores have no directory rename: there
-    the block writes to `final` itself, and the caller writes a completion marker (a manifest, a
-    stats.json) last. With `replace`, an existing `final` is swapped out and deleted; otherwise it must
-    not exist.
+    `final` at the end, and removed if the block (or the rename) fails. Object stores have no directory
+    rename: there the block writes to `final` itself, and the caller writes a completion marker (a
+    manifest, a stats.json) last. With `replace`, an existing `final` is renamed aside, the new one
+    renamed in, and the old one deleted (between the two renames `final` is briefly absent, never a
+    mix; if the second rename fails the old one is put back); on an object store the old objects are
+    deleted first. Without `replace`, `final` must not exist.
 
     Args:
         final: the directory the caller wants to create.
@@ -123,6 +124,8 @@ def atomic_dir(final: str, replace: bool = False) -> Iterator[str]:
         The path to write into.
     """
     if is_url(final):
+        if replace:
+            delete(final)
         yield final
         return
     parent, name = os.path.split(final.rstrip("/"))
@@ -133,8 +136,12 @@ def atomic_dir(final: str, replace: bool = False) -> Iterator[str]:
         yield tmp
         if replace and os.path.exists(final):
             old = os.path.join(parent, f".old-{name}-{uuid.uuid4().hex[:8]}")
-            os.replace(final, old)   # readers see the old or the new directory under `final`, never a mix
-            os.replace(tmp, final)
+            os.replace(final, old)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(old, final)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)   # fails if `final` exists and is not empty
@@ -177,13 +184,13 @@ def local_copy(path: str) -> Iterator[str]:
 
 
 def match(pattern: str) -> list[str]:
-    """Files matching a path or glob, sorted (deterministic input order)."""
-    if is_url(pattern):
-        result = _filesystems().match([pattern])[0]
-        return sorted(m.path for m in result.metadata_list)
-    if pattern.endswith(("/", os.sep)):
-        pattern += "*"   # a folder means its files, as in Beam's match
-    return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    """Files matching a path or glob, sorted (deterministic input order).
+
+    Beam's matcher for local paths too, so a `source.path` pattern picks the same files on a laptop
+    and in a bucket (its `*`, `**` and dotfile rules differ from the glob module's).
+    """
+    result = _filesystems().match([pattern])[0]
+    return sorted(m.path for m in result.metadata_list)
 
 
 def list_dir(path: str) -> list[str]:
@@ -206,8 +213,12 @@ def rename(src: str, dst: str) -> None:
 def delete(path: str) -> None:
     """Delete a file or a whole directory (nothing if it does not exist)."""
     if is_url(path):
-        if exists(path):
-            _filesystems().delete([path])
+        # an object store has no directories: a "directory" is every object under the prefix, which
+        # Beam deletes recursively when the path ends with a slash
+        for target in (path.rstrip("/"), path.rstrip("/") + "/"):
+            if exists(target) or match(target + "*"):
+                _filesystems().delete([target])
+                return
     elif os.path.isdir(path):
         shutil.rmtree(path)
     elif os.path.exists(path):

@@ -81,7 +81,6 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
     if "validation" in ts.evals:
         val = evaluate_model(model, ts.evals["validation"], ks, ts.item_counts)[0].summary()
     extra = {"warm_started_from": prev_version, "validation_metrics": val}
-    seconds = report.seconds
     if refit:
         best_epoch = report.best_epoch
         extra["selection"] = {"best_epoch": best_epoch, "seconds": round(report.seconds, 1), "epochs": report.epochs,
@@ -93,7 +92,7 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         report = model.fit(full, ks, previous, progress, stop_after=best_epoch)
         extra["refit"] = {"epochs": report.best_epoch, "interactions": int(len(full.user_idx)),
                           "users": int(full.n_users), "seconds": round(report.seconds, 1)}
-        seconds += report.seconds
+        report.seconds += extra["selection"]["seconds"]   # the manifest's training time: both fits
         ts = full
     version = version_mod.save(model, ts, cfg, root, dataset, extra=extra)
     details = []
@@ -106,7 +105,7 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         details.append("refit on train + validation")
     if prev_version:
         details.append(f"warm-started from {prev_version}")
-    progress(f"train {model_name}: wrote version {version} in {seconds:.0f}s"
+    progress(f"train {model_name}: wrote version {version} in {report.seconds:.0f}s"
              + (f" ({', '.join(details)})" if details else ""))
     return version
 
@@ -121,6 +120,8 @@ def index_version(cfg: Config, root: str, version: str, progress=print) -> dict:
         DataError: the measured recall@10 is below `index.min_recall_at_10`.
     """
     model_name = version_mod.read_manifest(root, version).get("model")
+    if model_name not in MODELS:
+        raise DataError(f"index: version {version!r} has model={model_name!r}, unknown (known: {', '.join(MODELS)})")
     if not MODELS[model_name].personalized:
         progress(f"index: {version} is a {model_name} model; nothing to index")
         return {}

@@ -107,7 +107,13 @@ def read_manifest(root: str, version: str) -> dict:
     path = fsio.join(version_dir(root, version), MANIFEST)
     if not fsio.exists(path):
         raise DataError(f"model version {version!r} not found under {models_dir(root)!r}")
-    return json.loads(fsio.read_text(path))
+    try:
+        manifest = json.loads(fsio.read_text(path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"model version {version!r}: {MANIFEST} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"model version {version!r}: {MANIFEST} is not a JSON object")
+    return manifest
 
 
 def update_manifest(root: str, version: str, **fields) -> dict:
@@ -285,8 +291,19 @@ def load(root: str, version: str) -> LoadedVersion:
     """Load a version for scoring. Anything missing or corrupt raises here, not on a later request.
 
     Raises:
-        DataError: the version does not exist or names a model this package does not have.
+        DataError: the version does not exist, names a model this package does not have, or one of
+            its files is missing or unreadable (the message names the version and the problem).
     """
+    try:
+        return _load(root, version)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any unreadable file: one line naming the version
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DataError(f"model version {version!r} cannot be loaded: {type(exc).__name__}: {msg}") from exc
+
+
+def _load(root: str, version: str) -> LoadedVersion:
     manifest = read_manifest(root, version)
     name = manifest.get("model")
     if name not in MODELS:

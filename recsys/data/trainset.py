@@ -1,6 +1,6 @@
 """Index arrays the trainer and the evaluator use: train interactions, item features, held-out sets.
 
-Loaded from a built dataset (recsys/dataset.py) or from the LightGCN `train.txt`/`test.txt` format
+Loaded from a built dataset (recsys/data/dataset.py) or from the LightGCN `train.txt`/`test.txt` format
 (Gowalla and friends), so the same trainer and evaluator run on both.
 """
 from __future__ import annotations
@@ -15,9 +15,16 @@ import scipy.sparse as sp
 
 from recsys.data.dataset import Dataset
 from recsys.errors import DataError
-from recsys.evaluation.metrics import csr_from_pairs
 
 PAD = -1  # history padding (no item)
+
+
+def csr_from_pairs(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> sp.csr_matrix:
+    """A binary user x item matrix (duplicates collapse to 1)."""
+    m = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n_rows, n_cols))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m
 
 
 @dataclass

@@ -58,8 +58,11 @@ class Comparison:
     popularity_metrics: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """comparison.json: every field as plain data."""
+        """comparison.json: every field as plain data (rows keyed `metric` / `segment` by what they are)."""
         d = dataclasses.asdict(self)
+        for key, label in (("metrics", "metric"), ("segments", "segment")):
+            d[key] = [{label: r.pop("name"), **r} for r in d[key]]
+        d["primary"] = {"metric": d["primary"].pop("name"), **d["primary"]}
         d["per_user_delta"] = np.asarray(self.per_user_delta).tolist()
         return d
 

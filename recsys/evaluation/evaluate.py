@@ -84,9 +84,8 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
     baseline = Popularity(n_items).fit(known["item_idx"].to_numpy(), known["timestamp"].to_numpy(np.int64),
                                        window_days)
     model_ev, sources = evaluate_model(lv.model, ev, ks, train_counts, catalog_ids=dataset.items.ids)
-    pop_scores = baseline.scores.astype(np.float32)
-    pop_ev = metrics.evaluate(lambda r: np.broadcast_to(pop_scores, (len(r), len(pop_scores))).copy(),
-                              np.arange(len(ev.user_ids)), ev.relevant, ev.exclude, ks, train_counts)
+    pop_ev = metrics.evaluate(lambda r: baseline.score_rows(len(r)), np.arange(len(ev.user_ids)), ev.relevant,
+                              ev.exclude, ks, train_counts)
     src = sources[model_ev.users]
     return EvaluationResult(lv.version, lv.model_name, dataset.id, split, model_ev.summary(), pop_ev.summary(),
                             {s: int((src == s).sum()) for s in np.unique(src)}, src, model_ev, pop_ev, ev,

@@ -1,4 +1,5 @@
-"""Full-catalog ranking metrics, as defined in BENCHMARKS.md, vectorized over batches of users.
+"""Full-catalog ranking metrics by their standard definitions (those of the LightGCN/BARS evaluation:
+recall@k = hits in the top k / held-out items, ndcg@k with binary gains), vectorized over batches of users.
 
 For each evaluated user: score every catalog item, remove the items the user saw in training (and
 validation, when scoring test), take the top K, compare with the held-out items. Per-user arrays are
@@ -14,14 +15,6 @@ import scipy.sparse as sp
 
 METRICS = ("recall", "recall_norm", "ndcg", "hit_rate", "map", "mrr")
 LIST_METRICS = ("coverage", "novelty")
-
-
-def csr_from_pairs(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> sp.csr_matrix:
-    """A binary user x item matrix (duplicates collapse to 1)."""
-    m = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n_rows, n_cols))
-    m.sum_duplicates()
-    m.data[:] = 1.0
-    return m
 
 
 def top_k(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None) -> np.ndarray:

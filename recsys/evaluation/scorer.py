@@ -11,7 +11,8 @@ The model and the dataset need not share vocabularies (the nightly gate scores y
 production version on today's split): users and items are matched by ID string, and catalog items
 the model does not know can still be relevant and simply count as misses.
 
-This module imports no model code: a model is anything with the attributes of `recsys.models.base.Model`.
+It needs no model class: a model is anything with the attributes of `recsys.models.base.Model` (it
+imports only the source labels from there).
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ def fused_softmax_loss(query, candidates, log_q, mask_hits: bool, candidate_ids,
 
     `candidates` are the batch's positives (row i is query i's positive) followed by any extra negatives;
     `log_q` is log(clipped sampling probability) per candidate. Same value and gradients as the TFRS task
-    with `InBatchSoftmaxLoss` (tests/recsys/test_models.py), in fewer passes over the B x N score matrix:
+    with `InBatchSoftmaxLoss` (tests/recsys/models/test_models.py), in fewer passes over the B x N score matrix:
     the positive logit is a row-wise dot product, the logQ and accidental-hit corrections are one select,
     and the backward pass reuses the forward's exponentials instead of recomputing a softmax.
     """

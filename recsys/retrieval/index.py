@@ -219,7 +219,7 @@ def search_filtered(index, embeddings: np.ndarray, query: np.ndarray, k: int, bl
         (item indices, scores), best first; fewer than k when fewer items pass the filters.
     """
     n = len(embeddings)
-    rows = np.zeros(0, dtype=np.int64) if blocked_rows is None else np.asarray(blocked_rows, dtype=np.int64)
+    rows = np.zeros(0, dtype=np.int64) if blocked_rows is None else np.unique(np.asarray(blocked_rows, dtype=np.int64))
     if blocked is None and allowed is None:
         available = n - len(rows)
         kk = min(k, available)
@@ -265,7 +265,7 @@ def popular_filtered(popularity, k: int, blocked: np.ndarray | None = None, allo
         (item indices, interaction counts as float32), most popular first.
     """
     order = popularity.order
-    rows = np.zeros(0, dtype=np.int64) if blocked_rows is None else np.asarray(blocked_rows, dtype=np.int64)
+    rows = np.zeros(0, dtype=np.int64) if blocked_rows is None else np.unique(np.asarray(blocked_rows, dtype=np.int64))
     if blocked is None and allowed is None:
         # the first k survivors lie in the first k + |rows| of the order
         top = order[:k + len(rows)]

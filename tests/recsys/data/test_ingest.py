@@ -1,4 +1,4 @@
-"""recsys/ingest.py: parsing and validating raw interaction rows, block by block.
+"""recsys/data/ingest.py: parsing and validating raw interaction rows, block by block.
 
 The invariant everywhere: every non-blank input line comes back either as a valid row or as a
 rejected row carrying the source, its 1-based line number, a reason and the original text.

@@ -1,13 +1,14 @@
 import numpy as np
 import pytest
 
+from recsys.data.trainset import csr_from_pairs
 from recsys.evaluation import metrics
 
 
 def csr(rows, n_items):
     r = [i for i, items in enumerate(rows) for _ in items]
     c = [x for items in rows for x in items]
-    return metrics.csr_from_pairs(np.array(r, dtype=np.int64), np.array(c, dtype=np.int64), len(rows), n_items)
+    return csr_from_pairs(np.array(r, dtype=np.int64), np.array(c, dtype=np.int64), len(rows), n_items)
 
 
 def test_top_k_excludes_and_breaks_ties_by_index():
