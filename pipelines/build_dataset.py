@@ -655,6 +655,8 @@ def run(cfg: Config, dataset_id: str | None = None, previous: str | None = "late
     """
     t0 = time.time()
     root = cfg.resolve(cfg.artifacts.root)
+    dataset_id = dataset_id or ds.new_dataset_id()
+    final = fsio.child(ds.datasets_dir(root), dataset_id, "dataset-id")
     files = fsio.match(cfg.resolve(cfg.source.path))
     if not files:
         raise DataError(f"source.path={cfg.source.path!r} matches no file (resolved: {cfg.resolve(cfg.source.path)})")
@@ -663,8 +665,6 @@ def run(cfg: Config, dataset_id: str | None = None, previous: str | None = "late
     if prev_id:
         prev = ds.Dataset.open(root, prev_id)
         prev_users, prev_items = prev.users, prev.items
-    dataset_id = dataset_id or ds.new_dataset_id()
-    final = fsio.join(ds.datasets_dir(root), dataset_id)
     if fsio.exists(fsio.join(final, ds.STATS)):
         raise DataError(f"dataset id {dataset_id!r} already exists under {ds.datasets_dir(root)!r}")
     progress(f"build-dataset: {len(files)} input file(s), runner={cfg.runner.name}, "

@@ -27,6 +27,29 @@ def is_url(path: str) -> bool:
     return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path or "") is not None
 
 
+# A version or dataset ID: a plain name, never a path (no separators, no "..", no leading dot).
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def is_plain_name(name) -> bool:
+    """A name that cannot point anywhere but inside its folder (see `child`)."""
+    return isinstance(name, str) and bool(_PLAIN_NAME.match(name)) and ".." not in name
+
+
+def child(parent: str, name, field: str) -> str:
+    """`parent/name` for a name that must stay inside `parent`: every version and dataset ID goes
+    through here, so no ID reads or writes outside the artifact root.
+
+    Raises:
+        DataError: `name` is not a plain name (letters, digits, '.', '_', '-'; no path, no '..').
+    """
+    from recsys.errors import DataError
+    if not is_plain_name(name):
+        raise DataError(f"{field}={name!r} is invalid: a plain name (letters, digits, '.', '_', '-') "
+                        f"inside the artifact root, not a path")
+    return join(parent, name)
+
+
 def _filesystems():
     from apache_beam.io.filesystems import FileSystems   # only for URLs: Beam is a heavy import
     return FileSystems

@@ -61,9 +61,9 @@ def publish(root: str, version: str, reason: str = "manual") -> None:
     """Point CURRENT at `version` (write + rename: readers see the old or the new name, never half).
 
     Raises:
-        DataError: `version` is not a complete version.
+        DataError: `version` is not a complete, consistent version (`version.validate`).
     """
-    version_mod.read_manifest(root, version)  # must be a complete version
+    version_mod.validate(root, version)
     entries = publish_history(root)
     entries.append({"version": version, "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "reason": reason})
@@ -110,9 +110,13 @@ def format_versions(root: str) -> str:
     cur = current_version(root)
     lines = [f"{'':2}{'version':<34}{'model':<11}{'created':<27}{'dataset':<18}{'recall@20':>10}{'ndcg@20':>9}"]
     for v in list_versions(root):
-        m = version_mod.read_manifest(root, v)
-        met = m.get("test_metrics") or m.get("validation_metrics") or {}
         mark = "* " if v == cur else "  "
+        try:
+            m = version_mod.read_manifest(root, v)
+        except DataError as exc:
+            lines.append(f"{mark}{v:<34}(unreadable: {str(exc).split(': ', 1)[-1]})")
+            continue
+        met = m.get("test_metrics") or m.get("validation_metrics") or {}
         lines.append(f"{mark}{v:<34}{m.get('model', ''):<11}{m.get('created_at', ''):<27}{m.get('dataset_id', ''):<18}"
                      f"{met.get('recall@20', float('nan')):>10.4f}{met.get('ndcg@20', float('nan')):>9.4f}")
     lines.append("(* = published; metrics: test split when evaluated, else validation)")

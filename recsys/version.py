@@ -46,6 +46,10 @@ QUERY_MODEL = "query_model"
 METRICS = "metrics.json"
 INDEX = "index"
 RECOMMENDATIONS = "recommendations"
+# What `write` may put in a version (the manifest lists what it did write, under "files"); the index
+# and the batch recommendations are added later by their own steps.
+_FILES = (USERS, ITEMS, POPULARITY, SEEN, ITEM_ATTRIBUTES, ITEM_EMBEDDINGS, USER_EMBEDDINGS, WEIGHTS, QUERY_MODEL)
+_ALWAYS = (USERS, ITEMS, POPULARITY, SEEN)
 
 
 # ---- where things are -------------------------------------------------------------------------
@@ -55,8 +59,12 @@ def models_dir(root: str) -> str:
 
 
 def version_dir(root: str, version: str) -> str:
-    """The directory of one version."""
-    return fsio.join(models_dir(root), version)
+    """The directory of one version.
+
+    Raises:
+        DataError: `version` is not a plain name (it would point outside the root).
+    """
+    return fsio.child(models_dir(root), version, "version")
 
 
 def index_dir(root: str, version: str) -> str:
@@ -251,8 +259,72 @@ def write(root: str, model: Model, seen, manifest: dict, item_attributes: bytes 
                 import tensorflow as tf
                 with fsio.staged_dir(fsio.join(d, QUERY_MODEL)) as local:
                     tf.saved_model.save(module, local, signatures={"serving_default": module.serve})
+        manifest["files"] = sorted(name for name in _FILES if fsio.exists(fsio.join(d, name)))
         _write_manifest(fsio.join(d, MANIFEST), manifest)   # last: it marks the version complete
     return version
+
+
+# ---- validation ----------------------------------------------------------------------------------
+def _npy_shape(path: str) -> tuple:
+    """The shape in a .npy file's header (the array is not read)."""
+    with fsio.open_read(path) as fh:
+        major, _ = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        return read(fh)[0]
+
+
+def _count_lines(path: str) -> int:
+    text = fsio.read_text(path)
+    return len(text.split("\n")) - 1 if text else 0
+
+
+def validate(root: str, version: str) -> dict:
+    """Check a version is whole and consistent before it is published or served: manifest readable,
+    a known model, every file the manifest lists (and every file the model needs) present, and array
+    shapes consistent with the ID lists and with each other. Reads headers, not whole arrays.
+
+    Returns:
+        The manifest.
+    Raises:
+        DataError: one line naming the version and the first problem found.
+    """
+    manifest = read_manifest(root, version)
+    name = manifest.get("model")
+    if name not in MODELS:
+        raise DataError(f"model version {version!r}: model={name!r} is unknown (known: {', '.join(MODELS)})")
+    d = version_dir(root, version)
+    needed = set(_ALWAYS) | set(manifest.get("files") or ())
+    if MODELS[name].personalized:
+        needed |= {ITEM_EMBEDDINGS, USER_EMBEDDINGS}
+    missing = sorted(f for f in needed if not fsio.exists(fsio.join(d, f)))
+    if missing:
+        raise DataError(f"model version {version!r} is incomplete: missing {', '.join(missing)}")
+
+    def problem(what: str):
+        return DataError(f"model version {version!r} is inconsistent: {what}")
+    try:
+        n_users, n_items = _count_lines(fsio.join(d, USERS)), _count_lines(fsio.join(d, ITEMS))
+        for key, n in (("n_users", n_users), ("n_items", n_items)):
+            if key in manifest and manifest[key] != n:
+                raise problem(f"manifest {key}={manifest[key]} but the ID list has {n}")
+        if _npy_shape(fsio.join(d, POPULARITY)) != (n_items,):
+            raise problem(f"{POPULARITY} has shape {_npy_shape(fsio.join(d, POPULARITY))}, expected ({n_items},)")
+        with np.load(io.BytesIO(fsio.read_bytes(fsio.join(d, SEEN)))) as z:
+            seen_shape = tuple(int(x) for x in z["shape"])
+        if seen_shape != (n_users, n_items):
+            raise problem(f"{SEEN} has shape {seen_shape}, expected {(n_users, n_items)}")
+        if MODELS[name].personalized:
+            items, users = _npy_shape(fsio.join(d, ITEM_EMBEDDINGS)), _npy_shape(fsio.join(d, USER_EMBEDDINGS))
+            if len(items) != 2 or items[0] != n_items:
+                raise problem(f"{ITEM_EMBEDDINGS} has shape {items}, expected ({n_items}, dim)")
+            if len(users) != 2 or users[0] != n_users or users[1] != items[1]:
+                raise problem(f"{USER_EMBEDDINGS} has shape {users}, expected ({n_users}, {items[1]})")
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an unreadable file: one line naming it
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"model version {version!r} has an unreadable file: {msg}") from exc
+    return manifest
 
 
 # ---- loading -------------------------------------------------------------------------------------
@@ -304,7 +376,7 @@ def load(root: str, version: str) -> LoadedVersion:
 
 
 def _load(root: str, version: str) -> LoadedVersion:
-    manifest = read_manifest(root, version)
+    manifest = validate(root, version)
     name = manifest.get("model")
     if name not in MODELS:
         raise DataError(f"model version {version!r}: model={name!r} is unknown (known: {', '.join(MODELS)})")

@@ -1,8 +1,10 @@
 """Holds the serving engine and swaps it atomically on hot reload.
 
-A new version is loaded beside the old one; only a fully loaded engine replaces the reference, so
-requests in flight finish on the engine they started with, and a version that fails to load is
-refused while the old one keeps serving.
+A new version is loaded beside the old one; only a fully loaded and validated engine replaces the
+reference, so requests in flight finish on the engine they started with, and a version that fails to
+load is refused while the old one keeps serving. A refused version is not retried by the poller until
+CURRENT names another one (or an admin reload asks for it). A service that starts while CURRENT names a
+broken version serves the newest previously published version that loads, and says so in /readyz.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import logging
 import threading
 
 from recsys import registry
+from recsys.errors import DataError
 from recsys.retrieval.engine import Engine
 
 from serving import prometheus
@@ -22,10 +25,22 @@ class EngineHolder:
     def __init__(self, root: str, poll_seconds: float = 10.0):
         self.root, self.poll_seconds = root, poll_seconds
         self.engine: Engine | None = None
-        self.last_error: str | None = None
-        self._lock = threading.Lock()       # one reload at a time; readers never take it
+        self.last_error: str | None = None   # the latest refusal, without the artifact root's path
+        self.refused: str | None = None      # the version that was refused (not retried by the poller)
+        self._lock = threading.Lock()        # one reload at a time; readers never take it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def _public(self, message: str) -> str:
+        """A message fit for HTTP answers: the artifact root's location is not disclosed."""
+        return message.replace(self.root.rstrip("/"), "<root>")
+
+    def _refuse(self, message: str) -> tuple[bool, str]:
+        self.last_error = self._public(message.splitlines()[0] if message else "refused")
+        log.error(self.last_error)
+        prometheus.RELOADS.labels(result="failed").inc()
+        prometheus.REFUSED.set(1)
+        return False, self.last_error
 
     def reload(self, version: str | None = None) -> tuple[bool, str]:
         """Load `version` (default: what CURRENT names) and swap it in. Returns (changed, message)."""
@@ -33,21 +48,19 @@ class EngineHolder:
             try:
                 target = registry.resolve_version(self.root, version)
             except Exception as exc:  # noqa: BLE001 - reported, old engine keeps serving
-                self.last_error = str(exc)
-                prometheus.RELOADS.labels(result="failed").inc()
-                return False, str(exc)
+                return self._refuse(str(exc))
             if self.engine is not None and self.engine.version == target:
                 return False, f"already serving {target}"
             try:
                 engine = Engine.load(self.root, target)
             except Exception as exc:  # noqa: BLE001
-                self.last_error = f"version {target} refused: {type(exc).__name__}: {exc}".splitlines()[0]
-                log.error(self.last_error)
-                prometheus.RELOADS.labels(result="failed").inc()
-                return False, self.last_error
+                self.refused = target
+                detail = str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
+                return self._refuse(f"version {target} refused: {detail}")
             old = self.engine.version if self.engine else None
             self.engine = engine          # atomic reference swap
-            self.last_error = None
+            self.last_error = self.refused = None
+            prometheus.REFUSED.set(0)
             # A full collection walks every tracked object: ~0.2 s with a 1M-item engine loaded, a
             # stall that showed up as 100-700 ms p99 spikes (benchmarks/serving_latency.py). What is
             # alive now lives as long as this version, so it leaves the collector's view (freeze);
@@ -60,17 +73,37 @@ class EngineHolder:
             log.warning("serving version %s (was %s)", target, old)
             return True, f"serving {target}"
 
+    def _fall_back(self) -> None:
+        """At start, CURRENT was refused: serve the newest previously published version that loads."""
+        refusal, bad = self.last_error, self.refused
+        tried = {bad}
+        for entry in reversed(registry.publish_history(self.root)):
+            v = entry.get("version")
+            if v in tried:
+                continue
+            tried.add(v)
+            changed, _ = self.reload(v)
+            if changed:
+                self.refused = bad   # the poller does not retry it until CURRENT changes
+                self.last_error = f"CURRENT was refused ({refusal}); serving the previously published {v}"
+                prometheus.REFUSED.set(1)
+                log.error(self.last_error)
+                return
+        self.last_error = refusal
+
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_seconds):
             try:
                 cur = registry.current_version(self.root)
             except Exception:  # noqa: BLE001 - a transient read error must not kill the poller
                 continue
-            if cur and (self.engine is None or cur != self.engine.version):
+            if cur and cur != self.refused and (self.engine is None or cur != self.engine.version):
                 self.reload(cur)
 
     def start(self) -> None:
-        self.reload()
+        changed, _ = self.reload()
+        if not changed and self.engine is None and self.refused:
+            self._fall_back()
         if self.poll_seconds > 0:
             self._thread = threading.Thread(target=self._poll, name="current-poller", daemon=True)
             self._thread.start()

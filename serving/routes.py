@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
@@ -9,6 +10,7 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from recsys.errors import RequestError
+from recsys.fsio import is_plain_name
 from recsys.models.base import POPULARITY
 from recsys.retrieval.engine import MAX_K, Engine
 
@@ -80,7 +82,8 @@ async def readyz(request: Request):
     holder = request.app.state.holder
     if holder.engine is None:
         raise HTTPException(status_code=503, detail=f"not ready: {holder.last_error or 'no version loaded yet'}")
-    return {"status": "ready", "version": holder.engine.version}
+    # still serving: a refused version (or the fall-back from one) shows in `detail`
+    return {"status": "ready", "version": holder.engine.version, "detail": holder.last_error}
 
 
 @router.get("/metrics")
@@ -93,9 +96,11 @@ async def admin_reload(request: Request, authorization: str = Header(default="")
     token = request.app.state.settings.admin_token
     if not token:
         raise HTTPException(status_code=403, detail="admin: reload is disabled (no admin token configured)")
-    if authorization != f"Bearer {token}":
+    if not secrets.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
         raise HTTPException(status_code=401, detail="authorization: a valid 'Bearer <token>' is required")
     holder = request.app.state.holder
+    if version is not None and not is_plain_name(version):
+        raise HTTPException(status_code=400, detail="version: a version name is expected, not a path")
     changed, message = holder.reload(version)
     if not changed and holder.last_error:
         raise HTTPException(status_code=409, detail=message)

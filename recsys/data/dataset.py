@@ -47,7 +47,8 @@ def datasets_dir(root: str) -> str:
 def new_dataset_id(now: _dt.datetime | None = None) -> str:
     """A UTC timestamp id for a new dataset."""
     now = now or _dt.datetime.now(_dt.timezone.utc)
-    return now.strftime("%Y%m%dT%H%M%SZ")
+    # milliseconds: two builds started in the same second get different ids
+    return f"{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond // 1000:03d}Z"
 
 
 def latest_dataset_id(root: str) -> str | None:
@@ -78,7 +79,7 @@ class Dataset:
         dataset_id = dataset_id or latest_dataset_id(root)
         if not dataset_id:
             raise DataError(f"dataset: no dataset under {root!r}; run `recsys build-dataset` first")
-        path = fsio.join(datasets_dir(root), dataset_id)
+        path = fsio.child(datasets_dir(root), dataset_id, "dataset")
         if not fsio.exists(fsio.join(path, STATS)):
             raise DataError(f"dataset: id {dataset_id!r} not found under {datasets_dir(root)!r}")
         return cls(path)

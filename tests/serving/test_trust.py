@@ -1,0 +1,132 @@
+"""A broken version never goes live, and no ID reaches outside the artifact root (the trust issue's
+cases, each named after what was found)."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from recsys import cli, registry, version
+from recsys.errors import DataError
+from serving.holder import EngineHolder
+from serving.main import create_app
+from serving.settings import Settings
+
+
+@pytest.fixture
+def root(served, tmp_path):
+    """A private copy of the served artifact root (these tests publish and break versions)."""
+    dst = str(tmp_path / "artifacts")
+    shutil.copytree(served["root"], dst)
+    return dst
+
+
+def broken_copy(root, good, name, damage):
+    """Copy version `good` to `name` and apply `damage(version_dir)`."""
+    d = version.version_dir(root, name)
+    shutil.copytree(version.version_dir(root, good), d)
+    damage(d)
+    return name
+
+
+def service(root, token="t0ken"):
+    holder = EngineHolder(root, poll_seconds=0)
+    return holder, TestClient(create_app(Settings(root=root, poll_seconds=0, admin_token=token), holder))
+
+
+def test_publish_refuses_a_version_without_item_embeddings(served, root):
+    bad = broken_copy(root, served["versions"]["mf"], "v-no-items",
+                      lambda d: os.remove(os.path.join(d, version.ITEM_EMBEDDINGS)))
+    before = registry.current_version(root)
+    with pytest.raises(DataError, match="missing item_embeddings.npy"):
+        registry.publish(root, bad)
+    assert registry.current_version(root) == before
+
+
+def test_truncated_user_embeddings_are_refused_and_the_old_version_keeps_serving(served, root):
+    def cut(d):
+        path = os.path.join(d, version.USER_EMBEDDINGS)
+        np.save(path, np.load(path)[:10])
+    bad = broken_copy(root, served["versions"]["two_tower"], "v-cut-users", cut)
+    with pytest.raises(DataError, match="user_embeddings.npy has shape"):
+        version.validate(root, bad)
+    holder, client = service(root)
+    with client:
+        good = holder.engine.version
+        changed, msg = holder.reload(bad)
+        assert not changed and "refused" in msg and holder.engine.version == good
+        ready = client.get("/readyz").json()
+        assert ready["version"] == good and "refused" in ready["detail"]
+        assert "recsys_version_refused 1.0" in client.get("/metrics").text
+        users = [str(u) for u in served["trainset"].user_ids[:100]]
+        assert all(client.get(f"/v1/users/{u}/recommendations").status_code == 200 for u in users)
+
+
+@pytest.mark.parametrize("missing", [version.SEEN, version.ITEM_ATTRIBUTES])
+def test_a_version_without_seen_items_or_item_attributes_is_refused(served, root, missing):
+    bad = broken_copy(root, served["versions"]["mf"], f"v-no-{missing.split('.')[0]}",
+                      lambda d: os.remove(os.path.join(d, missing)))
+    with pytest.raises(DataError, match=f"missing {missing}"):
+        version.load(root, bad)
+
+
+def test_an_invalid_manifest_is_one_line_in_publish_and_versions(served, root, capsys, tmp_path):
+    def corrupt(d):
+        with open(os.path.join(d, version.MANIFEST), "w") as fh:
+            fh.write("{not json")
+    bad = broken_copy(root, served["versions"]["mf"], "v-bad-manifest", corrupt)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"artifacts:\n  root: {root}\n")
+    assert cli.main(["publish", bad, "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not valid JSON" in err
+    assert cli.main(["versions", "--config", str(cfg)]) == 0
+    assert f"{bad}" in capsys.readouterr().out
+
+
+def test_a_fresh_service_whose_current_is_broken_serves_the_previous_published_version(served, root):
+    good = served["versions"]["mf"]
+    registry.publish(root, good)
+    bad = broken_copy(root, served["versions"]["two_tower"], "v-broken-current",
+                      lambda d: os.remove(os.path.join(d, version.ITEM_EMBEDDINGS)))
+    # CURRENT moved by hand (what `publish` now refuses): the service must not answer 503 forever
+    with open(os.path.join(root, registry.CURRENT), "w") as fh:
+        fh.write(bad + "\n")
+    holder, client = service(root)
+    with client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["version"] == good
+        assert bad in ready.json()["detail"] and "previously published" in ready.json()["detail"]
+        assert client.get("/v1/users/u1/recommendations").status_code == 200
+        assert holder.refused == bad
+
+
+def test_the_admin_reload_takes_a_version_name_only_and_never_shows_the_root(served, root):
+    holder, client = service(root)
+    auth = {"Authorization": "Bearer t0ken"}
+    with client:
+        for path in ("/etc", "../../outside/v", "a/b"):
+            r = client.post("/admin/reload", params={"version": path}, headers=auth)
+            assert r.status_code == 400 and "version name" in r.json()["error"], (path, r.text)
+        r = client.post("/admin/reload", params={"version": "no-such-version"}, headers=auth)
+        assert r.status_code == 409 and root not in r.text and "<root>" in r.text
+        assert root not in client.get("/readyz").text
+
+
+@pytest.mark.parametrize("argv", [
+    ["publish", "../../outside/v"], ["publish", "/abs/path"],
+    ["build-dataset", "--dataset-id", "../../x"], ["build-dataset", "--dataset-id", "/abs/x"],
+    ["evaluate", "--model", "../../x"], ["index", "--model", "/abs/x"], ["compare", "../../x", "latest"],
+    ["train", "--model", "mf", "--dataset", "../../x"],
+])
+def test_ids_cannot_escape_the_artifact_root(root, argv, capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"artifacts:\n  root: {root}\nsource:\n  path: {root}/nothing.csv\n")
+    listing = sorted(os.listdir(tmp_path))
+    current = registry.current_version(root)
+    assert cli.main(argv + ["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plain name" in err, err
+    assert registry.current_version(root) == current and sorted(os.listdir(tmp_path)) == listing
