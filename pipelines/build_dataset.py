@@ -112,6 +112,14 @@ class ByteRange(NamedTuple):
     crc32: int
 
 
+def _readline(fh) -> bytes:
+    """One line, at most ingest.MAX_HEADER_BYTES of it (Beam's compressed files take no limit)."""
+    try:
+        return fh.readline(ingest.MAX_HEADER_BYTES)
+    except TypeError:
+        return fh.readline()
+
+
 class ReadBlocksFn(beam.DoFn):
     """A file -> ((file, block number), (source, first line, names, block)) work units of about
     `block_bytes` each, keyed for SpreadBlocks.
@@ -128,16 +136,27 @@ class ReadBlocksFn(beam.DoFn):
         with fsio.open_read(path) as fh:
             if self.layout.kind == "parquet":
                 pf = pq.ParquetFile(fh)
+                ingest.check_columns(pf.schema_arrow.names, self.layout, path)
                 first = 1
                 for k, batch in enumerate(pf.iter_batches(batch_size=262144)):
                     yield (path, k), (path, first, None, batch)
                     first += batch.num_rows
                 return
             names, first_line = None, 1
+            # A byte order mark or UTF-16 would turn every row into a dead letter: check before reading.
+            skip = ingest.text_start(fh.read(4096), path)
+            fh.seek(0)
+            fh.read(skip)
+            if self.layout.kind == "jsonl":
+                ingest.check_first_line(_readline(fh), path, header=False)
+                fh.seek(0)
+                fh.read(skip)
             if self.layout.kind == "delimited":
                 if self.layout.header:
-                    header = fh.readline()
+                    header = _readline(fh)
+                    ingest.check_first_line(header, path, header=True)
                     names = ingest.header_names(header, self.layout)
+                    ingest.check_columns(names, self.layout, path)
                     first_line = 2
                 else:
                     names = list(self.layout.names) if self.layout.names else None
@@ -648,6 +667,24 @@ def build(p: beam.Pipeline, cfg: Config, files: list[str], out_dir: str,
                                        beam.pvalue.AsList(rejected_written), result))
 
 
+def _check_accepted(cfg: Config, dataset: ds.Dataset, st: dict, root: str) -> None:
+    """Refuse a build that accepted nothing, or less than `source.min_accepted_fraction` of the rows it
+    read: LATEST keeps naming the previous dataset, and the message says why rows were rejected.
+
+    Raises:
+        DataError: one line with the counts, the top rejection reasons and the dead-letter folder.
+    """
+    read, accepted, frac = st["rows_read"], st["accepted"], cfg.source.min_accepted_fraction
+    if frac == 0 or (accepted > 0 and accepted >= frac * read):
+        return   # 0: the team has said any build may become LATEST, an empty one too
+    reasons = sorted(st.get("rejected_by_reason", {}).items(), key=lambda kv: -kv[1])[:3]
+    top = ", ".join(f"{r} {n}" for r, n in reasons) or "none"
+    latest = ds.latest_dataset_id(root)
+    raise DataError(f"build-dataset: accepted {accepted} of {read} rows read (source.min_accepted_fraction="
+                    f"{cfg.source.min_accepted_fraction}); top rejection reasons: {top}; dead letters in "
+                    f"{dataset.file(ds.REJECTED)}; datasets/LATEST still names {latest or 'no dataset'}")
+
+
 def run(cfg: Config, dataset_id: str | None = None, previous: str | None = "latest", progress=print) -> ds.Dataset:
     """Build a dataset from `cfg.source` under `cfg.artifacts.root`; returns the opened Dataset.
 
@@ -686,9 +723,10 @@ def run(cfg: Config, dataset_id: str | None = None, previous: str | None = "late
             if "DataError:" in line:
                 raise DataError(line.split("DataError:", 1)[1].strip()) from None
         raise
-    fsio.atomic_write_text(fsio.join(ds.datasets_dir(root), ds.LATEST), dataset_id + "\n")
     dataset = ds.Dataset(final)
     st = dataset.stats
+    _check_accepted(cfg, dataset, st, root)
+    fsio.atomic_write_text(fsio.join(ds.datasets_dir(root), ds.LATEST), dataset_id + "\n")
     progress(f"build-dataset: {dataset_id} in {time.time() - t0:.1f}s: read {st['rows_read']}, "
              f"accepted {st['accepted']}, rejected {st['rejected']}; "
              + ", ".join(f"{k} {v['interactions']} ({v['users']} users, {v['items']} items)"

@@ -57,6 +57,9 @@ class SourceConfig:
     columns: Columns = field(default_factory=Columns)
     timestamp_unit: str = "s"
     max_id_length: int = 256
+    # A build that accepts fewer rows than this share of those read (or none at all) fails and does
+    # not move datasets/LATEST: a wrong header or encoding must not publish an empty dataset.
+    min_accepted_fraction: float = 0.5
     items_path: str = "ml-latest-small/movies.csv"
     items_format: str = "movielens_movies"
     item_columns: ItemColumns = field(default_factory=ItemColumns)
@@ -206,7 +209,10 @@ def validate(cfg: Config) -> Config:
            "source.user_columns.features", s.user_columns.features,
            f"name at least one feature column when source.users_format is {s.users_format}")
     _one_of("source.timestamp_unit", s.timestamp_unit, TIMESTAMP_UNITS)
-    _check(len(s.delimiter) == 1, "source.delimiter", s.delimiter, "a single character")
+    _check(len(s.delimiter) == 1 and s.delimiter not in "\n\r\"", "source.delimiter", s.delimiter,
+           "a single character other than a line break or a quote")
+    _check(0.0 <= s.min_accepted_fraction <= 1.0, "source.min_accepted_fraction", s.min_accepted_fraction,
+           "between 0 and 1")
     _check(1 <= s.max_id_length <= 65536, "source.max_id_length", s.max_id_length, "between 1 and 65536")
     for name in ("user", "item", "timestamp"):
         _check(bool(getattr(s.columns, name)), f"source.columns.{name}", getattr(s.columns, name),

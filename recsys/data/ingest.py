@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from recsys.config import Config, SourceConfig
+from recsys.errors import DataError
 
 # Rejection reasons, in the order they are checked (a row gets the first that applies).
 WRONG_COLUMN_COUNT = "wrong_column_count"
@@ -516,6 +517,56 @@ def _rebuild_text(raw: pd.DataFrame, mask: np.ndarray) -> list[str]:
     keep = pa.array(mask)
     rows = pa.table({f: arrow_strings(raw[f]).filter(keep) for f in FIELDS}).to_pylist()
     return [json.dumps({k: v for k, v in r.items() if v is not None}) for r in rows]
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+MAX_HEADER_BYTES = 1 << 20
+
+
+def text_start(head: bytes, path: str) -> int:
+    """Check the first bytes of a text input; returns how many to skip (a UTF-8 byte order mark).
+
+    Raises:
+        DataError: the file is UTF-16/32 (a byte order mark, or NUL bytes in the first line): every
+            row would otherwise be dead-lettered as a missing ID.
+    """
+    if head.startswith(_UTF8_BOM):
+        return len(_UTF8_BOM)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path}: the file is UTF-16 (byte order mark {head[:2].hex()}); interaction files are "
+                        f"read as UTF-8: convert it, e.g. iconv -f UTF-16 -t UTF-8")
+    if b"\x00" in head.split(b"\n", 1)[0]:
+        raise DataError(f"{path}: the first line holds NUL bytes (UTF-16 or binary data?); interaction files "
+                        f"are read as UTF-8 text")
+    return 0
+
+
+def check_first_line(line: bytes, path: str, header: bool) -> None:
+    """Refuse a first line that cannot be a header or a row: no line break in the first
+    MAX_HEADER_BYTES, or lines that end in a bare carriage return (classic Mac OS).
+
+    Raises:
+        DataError: naming the file and the problem.
+    """
+    if not line.endswith(b"\n") and b"\r" in line:
+        raise DataError(f"{path}: lines end with a bare carriage return (\\r); use \\n or \\r\\n line endings")
+    if len(line) >= MAX_HEADER_BYTES and not line.endswith(b"\n"):
+        raise DataError(f"{path}: no line break in the first {MAX_HEADER_BYTES >> 20} MB: "
+                        f"not a {'header' if header else 'line of rows'}")
+
+
+def check_columns(names: list[str], layout: Layout, path: str) -> None:
+    """Every configured column must be in the file's columns, before any row is read.
+
+    Raises:
+        DataError: naming the config key, the missing column and the columns the file has.
+    """
+    have = set(names)
+    for field, col in layout.mapping.items():
+        if col not in have:
+            shown = ", ".join(repr(n) for n in names[:20]) + (", ..." if len(names) > 20 else "")
+            key = f"source.columns.{field}" if not layout.names else f"source.format={field}"
+            raise DataError(f"{path}: {key}={col!r} is not a column of the file (its columns: {shown})")
 
 
 def header_names(first_line: bytes, layout: Layout) -> list[str]:

@@ -282,9 +282,11 @@ def test_unknown_event_type_and_unparseable_json_are_rejected(write_file, make_c
 
 def test_all_rows_rejected_still_gives_a_complete_empty_dataset(write_file, make_config, build_dataset,
                                                                dataset_io):
+    """With source.min_accepted_fraction: 0 (the default refuses such a build: test_ingest_trust.py)."""
     write_file("bad.csv", ["user_id,item_id,rating,timestamp"] + [t.decode() for t, _ in DIRTY_ROWS])
     cfg = make_config({"source": {"path": "bad.csv", "format": "csv", "columns": {"value": "rating"},
-                                  "max_id_length": 16}, "runner": {"shuffle_buckets": 3}})
+                                  "max_id_length": 16, "min_accepted_fraction": 0},
+                       "runner": {"shuffle_buckets": 3}})
     d = build_dataset(cfg)
     st = d.stats
     assert (st["rows_read"], st["accepted"], st["rejected"]) == (len(DIRTY_ROWS), 0, len(DIRTY_ROWS))
