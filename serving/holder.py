@@ -22,8 +22,8 @@ log = logging.getLogger("recsys.serving")
 
 
 class EngineHolder:
-    def __init__(self, root: str, poll_seconds: float = 10.0):
-        self.root, self.poll_seconds = root, poll_seconds
+    def __init__(self, root: str, poll_seconds: float = 10.0, filter_cache_size: int = 256):
+        self.root, self.poll_seconds, self.filter_cache_size = root, poll_seconds, filter_cache_size
         self.engine: Engine | None = None
         self.last_error: str | None = None   # the latest refusal, without the artifact root's path
         self.refused: str | None = None      # the version that was refused (not retried by the poller)
@@ -52,7 +52,7 @@ class EngineHolder:
             if self.engine is not None and self.engine.version == target:
                 return False, f"already serving {target}"
             try:
-                engine = Engine.load(self.root, target)
+                engine = Engine.load(self.root, target, self.filter_cache_size)
             except Exception as exc:  # noqa: BLE001
                 self.refused = target
                 detail = str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"

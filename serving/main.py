@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import json
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -15,6 +16,50 @@ from serving.routes import router
 from serving.settings import Settings
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is refused with 413 and never parsed.
+
+    A declared Content-Length is checked before anything is read (the server holds the body to that
+    length). A body without one (chunked) is read here up to the limit and handed on only if it stays
+    under it. Requests with no body (GETs: the hot path) pass straight through.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def _refuse(self, send, detail: str):
+        body = json.dumps({"error": f"body: {detail} is over the limit of {self.limit} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+        prometheus.ERRORS.labels("other", "413").inc()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.limit:
+                return await self._refuse(send, f"{int(length)} bytes")
+            return await self.app(scope, receive, send)
+        messages, seen = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                return await self._refuse(send, "the chunked body")
+            if not message.get("more_body"):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+        await self.app(scope, replay, send)
+
+
 def _one_line(exc: RequestValidationError) -> str:
     """First validation problem as 'field: message' (e.g. 'k: Input should be less than or equal to 1000')."""
     err = exc.errors()[0]
@@ -26,7 +71,7 @@ def _one_line(exc: RequestValidationError) -> str:
 
 def create_app(settings: Settings | None = None, holder: EngineHolder | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
-    holder = holder or EngineHolder(settings.root, settings.poll_seconds)
+    holder = holder or EngineHolder(settings.root, settings.poll_seconds, settings.filter_cache_size)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -42,6 +87,7 @@ def create_app(settings: Settings | None = None, holder: EngineHolder | None = N
     app = FastAPI(title="recsys", lifespan=lifespan)
     app.state.settings, app.state.holder = settings, holder
     app.include_router(router)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):

@@ -1,15 +1,18 @@
 """Request and response schemas (pydantic), separate from the engine's domain types."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from recsys.retrieval.engine import MAX_K
 
 
 class HistoryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user_id: str | None = None
-    history: list[str] = Field(default_factory=list)
+    # IDs longer than source.max_id_length (256) never reach a vocabulary
+    history: list[Annotated[str, StringConstraints(max_length=256)]] = Field(default_factory=list)
+    user_id: Annotated[str, StringConstraints(max_length=256)] | None = None
     k: int = Field(10, ge=1, le=MAX_K)
     exclude_seen: bool = True
     include: list[str] = Field(default_factory=list)

@@ -11,13 +11,17 @@ class Settings:
     poll_seconds: float = 10.0          # how often CURRENT is checked for a new published version
     admin_token: str = ""               # POST /admin/reload needs it; empty disables the endpoint
     max_history: int = 500
+    max_body_bytes: int = 1 << 20      # larger request bodies get 413 before they are parsed
+    filter_cache_size: int = 256        # genre masks the engine keeps (least recently used dropped)
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
         s = cls(root=os.environ.get("RECSYS_ROOT", cls.root),
                 poll_seconds=float(os.environ.get("RECSYS_POLL_SECONDS", cls.poll_seconds)),
                 admin_token=os.environ.get("RECSYS_ADMIN_TOKEN", ""),
-                max_history=int(os.environ.get("RECSYS_MAX_HISTORY", cls.max_history)))
+                max_history=int(os.environ.get("RECSYS_MAX_HISTORY", cls.max_history)),
+                max_body_bytes=int(os.environ.get("RECSYS_MAX_BODY_BYTES", cls.max_body_bytes)),
+                filter_cache_size=int(os.environ.get("RECSYS_FILTER_CACHE_SIZE", cls.filter_cache_size)))
         for k, v in overrides.items():
             if v is not None:
                 setattr(s, k, v)

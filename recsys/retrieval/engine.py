@@ -10,6 +10,7 @@ popularity_fallback).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,9 @@ from recsys.version import LoadedVersion
 
 FILTER_KEYS = ("genre", "item")
 MAX_K = 1000
+MASK_CACHE_SIZE = 256      # genre masks kept (least recently used dropped): n_items bytes each
+ECHO_IGNORED = 50          # ignored history items echoed back at most, each cut to ECHO_CHARS
+ECHO_CHARS = 64
 _NO_GENRES = frozenset()
 
 
@@ -67,6 +71,10 @@ def _row_of(vocab, key) -> int:
     return int(r) if isinstance(r, (int, np.integer)) else int(vocab.lookup([key])[0])
 
 
+def _echo(item_id: str) -> str:
+    return item_id if len(item_id) <= ECHO_CHARS else item_id[:ECHO_CHARS] + "..."
+
+
 def _rows_of(vocab, keys) -> np.ndarray:
     return np.fromiter((_row_of(vocab, k) for k in keys), dtype=np.int64, count=len(keys))
 
@@ -74,14 +82,17 @@ def _rows_of(vocab, keys) -> np.ndarray:
 class Engine:
     """A loaded version with its index, item attributes and per-user seen items."""
 
-    def __init__(self, lv: LoadedVersion, idx, seen: sp.csr_matrix | None, genres: list[set]):
+    def __init__(self, lv: LoadedVersion, idx, seen: sp.csr_matrix | None, genres: list[set],
+                 mask_cache_size: int = MASK_CACHE_SIZE):
         self.lv, self.index, self.seen, self.genres = lv, idx, seen, genres
         self.version = lv.version
         self.n_items = len(lv.items)
-        self._genre_masks: dict = {}
+        # bounded: every distinct filter value would otherwise keep an n_items mask for ever
+        self._genre_masks: OrderedDict = OrderedDict()
+        self.mask_cache_size = mask_cache_size
 
     @classmethod
-    def load(cls, root: str, version: str | None = None) -> "Engine":
+    def load(cls, root: str, version: str | None = None, mask_cache_size: int = MASK_CACHE_SIZE) -> "Engine":
         """Load `version` (default: the published one).
 
         Raises:
@@ -106,13 +117,19 @@ class Engine:
                 if r >= 0 and g is not None:
                     g = frozenset(g)
                     genres[r] = shared.setdefault(g, g)
-        return cls(lv, idx, seen, genres)
+        return cls(lv, idx, seen, genres, mask_cache_size)
 
     # ---- filters -------------------------------------------------------------------------------
     def _genre_mask(self, genre: str) -> np.ndarray:
-        if genre not in self._genre_masks:
-            self._genre_masks[genre] = np.fromiter((genre in g for g in self.genres), bool, self.n_items)
-        return self._genre_masks[genre]
+        mask = self._genre_masks.get(genre)
+        if mask is None:
+            mask = np.fromiter((genre in g for g in self.genres), bool, self.n_items)
+            self._genre_masks[genre] = mask
+            while len(self._genre_masks) > self.mask_cache_size:
+                self._genre_masks.popitem(last=False)
+        else:
+            self._genre_masks.move_to_end(genre)
+        return mask
 
     def _seen_rows(self, user_row: int) -> np.ndarray:
         if self.seen is None or user_row < 0 or user_row >= self.seen.shape[0]:
@@ -172,7 +189,8 @@ class Engine:
         self._check_k(k)
         inc, exc = parse_filters(include, "include"), parse_filters(exclude, "exclude")
         hist_rows = _rows_of(self.lv.items, [str(h) for h in history]) if history else np.zeros(0, np.int64)
-        ignored = [str(h) for h, r in zip(history or [], hist_rows) if r < 0]
+        # echoed back bounded: a request must not get its own megabytes back
+        ignored = [_echo(str(h)) for h, r in zip(history or [], hist_rows) if r < 0][:ECHO_IGNORED]
         known_hist = hist_rows[hist_rows >= 0]
         row = _row_of(self.lv.users, user_id) if user_id is not None else -1
         vector, source = self._request_vector(row, known_hist)

@@ -130,3 +130,37 @@ def test_ids_cannot_escape_the_artifact_root(root, argv, capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "plain name" in err, err
     assert registry.current_version(root) == current and sorted(os.listdir(tmp_path)) == listing
+
+
+# ---- unbounded memory ------------------------------------------------------------------------------
+def test_distinct_genre_filters_keep_a_bounded_number_of_masks(served):
+    from recsys.retrieval.engine import Engine
+    engine = Engine.load(served["root"], served["versions"]["mf"], mask_cache_size=8)
+    for g in range(100):
+        engine.recommend("u1", 5, include=[f"genre:g{g % 7}", f"genre:typo{g}"])
+    assert len(engine._genre_masks) == 8
+    assert engine.recommend("u1", 5, include=["genre:g1"]).items      # recent values still answer
+
+
+def test_a_request_body_over_the_limit_is_refused_with_413_before_parsing(served):
+    app = create_app(Settings(root=served["root"], poll_seconds=0, max_body_bytes=10_000))
+    with TestClient(app) as client:
+        big = {"history": ["x"] * 5000, "k": 5}
+        r = client.post("/v1/recommendations", json=big)
+        assert r.status_code == 413 and "over the limit of 10000" in r.json()["error"]
+
+        def chunks():   # no Content-Length: counted while it streams in
+            for _ in range(20):
+                yield b" " * 1000
+        r = client.post("/v1/recommendations", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "over the limit" in r.json()["error"]
+        assert client.post("/v1/recommendations", json={"history": ["x"], "k": 5}).status_code == 200
+
+
+def test_ignored_history_is_echoed_bounded_and_huge_ids_are_refused(served):
+    with TestClient(create_app(Settings(root=served["root"], poll_seconds=0))) as client:
+        body = client.post("/v1/recommendations", json={"history": [f"{n:03d}" + "z" * 200 for n in range(300)],
+                                                         "k": 5}).json()
+        assert len(body["ignored_history"]) == 50 and max(map(len, body["ignored_history"])) <= 67
+        r = client.post("/v1/recommendations", json={"history": ["z" * 100_000], "k": 5})
+        assert r.status_code == 422 and r.json()["error"].startswith("history.0:")
