@@ -9,7 +9,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import os
+import socket
 import time
+import uuid
+from contextlib import contextmanager
 
 from recsys import fsio, registry, version as version_mod
 from recsys.config import Config
@@ -47,9 +51,75 @@ def last_unfinished_run(root: str) -> dict | None:
     return None
 
 
+LOCK = "nightly.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def _locked(root: str, cfg: Config, progress):
+    """Hold `<root>/nightly.lock` (pid, host, start time) for the whole run: a second nightly, or a
+    `--resume`, refuses to start while it is held.
+
+    Stale-lock rule: a lock whose holder is on this host and no longer running, or that is older than
+    `nightly.lock_stale_hours`, is taken over (and the takeover is printed). A lock held by a live
+    process, or on another host within that time, is respected.
+    """
+    path = fsio.join(root, LOCK)
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+          "token": uuid.uuid4().hex}
+    text = json.dumps(me)
+    for _ in range(2):
+        if fsio.create_exclusive(path, text):
+            break
+        try:
+            held = json.loads(fsio.read_text(path))
+            age_h = (_dt.datetime.now(_dt.timezone.utc)
+                     - _dt.datetime.fromisoformat(held["started_at"])).total_seconds() / 3600
+        except (ValueError, KeyError, TypeError, OSError):
+            held, age_h = {}, float("inf")   # unreadable: left by a crash while it was written
+        dead = held.get("host") == me["host"] and not _alive(int(held.get("pid", -1)))
+        if not (dead or age_h > cfg.nightly.lock_stale_hours):
+            raise DataError(f"nightly: another run holds {LOCK} (pid {held.get('pid')} on {held.get('host')} "
+                            f"since {held.get('started_at')}); wait for it to end, or delete the file if that "
+                            f"process is gone")
+        progress(f"nightly: taking over a stale {LOCK} (pid {held.get('pid')} on {held.get('host')} since "
+                 f"{held.get('started_at')}: {'not running' if dead else f'{age_h:.0f} h old'})")
+        fsio.delete(path)
+    else:
+        raise DataError(f"nightly: could not take {LOCK}: another run took it first")
+    try:
+        yield
+    finally:
+        try:
+            if json.loads(fsio.read_text(path)).get("token") == me["token"]:
+                fsio.delete(path)
+        except (OSError, ValueError):
+            pass
+
+
 def run(cfg: Config, resume: bool = False, progress=print) -> dict:
-    """Run (or resume) the nightly job; returns the summary. Raises StepFailed naming the step."""
+    """Run (or resume) the nightly job under the nightly lock; returns the summary.
+
+    Raises:
+        StepFailed: naming the step that failed.
+        DataError: another nightly holds the lock, or `resume` finds no unfinished run.
+    """
     root = cfg.resolve(cfg.artifacts.root)
+    with _locked(root, cfg, progress):
+        return _run(cfg, root, resume, progress)
+
+
+def _run(cfg: Config, root: str, resume: bool, progress) -> dict:
     state = last_unfinished_run(root) if resume else None
     if resume and state is None:
         raise DataError("nightly --resume: no unfinished run to resume")

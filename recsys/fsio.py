@@ -123,6 +123,27 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def create_exclusive(path: str, text: str) -> bool:
+    """Create `path` with `text` only if it does not exist; True if this call created it.
+
+    Local files use O_CREAT | O_EXCL, so of two processes exactly one wins. Object stores have no such
+    primitive here: there it is check-then-write, which two starts within a second can both pass.
+    """
+    if is_url(path):
+        if exists(path):
+            return False
+        write_bytes(path, text.encode("utf-8"))
+        return True
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return True
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """`atomic_write_bytes` for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -127,3 +127,36 @@ def test_pruning_keeps_published_and_previous(workdir):
     assert published[-1] in versions and registry.previous_published(root) in versions
     assert len(versions) <= 3
     assert registry.current_version(root) == published[-1]
+
+
+def _lock_path(root):
+    return os.path.join(root, nightly.LOCK)
+
+
+def test_a_second_nightly_or_a_resume_refuses_while_the_lock_is_held(workdir):
+    cfg = make_cfg(workdir)
+    root = cfg.resolve(cfg.artifacts.root)
+    os.makedirs(root, exist_ok=True)
+    held = {"pid": os.getpid(), "host": __import__("socket").gethostname(), "started_at":
+            __import__("datetime").datetime.now(__import__("datetime").timezone.utc).isoformat(timespec="seconds"),
+            "token": "other"}
+    with open(_lock_path(root), "w") as fh:
+        json.dump(held, fh)
+    for resume in (False, True):
+        with pytest.raises(nightly.DataError, match="another run holds nightly.lock"):
+            nightly.run(cfg, resume=resume, progress=quiet)
+    assert registry.current_version(root) is None and not os.path.exists(os.path.join(root, "runs"))
+    os.remove(_lock_path(root))
+
+
+def test_a_stale_lock_is_taken_over_and_a_finished_run_releases_it(workdir):
+    cfg = make_cfg(workdir)
+    root = cfg.resolve(cfg.artifacts.root)
+    os.makedirs(root, exist_ok=True)
+    with open(_lock_path(root), "w") as fh:   # a pid that is not running on this host
+        json.dump({"pid": 2 ** 22 + 12345, "host": __import__("socket").gethostname(),
+                   "started_at": "2026-01-01T00:00:00+00:00", "token": "dead"}, fh)
+    lines = []
+    summary = nightly.run(cfg, progress=lines.append)
+    assert summary["published"] and any("taking over a stale nightly.lock" in x for x in lines)
+    assert not os.path.exists(_lock_path(root))
