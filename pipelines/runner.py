@@ -5,9 +5,13 @@
 """
 from __future__ import annotations
 
+import contextlib
+import io
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from recsys.config import Config
+from recsys.errors import ConfigError
 
 
 def pipeline_options(cfg: Config) -> PipelineOptions:
@@ -19,13 +23,24 @@ def pipeline_options(cfg: Config) -> PipelineOptions:
                 flags.append(f"--{key}")
         else:
             flags.append(f"--{key}={value}")
-    return PipelineOptions(flags)
+    options = PipelineOptions(flags)
+    # Beam parses with argparse, which prints its whole usage (over 100 lines) and exits on a bad
+    # value: parse here, keep its one "error:" line, and say which config key it came from.
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            options.get_all_options()
+    except SystemExit:
+        errors = [line.split("error:", 1)[1].strip() for line in captured.getvalue().splitlines() if "error:" in line]
+        raise ConfigError("runner.options", cfg.runner.options,
+                          errors[-1] if errors else "not valid Beam pipeline options") from None
+    return options
 
 
 def make_runner(cfg: Config):
     """The Beam runner. 'DirectRunner' means the in-process FnApiRunner: Beam's DirectRunner would
     otherwise pick the PrismRunner, which downloads a binary at start (fails offline)."""
-    if cfg.runner.name in ("DirectRunner", "direct", "FnApiRunner"):
+    if cfg.runner.name in ("DirectRunner", "FnApiRunner"):
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
         return FnApiRunner()
     return cfg.runner.name

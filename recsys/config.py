@@ -22,6 +22,8 @@ USER_FORMATS = ("none", "movielens_users", "csv", "parquet", "jsonl")
 TIMESTAMP_UNITS = ("s", "ms", "iso")
 FEEDBACK_MODES = ("rating", "event", "implicit")
 SPLIT_STRATEGIES = ("temporal", "leave_last_n")
+# Beam runners that work here or on a cluster (the PrismRunner downloads a binary at start).
+RUNNERS = ("DirectRunner", "FnApiRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner")
 
 
 @dataclass
@@ -246,8 +248,11 @@ def validate(cfg: Config) -> Config:
            sp.validation_fraction, "test_fraction + validation_fraction must be < 1")
     _check(sp.leave_last_n >= 1, "split.leave_last_n", sp.leave_last_n, ">= 1")
     ru = cfg.runner
-    _check(ru.name not in ("PrismRunner", "prism"), "runner.name", ru.name,
+    _check(ru.name.lower().replace("runner", "") != "prism", "runner.name", ru.name,
            "PrismRunner downloads a binary at start; use DirectRunner, DataflowRunner, FlinkRunner or SparkRunner")
+    canonical = {r.lower(): r for r in RUNNERS}
+    _check(ru.name.lower() in canonical, "runner.name", ru.name, f"one of {', '.join(RUNNERS)}")
+    ru.name = canonical[ru.name.lower()]
     _check(1 <= ru.shuffle_buckets <= 4096, "runner.shuffle_buckets", ru.shuffle_buckets, "between 1 and 4096")
     _check(1 <= ru.block_size_mb <= 1024, "runner.block_size_mb", ru.block_size_mb, "between 1 and 1024")
     m = cfg.model
@@ -260,6 +265,8 @@ def validate(cfg: Config) -> Config:
     _check(0 < m.learning_rate < 10, "model.learning_rate", m.learning_rate, "in (0, 10)")
     _one_of("model.lr_schedule", m.lr_schedule, ("constant", "cosine"))
     _check(1 <= m.epochs <= 10000, "model.epochs", m.epochs, "between 1 and 10000")
+    _check(m.eval_users >= 1, "model.eval_users", m.eval_users, ">= 1")
+    _check(0 <= m.seed < 2 ** 32, "model.seed", m.seed, "between 0 and 2**32 - 1")
     _check(m.patience >= 1, "model.patience", m.patience, ">= 1")
     _check(m.eval_k >= 1, "model.eval_k", m.eval_k, ">= 1")
     _check(m.popularity_window_days >= 0, "model.popularity_window_days", m.popularity_window_days, ">= 0 (0 = all)")
@@ -300,17 +307,38 @@ def from_dict(data: dict | None, base_dir: str = ".") -> Config:
     return validate(cfg)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (the last one would win silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | None) -> Config:
     """Load and validate a YAML config file; `None` gives the defaults (resolved against `data/`)."""
     if path is None:
         return from_dict({}, base_dir=os.path.join(os.getcwd(), "data"))
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError("--config", path, "file not found") from None
+    except IsADirectoryError:
+        raise ConfigError("--config", path, "a directory, not a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("--config", path, f"not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError("--config", path, f"cannot be read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError("--config", path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError("--config", path, f"not valid YAML ({' '.join(str(exc).split())[:300]})") from None
     return from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)))
 
 

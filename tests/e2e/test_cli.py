@@ -43,3 +43,13 @@ def test_registry_commands(served, tmp_path, capsys):
     assert code == 0 and registry.current_version(root) == before
     code, _, err = run(["publish", "no-such-version", "--config", str(cfg)], capsys)
     assert code == 2 and "not found" in err and registry.current_version(root) == before
+
+
+def test_an_unwritable_artifact_root_is_one_line(tmp_path, capsys):
+    data = tmp_path / "e.csv"
+    data.write_text("user_id,item_id,timestamp\n" + "".join(f"u{u},i{i},{u * 10 + i}\n" for u in range(5) for i in range(4)))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"source: {{path: {data}, format: csv, items_format: none}}\nfeedback: {{mode: implicit}}\n"
+                   f"artifacts: {{root: /proc/recsys-cannot-write-here}}\n")
+    code, _, err = run(["build-dataset", "--config", str(cfg)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "/proc/recsys-cannot-write-here" in err

@@ -300,3 +300,49 @@ def test_load_config_empty_file_gives_defaults(tmp_path):
 
 def test_config_error_is_a_recsys_error():
     assert issubclass(ConfigError, RecsysError)
+
+
+# --- cases that used to be tracebacks (the trust issue) ---------------------------------------------
+
+@pytest.mark.parametrize("name", ["prismrunner", "Prism", "PRISMRUNNER"])
+def test_prism_in_any_case_is_refused(name):
+    assert "downloads a binary" in assert_one_line_naming(config_error({"runner": {"name": name}}), "runner.name", name)
+
+
+def test_an_unknown_runner_name_is_refused_and_known_ones_are_matched_in_any_case():
+    msg = assert_one_line_naming(config_error({"runner": {"name": "DaskRunner"}}), "runner.name", "DaskRunner")
+    assert "DataflowRunner" in msg
+    assert from_dict({"runner": {"name": "directrunner"}}).runner.name == "DirectRunner"
+
+
+@pytest.mark.parametrize("key,value", [("eval_users", -1), ("eval_users", 0), ("seed", -1)])
+def test_negative_eval_users_or_seed_is_refused(key, value):
+    assert_one_line_naming(config_error({"model": {key: value}}), f"model.{key}", value)
+
+
+def test_a_repeated_yaml_key_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  dim: 8\n  dim: 16\n")
+    with pytest.raises(ConfigError, match="'dim' appears twice"):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize("content,what", [(b"\xff\xfe\x00m\x00o", "not UTF-8"), (None, "a directory")])
+def test_a_non_utf8_config_or_a_directory_as_config_is_one_line(tmp_path, content, what):
+    path = tmp_path / "c.yaml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert what in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_bad_beam_option_is_one_line_naming_runner_options(capsys):
+    from pipelines.runner import pipeline_options
+    cfg = from_dict({"runner": {"options": {"direct_running_mode": "nonsense"}}})
+    with pytest.raises(ConfigError) as info:
+        pipeline_options(cfg)
+    assert "runner.options" in str(info.value) and "invalid choice: 'nonsense'" in str(info.value)
+    assert capsys.readouterr().err == ""      # argparse's usage text is not printed

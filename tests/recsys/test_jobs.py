@@ -129,3 +129,16 @@ def test_test_baseline_counts_train_and_validation(temporal):
     # the refit popularity version counts the same rows, so it equals its baseline exactly
     assert res.metrics["recall@20"] == pytest.approx(want["recall@20"])
     assert version.read_manifest(root, v)["refit"]["interactions"] == int(counts.sum())
+
+
+def test_training_on_a_catalog_smaller_than_the_largest_k_works(tmp_path):
+    """evaluation.ks goes to 50; a 12-item catalog used to crash the first validation."""
+    csv = tmp_path / "small.csv"
+    clustered_interactions(n_users=40, n_items=12, n_clusters=2, per_user=6, seed=2, start_ts=0).to_csv(csv, index=False)
+    cfg = make_config(tmp_path, csv, epochs=2)
+    ds = build_dataset.run(cfg, dataset_id="s1", previous=None, progress=lambda *_: None)
+    assert len(ds.items) < 50
+    for model in ("mf", "popularity"):
+        v = train_version(cfg, model, ds.id, warm_start="none", progress=lambda *_: None)
+        m = evaluate.evaluate_version(cfg.resolve(cfg.artifacts.root), v, "test", ds.id, (10, 20, 50)).metrics
+        assert 0 <= m["recall@50"] <= 1 and m["recall@50"] >= m["recall@10"]
