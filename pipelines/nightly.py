@@ -159,6 +159,7 @@ def _run(cfg: Config, root: str, resume: bool, progress) -> dict:
         state["done"].append(step)
         state.pop("failed", None)
         _save(root, state)
+    _retain(cfg, root, out, progress)
     state["finished"] = True
     summary = _summary(root, state)
     fsio.atomic_write_text(fsio.join(runs_dir(root), state["run_id"], "summary.json"),
@@ -233,6 +234,19 @@ def _publish(cfg, root, out, progress):
     out["published"] = version
     out["pruned"] = registry.prune(root, cfg.nightly.keep_versions)
     progress(f"  published {version}; pruned {len(out['pruned'])} old version(s)")
+
+
+def _retain(cfg, root, out, progress):
+    """Retention, whatever the gate decided: datasets beyond nightly.keep_datasets (never LATEST or a
+    kept version's), and temporary directories a crashed writer left (older than an hour)."""
+    from recsys.data import dataset as ds
+    kept = {version_mod.read_manifest(root, v).get("dataset_id") for v in registry.list_versions(root)}
+    out["pruned_datasets"] = ds.prune_datasets(root, cfg.nightly.keep_datasets, kept)
+    out["removed_leftovers"] = (fsio.remove_leftovers(version_mod.models_dir(root))
+                                + fsio.remove_leftovers(ds.datasets_dir(root)))
+    if out["pruned_datasets"] or out["removed_leftovers"]:
+        progress(f"  retention: pruned {len(out['pruned_datasets'])} dataset(s), removed "
+                 f"{len(out['removed_leftovers'])} leftover temporary folder(s)")
 
 
 def _summary(root: str, state: dict) -> dict:

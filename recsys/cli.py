@@ -166,6 +166,16 @@ def _demo(args) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return port
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every `recsys` command."""
     p = argparse.ArgumentParser(prog="recsys", description=__doc__.splitlines()[0])
@@ -204,7 +214,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--config")
     v.add_argument("--root", help="artifact root (default: artifacts.root of the config)")
     v.add_argument("--host", default="127.0.0.1")
-    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--port", type=_port, default=8000, help="TCP port, 1-65535 (default: 8000)")
     v.add_argument("--workers", type=int, default=1)
     v.add_argument("--poll-seconds", type=float, default=10.0, help="how often CURRENT is checked")
     v.add_argument("--admin-token", default=os.environ.get("RECSYS_ADMIN_TOKEN", ""),

@@ -293,6 +293,7 @@ def validate(cfg: Config) -> Config:
            "nightly.primary_metric", nc.primary_metric, f"<metric>@<k> with k in evaluation.ks {cfg.evaluation.ks}")
     _check(nc.tolerance >= 0, "nightly.tolerance", nc.tolerance, ">= 0")
     _check(nc.keep_versions >= 2, "nightly.keep_versions", nc.keep_versions, ">= 2 (published + previous)")
+    _check(nc.keep_datasets >= 1, "nightly.keep_datasets", nc.keep_datasets, ">= 1")
     _check(nc.lock_stale_hours > 0, "nightly.lock_stale_hours", nc.lock_stale_hours, "> 0")
     _check(1 <= nc.batch_top_n <= 1000, "nightly.batch_top_n", nc.batch_top_n, "between 1 and 1000")
     _check(nc.batch_users_per_bundle >= 1, "nightly.batch_users_per_bundle", nc.batch_users_per_bundle, ">= 1")
@@ -396,4 +397,5 @@ class NightlyConfig:
     keep_versions: int = 6          # prune older versions beyond this (never the published or previous one)
     batch_top_n: int = 50
     batch_users_per_bundle: int = 2000
+    keep_datasets: int = 6          # prune older datasets beyond this (never LATEST or a kept version's)
     lock_stale_hours: float = 12.0  # a nightly lock older than this is taken over (see pipelines/nightly.py)

@@ -246,6 +246,22 @@ def list_dir(path: str) -> list[str]:
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
 
+def remove_leftovers(folder: str, older_than_seconds: float = 3600.0) -> list[str]:
+    """Delete the temporary siblings `atomic_dir` leaves when a process dies mid-write (`.tmp-*`,
+    `.old-*` under a local `folder`) once they are older than `older_than_seconds` (a live writer's
+    are younger). Returns the names removed; object stores have none (nothing is renamed there)."""
+    import time
+    if is_url(folder) or not os.path.isdir(folder):
+        return []
+    removed = []
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if name.startswith((".tmp-", ".old-")) and time.time() - os.path.getmtime(path) > older_than_seconds:
+            delete(path)
+            removed.append(name)
+    return sorted(removed)
+
+
 def rename(src: str, dst: str) -> None:
     """Rename a file or directory (an atomic replace for local paths)."""
     if is_url(src):

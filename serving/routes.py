@@ -16,7 +16,7 @@ from recsys.retrieval.engine import MAX_K, Engine
 
 from serving import prometheus
 from serving.deps import get_engine
-from serving.schemas import HistoryRequest, RecommendationResponse, Status
+from serving.schemas import Error, HistoryRequest, RecommendationResponse, Status
 
 router = APIRouter()
 
@@ -47,7 +47,18 @@ def _observe(endpoint: str, call):
     return Response(body, media_type="application/json")
 
 
-@router.get("/v1/users/{user_id}/recommendations", response_model=RecommendationResponse)
+def _errors(*codes: int) -> dict:
+    """OpenAPI entries for the error answers of a route: all of them are `{"error": "..."}`."""
+    what = {400: "a bad parameter (the message names it)", 401: "no valid admin token",
+            403: "admin reload disabled", 404: "unknown item", 409: "the version was refused",
+            413: "request body over the limit", 422: "a field fails validation",
+            503: "no model version loaded yet"}
+    return {c: {"model": Error, "description": what[c]} for c in codes}
+
+
+@router.get("/v1/users/{user_id}/recommendations", response_model=RecommendationResponse,
+            responses=_errors(400, 422, 503), tags=["recommendations"],
+            summary="Top-k items for a user (popularity for an unknown user)")
 async def user_recommendations(user_id: str, k: int = Query(10, ge=1, le=MAX_K), exclude_seen: bool = True,
                                include: list[str] = Query(default=[]), exclude: list[str] = Query(default=[]),
                                engine: Engine = Depends(current_engine)):
@@ -55,7 +66,8 @@ async def user_recommendations(user_id: str, k: int = Query(10, ge=1, le=MAX_K),
                     lambda: engine.recommend(user_id, k, exclude_seen, include, exclude))
 
 
-@router.post("/v1/recommendations", response_model=RecommendationResponse)
+@router.post("/v1/recommendations", response_model=RecommendationResponse, responses=_errors(400, 413, 422, 503),
+             tags=["recommendations"], summary="Top-k items from a history given at request time")
 async def history_recommendations(body: HistoryRequest, request: Request, engine: Engine = Depends(current_engine)):
     limit = request.app.state.settings.max_history
     if len(body.history) > limit:
@@ -65,19 +77,21 @@ async def history_recommendations(body: HistoryRequest, request: Request, engine
         body.history, body.user_id, body.k, body.exclude_seen, body.include, body.exclude))
 
 
-@router.get("/v1/items/{item_id}/similar", response_model=RecommendationResponse)
+@router.get("/v1/items/{item_id}/similar", response_model=RecommendationResponse,
+            responses=_errors(400, 404, 422, 503), tags=["recommendations"], summary="Items similar to an item")
 async def similar_items(item_id: str, k: int = Query(10, ge=1, le=MAX_K),
                         include: list[str] = Query(default=[]), exclude: list[str] = Query(default=[]),
                         engine: Engine = Depends(current_engine)):
     return _observe("similar_items", lambda: engine.similar_items(item_id, k, include, exclude))
 
 
-@router.get("/healthz", response_model=Status)
+@router.get("/healthz", response_model=Status, tags=["operations"], summary="The process is up")
 async def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Status, responses={503: {"model": Status}})
+@router.get("/readyz", response_model=Status, responses=_errors(503), tags=["operations"],
+            summary="A version is loaded (detail: a refused version, if any)")
 async def readyz(request: Request):
     holder = request.app.state.holder
     if holder.engine is None:
@@ -86,12 +100,13 @@ async def readyz(request: Request):
     return {"status": "ready", "version": holder.engine.version, "detail": holder.last_error}
 
 
-@router.get("/metrics")
+@router.get("/metrics", tags=["operations"], summary="Prometheus metrics")
 async def prometheus_metrics():
     return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.post("/admin/reload", response_model=Status)
+@router.post("/admin/reload", response_model=Status, responses=_errors(400, 401, 403, 409, 422),
+             tags=["operations"], summary="Load CURRENT (or a named version) now")
 async def admin_reload(request: Request, authorization: str = Header(default=""), version: str | None = None):
     token = request.app.state.settings.admin_token
     if not token:

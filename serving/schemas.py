@@ -27,6 +27,11 @@ class RecommendationResponse(BaseModel):
     ignored_history: list[str] = Field(default_factory=list)
 
 
+class Error(BaseModel):
+    """Every error answer: one line naming the field and the problem."""
+    error: str
+
+
 class Status(BaseModel):
     status: str
     version: str | None = None

@@ -59,6 +59,24 @@ def latest_dataset_id(root: str) -> str | None:
     return fsio.read_text(path).strip() or None
 
 
+def list_datasets(root: str) -> list[str]:
+    """Complete datasets (with stats.json), oldest first."""
+    return sorted(n for n in fsio.list_dir(datasets_dir(root))
+                  if fsio.is_plain_name(n) and fsio.exists(fsio.join(datasets_dir(root), n, STATS)))
+
+
+def prune_datasets(root: str, keep: int, protected=()) -> list[str]:
+    """Delete the oldest datasets beyond `keep`; never LATEST or one named in `protected` (the
+    datasets of the versions still kept). Returns the ids removed."""
+    safe = set(protected) | {latest_dataset_id(root)}
+    ids = list_datasets(root)
+    removable = [d for d in ids if d not in safe]
+    removed = removable[:max(0, len(ids) - keep)]
+    for d in removed:
+        fsio.delete(fsio.join(datasets_dir(root), d))
+    return removed
+
+
 def shard_name(split: str, shard: int, n_shards: int) -> str:
     """The relative path of one Parquet shard of a split."""
     return f"{split}/part-{shard:05d}-of-{n_shards:05d}.parquet"

@@ -31,6 +31,7 @@ MISSING_USER = "missing_user_id"
 MISSING_ITEM = "missing_item_id"
 ID_TOO_LONG = "id_too_long"
 CONTROL_CHARS = "control_characters"
+ID_PADDING = " \t"     # what is trimmed from the ends of an ID
 MISSING_TIMESTAMP = "missing_timestamp"
 BAD_TIMESTAMP = "bad_timestamp"
 BAD_RATING = "bad_rating"
@@ -367,8 +368,10 @@ def validate(raw: pd.DataFrame, cfg: Config, source: str, raw_text=None):
     def mark(mask, why):
         reason[np.asarray(mask, dtype=bool) & (reason == 0)] = REJECT_REASONS.index(why) + 1
 
-    user = pc.utf8_trim_whitespace(arrow_strings(raw["user"]))
-    item = pc.utf8_trim_whitespace(arrow_strings(raw["item"]))
+    # Only ASCII padding is trimmed: Unicode whitespace (NBSP) stays part of the ID, and the
+    # separators \x1c-\x1f stay to be rejected as control characters, so distinct raw IDs never merge.
+    user = pc.utf8_trim(arrow_strings(raw["user"]), characters=ID_PADDING)
+    item = pc.utf8_trim(arrow_strings(raw["item"]), characters=ID_PADDING)
     mark(_is_empty(user), MISSING_USER)
     mark(_is_empty(item), MISSING_ITEM)
     mark(_too_long(user, s.max_id_length) | _too_long(item, s.max_id_length), ID_TOO_LONG)

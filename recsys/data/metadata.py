@@ -70,7 +70,7 @@ def read_items(path: str, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
 def check_ids(ids: pd.Series, lines: pd.Series, reason: str, path: str, lookup, rejected: pd.DataFrame):
     """IDs of a metadata file, stripped; rows with an empty ID or control characters are dead letters.
     Returns (ids as strings, bad-row mask, `rejected` plus those rows under `reason`)."""
-    ids = ids.astype("string").str.strip()
+    ids = ids.astype("string").str.strip(ingest.ID_PADDING)
     bad = (ids.isna() | (ids == "") | ids.str.contains(r"[\x00-\x1f\x7f]", regex=True).fillna(True)).to_numpy(bool)
     if bad.any():
         lines = lines.to_numpy()[bad]

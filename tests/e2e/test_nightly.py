@@ -129,6 +129,25 @@ def test_pruning_keeps_published_and_previous(workdir):
     assert registry.current_version(root) == published[-1]
 
 
+def test_datasets_and_leftover_temporary_folders_are_pruned_too(workdir):
+    cfg = make_cfg(workdir, keep_versions=2, keep_datasets=1, tolerance=1.0)
+    root = cfg.resolve(cfg.artifacts.root)
+    for _ in range(3):
+        nightly.run(cfg, progress=quiet)
+    from recsys.data import dataset as ds
+    kept = {version_mod.read_manifest(root, v)["dataset_id"] for v in registry.list_versions(root)}
+    # LATEST and the datasets of the kept versions stay; the others go
+    assert set(ds.list_datasets(root)) == kept | {ds.latest_dataset_id(root)}
+    stale = os.path.join(root, "models", ".tmp-crashed-version-1234")
+    os.makedirs(stale)
+    os.utime(stale, (0, 0))
+    fresh = os.path.join(root, "datasets", ".tmp-being-written-5678")
+    os.makedirs(fresh)
+    summary_lines = []
+    nightly.run(cfg, progress=summary_lines.append)
+    assert not os.path.exists(stale) and os.path.exists(fresh)     # a live writer's folder is left alone
+
+
 def _lock_path(root):
     return os.path.join(root, nightly.LOCK)
 

@@ -164,3 +164,32 @@ def test_ignored_history_is_echoed_bounded_and_huge_ids_are_refused(served):
         assert len(body["ignored_history"]) == 50 and max(map(len, body["ignored_history"])) <= 67
         r = client.post("/v1/recommendations", json={"history": ["z" * 100_000], "k": 5})
         assert r.status_code == 422 and r.json()["error"].startswith("history.0:")
+
+
+# ---- smaller ------------------------------------------------------------------------------------------
+def test_a_405_says_which_methods_are_allowed(served):
+    with TestClient(create_app(Settings(root=served["root"], poll_seconds=0))) as client:
+        r = client.delete("/v1/recommendations")
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and "error" in r.json()
+
+
+def test_openapi_documents_the_error_shape_and_status_codes_of_every_route(served):
+    with TestClient(create_app(Settings(root=served["root"], poll_seconds=0))) as client:
+        spec = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in json.dumps(spec)          # FastAPI's {"detail": ...} shape is not ours
+    paths = spec["paths"]
+    want = {("/v1/users/{user_id}/recommendations", "get"): {"400", "422", "503"},
+            ("/v1/recommendations", "post"): {"400", "413", "422", "503"},
+            ("/v1/items/{item_id}/similar", "get"): {"400", "404", "422", "503"},
+            ("/readyz", "get"): {"503"}, ("/admin/reload", "post"): {"400", "401", "403", "409", "422"}}
+    for (path, method), codes in want.items():
+        responses = paths[path][method]["responses"]
+        assert codes <= set(responses), (path, set(responses))
+        for c in codes:
+            assert responses[c]["content"]["application/json"]["schema"]["$ref"].endswith("/Error")
+
+
+def test_serve_refuses_a_port_out_of_range(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["serve", "--port", "99999"])
+    assert info.value.code == 2 and "not a TCP port" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import io
 import json
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -485,3 +486,15 @@ def test_absurd_numbers_are_rejected_not_a_crash():
     valid, rejected = ingest.parse_and_validate(block, 2, layout, ["userId", "movieId", "rating", "timestamp"],
                                                 cfg, "f.csv")
     assert len(valid) == 1 and sorted(rejected["reason"]) == ["bad_rating", "bad_timestamp"]
+
+
+def test_ids_that_differ_in_unicode_whitespace_or_separators_are_never_merged(write_file, make_config, build_dataset):
+    """' 5' and '5 ' are the ID '5' (ASCII padding); '5' + NBSP is another ID; '5' + \\x1c is a control character."""
+    rows = ["user_id,item_id,timestamp", " 5,a,1", "5 ,b,2", "5\u00a0,c,3", "5\x1c,d,4", "6,a,5"]
+    path = write_file("ids.csv", "\n".join(rows).encode("utf-8") + b"\n")
+    cfg = make_config({"source": {"path": path, "format": "csv", "columns": {"value": ""}},
+                       "feedback": {"mode": "implicit"}, "split": {"strategy": "leave_last_n", "leave_last_n": 1}})
+    built = build_dataset(cfg)
+    assert built.stats["rejected_by_reason"] == {"control_characters": 1}
+    users = set(pd.concat([built.read(s, ["user"]) for s in ("train", "validation", "test")])["user"])
+    assert users == {"5", "5\u00a0", "6"}
