@@ -28,7 +28,8 @@ def is_url(path: str) -> bool:
 
 
 # A version or dataset ID: a plain name, never a path (no separators, no "..", no leading dot).
-_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+PLAIN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+_PLAIN_NAME = re.compile(PLAIN_NAME_PATTERN)
 
 
 def is_plain_name(name) -> bool:

@@ -10,13 +10,13 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from recsys.errors import RequestError
-from recsys.fsio import is_plain_name
+from recsys.fsio import PLAIN_NAME_PATTERN
 from recsys.models.base import POPULARITY
 from recsys.retrieval.engine import MAX_K, Engine
 
 from serving import prometheus
 from serving.deps import get_engine
-from serving.schemas import Error, HistoryRequest, RecommendationResponse, Status
+from serving.schemas import Error, Filter, HistoryRequest, RecommendationResponse, Status
 
 router = APIRouter()
 
@@ -60,7 +60,7 @@ def _errors(*codes: int) -> dict:
             responses=_errors(400, 422, 503), tags=["recommendations"],
             summary="Top-k items for a user (popularity for an unknown user)")
 async def user_recommendations(user_id: str, k: int = Query(10, ge=1, le=MAX_K), exclude_seen: bool = True,
-                               include: list[str] = Query(default=[]), exclude: list[str] = Query(default=[]),
+                               include: list[Filter] = Query(default=[]), exclude: list[Filter] = Query(default=[]),
                                engine: Engine = Depends(current_engine)):
     return _observe("user_recommendations",
                     lambda: engine.recommend(user_id, k, exclude_seen, include, exclude))
@@ -80,7 +80,7 @@ async def history_recommendations(body: HistoryRequest, request: Request, engine
 @router.get("/v1/items/{item_id}/similar", response_model=RecommendationResponse,
             responses=_errors(400, 404, 422, 503), tags=["recommendations"], summary="Items similar to an item")
 async def similar_items(item_id: str, k: int = Query(10, ge=1, le=MAX_K),
-                        include: list[str] = Query(default=[]), exclude: list[str] = Query(default=[]),
+                        include: list[Filter] = Query(default=[]), exclude: list[Filter] = Query(default=[]),
                         engine: Engine = Depends(current_engine)):
     return _observe("similar_items", lambda: engine.similar_items(item_id, k, include, exclude))
 
@@ -100,22 +100,23 @@ async def readyz(request: Request):
     return {"status": "ready", "version": holder.engine.version, "detail": holder.last_error}
 
 
-@router.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+@router.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse,
+            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "text format"}})
 async def prometheus_metrics():
     return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.post("/admin/reload", response_model=Status, responses=_errors(400, 401, 403, 409, 422),
+@router.post("/admin/reload", response_model=Status, responses=_errors(401, 403, 409, 422),
              tags=["operations"], summary="Load CURRENT (or a named version) now")
-async def admin_reload(request: Request, authorization: str = Header(default=""), version: str | None = None):
+async def admin_reload(request: Request, authorization: str = Header(default=""),
+                       version: str | None = Query(None, pattern=PLAIN_NAME_PATTERN,
+                                                   description="a version name (default: what CURRENT names)")):
     token = request.app.state.settings.admin_token
     if not token:
         raise HTTPException(status_code=403, detail="admin: reload is disabled (no admin token configured)")
     if not secrets.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
         raise HTTPException(status_code=401, detail="authorization: a valid 'Bearer <token>' is required")
     holder = request.app.state.holder
-    if version is not None and not is_plain_name(version):
-        raise HTTPException(status_code=400, detail="version: a version name is expected, not a path")
     changed, message = holder.reload(version)
     if not changed and holder.last_error:
         raise HTTPException(status_code=409, detail=message)

@@ -3,20 +3,24 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
-from recsys.retrieval.engine import MAX_K
+from recsys.retrieval.engine import FILTER_PATTERN, MAX_K
+
+# A filter `key:value` (genre:Drama, item:123) and an ID, as the schema documents them.
+Filter = Annotated[str, StringConstraints(pattern=FILTER_PATTERN, max_length=512)]
+ID = Annotated[str, StringConstraints(max_length=256)]
 
 
 class HistoryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # IDs longer than source.max_id_length (256) never reach a vocabulary
-    history: list[Annotated[str, StringConstraints(max_length=256)]] = Field(default_factory=list)
-    user_id: Annotated[str, StringConstraints(max_length=256)] | None = None
+    history: list[ID] = Field(default_factory=list)
+    user_id: ID | None = None
     k: int = Field(10, ge=1, le=MAX_K)
-    exclude_seen: bool = True
-    include: list[str] = Field(default_factory=list)
-    exclude: list[str] = Field(default_factory=list)
+    exclude_seen: StrictBool = True    # 0 / "yes" are not booleans in the JSON schema, nor here
+    include: list[Filter] = Field(default_factory=list)
+    exclude: list[Filter] = Field(default_factory=list)
 
 
 class RecommendationResponse(BaseModel):

@@ -24,6 +24,7 @@ from recsys.retrieval import index as index_mod
 from recsys.version import LoadedVersion
 
 FILTER_KEYS = ("genre", "item")
+FILTER_PATTERN = rf"^({'|'.join(FILTER_KEYS)}):.+$"   # what a filter looks like (the HTTP schema uses it)
 MAX_K = 1000
 MASK_CACHE_SIZE = 256      # genre masks kept (least recently used dropped): n_items bytes each
 ECHO_IGNORED = 50          # ignored history items echoed back at most, each cut to ECHO_CHARS
