@@ -451,9 +451,9 @@ def _tree_cpu(pid: int) -> float:
     return total
 
 
-def start_server(root: str, port: int, workers: int, timeout: float):
+def start_server(root: str, port: int, workers: int, timeout: float, poll_seconds: float = 10.0):
     cmd = [os.path.join(os.path.dirname(sys.executable), "recsys"), "serve", "--root", root, "--host", HOST,
-           "--port", str(port), "--workers", str(workers)]
+           "--port", str(port), "--workers", str(workers), "--poll-seconds", str(poll_seconds)]
     if not os.path.exists(cmd[0]):
         cmd = [sys.executable, "-m", "recsys.cli"] + cmd[1:]
     print("starting:", " ".join(cmd), flush=True)
@@ -560,6 +560,42 @@ def wrk_run(port: int, endpoint: str, users, histories, conns: int, duration: fl
 # Main
 # --------------------------------------------------------------------------------------------------
 
+def swap_under_load(root: str, version: str, proc, port: int, reqfile: str, args) -> dict:
+    """User lookups at --swap-rate while a thread publishes versions A and B in turn every --swap-every
+    seconds (B is a copy of A under another name: the service loads it as a new version)."""
+    import threading
+    from recsys import registry, version as version_mod
+    other = f"{version}-b"
+    if not os.path.exists(version_mod.version_dir(root, other)):
+        shutil.copytree(version_mod.version_dir(root, version), version_mod.version_dir(root, other))
+    stop, swaps = threading.Event(), []
+
+    def swapper():
+        target = other
+        while not stop.wait(args.swap_every):
+            registry.publish(root, target, reason="serving_latency swap")
+            swaps.append(time.time())
+            target = version if target == other else other
+    t = threading.Thread(target=swapper, daemon=True)
+    t.start()
+    try:
+        r = run_rate(proc, port, reqfile, args.swap_rate, args.swap_duration, args.max_connections,
+                     args.warm_connections)
+    finally:
+        stop.set()
+        t.join()
+        registry.publish(root, version, reason="serving_latency swap: back")
+    r["swaps"] = len(swaps)
+    ok = r["p99_ms"] <= GOAL_P99_MS and r["errors"] == 0 and r["achieved_rps"] >= 0.95 * args.swap_rate
+    print(f"\n### swap under load: GET user lookups at {args.swap_rate:g}/s for {args.swap_duration:g} s, "
+          f"CURRENT swapped {len(swaps)} times (every {args.swap_every:g} s)")
+    print(f"  achieved {r['achieved_rps']:.1f}/s  p50 {r['p50_ms']:.2f} ms  p90 {r['p90_ms']:.2f} ms  "
+          f"p99 {r['p99_ms']:.2f} ms  max {(r['max_ms'] or float('nan')):.1f} ms  errors {r['errors']}  "
+          f"-> goal (p99 <= {GOAL_P99_MS:g} ms, 0 errors): {'MET' if ok else 'NOT MET'}")
+    r["goal_met"] = ok
+    return r
+
+
 def best_rate(rows: list[dict]) -> float | None:
     good = [r["offered_rps"] for r in rows
             if r["p99_ms"] <= GOAL_P99_MS and r["errors"] == 0 and r["achieved_rps"] >= 0.95 * r["offered_rps"]]
@@ -586,6 +622,11 @@ def main(argv=None) -> int:
     ap.add_argument("--wrk-duration", type=float, default=8.0)
     ap.add_argument("--smoke", action="store_true", help="50k items, 5k users, 2 rates x 2 s")
     ap.add_argument("--json", default="", help="write all figures here")
+    ap.add_argument("--swap-every", type=float, default=0.0,
+                    help="also measure user lookups at --swap-rate while CURRENT alternates between two "
+                         "versions every this many seconds (the service polls CURRENT every 0.25 s)")
+    ap.add_argument("--swap-rate", type=float, default=500.0)
+    ap.add_argument("--swap-duration", type=float, default=30.0)
     args = ap.parse_args(argv)
     if args.smoke:
         args.items, args.users, args.duration = 50_000, 5_000, 2.0
@@ -619,7 +660,8 @@ def main(argv=None) -> int:
 
         port = _free_port()
         print(f"\n## HTTP service: {args.workers} worker(s)")
-        proc, logname = start_server(root, port, args.workers, timeout=300)
+        proc, logname = start_server(root, port, args.workers, timeout=300,
+                                     poll_seconds=0.25 if args.swap_every else 10.0)
         result["http"] = {}
         reqdir = tempfile.mkdtemp(prefix="serving-latency-requests-")
         for name in endpoints:
@@ -646,6 +688,9 @@ def main(argv=None) -> int:
             print(f"highest offered rate with p99 <= {GOAL_P99_MS:g} ms (no errors, >= 95 % achieved): "
                   f"{best if best is not None else 'none'}")
             result["http"][name] = {"rows": rows, "best_rate_p99_le_10ms": best}
+
+        if args.swap_every:
+            result["swap"] = swap_under_load(root, version, proc, port, os.path.join(reqdir, "user.pickle"), args)
 
         if args.wrk_connections and shutil.which("wrk"):
             print(f"\n## wrk closed loop (saturation): -t1 -c{args.wrk_connections} -d{args.wrk_duration:g}s")

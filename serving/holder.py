@@ -22,8 +22,10 @@ log = logging.getLogger("recsys.serving")
 
 
 class EngineHolder:
-    def __init__(self, root: str, poll_seconds: float = 10.0, filter_cache_size: int = 256):
+    def __init__(self, root: str, poll_seconds: float = 10.0, filter_cache_size: int = 256,
+                 full_gc_every_swaps: int = 50):
         self.root, self.poll_seconds, self.filter_cache_size = root, poll_seconds, filter_cache_size
+        self.full_gc_every_swaps, self._swaps = full_gc_every_swaps, 0
         self.engine: Engine | None = None
         self.last_error: str | None = None   # the latest refusal, without the artifact root's path
         self.refused: str | None = None      # the version that was refused (not retried by the poller)
@@ -58,15 +60,23 @@ class EngineHolder:
                 detail = str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
                 return self._refuse(f"version {target} refused: {detail}")
             old = self.engine.version if self.engine else None
+            # Garbage the load made, collected before the swap: only objects not frozen are walked
+            # (the new version's and the load's), so this takes about a millisecond.
+            gc.collect()
             self.engine = engine          # atomic reference swap
             self.last_error = self.refused = None
             prometheus.REFUSED.set(0)
-            # A full collection walks every tracked object: ~0.2 s with a 1M-item engine loaded, a
-            # stall that showed up as 100-700 ms p99 spikes (benchmarks/serving_latency.py). What is
-            # alive now lives as long as this version, so it leaves the collector's view (freeze);
-            # unfreezing first lets the previous version's cycles be collected, once per reload.
-            gc.unfreeze()
-            gc.collect()
+            # What is alive now lives as long as this version: out of the collector's view (freeze).
+            # The previous version is freed by reference counting when its last request ends; a full
+            # collection (unfreeze + collect) walks every object (~0.1 s at 50k items, more with a
+            # larger catalog) and stalled every request in flight at each swap (p99 107 ms with a
+            # swap every 5 s, benchmarks/serving_latency.py --swap-every). It only reclaims reference
+            # cycles of old versions (TensorFlow's SavedModel leaves a few MB per two_tower swap), so
+            # it runs once every `full_gc_every_swaps` swaps.
+            self._swaps += 1
+            if self.full_gc_every_swaps and self._swaps % self.full_gc_every_swaps == 0:
+                gc.unfreeze()
+                gc.collect()
             gc.freeze()
             prometheus.RELOADS.labels(result="ok").inc()
             prometheus.LOADED_VERSION.info({"version": target})
