@@ -12,7 +12,7 @@ import gc
 import logging
 import threading
 
-from recsys import registry
+from recsys import registry, version as version_mod
 from recsys.errors import DataError
 from recsys.retrieval.engine import Engine
 
@@ -23,7 +23,8 @@ log = logging.getLogger("recsys.serving")
 
 class EngineHolder:
     def __init__(self, root: str, poll_seconds: float = 10.0, filter_cache_size: int = 256,
-                 full_gc_every_swaps: int = 50):
+                 full_gc_every_swaps: int = 50, swap_in_process: bool = True):
+        self.swap_in_process = swap_in_process
         self.root, self.poll_seconds, self.filter_cache_size = root, poll_seconds, filter_cache_size
         self.full_gc_every_swaps, self._swaps = full_gc_every_swaps, 0
         self.engine: Engine | None = None
@@ -108,7 +109,15 @@ class EngineHolder:
             except Exception:  # noqa: BLE001 - a transient read error must not kill the poller
                 continue
             if cur and cur != self.refused and (self.engine is None or cur != self.engine.version):
-                self.reload(cur)
+                if self.swap_in_process:
+                    self.reload(cur)
+                    continue
+                # the supervisor swaps processes; this worker only reports a version it would refuse
+                try:
+                    version_mod.validate(self.root, cur)
+                except Exception as exc:  # noqa: BLE001
+                    self.refused = cur
+                    self._refuse(f"version {cur} refused: {exc}")
 
     def start(self) -> None:
         changed, _ = self.reload()

@@ -69,13 +69,17 @@ def _one_line(exc: RequestValidationError) -> str:
     return f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}"
 
 
-def create_app(settings: Settings | None = None, holder: EngineHolder | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, holder: EngineHolder | None = None, on_ready=None) -> FastAPI:
+    """The FastAPI app around an EngineHolder; `on_ready(holder)` runs once the first version is loaded."""
     settings = settings or Settings.from_env()
-    holder = holder or EngineHolder(settings.root, settings.poll_seconds, settings.filter_cache_size)
+    holder = holder or EngineHolder(settings.root, settings.poll_seconds, settings.filter_cache_size,
+                                    swap_in_process=settings.swap_in_process)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         holder.start()
+        if on_ready is not None:
+            on_ready(holder)
         # The loaded version and the libraries (TensorFlow comes with ScaNN) are over a million objects
         # that live as long as the process: keep them out of the cyclic collector's full passes, which
         # take hundreds of milliseconds and stall every request in flight.
@@ -119,18 +123,7 @@ def app_from_env() -> FastAPI:
 
 def serve(root: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, poll_seconds: float = 10.0,
           admin_token: str = "") -> None:
-    """Run the service with uvicorn until interrupted (what `recsys serve` calls).
-
-    Each of the `workers` processes builds its app from RECSYS_* variables (uvicorn starts workers
-    from an import string, so settings cannot be passed as objects); they are set here, from the
-    arguments, and nowhere else.
-    """
-    import os
-
-    import uvicorn
-    os.environ["RECSYS_ROOT"] = root
-    os.environ["RECSYS_POLL_SECONDS"] = str(poll_seconds)
-    if admin_token:
-        os.environ["RECSYS_ADMIN_TOKEN"] = admin_token
-    uvicorn.run("serving.main:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False)
+    """Run the service until interrupted (what `recsys serve` calls): `workers` processes on one
+    socket, replaced by a new generation when CURRENT names a new version (serving/supervisor.py)."""
+    from serving.supervisor import Supervisor
+    Supervisor(root, host, port, workers, poll_seconds, admin_token).run()

@@ -1,0 +1,140 @@
+"""`recsys serve`: worker processes on one listening socket, and hot swaps done by replacing them.
+
+Loading a version takes the Python GIL for long stretches (ScaNN rebuilds its searcher in C++ for
+~0.7 s at 1M items), so a swap inside the serving process pauses every answer. Here a swap is a new
+generation of worker processes: the supervisor notices a new CURRENT, validates it, starts new workers
+on the same socket, and only once every one of them has loaded the version does it ask the old ones to
+stop (uvicorn's graceful shutdown: requests in flight are answered). Answers never wait for a load;
+for the length of a swap the machine holds two copies of the version.
+
+A version that fails validation, or that a new worker cannot load (it reports another version, or
+none), is refused: the old generation keeps serving and the refusal is logged; the workers' own
+/readyz reports versions that fail validation (their poller checks, it does not swap).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from recsys import registry, version as version_mod
+from recsys.errors import DataError
+
+log = logging.getLogger("recsys.serving")
+
+
+class Supervisor:
+    """Start, watch and replace generations of worker processes (see the module docstring)."""
+
+    def __init__(self, root: str, host: str, port: int, workers: int = 1, poll_seconds: float = 10.0,
+                 admin_token: str = "", ready_timeout: float = 600.0):
+        self.root, self.workers, self.poll_seconds = root, workers, poll_seconds
+        self.ready_timeout = ready_timeout
+        self.env = dict(os.environ, RECSYS_ROOT=root, RECSYS_POLL_SECONDS=str(poll_seconds),
+                        RECSYS_SWAP_IN_PROCESS="0")
+        if admin_token:
+            self.env["RECSYS_ADMIN_TOKEN"] = admin_token
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(2048)
+        self.sock.set_inheritable(True)
+        self.generation: list[subprocess.Popen] = []
+        self.serving: str | None = None
+        self.refused: set[str] = set()
+        self._stop = False
+
+    def _start(self) -> tuple[list[subprocess.Popen], list[int]]:
+        procs, pipes = [], []
+        for _ in range(self.workers):
+            r, w = os.pipe()
+            env = dict(self.env, RECSYS_READY_FD=str(w), RECSYS_SOCKET_FD=str(self.sock.fileno()))
+            procs.append(subprocess.Popen([sys.executable, "-m", "serving.worker"], env=env,
+                                          pass_fds=(w, self.sock.fileno())))
+            os.close(w)
+            pipes.append(r)
+        return procs, pipes
+
+    def _wait_ready(self, procs, pipes) -> set[str]:
+        """The versions the new workers report once loaded ('' for a worker that died or timed out)."""
+        loaded, pending, deadline = {}, dict(zip(pipes, procs)), time.time() + self.ready_timeout
+        buffers = {r: b"" for r in pipes}
+        while pending and time.time() < deadline:
+            ready, _, _ = select.select(list(pending), [], [], 0.5)
+            for r in ready:
+                chunk = os.read(r, 4096)
+                buffers[r] += chunk
+                if not chunk or b"\n" in buffers[r]:
+                    loaded[r] = buffers[r].decode().strip().removeprefix("ready ")
+                    del pending[r]
+            for r, p in list(pending.items()):
+                if p.poll() is not None:
+                    loaded[r] = ""
+                    del pending[r]
+        for r in pipes:
+            os.close(r)
+        return {loaded.get(r, "") for r in pipes}
+
+    @staticmethod
+    def _stop_generation(procs, timeout: float = 30.0) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)   # uvicorn: stop accepting, answer what is in flight, exit
+        for p in procs:
+            try:
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def _swap(self, target: str | None) -> bool:
+        procs, pipes = self._start()
+        loaded = self._wait_ready(procs, pipes)
+        if target is not None and loaded != {target}:
+            self._stop_generation(procs, timeout=5)
+            self.refused.add(target)
+            log.error("version %s refused: the new workers loaded %s; %s keeps serving",
+                      target, sorted(loaded) or "nothing", self.serving)
+            return False
+        old, self.generation = self.generation, procs
+        self.serving = next(iter(loaded)) if len(loaded) == 1 else None
+        self._stop_generation(old)
+        log.warning("serving version %s", self.serving)
+        return True
+
+    def run(self) -> None:
+        """Serve until SIGINT or SIGTERM."""
+        def stop(*_):
+            self._stop = True
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        self._swap(None)   # the first generation loads what CURRENT names (or falls back, see holder.py)
+        try:
+            while not self._stop:
+                time.sleep(min(self.poll_seconds, 1.0) if self.poll_seconds > 0 else 1.0)
+                if any(p.poll() is not None for p in self.generation):
+                    log.error("a worker exited; starting a new generation")
+                    self._swap(None)
+                    continue
+                if self.poll_seconds <= 0:
+                    continue
+                try:
+                    cur = registry.current_version(self.root)
+                except OSError:
+                    continue
+                if not cur or cur == self.serving or cur in self.refused:
+                    continue
+                try:
+                    version_mod.validate(self.root, cur)
+                except DataError as exc:
+                    self.refused.add(cur)
+                    log.error("version %s refused: %s", cur, exc)
+                    continue
+                self._swap(cur)
+        finally:
+            self._stop_generation(self.generation)
+            self.sock.close()

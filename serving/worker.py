@@ -1,0 +1,28 @@
+"""One worker process of `recsys serve` (started by serving/supervisor.py, not by hand).
+
+It serves the app on the supervisor's listening socket (RECSYS_SOCKET_FD) and, once its version is
+loaded, writes `ready <version>` to RECSYS_READY_FD so the supervisor can retire the previous workers.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+
+def main() -> None:
+    import uvicorn
+
+    from serving.main import create_app
+    from serving.settings import Settings
+    ready_fd, sock_fd = int(os.environ["RECSYS_READY_FD"]), int(os.environ["RECSYS_SOCKET_FD"])
+
+    def ready(holder) -> None:
+        os.write(ready_fd, f"ready {holder.engine.version if holder.engine else ''}\n".encode())
+        os.close(ready_fd)
+    app = create_app(Settings.from_env(), on_ready=ready)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server.run(sockets=[socket.socket(fileno=sock_fd)])
+
+
+if __name__ == "__main__":
+    main()
