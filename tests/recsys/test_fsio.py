@@ -51,3 +51,12 @@ def test_gzipped_files_are_read_decompressed(tmp_path):
 def test_is_url():
     assert fsio.is_url("gs://bucket/x") and fsio.is_url("s3://b/k") and not fsio.is_url("/tmp/x")
     assert not fsio.is_url("relative/path") and not fsio.is_url("")
+
+
+def test_two_dataset_ids_in_the_same_second_differ():
+    """Dataset ids had 1-second resolution: two builds in one second collided."""
+    import datetime as dt
+    from recsys.data.dataset import new_dataset_id
+    t = dt.datetime(2026, 11, 26, 12, 0, 0, 1000, tzinfo=dt.timezone.utc)
+    assert new_dataset_id(t) != new_dataset_id(t + dt.timedelta(milliseconds=5))
+    assert fsio.is_plain_name(new_dataset_id(t))
