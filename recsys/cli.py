@@ -23,12 +23,37 @@ def _outside(module: str):
     return importlib.import_module(module)
 
 
+def _config(args):
+    """The config of a command: --config, else $RECSYS_CONFIG, else ./recsys.yaml; else one line saying so
+    (a forgotten --config used to run silently on built-in MovieLens defaults)."""
+    path = getattr(args, "config", None) or os.environ.get("RECSYS_CONFIG") or \
+        ("recsys.yaml" if os.path.isfile("recsys.yaml") else None)
+    if path is None:
+        raise RecsysError("no config: pass --config FILE, set RECSYS_CONFIG, or put a recsys.yaml in this folder "
+                          "(data/recsys.yaml is the MovieLens demo's)")
+    return load_config(path)
+
+
+def _print_json(obj) -> None:
+    import json
+    print(json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
+
+
+def _json_default(o):
+    import numpy as np
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
 def _root(cfg) -> str:
     return cfg.resolve(cfg.artifacts.root)
 
 
 def _build_dataset(args) -> int:
-    cfg = load_config(args.config)
+    cfg = _config(args)
     _outside("pipelines.build_dataset").run(cfg, dataset_id=args.dataset_id,
                                             previous=None if args.fresh_vocab else (args.previous or "latest"))
     return 0
@@ -36,36 +61,39 @@ def _build_dataset(args) -> int:
 
 def _train(args) -> int:
     from recsys.jobs import train_version
-    cfg = load_config(args.config)
-    train_version(cfg, args.model, dataset_id=args.dataset, warm_start=args.warm_start)
+    cfg = _config(args)
+    train_version(cfg, args.model_type, dataset_id=args.dataset, warm_start=args.warm_start)
     return 0
 
 
 def _evaluate(args) -> int:
     from recsys import registry, version
     from recsys.evaluation import evaluate
-    cfg = load_config(args.config)
+    cfg = _config(args)
     root = _root(cfg)
-    v = registry.resolve_version(root, args.model)
+    v = registry.resolve_version(root, args.version_flag or args.version)
     ks = tuple(cfg.evaluation.ks)
     result = evaluate.evaluate_version(root, v, args.split, args.dataset, ks)
+    path = version.write_metrics(root, v, args.split, result.metrics_entry())
+    if args.json:
+        _print_json({"version": v, "model": result.model, "split": args.split, **result.metrics_entry()})
+        return 0
     print(f"evaluate: {v} on dataset {result.dataset_id} split {args.split} (full catalog, seen items excluded)")
     print(evaluate.format_table(result, ks))
-    print(f"wrote {version.write_metrics(root, v, args.split, result.metrics_entry())}")
+    print(f"wrote {path}")
     return 0
 
 
 def _index(args) -> int:
     from recsys import jobs, registry
-    cfg = load_config(args.config)
+    cfg = _config(args)
     root = _root(cfg)
-    jobs.index_version(cfg, root, registry.resolve_version(root, args.model))
+    jobs.index_version(cfg, root, registry.resolve_version(root, args.version_flag or args.version))
     return 0
 
 
 def _serve(args) -> int:
-    cfg = load_config(args.config)
-    root = args.root or _root(cfg)
+    root = args.root or _root(_config(args))   # --root alone needs no config
     print(f"serve: http://{args.host}:{args.port} root={root} workers={args.workers}")
     _outside("serving.main").serve(root, host=args.host, port=args.port, workers=args.workers,
                                    poll_seconds=args.poll_seconds, admin_token=args.admin_token)
@@ -75,13 +103,16 @@ def _serve(args) -> int:
 def _compare(args) -> int:
     from recsys import fsio, registry
     from recsys.evaluation import compare, report
-    cfg = load_config(args.config)
+    cfg = _config(args)
     root = _root(cfg)
     a, b = registry.resolve_version(root, args.a), registry.resolve_version(root, args.b)
     c = compare.compare(root, a, b, args.split, args.dataset, tuple(cfg.evaluation.ks),
                         args.primary or cfg.nightly.primary_metric)
     out = args.out or fsio.join(root, "reports", f"{a}__vs__{b}")
     paths = report.write_report(c, out)
+    if args.json:
+        _print_json({**c.to_dict(), "report": paths})
+        return 0
     print(report.markdown(c))
     print(f"verdict: {c.verdict}")
     print(f"wrote {paths['md']}, {paths['html']}, {paths['json']}")
@@ -90,14 +121,44 @@ def _compare(args) -> int:
 
 def _versions(args) -> int:
     from recsys import registry
-    cfg = load_config(args.config)
+    cfg = _config(args)
+    if args.json:
+        _print_json(registry.describe_versions(_root(cfg)))
+        return 0
     print(registry.format_versions(_root(cfg)))
+    return 0
+
+
+def _recommend(args) -> int:
+    from recsys import registry, version
+    from recsys.retrieval.engine import Engine
+    cfg = _config(args)
+    root = _root(cfg)
+    if args.user is None and not args.history:
+        raise RecsysError("recommend: give a USER, or --history ITEM ... (or both)")
+    engine = Engine.load(root, registry.resolve_version(root, args.version))
+    if args.history:
+        rec = engine.recommend_for_history(args.history, args.user, args.k, not args.with_seen, args.include,
+                                           args.exclude)
+    else:
+        rec = engine.recommend(args.user, args.k, not args.with_seen, args.include, args.exclude)
+    items = version.load_item_attributes(root, engine.version, ["item", "title"])
+    titles = dict(zip(items["item"], items["title"])) if items is not None else {}
+    if args.json:
+        _print_json({**rec.as_dict(), "titles": [titles.get(i, "") for i in rec.items]})
+        return 0
+    who = f"user {args.user}" if args.user else "an anonymous history"
+    print(f"top {len(rec.items)} for {who} ({rec.source}, version {rec.version}):")
+    for rank, (item, score) in enumerate(zip(rec.items, rec.scores), start=1):
+        print(f"{rank:>4}  {item:>10}  {score:8.3f}  {titles.get(item, '')}")
+    if rec.ignored_history:
+        print(f"ignored (unknown items): {', '.join(rec.ignored_history)}")
     return 0
 
 
 def _publish(args) -> int:
     from recsys import registry
-    cfg = load_config(args.config)
+    cfg = _config(args)
     root = _root(cfg)
     version = registry.resolve_version(root, args.version)
     registry.publish(root, version, reason="manual")
@@ -107,14 +168,18 @@ def _publish(args) -> int:
 
 def _rollback(args) -> int:
     from recsys import registry
-    cfg = load_config(args.config)
+    cfg = _config(args)
     print(f"rolled back to {registry.rollback(_root(cfg))}")
     return 0
 
 
 def _nightly(args) -> int:
-    cfg = load_config(args.config)
-    summary = _outside("pipelines.nightly").run(cfg, resume=args.resume)
+    cfg = _config(args)
+    summary = _outside("pipelines.nightly").run(cfg, resume=args.resume,
+                                                progress=(lambda *_: None) if args.json else print)
+    if args.json:
+        _print_json(summary)
+        return 0
     _print_summary(summary)
     return 0
 
@@ -130,11 +195,13 @@ def _print_summary(summary: dict) -> None:
 
 def _demo(args) -> int:
     """The README's main job on the embedded data: nightly, A/B verdict vs popularity, sample answers."""
+    if not getattr(args, "config", None):
+        args.config = "data/recsys.yaml"   # the demo's own config (not a default for the other verbs)
     from recsys import fsio, registry, version
     from recsys.evaluation import compare, report
     from recsys.models import MODELS
     from recsys.retrieval.engine import Engine
-    cfg = load_config(args.config)
+    cfg = _config(args)
     root = _root(cfg)
     summary = _outside("pipelines.nightly").run(cfg)
     _print_summary(summary)
@@ -178,87 +245,102 @@ def _port(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every `recsys` command."""
-    p = argparse.ArgumentParser(prog="recsys", description=__doc__.splitlines()[0])
-    p.add_argument("-v", "--verbose", action="store_true", help="show library logs and tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
+    from recsys import __version__
+    from recsys.models import MODELS
+    # flags every command takes, before or after the verb
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help="YAML config (default: $RECSYS_CONFIG, else ./recsys.yaml)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show library logs (TensorFlow, Beam) and tracebacks")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    versions_help = ("a version id, or an alias: published (what CURRENT names), latest (the newest), "
+                     "latest:<model> (the newest of one model)")
 
-    b = sub.add_parser("build-dataset", help="run the Beam pipeline: raw interactions -> dataset")
-    b.add_argument("--config", help="YAML config (default: built-in defaults on data/)")
+    p = argparse.ArgumentParser(prog="recsys", description=__doc__.splitlines()[0], parents=[common])
+    p.add_argument("--version", action="version", version=f"recsys {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def verb(name, func, help, parents=(common,)):
+        sp = sub.add_parser(name, help=help, description=help, parents=list(parents), formatter_class=fmt)
+        sp.set_defaults(func=func)
+        return sp
+
+    b = verb("build-dataset", _build_dataset, "run the Beam pipeline: raw interactions -> dataset")
     b.add_argument("--dataset-id", help="name of the new dataset (default: UTC timestamp)")
     b.add_argument("--previous", help="dataset id whose vocabularies to extend (default: the latest)")
     b.add_argument("--fresh-vocab", action="store_true", help="do not extend a previous dataset's vocabularies")
-    b.set_defaults(func=_build_dataset)
 
-    t = sub.add_parser("train", help="train a model version on a dataset")
-    t.add_argument("--config")
-    from recsys.models import MODELS
-    t.add_argument("--model", required=True, choices=list(MODELS))
+    t = verb("train", _train, "train a new version of a model on a dataset")
+    t.add_argument("--model-type", "--model", dest="model_type", required=True, choices=list(MODELS),
+                   help="which model to train")
     t.add_argument("--dataset", help="dataset id (default: the latest)")
     t.add_argument("--warm-start", default="auto",
                    help="version to warm-start from: auto (published or latest of this model), none, or a version")
-    t.set_defaults(func=_train)
 
-    e = sub.add_parser("evaluate", help="full-catalog metrics of a version vs popularity")
-    e.add_argument("--config")
-    e.add_argument("--model", default="current", help="version (default: the published one; 'latest' = newest)")
-    e.add_argument("--split", default="test", choices=["validation", "test"])
+    e = verb("evaluate", _evaluate, "full-catalog metrics of a version vs popularity", (common, as_json))
+    e.add_argument("version", nargs="?", default="published", help=versions_help)
+    e.add_argument("--model", dest="version_flag", help=argparse.SUPPRESS)   # the old spelling of VERSION
+    e.add_argument("--split", default="test", choices=["validation", "test"], help="held-out split")
     e.add_argument("--dataset", help="dataset id (default: the version's own dataset)")
-    e.set_defaults(func=_evaluate)
 
-    i = sub.add_parser("index", help="build the ScaNN index of a version and measure its recall")
-    i.add_argument("--config")
-    i.add_argument("--model", default="latest", help="version (default: the newest)")
-    i.set_defaults(func=_index)
+    i = verb("index", _index, "build the item index of a version and measure its recall")
+    i.add_argument("version", nargs="?", default="latest", help=versions_help)
+    i.add_argument("--model", dest="version_flag", help=argparse.SUPPRESS)
 
-    v = sub.add_parser("serve", help="start the HTTP service on the published version")
-    v.add_argument("--config")
+    r = verb("recommend", _recommend, "top-k items for a user (or a history) from a version, as the service answers",
+             (common, as_json))
+    r.add_argument("user", nargs="?", help="user ID (omit with --history for an anonymous request)")
+    r.add_argument("-k", type=int, default=10, help="how many items")
+    r.add_argument("--history", nargs="+", metavar="ITEM", help="recent item IDs, newest first")
+    r.add_argument("--version", dest="version", default="published", help=versions_help)
+    r.add_argument("--include", action="append", default=[], metavar="KEY:VALUE", help="keep only matching items")
+    r.add_argument("--exclude", action="append", default=[], metavar="KEY:VALUE", help="drop matching items")
+    r.add_argument("--with-seen", action="store_true", help="do not exclude the user's seen items")
+
+    v = verb("serve", _serve, "start the HTTP service on the published version")
     v.add_argument("--root", help="artifact root (default: artifacts.root of the config)")
-    v.add_argument("--host", default="127.0.0.1")
-    v.add_argument("--port", type=_port, default=8000, help="TCP port, 1-65535 (default: 8000)")
-    v.add_argument("--workers", type=int, default=1)
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    v.add_argument("--port", type=_port, default=8000, help="TCP port, 1-65535")
+    v.add_argument("--workers", type=int, default=1, help="worker processes")
     v.add_argument("--poll-seconds", type=float, default=10.0, help="how often CURRENT is checked")
     v.add_argument("--admin-token", default=os.environ.get("RECSYS_ADMIN_TOKEN", ""),
                    help="token for POST /admin/reload (default: $RECSYS_ADMIN_TOKEN)")
-    v.set_defaults(func=_serve)
 
-    c = sub.add_parser("compare", help="offline A/B of two versions on the same held-out users")
-    c.add_argument("a", help="version A (baseline; 'current' = the published one)")
-    c.add_argument("b", help="version B (candidate; 'latest' = the newest)")
-    c.add_argument("--config")
-    c.add_argument("--split", default="test", choices=["validation", "test"])
+    c = verb("compare", _compare, "offline A/B of two versions on the same held-out users", (common, as_json))
+    c.add_argument("a", help="version A, the baseline (" + versions_help + ")")
+    c.add_argument("b", help="version B, the candidate")
+    c.add_argument("--split", default="test", choices=["validation", "test"], help="held-out split")
     c.add_argument("--dataset", help="dataset id (default: B's dataset)")
     c.add_argument("--primary", help="metric of the verdict (default: nightly.primary_metric of the config)")
     c.add_argument("--out", help="report directory (default: <root>/reports/A__vs__B)")
-    c.set_defaults(func=_compare)
 
-    vs = sub.add_parser("versions", help="list model versions")
-    vs.add_argument("--config")
-    vs.set_defaults(func=_versions)
-    pb = sub.add_parser("publish", help="point CURRENT at a version")
-    pb.add_argument("version")
-    pb.add_argument("--config")
-    pb.set_defaults(func=_publish)
-    rb = sub.add_parser("rollback", help="back to the previously published version")
-    rb.add_argument("--config")
-    rb.set_defaults(func=_rollback)
+    verb("versions", _versions, "list model versions", (common, as_json))
+    pb = verb("publish", _publish, "point CURRENT at a version (after checking it)")
+    pb.add_argument("version", help=versions_help)
+    verb("rollback", _rollback, "back to the previously published version")
 
-    n = sub.add_parser("nightly", help="dataset, train, evaluate, gate, index, batch recs, publish")
-    n.add_argument("--config")
+    n = verb("nightly", _nightly, "dataset, train, evaluate, gate, index, batch recs, publish", (common, as_json))
     n.add_argument("--resume", action="store_true", help="continue the last unfinished run")
-    n.set_defaults(func=_nightly)
 
-    d = sub.add_parser("demo", help="the main job on the embedded data (what `make demo` runs)")
-    d.add_argument("--config", default="data/recsys.yaml")
-    d.set_defaults(func=_demo)
+    verb("demo", _demo, "the main job on the embedded data (what `make demo` runs; --config: data/recsys.yaml)")
     return p
 
 
 def main(argv=None) -> int:
     """Run one command; returns the exit code (2: an error the user can fix, printed as one line)."""
     args = parser().parse_args(argv)
+    args.verbose = getattr(args, "verbose", False)
+    if args.verbose:
+        # before TensorFlow is imported (commands import it lazily): its C++ lines are shown again
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        import recsys
+        logging.getLogger().removeFilter(recsys._quiet_import_warnings)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verbose:
-        for name in ("apache_beam", "tensorflow", "absl", "root"):
+        for name in ("apache_beam", "tensorflow", "absl"):
             logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return args.func(args)

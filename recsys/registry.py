@@ -30,20 +30,24 @@ def current_version(root: str) -> str | None:
 
 
 def resolve_version(root: str, version: str | None) -> str:
-    """`None`/"current" -> the published version; "latest" -> the newest; else the name itself.
+    """`None`/"published"/"current" -> the published version; "latest" -> the newest; "latest:<model>" ->
+    the newest version of that model; else the name itself.
 
     Raises:
         DataError: nothing published, no versions at all, or no such version.
     """
-    if version in (None, "current", CURRENT):
+    if version in (None, "current", "published", CURRENT):
         cur = current_version(root)
         if not cur:
             raise DataError(f"no published version under {root!r} (CURRENT missing); pass a version")
         return cur
-    if version == "latest":
-        versions = list_versions(root)
+    if version == "latest" or (isinstance(version, str) and version.startswith("latest:")):
+        model = version.partition(":")[2]
+        versions = [v for v in list_versions(root)
+                    if not model or version_mod.read_manifest(root, v).get("model") == model]
         if not versions:
-            raise DataError(f"no model version under {version_mod.models_dir(root)!r}; run `recsys train` first")
+            what = f"of model {model!r} " if model else ""
+            raise DataError(f"no model version {what}under {version_mod.models_dir(root)!r}; run `recsys train` first")
         return versions[-1]
     version_mod.read_manifest(root, version)
     return version
@@ -103,6 +107,22 @@ def prune(root: str, keep: int) -> list[str]:
         fsio.delete(version_mod.version_dir(root, v))
         removed.append(v)
     return removed
+
+
+def describe_versions(root: str) -> list[dict]:
+    """Every version as data (what `recsys versions --json` prints), oldest first."""
+    cur = current_version(root)
+    out = []
+    for v in list_versions(root):
+        try:
+            m = version_mod.read_manifest(root, v)
+        except DataError as exc:
+            out.append({"version": v, "published": v == cur, "error": str(exc)})
+            continue
+        out.append({"version": v, "published": v == cur, "model": m.get("model"), "created_at": m.get("created_at"),
+                    "dataset_id": m.get("dataset_id"), "test_metrics": m.get("test_metrics"),
+                    "validation_metrics": m.get("validation_metrics")})
+    return out
 
 
 def format_versions(root: str) -> str:

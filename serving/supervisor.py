@@ -81,10 +81,15 @@ class Supervisor:
         return {loaded.get(r, "") for r in pipes}
 
     @staticmethod
-    def _stop_generation(procs, timeout: float = 30.0) -> None:
-        for p in procs:
+    def _stop_generation(procs, timeout: float = 30.0, drain: float = 1.0) -> None:
+        alive = [p for p in procs if p.poll() is None]
+        for p in alive:
+            p.send_signal(signal.SIGUSR1)       # stop accepting (serving/worker.py); the new generation takes over
+        if alive and drain:
+            time.sleep(drain)                   # requests on connections accepted just before arrive and start
+        for p in alive:
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM)   # uvicorn: stop accepting, answer what is in flight, exit
+                p.send_signal(signal.SIGTERM)   # uvicorn: answer what is in flight, close idle connections, exit
         for p in procs:
             try:
                 p.wait(timeout=timeout)

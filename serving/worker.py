@@ -5,13 +5,30 @@ loaded, writes `ready <version>` to RECSYS_READY_FD so the supervisor can retire
 """
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import socket
+
+import uvicorn
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, plus SIGUSR1: stop accepting connections but keep answering the ones it has.
+
+    The supervisor sends it before SIGTERM when it retires a generation: a connection this worker had
+    just accepted would otherwise be closed unanswered by the shutdown."""
+
+    async def startup(self, sockets=None):
+        await super().startup(sockets=sockets)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self._stop_accepting)
+
+    def _stop_accepting(self) -> None:
+        for server in self.servers:
+            server.close()
 
 
 def main() -> None:
-    import uvicorn
-
     from serving.main import create_app
     from serving.settings import Settings
     ready_fd, sock_fd = int(os.environ["RECSYS_READY_FD"]), int(os.environ["RECSYS_SOCKET_FD"])
@@ -20,7 +37,7 @@ def main() -> None:
         os.write(ready_fd, f"ready {holder.engine.version if holder.engine else ''}\n".encode())
         os.close(ready_fd)
     app = create_app(Settings.from_env(), on_ready=ready)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server = _Server(uvicorn.Config(app, log_level="warning", access_log=False))
     server.run(sockets=[socket.socket(fileno=sock_fd)])
 
 

@@ -1,4 +1,6 @@
 """The command line: one-line errors with exit code 2, and the registry commands."""
+import os
+
 import pytest
 
 from recsys import cli, registry
@@ -53,3 +55,73 @@ def test_an_unwritable_artifact_root_is_one_line(tmp_path, capsys):
                    f"artifacts: {{root: /proc/recsys-cannot-write-here}}\n")
     code, _, err = run(["build-dataset", "--config", str(cfg)], capsys)
     assert code == 2 and err.count("\n") == 1 and "/proc/recsys-cannot-write-here" in err
+
+
+# ---- a CLI a new team is at home with ------------------------------------------------------------------
+@pytest.fixture
+def served_config(served, tmp_path):
+    path = tmp_path / "recsys.yaml"
+    path.write_text(f"artifacts:\n  root: {served['root']}\n")
+    return str(path)
+
+
+def test_version_flag_and_verbose_after_the_verb(capsys, served_config, monkeypatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")   # -v turns TensorFlow's logs on for this process
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("recsys ")
+    code, out, _ = run(["versions", "--config", served_config, "-v"], capsys)
+    assert code == 0 and "version" in out
+
+
+def test_a_forgotten_config_is_one_line_not_movielens_defaults(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RECSYS_CONFIG", raising=False)
+    code, _, err = run(["versions"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "no config" in err
+    (tmp_path / "recsys.yaml").write_text("artifacts:\n  root: art\n")
+    assert run(["versions"], capsys)[0] == 0          # ./recsys.yaml is found
+
+
+def test_version_aliases_published_latest_and_latest_of_a_model(served):
+    root, v = served["root"], served["versions"]
+    assert registry.resolve_version(root, "published") == registry.current_version(root)
+    assert registry.resolve_version(root, "latest:mf") == v["mf"]
+    assert registry.resolve_version(root, "latest:two_tower") == v["two_tower"]
+    with pytest.raises(Exception, match="no model version of model 'nope'"):
+        registry.resolve_version(root, "latest:nope")
+
+
+def test_recommend_verb_prints_what_the_service_answers_and_json(served, served_config, capsys):
+    import json
+    from recsys.retrieval.engine import Engine
+    user = str(served["trainset"].user_ids[0])
+    want = Engine.load(served["root"], served["versions"]["mf"]).recommend(user, 5)
+    code, out, _ = run(["recommend", user, "-k", "5", "--version", "latest:mf", "--config", served_config, "--json"],
+                       capsys)
+    body = json.loads(out)
+    assert code == 0 and body["items"] == want.items and body["source"] == "personalized" and len(body["titles"]) == 5
+    code, out, _ = run(["recommend", "--history", want.items[0], "--version", "latest:mf", "--config", served_config],
+                       capsys)
+    assert code == 0 and "history" in out.splitlines()[0] and want.items[0] not in out.split("\n", 1)[1]
+
+
+def test_evaluate_takes_the_version_as_an_argument_and_prints_json(served, served_config, capsys):
+    import json
+    code, out, _ = run(["evaluate", "latest:mf", "--config", served_config, "--json"], capsys)
+    body = json.loads(out)
+    assert code == 0 and body["version"] == served["versions"]["mf"] and "recall@20" in body["model"]
+    code, out, _ = run(["versions", "--config", served_config, "--json"], capsys)
+    assert {v["version"] for v in json.loads(out)} >= set(served["versions"].values())
+
+
+def test_no_tensorflow_or_beam_noise_in_normal_output(served, served_config):
+    import subprocess
+    import sys
+    user = str(served["trainset"].user_ids[0])
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "RECSYS_VERBOSE")}
+    out = subprocess.run([sys.executable, "-m", "recsys.cli", "recommend", user, "--version", "latest:two_tower",
+                          "--history", str(served["trainset"].item_ids[0]), "--config", served_config],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "cuInit" not in out.stderr and "apitools" not in out.stderr and out.stderr.strip() == ""
