@@ -305,6 +305,12 @@ def from_dict(data: dict | None, base_dir: str = ".") -> Config:
     """Validate a config mapping (as parsed from YAML) into a Config."""
     cfg = _build(Config, data or {}, "")
     cfg.base_dir = base_dir
+    source = (data or {}).get("source") or {}
+    if cfg.source.format not in ("movielens_csv", "movielens_100k", "movielens_1m") and \
+            "items_format" not in source and "items_path" not in source:
+        # The MovieLens catalog is the default only for MovieLens logs: a team's own log has no
+        # item metadata unless its config names a catalog.
+        cfg.source.items_format = "none"
     return validate(cfg)
 
 

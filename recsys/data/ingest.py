@@ -67,6 +67,7 @@ class Layout:
     header: bool
     names: tuple | None            # column names when the file has no header
     mapping: dict                  # field -> column name
+    timestamp_unit: str = "s"      # how the timestamp field is written (native Parquet types are converted)
 
 
 def layout_for(source: SourceConfig) -> Layout:
@@ -77,8 +78,8 @@ def layout_for(source: SourceConfig) -> Layout:
     cols = source.columns
     mapping = {f: getattr(cols, f) for f in FIELDS if getattr(cols, f)}
     if source.format == "csv":
-        return Layout("delimited", source.delimiter, source.header, None, mapping)
-    return Layout(source.format, "", True, None, mapping)
+        return Layout("delimited", source.delimiter, source.header, None, mapping, source.timestamp_unit)
+    return Layout(source.format, "", True, None, mapping, source.timestamp_unit)
 
 
 def arrow_frame(table: pa.Table, **options) -> pd.DataFrame:
@@ -313,6 +314,7 @@ def parse_arrow_batch(batch: pa.RecordBatch, first_row: int, layout: Layout, sou
         return _empty_raw(), rejected_frame(source, np.arange(first_row, first_row + table.num_rows),
                                             WRONG_COLUMN_COUNT, raws)
     lines = np.arange(first_row, first_row + table.num_rows, dtype=np.int64)
+    table = _native_timestamps(table, layout)
     text, bad = _utf8_columns(table, layout)
     rejected = empty_rejected()
     if bad.any():
@@ -323,6 +325,34 @@ def parse_arrow_batch(batch: pa.RecordBatch, first_row: int, layout: Layout, sou
     frame = _fields_from_table(text, layout)
     frame["_line"] = lines
     return frame, rejected
+
+
+_PER_SECOND = {"s": 1, "ms": 1000, "us": 10 ** 6, "ns": 10 ** 9}
+
+
+def _native_timestamps(table: pa.Table, layout: Layout) -> pa.Table:
+    """A timestamp or date column (Parquet's native types) rewritten in `layout.timestamp_unit`, so a
+    native column works whatever the config says the unit of text timestamps is."""
+    col = layout.mapping.get("timestamp")
+    if col not in table.column_names:
+        return table
+    arr = table.column(col)
+    t = arr.type
+    if pa.types.is_timestamp(t):
+        seconds = pc.divide(pc.cast(arr, pa.int64()), _PER_SECOND[t.unit])   # integer division: floor for >= 0
+    elif pa.types.is_date32(t):
+        seconds = pc.multiply(pc.cast(pc.cast(arr, pa.int32()), pa.int64()), 86400)
+    elif pa.types.is_date64(t):
+        seconds = pc.divide(pc.cast(arr, pa.int64()), 1000)
+    else:
+        return table
+    if layout.timestamp_unit == "ms":
+        value = pc.multiply(seconds, 1000)
+    elif layout.timestamp_unit == "iso":
+        value = pc.strftime(pc.cast(seconds, pa.timestamp("s", tz="UTC")), format="%Y-%m-%dT%H:%M:%SZ")
+    else:
+        value = seconds
+    return table.set_column(table.column_names.index(col), col, value)
 
 
 def _utf8_columns(table: pa.Table, layout: Layout) -> tuple[pa.Table, np.ndarray]:

@@ -2,6 +2,8 @@
 (or crash) stop the build with one line, and a build that accepts too little never becomes LATEST."""
 import codecs
 
+import numpy as np
+
 import pytest
 
 from recsys import cli
@@ -98,3 +100,35 @@ def test_the_cli_prints_the_refusal_as_one_line(write_file, tmp_path, capsys):
     assert cli.main(["build-dataset", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not a column" in err
+
+
+@pytest.mark.parametrize("arrow_type,unit", [(("us", "UTC"), "s"), (("ms", None), "ms"), (("s", None), "iso"),
+                                             (None, "s")])
+def test_native_parquet_timestamps_work_whatever_the_configured_unit(tmp_path, make_config, build_dataset,
+                                                                     arrow_type, unit):
+    """Your own data: a Parquet log with a native timestamp column was 100% bad_timestamp under unit s."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    n = 60
+    when = pa.array(np.datetime64("2026-01-01T00:00:00") + np.arange(n) * np.timedelta64(1, "D")).cast(pa.timestamp("s"))
+    ts = when.cast(pa.timestamp(*arrow_type)) if arrow_type else when.cast(pa.date32())   # None: a date column
+    table = pa.table({"user_id": [f"u{i % 6}" for i in range(n)], "item_id": [f"i{i % 10}" for i in range(n)],
+                      "ts": ts})
+    path = str(tmp_path / "events.parquet")
+    pq.write_table(table, path)
+    cfg = make_config({"source": {"path": path, "format": "parquet", "timestamp_unit": unit,
+                                  "columns": {"user": "user_id", "item": "item_id", "timestamp": "ts", "value": ""}},
+                       "feedback": {"mode": "implicit"}, "split": {"strategy": "leave_last_n", "leave_last_n": 1}})
+    built = build_dataset(cfg)
+    assert built.stats["accepted"] == n
+    ts = built.read("train", ["timestamp"])["timestamp"]
+    assert ts.min() >= 1767225600 and ts.max() < 1767225600 + 86400 * n    # 2026-01-01 onwards, in seconds
+
+
+def test_a_non_movielens_log_needs_no_catalog_unless_it_names_one(make_config):
+    from recsys.config import from_dict
+    own = {"source": {"format": "parquet", "columns": {"value": ""}}, "feedback": {"mode": "implicit"}}
+    assert from_dict(own).source.items_format == "none"
+    assert from_dict({}).source.items_format == "movielens_movies"
+    own["source"].update(items_path="c.csv", items_format="csv")
+    assert from_dict(own).source.items_format == "csv"
