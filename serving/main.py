@@ -6,6 +6,7 @@ import json
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -88,7 +89,12 @@ def create_app(settings: Settings | None = None, holder: EngineHolder | None = N
         yield
         holder.stop()
 
-    app = FastAPI(title="recsys", lifespan=lifespan)
+    from recsys import __version__
+    # /docs and /redoc from files in the package: the default pages load Swagger UI from a CDN and are
+    # blank on a machine without internet access
+    app = FastAPIOffline(title="recsys", version=__version__, lifespan=lifespan,
+                         description="Top-N recommendations for users, fresh histories and similar items. Every "
+                                     "error answer is `{\"error\": \"<field>: <problem>\"}`.")
     app.state.settings, app.state.holder = settings, holder
     app.include_router(router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

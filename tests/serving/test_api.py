@@ -252,3 +252,15 @@ def test_loaded_engine_is_kept_out_of_full_garbage_collections(served):
     assert first() is None                       # the previous version was released, not leaked
     assert gc.get_freeze_count() > 0 and gc.get_freeze_count() != frozen_before
     gc.unfreeze()
+
+
+def test_the_api_docs_load_without_internet(client):
+    """/docs used to fetch Swagger UI from a CDN: a blank page offline."""
+    page = client.get("/docs")
+    assert page.status_code == 200 and "cdn." not in page.text and "jsdelivr" not in page.text
+    assets = [a for a in ("swagger-ui-bundle.js", "swagger-ui.css") if a in page.text]
+    assert len(assets) == 2
+    for asset in assets:
+        src = page.text.split(asset)[0].rsplit('"', 1)[1] + asset
+        assert client.get(src).status_code == 200, src
+    assert client.get("/redoc").status_code == 200
