@@ -455,7 +455,8 @@ class WriteShardFn(beam.DoFn):
         split = _assign_split(user_rank[order], item_rank[order], timestamp[rows], self.cfg, result["cuts"])
         user_lookup, item_lookup = self._vocab_lookups(result)
         user_vocab, item_vocab = user_lookup(user_ids), item_lookup(item_ids)
-        columns = {"timestamp": timestamp, "value": df["value"].to_numpy(), "weight": df["weight"].to_numpy()}
+        columns = {"timestamp": timestamp, "value": df["value"].to_numpy(), "weight": df["weight"].to_numpy(),
+                   "event": ingest.arrow_strings(df["event"])}   # Arrow all the way: no Python str per row
         for code, name in enumerate(SPLITS):
             part = rows[split == code]
             # Evaluation ranks the training catalog, so a held-out item never seen in training cannot be
@@ -464,7 +465,8 @@ class WriteShardFn(beam.DoFn):
             part = part[known]
             u, i = users[part], items[part]
             arrays = {"user": user_ids.take(u), "item": item_ids.take(i), "user_idx": user_vocab[u],
-                      "item_idx": item_vocab[i], **{c: v[part] for c, v in columns.items()}}
+                      "item_idx": item_vocab[i],
+                      **{c: (v.take(pa.array(part)) if isinstance(v, pa.Array) else v[part]) for c, v in columns.items()}}
             table = pa.Table.from_arrays([pa.array(arrays[f.name], type=f.type) for f in _SPLIT_SCHEMA],
                                          schema=_SPLIT_SCHEMA)
             self._pending.append(self._writer.submit(

@@ -180,8 +180,9 @@ def _train(cfg, root, out, progress):
     from recsys.data import trainset
     from recsys.data.dataset import Dataset
     dataset = Dataset.open(root, out["dataset_id"])
-    ts = trainset.from_dataset(dataset, cfg.model.history_length)
-    full = (trainset.from_dataset(dataset, cfg.model.history_length, include_validation=True)
+    targets = tuple(cfg.evaluation.target_events)
+    ts = trainset.from_dataset(dataset, cfg.model.history_length, target_events=targets)
+    full = (trainset.from_dataset(dataset, cfg.model.history_length, include_validation=True, target_events=targets)
             if cfg.model.refit and "validation" in ts.evals else None)
     out.setdefault("candidates", {})
     for name in cfg.nightly.models:
@@ -198,7 +199,8 @@ def _evaluate(cfg, root, out, progress):
     if production:
         targets["production"] = production
     for label, version in targets.items():
-        res = evaluate.evaluate_version(root, version, "test", out["dataset_id"], ks)
+        res = evaluate.evaluate_version(root, version, "test", out["dataset_id"], ks,
+                                        target_events=cfg.evaluation.target_events)
         results[label] = {"version": version, "metrics": res.metrics, "sources": res.sources}
         results["popularity_baseline"] = {"version": None, "metrics": res.popularity_metrics}
         if label != "production":

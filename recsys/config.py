@@ -76,7 +76,10 @@ class FeedbackConfig:
     mode: str = "rating"
     min_rating: float = 3.5
     rating_range: list = field(default_factory=lambda: [0.5, 5.0])
-    event_weights: dict = field(default_factory=lambda: {"view": 1.0, "click": 1.0, "purchase": 3.0})
+    # mode: event. The weight of each event type as a training example; the defaults follow a shop's
+    # funnel (docs/CONFIG.md).
+    event_weights: dict = field(default_factory=lambda: {"view": 1.0, "click": 1.0, "cart": 2.0, "purchase": 3.0})
+    unknown_events: str = "reject"  # reject: dead letter `unknown_event_type`; ignore: valid, weight 0 (not_positive)
 
 
 @dataclass
@@ -235,6 +238,7 @@ def validate(cfg: Config) -> Config:
         _check(bool(f.event_weights) and all(isinstance(v, (int, float)) and v > 0
                                              for v in f.event_weights.values()),
                "feedback.event_weights", f.event_weights, "a non-empty mapping of event type to weight > 0")
+    _one_of("feedback.unknown_events", f.unknown_events, ("reject", "ignore"))
     fl = cfg.filters
     _check(fl.min_user_interactions >= 1, "filters.min_user_interactions", fl.min_user_interactions, ">= 1")
     _check(fl.min_item_interactions >= 1, "filters.min_item_interactions", fl.min_item_interactions, ">= 1")
@@ -270,6 +274,9 @@ def validate(cfg: Config) -> Config:
     _check(m.patience >= 1, "model.patience", m.patience, ">= 1")
     _check(m.eval_k >= 1, "model.eval_k", m.eval_k, ">= 1")
     _check(m.popularity_window_days >= 0, "model.popularity_window_days", m.popularity_window_days, ">= 0 (0 = all)")
+    _check(isinstance(cfg.evaluation.target_events, list)
+           and all(isinstance(e, str) and e for e in cfg.evaluation.target_events),
+           "evaluation.target_events", cfg.evaluation.target_events, "a list of event types (empty: all)")
     ks = cfg.evaluation.ks
     _check(bool(ks) and all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 10000 for k in ks),
            "evaluation.ks", ks, "a non-empty list of integers in [1, 10000]")
@@ -377,6 +384,7 @@ class ModelConfig:
 @dataclass
 class EvaluationConfig:
     ks: list = field(default_factory=lambda: [10, 20, 50])
+    target_events: list = field(default_factory=list)   # e.g. [purchase]: train on all events, measure these
 
 
 @dataclass

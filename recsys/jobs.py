@@ -64,7 +64,8 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
     model = create(model_name, cfg.model)
     root = cfg.resolve(cfg.artifacts.root)
     dataset = Dataset.open(root, dataset_id)
-    ts = ts or trainset.from_dataset(dataset, cfg.model.history_length)
+    targets = tuple(cfg.evaluation.target_events)
+    ts = ts or trainset.from_dataset(dataset, cfg.model.history_length, target_events=targets)
     refit = cfg.model.refit and "validation" in ts.evals
     progress(f"train {model_name}: dataset {dataset.id}: {len(ts.user_idx)} interactions, "
              f"{ts.n_users} users, {ts.n_items} items")
@@ -85,7 +86,8 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         best_epoch = report.best_epoch
         extra["selection"] = {"best_epoch": best_epoch, "seconds": round(report.seconds, 1), "epochs": report.epochs,
                               "warm_started": select_from is not None}
-        full = full_ts or trainset.from_dataset(dataset, cfg.model.history_length, include_validation=True)
+        full = full_ts or trainset.from_dataset(dataset, cfg.model.history_length, include_validation=True,
+                                                target_events=targets)
         progress(f"train {model_name}: refit on train + validation ({len(full.user_idx)} interactions, "
                  f"{full.n_users} users)" + (f" for the {best_epoch} epochs validation chose" if best_epoch else ""))
         model = create(model_name, cfg.model)

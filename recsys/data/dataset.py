@@ -35,7 +35,7 @@ ITEMS_FILE, USERS_FILE = "items.parquet", "users.parquet"
 REJECTED = "rejected"
 SPLIT_SCHEMA = pa.schema([
     ("user", pa.string()), ("item", pa.string()), ("user_idx", pa.int32()), ("item_idx", pa.int32()),
-    ("timestamp", pa.int64()), ("value", pa.float32()), ("weight", pa.float32()),
+    ("timestamp", pa.int64()), ("value", pa.float32()), ("weight", pa.float32()), ("event", pa.string()),
 ])
 
 

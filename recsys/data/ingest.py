@@ -428,7 +428,8 @@ def validate(raw: pd.DataFrame, cfg: Config, source: str, raw_text=None):
     if fb.mode == "event":
         events = pa.array(list(fb.event_weights), type=pa.string())
         known = pc.is_in(event, value_set=events).fill_null(False).to_numpy(zero_copy_only=False)
-        mark(~known, UNKNOWN_EVENT)
+        if fb.unknown_events == "reject":
+            mark(~known, UNKNOWN_EVENT)   # else: a valid row of weight 0, counted as not positive
 
     bad = reason != 0
     good = ~bad

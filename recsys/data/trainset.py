@@ -174,27 +174,50 @@ def _eval_set(df: pd.DataFrame, seen: pd.DataFrame, users, items_n: int, history
 _COLS = ["user", "user_idx", "item_idx", "timestamp", "weight"]
 
 
-def eval_sets(dataset: Dataset, history_len: int = 20, train: pd.DataFrame | None = None) -> dict:
-    """Validation and test EvalSets of a built dataset (test excludes train and validation items)."""
+def _targets(dataset: Dataset, split: str, frame: pd.DataFrame, target_events) -> pd.DataFrame:
+    """The held-out rows that count as relevant: those of `target_events` (all rows when empty)."""
+    if not target_events:
+        return frame
+    ev = dataset.read(split, ["event"])["event"]
+    if ev.isna().all() and len(ev):
+        raise DataError(f"evaluation.target_events={list(target_events)!r} is invalid: dataset {dataset.id} has no "
+                        f"event types (source.columns.event, feedback.mode: event; rebuild the dataset)")
+    return frame[ev.isin(list(target_events)).to_numpy()]
+
+
+def eval_sets(dataset: Dataset, history_len: int = 20, train: pd.DataFrame | None = None,
+              target_events=()) -> dict:
+    """Validation and test EvalSets of a built dataset (test excludes train and validation items).
+
+    Args:
+        dataset: the built dataset.
+        history_len: how many recent items each evaluated user's history holds.
+        train: the train rows, when the caller has read them.
+        target_events: event types whose held-out rows are relevant (e.g. ["purchase"]: models train on
+            every event and are measured on purchases); empty: every held-out row.
+    """
     if train is None:
         train = dataset.read("train", _COLS)
     val = dataset.read("validation", _COLS)
     test = dataset.read("test", _COLS)
     out = {}
-    if len(val):
-        out["validation"] = _eval_set(val, train, dataset.users, len(dataset.items), history_len)
-    if len(test):
-        out["test"] = _eval_set(test, pd.concat([train[_COLS], val], ignore_index=True),
+    val_targets = _targets(dataset, "validation", val, target_events)
+    if len(val_targets):
+        out["validation"] = _eval_set(val_targets, train, dataset.users, len(dataset.items), history_len)
+    test_targets = _targets(dataset, "test", test, target_events)
+    if len(test_targets):
+        out["test"] = _eval_set(test_targets, pd.concat([train[_COLS], val], ignore_index=True),
                                 dataset.users, len(dataset.items), history_len)
     return out
 
 
-def from_dataset(dataset: Dataset, history_len: int = 20, include_validation: bool = False) -> TrainSet:
+def from_dataset(dataset: Dataset, history_len: int = 20, include_validation: bool = False,
+                 target_events=()) -> TrainSet:
     """Train arrays, item features and validation/test EvalSets from a built dataset.
 
     `include_validation`: train on train + validation (the refit after early stopping has chosen the
     epoch count). Users first seen in validation are appended to the user vocabulary, so the refit
-    model knows them; the only EvalSet is then test.
+    model knows them; the only EvalSet is then test. `target_events`: see `eval_sets`.
     """
     train = dataset.read("train", _COLS)
     if len(train) == 0:
@@ -217,11 +240,11 @@ def from_dataset(dataset: Dataset, history_len: int = 20, include_validation: bo
                   user_features_from_frame(dataset.user_features(), users), dataset_id=dataset.id,
                   includes_validation=include_validation, timestamp=train["timestamp"].to_numpy(np.int64))
     if include_validation:
-        test = dataset.read("test", _COLS)
+        test = _targets(dataset, "test", dataset.read("test", _COLS), target_events)
         if len(test):
             ts.evals["test"] = _eval_set(test, train, users, n_items, history_len)
     else:
-        ts.evals = eval_sets(dataset, history_len, train)
+        ts.evals = eval_sets(dataset, history_len, train, target_events)
     return ts
 
 

@@ -196,9 +196,12 @@ def compare(root: str, version_a: str, version_b: str, split: str = "test", data
         alpha: the significance level of the verdict.
     """
     from recsys import version as version_mod
-    dataset_id = dataset_id or version_mod.read_manifest(root, version_b).get("dataset_id")
-    res_a = evaluate_version(root, version_a, split, dataset_id, ks)
-    res_b = evaluate_version(root, version_b, split, dataset_id, ks)
+    manifest_b = version_mod.read_manifest(root, version_b)
+    dataset_id = dataset_id or manifest_b.get("dataset_id")
+    # both on B's held-out rows: the candidate's evaluation.target_events decide what counts
+    targets = ((manifest_b.get("config") or {}).get("evaluation") or {}).get("target_events") or ()
+    res_a = evaluate_version(root, version_a, split, dataset_id, ks, target_events=targets)
+    res_b = evaluate_version(root, version_b, split, dataset_id, ks, target_events=targets)
     ev_a, ev_b = res_a.evaluation, res_b.evaluation
     assert np.array_equal(ev_a.users, ev_b.users)   # same held-out users, row for row
     k_primary = int(primary.split("@")[1])

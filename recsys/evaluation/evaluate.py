@@ -44,7 +44,7 @@ class EvaluationResult:
 
 
 def evaluate_version(root: str, version: str, split: str = "test", dataset_id: str | None = None,
-                     ks=(10, 20, 50), lv: LoadedVersion | None = None) -> EvaluationResult:
+                     ks=(10, 20, 50), lv: LoadedVersion | None = None, target_events=None) -> EvaluationResult:
     """Full-catalog metrics of `version` and of the dataset's popularity baseline.
 
     Args:
@@ -54,6 +54,8 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
         dataset_id: the dataset (default: the one the version was trained on).
         ks: metric cutoffs.
         lv: the version, when the caller has it loaded already.
+        target_events: event types whose held-out rows count (None: the version's own
+            evaluation.target_events; empty: all rows).
     Returns:
         The EvaluationResult.
     Raises:
@@ -67,7 +69,9 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
         raise DataError(f"--split={split!r}: version {lv.version} was refit on train + validation, so only "
                         f"test measures it{before}")
     dataset = Dataset.open(root, dataset_id or lv.manifest.get("dataset_id"))
-    evals = eval_sets(dataset, lv.history_length)
+    if target_events is None:
+        target_events = ((lv.manifest.get("config") or {}).get("evaluation") or {}).get("target_events") or ()
+    evals = eval_sets(dataset, lv.history_length, target_events=tuple(target_events))
     if split not in evals:
         raise DataError(f"--split={split!r}: dataset {dataset.id} has no such non-empty split "
                         f"(available: {', '.join(evals) or 'none'})")

@@ -498,3 +498,22 @@ def test_ids_that_differ_in_unicode_whitespace_or_separators_are_never_merged(wr
     assert built.stats["rejected_by_reason"] == {"control_characters": 1}
     users = set(pd.concat([built.read(s, ["user"]) for s in ("train", "validation", "test")])["user"])
     assert users == {"5", "5\u00a0", "6"}
+
+
+@pytest.mark.parametrize("policy", ["reject", "ignore"])
+def test_cart_events_count_by_default_and_unknown_types_follow_the_policy(write_file, make_config, build_dataset,
+                                                                        policy):
+    """Your own data: `cart` rows used to be dropped as unknown; now a documented default weight."""
+    rows = ["user_id,item_id,event,timestamp"] + [f"u{u},i{i},{e},{10 * u + i}" for u in range(4) for i, e in
+                                                  enumerate(["view", "cart", "purchase", "wishlist", "view"])]
+    path = write_file("events.csv", rows)
+    cfg = make_config({"source": {"path": path, "format": "csv", "columns": {"value": "", "event": "event"},
+                                  "min_accepted_fraction": 0.5},
+                       "feedback": {"mode": "event", "unknown_events": policy},
+                       "split": {"strategy": "leave_last_n", "leave_last_n": 1}})
+    st = build_dataset(cfg).stats
+    if policy == "reject":
+        assert st["rejected_by_reason"] == {"unknown_event_type": 4} and st["accepted"] == 16
+    else:
+        assert st["rejected"] == 0 and st["accepted"] == 20 and st["not_positive"] == 4
+    assert st["positives"] == 16            # view, cart, purchase, view for 4 users

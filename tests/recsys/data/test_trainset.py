@@ -23,3 +23,32 @@ def test_history_windows_stop_at_user_boundaries():
     h = trainset.history_windows(users, items, 2)
     assert h.tolist() == [[-1, -1], [5, -1], [6, 5], [-1, -1], [8, -1]]
 
+
+
+def test_target_events_make_only_those_held_out_rows_relevant(write_file, make_config, build_dataset):
+    """Train on every event, measure on purchases (evaluation.target_events)."""
+    import pytest
+    from recsys.data.trainset import eval_sets, from_dataset
+    from recsys.errors import DataError
+    funnel = ["view", "view", "cart", "purchase"]
+    rows = ["user_id,item_id,event,timestamp"] + [
+        f"u{u},i{(u + k) % 9},{funnel[k % 4]},{100 * u + k}" for u in range(12) for k in range(8)]
+    cfg = make_config({"source": {"path": write_file("shop.csv", rows), "format": "csv",
+                                  "columns": {"value": "", "event": "event"}},
+                       "feedback": {"mode": "event"}, "split": {"strategy": "leave_last_n", "leave_last_n": 2}})
+    ds = build_dataset(cfg)
+    test = ds.read("test", ["user", "item", "event"])
+    everything = eval_sets(ds, 3)["test"]
+    purchases = eval_sets(ds, 3, target_events=("purchase",))["test"]
+    assert everything.relevant.nnz == len(test.drop_duplicates(["user", "item"]))
+    want = test[test["event"] == "purchase"]
+    assert purchases.relevant.nnz == len(want.drop_duplicates(["user", "item"])) > 0
+    assert set(purchases.user_ids) == set(want["user"])
+    assert set(from_dataset(ds, 3, target_events=("purchase",)).evals["test"].user_ids) == set(want["user"])
+    # a dataset without event types cannot be measured on some of them
+    plain = make_config({"source": {"path": write_file("plain.csv", [r.rsplit(",", 2)[0] + "," + r.rsplit(",", 1)[1]
+                                                                       for r in rows]),
+                                    "format": "csv", "columns": {"value": ""}},
+                         "feedback": {"mode": "implicit"}, "split": {"strategy": "leave_last_n", "leave_last_n": 2}})
+    with pytest.raises(DataError, match="evaluation.target_events"):
+        eval_sets(build_dataset(plain, dataset_id="plain"), 3, target_events=("purchase",))
