@@ -995,6 +995,7 @@ def test_output_rows_do_not_depend_on_the_number_of_buckets(write_file, make_con
 def test_movielens_end_to_end(tmp_path):
     cfg = load_config(os.path.join(REPO, "data", "recsys.yaml"))
     cfg.artifacts.root = str(tmp_path / "artifacts")  # never write into the repo
+    cfg.split.strategy = "temporal"   # the demo measures leave-last-5; this test checks the temporal cut
     d = pipeline.run(cfg, dataset_id="ml", previous=None, progress=lambda *_: None)
     st = d.stats
     ratings = pd.read_csv(cfg.resolve(cfg.source.path), dtype={"userId": str, "movieId": str})
