@@ -96,7 +96,16 @@ def _serve(args) -> int:
     root = args.root or _root(_config(args))   # --root alone needs no config
     print(f"serve: http://{args.host}:{args.port} root={root} workers={args.workers}")
     _outside("serving.main").serve(root, host=args.host, port=args.port, workers=args.workers,
-                                   poll_seconds=args.poll_seconds, admin_token=args.admin_token)
+                                   poll_seconds=args.poll_seconds, admin_token=args.admin_token,
+                                   access_log=args.access_log)
+    return 0
+
+
+def _batch_recommend(args) -> int:
+    from recsys import registry
+    cfg = _config(args)
+    root = _root(cfg)
+    _outside("pipelines.batch_recommend").run(cfg, root, registry.resolve_version(root, args.version), k=args.k)
     return 0
 
 
@@ -300,12 +309,17 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--exclude", action="append", default=[], metavar="KEY:VALUE", help="drop matching items")
     r.add_argument("--with-seen", action="store_true", help="do not exclude the user's seen items")
 
+    br = verb("batch-recommend", _batch_recommend, "top-k for every known user of a version (Beam), written beside it")
+    br.add_argument("version", nargs="?", default="published", help=versions_help)
+    br.add_argument("-k", type=int, default=None, help="items per user (default: nightly.batch_top_n)")
+
     v = verb("serve", _serve, "start the HTTP service on the published version")
     v.add_argument("--root", help="artifact root (default: artifacts.root of the config)")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on")
     v.add_argument("--port", type=_port, default=8000, help="TCP port, 1-65535")
     v.add_argument("--workers", type=int, default=1, help="worker processes")
     v.add_argument("--poll-seconds", type=float, default=10.0, help="how often CURRENT is checked")
+    v.add_argument("--access-log", action="store_true", help="log one line per request (uvicorn's access log)")
     v.add_argument("--admin-token", default=os.environ.get("RECSYS_ADMIN_TOKEN", ""),
                    help="token for POST /admin/reload (default: $RECSYS_ADMIN_TOKEN)")
 

@@ -128,8 +128,8 @@ def app_from_env() -> FastAPI:
 
 
 def serve(root: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, poll_seconds: float = 10.0,
-          admin_token: str = "") -> None:
+          admin_token: str = "", access_log: bool = False) -> None:
     """Run the service until interrupted (what `recsys serve` calls): `workers` processes on one
     socket, replaced by a new generation when CURRENT names a new version (serving/supervisor.py)."""
     from serving.supervisor import Supervisor
-    Supervisor(root, host, port, workers, poll_seconds, admin_token).run()
+    Supervisor(root, host, port, workers, poll_seconds, admin_token, access_log=access_log).run()

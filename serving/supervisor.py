@@ -32,11 +32,11 @@ class Supervisor:
     """Start, watch and replace generations of worker processes (see the module docstring)."""
 
     def __init__(self, root: str, host: str, port: int, workers: int = 1, poll_seconds: float = 10.0,
-                 admin_token: str = "", ready_timeout: float = 600.0):
+                 admin_token: str = "", ready_timeout: float = 600.0, access_log: bool = False):
         self.root, self.workers, self.poll_seconds = root, workers, poll_seconds
         self.ready_timeout = ready_timeout
         self.env = dict(os.environ, RECSYS_ROOT=root, RECSYS_POLL_SECONDS=str(poll_seconds),
-                        RECSYS_SWAP_IN_PROCESS="0")
+                        RECSYS_SWAP_IN_PROCESS="0", RECSYS_ACCESS_LOG="1" if access_log else "0")
         if admin_token:
             self.env["RECSYS_ADMIN_TOKEN"] = admin_token
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)

@@ -37,7 +37,8 @@ def main() -> None:
         os.write(ready_fd, f"ready {holder.engine.version if holder.engine else ''}\n".encode())
         os.close(ready_fd)
     app = create_app(Settings.from_env(), on_ready=ready)
-    server = _Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    access_log = os.environ.get("RECSYS_ACCESS_LOG") == "1"
+    server = _Server(uvicorn.Config(app, log_level="info" if access_log else "warning", access_log=access_log))
     server.run(sockets=[socket.socket(fileno=sock_fd)])
 
 

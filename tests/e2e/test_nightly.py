@@ -179,3 +179,15 @@ def test_a_stale_lock_is_taken_over_and_a_finished_run_releases_it(workdir):
     summary = nightly.run(cfg, progress=lines.append)
     assert summary["published"] and any("taking over a stale nightly.lock" in x for x in lines)
     assert not os.path.exists(_lock_path(root))
+
+
+def test_batch_recommend_verb_writes_the_published_versions_recommendations(workdir, capsys):
+    from recsys import cli
+    cfg = make_cfg(workdir)
+    published = nightly.run(cfg, progress=quiet)["published"]
+    path = os.path.join(str(workdir), "c.yaml")
+    with open(path, "w") as fh:
+        fh.write(f"artifacts:\n  root: {cfg.resolve(cfg.artifacts.root)}\n")
+    assert cli.main(["batch-recommend", "published", "-k", "3", "--config", path]) == 0
+    recs = batch_recommend.read(cfg.resolve(cfg.artifacts.root), published)
+    assert len(recs) and recs.groupby("user_id").size().max() == 3
