@@ -91,6 +91,7 @@ class Engine:
         # bounded: every distinct filter value would otherwise keep an n_items mask for ever
         self._genre_masks: OrderedDict = OrderedDict()
         self.mask_cache_size = mask_cache_size
+        self.genre_values = frozenset().union(*set(genres)) if genres else frozenset()
 
     @classmethod
     def load(cls, root: str, version: str | None = None, mask_cache_size: int = MASK_CACHE_SIZE) -> "Engine":
@@ -121,6 +122,16 @@ class Engine:
         return cls(lv, idx, seen, genres, mask_cache_size)
 
     # ---- filters -------------------------------------------------------------------------------
+    def _filters(self, values, field_name: str) -> dict:
+        """`parse_filters`, and a value the catalog does not have is an error naming it (a typo would
+        otherwise answer 200 with an empty list)."""
+        out = parse_filters(values, field_name)
+        unknown = sorted(out.get("genre", set()) - self.genre_values)
+        if unknown:
+            known = ", ".join(sorted(self.genre_values)[:12]) + (", ..." if len(self.genre_values) > 12 else "")
+            raise RequestError(field_name, f"unknown genre {unknown[0]!r} (the catalog's: {known or 'none'})")
+        return out
+
     def _genre_mask(self, genre: str) -> np.ndarray:
         mask = self._genre_masks.get(genre)
         if mask is None:
@@ -178,7 +189,7 @@ class Engine:
                   ) -> Recommendations:
         """Top-k for a user ID: their precomputed vector, or popularity if the user is unknown."""
         self._check_k(k)
-        inc, exc = parse_filters(include, "include"), parse_filters(exclude, "exclude")
+        inc, exc = self._filters(include, "include"), self._filters(exclude, "exclude")
         row = _row_of(self.lv.users, user_id)
         source = PERSONALIZED if (row >= 0 and self.lv.personalized) else POPULARITY
         vector = self.lv.model.user_embeddings[row] if source == PERSONALIZED else None
@@ -188,7 +199,7 @@ class Engine:
                               exclude_seen: bool = True, include=None, exclude=None) -> Recommendations:
         """Top-k from a fresh history (item IDs, newest first). Unknown items are ignored and listed."""
         self._check_k(k)
-        inc, exc = parse_filters(include, "include"), parse_filters(exclude, "exclude")
+        inc, exc = self._filters(include, "include"), self._filters(exclude, "exclude")
         hist_rows = _rows_of(self.lv.items, [str(h) for h in history]) if history else np.zeros(0, np.int64)
         # echoed back bounded: a request must not get its own megabytes back
         ignored = [_echo(str(h)) for h, r in zip(history or [], hist_rows) if r < 0][:ECHO_IGNORED]
@@ -216,7 +227,7 @@ class Engine:
     def similar_items(self, item_id: str, k: int = 10, include=None, exclude=None) -> Recommendations:
         """Items whose embeddings score highest against this item's (the item itself excluded)."""
         self._check_k(k)
-        inc, exc = parse_filters(include, "include"), parse_filters(exclude, "exclude")
+        inc, exc = self._filters(include, "include"), self._filters(exclude, "exclude")
         row = _row_of(self.lv.items, item_id)
         if row < 0:
             raise RequestError("item_id", f"unknown item {item_id!r}", status=404)

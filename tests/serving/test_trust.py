@@ -135,11 +135,18 @@ def test_ids_cannot_escape_the_artifact_root(root, argv, capsys, tmp_path):
 # ---- unbounded memory ------------------------------------------------------------------------------
 def test_distinct_genre_filters_keep_a_bounded_number_of_masks(served):
     from recsys.retrieval.engine import Engine
-    engine = Engine.load(served["root"], served["versions"]["mf"], mask_cache_size=8)
+    engine = Engine.load(served["root"], served["versions"]["mf"], mask_cache_size=3)
     for g in range(100):
-        engine.recommend("u1", 5, include=[f"genre:g{g % 7}", f"genre:typo{g}"])
-    assert len(engine._genre_masks) == 8
-    assert engine.recommend("u1", 5, include=["genre:g1"]).items      # recent values still answer
+        engine.recommend("u1", 5, include=[f"genre:g{g % 5}"])
+    assert len(engine._genre_masks) == 3
+    assert engine.recommend("u1", 5, include=["genre:g1"]).items      # evicted values still answer
+
+
+def test_a_filter_value_the_catalog_does_not_have_is_a_400_naming_it(served):
+    with TestClient(create_app(Settings(root=served["root"], poll_seconds=0))) as client:
+        r = client.get("/v1/users/u1/recommendations", params={"include": "genre:g33"})
+        assert r.status_code == 400 and r.json()["error"].startswith("include: unknown genre 'g33'")
+        assert client.get("/v1/users/u1/recommendations", params={"include": "genre:g3"}).status_code == 200
 
 
 def test_a_request_body_over_the_limit_is_refused_with_413_before_parsing(served):
