@@ -55,6 +55,8 @@ LOCK = "nightly.lock"
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False   # kill(0 or -1, 0) would ask about whole process groups
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -87,14 +89,31 @@ def _locked(root: str, cfg: Config, progress):
                      - _dt.datetime.fromisoformat(held["started_at"])).total_seconds() / 3600
         except (ValueError, KeyError, TypeError, OSError):
             held, age_h = {}, float("inf")   # unreadable: left by a crash while it was written
-        dead = held.get("host") == me["host"] and not _alive(int(held.get("pid", -1)))
-        if not (dead or age_h > cfg.nightly.lock_stale_hours):
+        pid = int(held.get("pid", -1)) if str(held.get("pid", "")).lstrip("-").isdigit() else -1
+        same_host = held.get("host") == me["host"]
+        dead = same_host and (pid == me["pid"] or not _alive(pid))   # our own pid: a restarted container
+        if not held:
+            # unreadable: being written right now, or left by a crash mid-write; only its age tells
+            try:
+                age_h = (time.time() - os.path.getmtime(path)) / 3600 if not fsio.is_url(path) else float("inf")
+            except OSError:
+                continue
+        if not (dead or (age_h > cfg.nightly.lock_stale_hours and not (same_host and _alive(pid)))):
             raise DataError(f"nightly: another run holds {LOCK} (pid {held.get('pid')} on {held.get('host')} "
                             f"since {held.get('started_at')}); wait for it to end, or delete the file if that "
                             f"process is gone")
         progress(f"nightly: taking over a stale {LOCK} (pid {held.get('pid')} on {held.get('host')} since "
                  f"{held.get('started_at')}: {'not running' if dead else f'{age_h:.0f} h old'})")
-        fsio.delete(path)
+        # rename, not delete: of two runs taking over the same stale lock only one rename succeeds, so
+        # the loser cannot delete the lock the winner has just created
+        if fsio.is_url(path):
+            fsio.delete(path)
+        else:
+            try:
+                os.replace(path, f"{path}.stale-{me['token']}")
+                os.remove(f"{path}.stale-{me['token']}")
+            except FileNotFoundError:
+                pass
     else:
         raise DataError(f"nightly: could not take {LOCK}: another run took it first")
     try:
@@ -159,7 +178,10 @@ def _run(cfg: Config, root: str, resume: bool, progress) -> dict:
         state["done"].append(step)
         state.pop("failed", None)
         _save(root, state)
-    _retain(cfg, root, out, progress)
+    try:
+        _retain(cfg, root, out, progress)
+    except Exception as exc:  # noqa: BLE001 - housekeeping must not fail a run that has published
+        progress(f"  retention skipped: {type(exc).__name__}: {exc}")
     state["finished"] = True
     summary = _summary(root, state)
     fsio.atomic_write_text(fsio.join(runs_dir(root), state["run_id"], "summary.json"),

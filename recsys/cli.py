@@ -242,6 +242,16 @@ def _demo(args) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return n
+
+
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -317,7 +327,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--root", help="artifact root (default: artifacts.root of the config)")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on")
     v.add_argument("--port", type=_port, default=8000, help="TCP port, 1-65535")
-    v.add_argument("--workers", type=int, default=1, help="worker processes")
+    v.add_argument("--workers", type=_positive, default=1, help="worker processes")
     v.add_argument("--poll-seconds", type=float, default=10.0, help="how often CURRENT is checked")
     v.add_argument("--access-log", action="store_true", help="log one line per request (uvicorn's access log)")
     v.add_argument("--admin-token", default=os.environ.get("RECSYS_ADMIN_TOKEN", ""),

@@ -277,6 +277,9 @@ def validate(cfg: Config) -> Config:
     _check(isinstance(cfg.evaluation.target_events, list)
            and all(isinstance(e, str) and e for e in cfg.evaluation.target_events),
            "evaluation.target_events", cfg.evaluation.target_events, "a list of event types (empty: all)")
+    _check(cfg.feedback.mode != "event" or set(cfg.evaluation.target_events) <= set(cfg.feedback.event_weights),
+           "evaluation.target_events", cfg.evaluation.target_events,
+           f"event types of feedback.event_weights ({', '.join(cfg.feedback.event_weights)})")
     ks = cfg.evaluation.ks
     _check(bool(ks) and all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 10000 for k in ks),
            "evaluation.ks", ks, "a non-empty list of integers in [1, 10000]")

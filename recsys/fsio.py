@@ -34,7 +34,7 @@ _PLAIN_NAME = re.compile(PLAIN_NAME_PATTERN)
 
 def is_plain_name(name) -> bool:
     """A name that cannot point anywhere but inside its folder (see `child`)."""
-    return isinstance(name, str) and bool(_PLAIN_NAME.match(name)) and ".." not in name
+    return isinstance(name, str) and bool(_PLAIN_NAME.fullmatch(name)) and ".." not in name
 
 
 def child(parent: str, name, field: str) -> str:
@@ -242,7 +242,8 @@ def list_dir(path: str) -> list[str]:
     """Names of the direct children of a directory (empty if it does not exist)."""
     if is_url(path):
         prefix = path.rstrip("/") + "/"
-        names = {p[len(prefix):].split("/")[0] for p in match(prefix + "*")}
+        # "**": object stores have no folders, so a child folder shows only through the files under it
+        names = {p[len(prefix):].split("/")[0] for p in match(prefix + "**")}
         return sorted(n for n in names if n)
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
@@ -257,9 +258,17 @@ def remove_leftovers(folder: str, older_than_seconds: float = 3600.0) -> list[st
     removed = []
     for name in os.listdir(folder):
         path = os.path.join(folder, name)
-        if name.startswith((".tmp-", ".old-")) and time.time() - os.path.getmtime(path) > older_than_seconds:
-            delete(path)
-            removed.append(name)
+        if not name.startswith((".tmp-", ".old-")):
+            continue
+        try:
+            # the newest file inside, not the folder's own time: a long build writes below the top level
+            newest = max([os.path.getmtime(path)] + [os.path.getmtime(os.path.join(d, f))
+                                                      for d, _, files in os.walk(path) for f in files])
+            if time.time() - newest > older_than_seconds:
+                delete(path)
+                removed.append(name)
+        except FileNotFoundError:
+            continue   # renamed or removed meanwhile by its writer
     return sorted(removed)
 
 

@@ -20,7 +20,7 @@ def list_versions(root: str) -> list[str]:
     """Complete versions (with a manifest), oldest first."""
     models = version_mod.models_dir(root)
     return sorted(name for name in fsio.list_dir(models)
-                  if not name.startswith(".") and version_mod.is_complete(root, name))
+                  if fsio.is_plain_name(name) and version_mod.is_complete(root, name))
 
 
 def current_version(root: str) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 
 from recsys import registry, version as version_mod
@@ -25,6 +26,7 @@ class EngineHolder:
     def __init__(self, root: str, poll_seconds: float = 10.0, filter_cache_size: int = 256,
                  full_gc_every_swaps: int = 50, swap_in_process: bool = True):
         self.swap_in_process = swap_in_process
+        self._validated: str | None = None
         self.root, self.poll_seconds, self.filter_cache_size = root, poll_seconds, filter_cache_size
         self.full_gc_every_swaps, self._swaps = full_gc_every_swaps, 0
         self.engine: Engine | None = None
@@ -36,7 +38,11 @@ class EngineHolder:
 
     def _public(self, message: str) -> str:
         """A message fit for HTTP answers: the artifact root's location is not disclosed."""
-        return message.replace(self.root.rstrip("/"), "<root>")
+        root = os.path.abspath(self.root)
+        for form in {self.root.rstrip("/"), root}:
+            if len(form) > 1 and os.sep in form:   # a path, not "." or a bare name
+                message = message.replace(form, "<root>")
+        return message
 
     def _refuse(self, message: str) -> tuple[bool, str]:
         self.last_error = self._public(message.splitlines()[0] if message else "refused")
@@ -108,20 +114,27 @@ class EngineHolder:
                 cur = registry.current_version(self.root)
             except Exception:  # noqa: BLE001 - a transient read error must not kill the poller
                 continue
-            if cur and cur != self.refused and (self.engine is None or cur != self.engine.version):
+            if cur and self.engine is not None and cur == self.engine.version and self.last_error:
+                self.last_error = self.refused = None   # CURRENT is back on what is served
+                prometheus.REFUSED.set(0)
+                continue
+            if cur and cur != self.refused and cur != self._validated and \
+                    (self.engine is None or cur != self.engine.version):
                 if self.swap_in_process:
                     self.reload(cur)
                     continue
                 # the supervisor swaps processes; this worker only reports a version it would refuse
                 try:
                     version_mod.validate(self.root, cur)
+                    self._validated = cur            # checked once, not at every poll
                 except Exception as exc:  # noqa: BLE001
                     self.refused = cur
                     self._refuse(f"version {cur} refused: {exc}")
 
-    def start(self) -> None:
-        changed, _ = self.reload()
-        if not changed and self.engine is None and self.refused:
+    def start(self, version: str | None = None) -> None:
+        """Load `version` (default: what CURRENT names; a refused CURRENT falls back) and start polling."""
+        changed, _ = self.reload(version)
+        if version is None and not changed and self.engine is None and self.refused:
             self._fall_back()
         if self.poll_seconds > 0:
             self._thread = threading.Thread(target=self._poll, name="current-poller", daemon=True)

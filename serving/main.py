@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None, holder: EngineHolder | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        holder.start()
+        holder.start(settings.version or None)
         if on_ready is not None:
             on_ready(holder)
         # The loaded version and the libraries (TensorFlow comes with ScaNN) are over a million objects

@@ -13,6 +13,7 @@ class Settings:
     max_history: int = 500
     max_body_bytes: int = 1 << 20      # larger request bodies get 413 before they are parsed
     filter_cache_size: int = 256        # genre masks the engine keeps (least recently used dropped)
+    version: str = ""                   # load this version instead of CURRENT (the supervisor's workers)
     swap_in_process: bool = True        # the poller loads a new CURRENT itself; under `recsys serve` the
                                         # supervisor swaps whole processes instead (serving/supervisor.py)
 
@@ -24,7 +25,8 @@ class Settings:
                 max_history=int(os.environ.get("RECSYS_MAX_HISTORY", cls.max_history)),
                 max_body_bytes=int(os.environ.get("RECSYS_MAX_BODY_BYTES", cls.max_body_bytes)),
                 filter_cache_size=int(os.environ.get("RECSYS_FILTER_CACHE_SIZE", cls.filter_cache_size)),
-                swap_in_process=os.environ.get("RECSYS_SWAP_IN_PROCESS", "1") != "0")
+                swap_in_process=os.environ.get("RECSYS_SWAP_IN_PROCESS", "1") != "0",
+                version=os.environ.get("RECSYS_VERSION", ""))
         for k, v in overrides.items():
             if v is not None:
                 setattr(s, k, v)

@@ -46,16 +46,18 @@ class Supervisor:
         self.sock.set_inheritable(True)
         self.generation: list[subprocess.Popen] = []
         self.serving: str | None = None
-        self.refused: set[str] = set()
+        self.refused: str | None = None   # the last version refused; retried when CURRENT names it anew
         self._stop = False
 
-    def _start(self) -> tuple[list[subprocess.Popen], list[int]]:
+    def _start(self, version: str | None) -> tuple[list[subprocess.Popen], list[int]]:
         procs, pipes = [], []
         for _ in range(self.workers):
             r, w = os.pipe()
-            env = dict(self.env, RECSYS_READY_FD=str(w), RECSYS_SOCKET_FD=str(self.sock.fileno()))
+            env = dict(self.env, RECSYS_READY_FD=str(w), RECSYS_SOCKET_FD=str(self.sock.fileno()),
+                       RECSYS_VERSION=version or "")
+            # own session: a Ctrl-C in the terminal reaches the supervisor, which retires the workers
             procs.append(subprocess.Popen([sys.executable, "-m", "serving.worker"], env=env,
-                                          pass_fds=(w, self.sock.fileno())))
+                                          pass_fds=(w, self.sock.fileno()), start_new_session=True))
             os.close(w)
             pipes.append(r)
         return procs, pipes
@@ -64,13 +66,13 @@ class Supervisor:
         """The versions the new workers report once loaded ('' for a worker that died or timed out)."""
         loaded, pending, deadline = {}, dict(zip(pipes, procs)), time.time() + self.ready_timeout
         buffers = {r: b"" for r in pipes}
-        while pending and time.time() < deadline:
+        while pending and time.time() < deadline and not self._stop:
             ready, _, _ = select.select(list(pending), [], [], 0.5)
             for r in ready:
                 chunk = os.read(r, 4096)
                 buffers[r] += chunk
                 if not chunk or b"\n" in buffers[r]:
-                    loaded[r] = buffers[r].decode().strip().removeprefix("ready ")
+                    loaded[r] = buffers[r].decode().removeprefix("ready ").strip()
                     del pending[r]
             for r, p in list(pending.items()):
                 if p.poll() is not None:
@@ -97,13 +99,17 @@ class Supervisor:
                 p.kill()
 
     def _swap(self, target: str | None) -> bool:
-        procs, pipes = self._start()
+        """A new generation on `target` (None: what CURRENT names, with the holder's fall-back); it
+        replaces the running one only if every new worker loaded the same version."""
+        procs, pipes = self._start(target)
         loaded = self._wait_ready(procs, pipes)
-        if target is not None and loaded != {target}:
-            self._stop_generation(procs, timeout=5)
-            self.refused.add(target)
-            log.error("version %s refused: the new workers loaded %s; %s keeps serving",
-                      target, sorted(loaded) or "nothing", self.serving)
+        ok = len(loaded) == 1 and "" not in loaded and (target is None or loaded == {target})
+        if not ok or self._stop:
+            self._stop_generation(procs, timeout=5, drain=0)
+            if target is not None and not self._stop:
+                self.refused = target
+                log.error("version %s refused: the new workers loaded %s; %s keeps serving",
+                          target, sorted(v or "nothing" for v in loaded), self.serving)
             return False
         old, self.generation = self.generation, procs
         self.serving = next(iter(loaded)) if len(loaded) == 1 else None
@@ -117,27 +123,42 @@ class Supervisor:
             self._stop = True
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        self._swap(None)   # the first generation loads what CURRENT names (or falls back, see holder.py)
+        if not self._swap(None):   # the first generation: what CURRENT names (or the holder's fall-back)
+            # nothing loadable yet: serve anyway (503 until a version loads), as a single process would
+            self.generation, self._first_pipes = self._start(None)   # kept open: the workers write to them
+        failures, last_poll = 0, 0.0
         try:
             while not self._stop:
-                time.sleep(min(self.poll_seconds, 1.0) if self.poll_seconds > 0 else 1.0)
+                time.sleep(0.2)
+                if self._stop:
+                    break
                 if any(p.poll() is not None for p in self.generation):
-                    log.error("a worker exited; starting a new generation")
-                    self._swap(None)
+                    log.error("a worker exited; starting a new generation on %s", self.serving)
+                    if self._swap(self.serving):
+                        failures = 0
+                    else:   # back off: a worker that cannot start must not be restarted in a loop
+                        failures += 1
+                        if failures >= 5:
+                            raise RuntimeError("workers keep failing to start; see their errors above")
+                        time.sleep(min(60.0, 2.0 ** failures))
                     continue
-                if self.poll_seconds <= 0:
+                if self.poll_seconds <= 0 or time.time() - last_poll < self.poll_seconds:
                     continue
+                last_poll = time.time()
                 try:
                     cur = registry.current_version(self.root)
-                except OSError:
-                    continue
-                if not cur or cur == self.serving or cur in self.refused:
-                    continue
-                try:
+                    if not cur or cur == self.serving:
+                        self.refused = None if cur == self.serving else self.refused
+                        continue
+                    if cur == self.refused:
+                        continue
                     version_mod.validate(self.root, cur)
                 except DataError as exc:
-                    self.refused.add(cur)
+                    self.refused = cur
                     log.error("version %s refused: %s", cur, exc)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a read error now is not a verdict on the version
+                    log.error("cannot check CURRENT (%s); trying again", exc)
                     continue
                 self._swap(cur)
         finally:

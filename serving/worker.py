@@ -22,6 +22,11 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets=None):
         await super().startup(sockets=sockets)
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self._stop_accepting)
+        # only now, with the version loaded and the socket accepting, may the old generation go
+        holder = self.config.app.state.holder
+        fd = int(os.environ["RECSYS_READY_FD"])
+        os.write(fd, f"ready {holder.engine.version if holder.engine else ''}\n".encode())
+        os.close(fd)
 
     def _stop_accepting(self) -> None:
         for server in self.servers:
@@ -31,12 +36,8 @@ class _Server(uvicorn.Server):
 def main() -> None:
     from serving.main import create_app
     from serving.settings import Settings
-    ready_fd, sock_fd = int(os.environ["RECSYS_READY_FD"]), int(os.environ["RECSYS_SOCKET_FD"])
-
-    def ready(holder) -> None:
-        os.write(ready_fd, f"ready {holder.engine.version if holder.engine else ''}\n".encode())
-        os.close(ready_fd)
-    app = create_app(Settings.from_env(), on_ready=ready)
+    sock_fd = int(os.environ["RECSYS_SOCKET_FD"])
+    app = create_app(Settings.from_env())
     access_log = os.environ.get("RECSYS_ACCESS_LOG") == "1"
     server = _Server(uvicorn.Config(app, log_level="info" if access_log else "warning", access_log=access_log))
     server.run(sockets=[socket.socket(fileno=sock_fd)])

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import scipy.sparse as sp
 
 from recsys.data.dataset import Dataset
@@ -178,7 +179,10 @@ def _targets(dataset: Dataset, split: str, frame: pd.DataFrame, target_events) -
     """The held-out rows that count as relevant: those of `target_events` (all rows when empty)."""
     if not target_events:
         return frame
-    ev = dataset.read(split, ["event"])["event"]
+    try:
+        ev = dataset.read(split, ["event"])["event"]
+    except (KeyError, ValueError, pa.ArrowException):   # shards written before they kept the event type
+        ev = pd.Series([None] * len(frame), dtype=object)
     if ev.isna().all() and len(ev):
         raise DataError(f"evaluation.target_events={list(target_events)!r} is invalid: dataset {dataset.id} has no "
                         f"event types (source.columns.event, feedback.mode: event; rebuild the dataset)")

@@ -156,7 +156,7 @@ def test_a_second_nightly_or_a_resume_refuses_while_the_lock_is_held(workdir):
     cfg = make_cfg(workdir)
     root = cfg.resolve(cfg.artifacts.root)
     os.makedirs(root, exist_ok=True)
-    held = {"pid": os.getpid(), "host": __import__("socket").gethostname(), "started_at":
+    held = {"pid": os.getppid(), "host": __import__("socket").gethostname(), "started_at":   # alive, not us
             __import__("datetime").datetime.now(__import__("datetime").timezone.utc).isoformat(timespec="seconds"),
             "token": "other"}
     with open(_lock_path(root), "w") as fh:
