@@ -568,6 +568,13 @@ class FinalizeFn(beam.DoFn):
         # collection of the whole heap (0.1 s), and this frame is only converted to Arrow.
         no_genres: list = []
         feats["genres"] = [g if isinstance(g, list) else no_genres for g in feats["genres"].tolist()]
+        for name, kind in self.cfg.source.item_columns.attributes.items():
+            if name not in feats:
+                continue
+            if kind == "multi":
+                feats[name] = [v if isinstance(v, list) else no_genres for v in feats[name].tolist()]
+            elif kind == "categorical":
+                feats[name] = feats[name].astype(object).where(feats[name].notna(), None)
         feats["train_count"] = _train_counts(split_rows, pa.array(feats["item"], pa.string()))
         sink = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(feats, preserve_index=False), sink, compression="zstd")

@@ -412,7 +412,7 @@ def load_seen(root: str, version: str):
 
 
 def load_item_attributes(root: str, version: str, columns: list[str]):
-    """Columns of the version's items.parquet as a pandas frame, or None without one."""
+    """Columns (None: all) of the version's items.parquet as a pandas frame, or None without one."""
     path = fsio.join(version_dir(root, version), ITEM_ATTRIBUTES)
     if not fsio.exists(path):
         return None

@@ -10,6 +10,7 @@ popularity_fallback).
 """
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -23,8 +24,10 @@ from recsys.models.base import HISTORY, PERSONALIZED, POPULARITY
 from recsys.retrieval import index as index_mod
 from recsys.version import LoadedVersion
 
-FILTER_KEYS = ("genre", "item")
-FILTER_PATTERN = rf"^({'|'.join(FILTER_KEYS)}):.+$"   # what a filter looks like (the HTTP schema uses it)
+# what a filter looks like (the HTTP schema uses it): an attribute of the catalog, then `:value`, or a
+# comparison with a number for a numeric attribute
+FILTER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(:|<=|>=|<|>).+$"
+_NUMERIC_OPS = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}
 MAX_K = 1000
 MASK_CACHE_SIZE = 256      # genre masks kept (least recently used dropped): n_items bytes each
 ECHO_IGNORED = 50          # ignored history items echoed back at most, each cut to ECHO_CHARS
@@ -46,16 +49,18 @@ class Recommendations:
                 "ignored_history": self.ignored_history}
 
 
-def parse_filters(values, field_name: str) -> dict:
-    """["genre:Drama", "item:123"] -> {"genre": {"Drama"}, "item": {"123"}}; unknown keys are errors."""
-    out: dict = {}
+_FILTER_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(<=|>=|<|>|:)(.+)$", re.S)
+
+
+def parse_filters(values, field_name: str) -> list:
+    """["genre:Drama", "item:123", "price<=50"] -> [(key, op, value), ...]; syntax only (the engine checks
+    keys and values against its catalog)."""
+    out = []
     for v in values or []:
-        key, sep, val = str(v).partition(":")
-        if not sep or not val:
-            raise RequestError(field_name, f"{v!r} is not key:value (keys: {', '.join(FILTER_KEYS)})")
-        if key not in FILTER_KEYS:
-            raise RequestError(field_name, f"unknown filter key {key!r} (allowed: {', '.join(FILTER_KEYS)})")
-        out.setdefault(key, set()).add(val)
+        m = _FILTER_RE.match(str(v))
+        if not m:
+            raise RequestError(field_name, f"{v!r} is not key:value or key<=number (e.g. genre:Drama, price<=50)")
+        out.append(m.groups())
     return out
 
 
@@ -84,14 +89,20 @@ class Engine:
     """A loaded version with its index, item attributes and per-user seen items."""
 
     def __init__(self, lv: LoadedVersion, idx, seen: sp.csr_matrix | None, genres: list[set],
-                 mask_cache_size: int = MASK_CACHE_SIZE):
-        self.lv, self.index, self.seen, self.genres = lv, idx, seen, genres
+                 mask_cache_size: int = MASK_CACHE_SIZE, categorical: dict | None = None,
+                 numeric: dict | None = None):
+        """`genres` and each `categorical` attribute: a frozenset of values per item row; `numeric`:
+        name -> float array over item rows (NaN: unknown)."""
+        self.lv, self.index, self.seen = lv, idx, seen
         self.version = lv.version
         self.n_items = len(lv.items)
+        self.categorical = {"genre": genres, **(categorical or {})}
+        self.numeric = numeric or {}
+        self.values = {name: frozenset().union(*set(rows)) if rows else frozenset()
+                       for name, rows in self.categorical.items()}
         # bounded: every distinct filter value would otherwise keep an n_items mask for ever
         self._genre_masks: OrderedDict = OrderedDict()
         self.mask_cache_size = mask_cache_size
-        self.genre_values = frozenset().union(*set(genres)) if genres else frozenset()
 
     @classmethod
     def load(cls, root: str, version: str | None = None, mask_cache_size: int = MASK_CACHE_SIZE) -> "Engine":
@@ -110,37 +121,85 @@ class Engine:
         seen = version_mod.load_seen(root, version)
         # one shared frozenset per distinct genre combination: a million per-item sets are a million
         # objects for Python's cyclic garbage collector to walk (seconds-long pauses in the service)
-        genres = [_NO_GENRES] * len(lv.items)
         shared: dict = {}
-        feats = version_mod.load_item_attributes(root, version, ["item", "genres"])
+        categorical, numeric = {}, {}
+        feats = version_mod.load_item_attributes(root, version, None)
         if feats is not None:
             rows = lv.items.lookup(feats["item"].to_numpy(dtype=object))
-            for r, g in zip(rows, feats["genres"]):
-                if r >= 0 and g is not None:
-                    g = frozenset(g)
-                    genres[r] = shared.setdefault(g, g)
-        return cls(lv, idx, seen, genres, mask_cache_size)
+            ok = rows >= 0
+            for col in feats.columns:
+                if col in ("item", "item_idx", "title", "year", "train_count"):
+                    continue
+                values = feats[col]
+                if pd.api.types.is_numeric_dtype(values):
+                    arr = np.full(len(lv.items), np.nan)
+                    arr[rows[ok]] = values.to_numpy(np.float64)[ok]
+                    numeric[col] = arr
+                    continue
+                per_item = [_NO_GENRES] * len(lv.items)
+                for r, v in zip(rows, values):
+                    if r < 0 or v is None or (isinstance(v, float) and np.isnan(v)):
+                        continue
+                    v = frozenset([v] if isinstance(v, str) else v)
+                    per_item[r] = shared.setdefault(v, v)
+                categorical["genre" if col == "genres" else col] = per_item
+        genres = categorical.pop("genre", [_NO_GENRES] * len(lv.items))
+        return cls(lv, idx, seen, genres, mask_cache_size, categorical, numeric)
 
     # ---- filters -------------------------------------------------------------------------------
     def _filters(self, values, field_name: str) -> dict:
-        """`parse_filters`, and a value the catalog does not have is an error naming it (a typo would
-        otherwise answer 200 with an empty list)."""
-        out = parse_filters(values, field_name)
-        unknown = sorted(out.get("genre", set()) - self.genre_values)
-        if unknown:
-            known = ", ".join(sorted(self.genre_values)[:12]) + (", ..." if len(self.genre_values) > 12 else "")
-            raise RequestError(field_name, f"unknown genre {unknown[0]!r} (the catalog's: {known or 'none'})")
+        """The request's filters checked against the catalog: {"item": {ids}, attribute: {values},
+        ("range", attribute): [(op, number)]}. An unknown attribute or value is an error naming it
+        (a typo would otherwise answer 200 with an empty list)."""
+        out: dict = {}
+        for key, op, value in parse_filters(values, field_name):
+            if key in self.numeric and op != ":":
+                try:
+                    number = float(value)
+                except ValueError:
+                    raise RequestError(field_name, f"{key}{op}{value!r}: {value!r} is not a number") from None
+                out.setdefault(("range", key), []).append((op, number))
+            elif op != ":":
+                raise RequestError(field_name, f"{key!r} is not a numeric attribute "
+                                               f"(numeric: {', '.join(sorted(self.numeric)) or 'none'})")
+            elif key == "item" or key in self.categorical:
+                if key != "item" and value not in self.values[key]:
+                    known = sorted(self.values[key])
+                    shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+                    raise RequestError(field_name, f"unknown {key} {value!r} (the catalog's: {shown or 'none'})")
+                out.setdefault(key, set()).add(value)
+            else:
+                keys = ["item", *sorted(self.categorical), *sorted(f"{n}<=" for n in self.numeric)]
+                raise RequestError(field_name, f"unknown filter key {key!r} (allowed: {', '.join(keys)})")
         return out
 
-    def _genre_mask(self, genre: str) -> np.ndarray:
-        mask = self._genre_masks.get(genre)
+    def _genre_mask(self, genre: str, attribute: str = "genre") -> np.ndarray:
+        key = (attribute, genre)
+        mask = self._genre_masks.get(key)
         if mask is None:
-            mask = np.fromiter((genre in g for g in self.genres), bool, self.n_items)
-            self._genre_masks[genre] = mask
+            mask = np.fromiter((genre in g for g in self.categorical[attribute]), bool, self.n_items)
+            self._genre_masks[key] = mask
             while len(self._genre_masks) > self.mask_cache_size:
                 self._genre_masks.popitem(last=False)
         else:
-            self._genre_masks.move_to_end(genre)
+            self._genre_masks.move_to_end(key)
+        return mask
+
+    def _condition(self, key, values) -> np.ndarray:
+        """Items matching one key's conditions (OR within a key; ranges of one attribute AND)."""
+        if isinstance(key, tuple):
+            col = self.numeric[key[1]]
+            mask = np.ones(self.n_items, dtype=bool)
+            for op, number in values:
+                mask &= _NUMERIC_OPS[op](col, number)   # NaN (unknown) never matches
+            return mask
+        mask = np.zeros(self.n_items, dtype=bool)
+        if key == "item":
+            rows = self.lv.items.lookup(list(values))
+            mask[rows[rows >= 0]] = True
+            return mask
+        for v in values:
+            mask |= self._genre_mask(v, key)
         return mask
 
     def _seen_rows(self, user_row: int) -> np.ndarray:
@@ -152,23 +211,21 @@ class Engine:
     def _select(self, vector, source, k, include: dict, exclude: dict, blocked_rows: np.ndarray | None):
         """Top-k by the vector (or popularity) with the request's filters. Item rows to skip (seen
         items, the history, `item:` excludes) travel as a sorted array, so the common request costs one
-        index search and no pass over the catalog; genre filters and includes become masks."""
+        index search and no pass over the catalog; attribute filters and includes become masks."""
         parts = [] if blocked_rows is None else [np.asarray(blocked_rows, dtype=np.int64)]
         if exclude.get("item"):
             items = _rows_of(self.lv.items, list(exclude["item"]))
             parts.append(items[items >= 0])
         rows = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
         blocked = allowed = None
-        if include:
-            allowed = np.zeros(self.n_items, dtype=bool)
-            for g in include.get("genre", ()):
-                allowed |= self._genre_mask(g)
-            items = self.lv.items.lookup(list(include.get("item", ())))
-            allowed[items[items >= 0]] = True
-        if exclude.get("genre"):
-            blocked = np.zeros(self.n_items, dtype=bool)
-            for g in exclude["genre"]:
-                blocked |= self._genre_mask(g)
+        for key, values in include.items():        # AND across keys
+            cond = self._condition(key, values)
+            allowed = cond if allowed is None else allowed & cond
+        for key, values in exclude.items():        # any match is out
+            if key == "item":
+                continue                           # already in `rows`
+            cond = self._condition(key, values)
+            blocked = cond if blocked is None else blocked | cond
         if source == POPULARITY or vector is None:
             ids, scores = index_mod.popular_filtered(self.lv.popularity, k, blocked, allowed, rows)
             return ids, scores, POPULARITY

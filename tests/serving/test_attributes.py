@@ -1,0 +1,84 @@
+"""Catalog attributes of any name become filters: category:Books, brand:Acme, tags:new, price<=50."""
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from recsys import registry, version
+from recsys.config import from_dict
+from recsys.data import trainset
+from recsys.errors import RequestError
+from recsys.models import create
+from recsys.retrieval.engine import Engine
+from serving.main import create_app
+from serving.settings import Settings
+
+CATEGORIES, BRANDS = ["Books", "Games", "Garden"], ["Acme", "Globex"]
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    from pipelines import build_dataset
+    tmp = tmp_path_factory.mktemp("shop")
+    rng = np.random.default_rng(0)
+    n_items = 60
+    catalog = pd.DataFrame({"item_id": [f"p{i}" for i in range(n_items)],
+                            "name": [f"Product {i}" for i in range(n_items)],
+                            "category": [CATEGORIES[i % 3] for i in range(n_items)],
+                            "brand": [BRANDS[i % 2] for i in range(n_items)],
+                            "price": [5.0 * (i % 20) + 1 for i in range(n_items)],
+                            "tags": ["new|sale" if i % 4 == 0 else "sale" for i in range(n_items)]})
+    catalog.to_csv(tmp / "catalog.csv", index=False)
+    events = [(f"u{u}", f"p{rng.integers(0, n_items)}", ["view", "cart", "purchase"][k % 3], 1000 * u + k)
+              for u in range(80) for k in range(12)]
+    pd.DataFrame(events, columns=["user_id", "item_id", "event", "ts"]).to_csv(tmp / "events.csv", index=False)
+    cfg = from_dict({
+        "source": {"path": "events.csv", "format": "csv", "items_path": "catalog.csv", "items_format": "csv",
+                   "columns": {"user": "user_id", "item": "item_id", "timestamp": "ts", "value": "", "event": "event"},
+                   "item_columns": {"item": "item_id", "title": "name", "genres": "",
+                                    "attributes": {"category": "categorical", "brand": "categorical",
+                                                   "price": "numeric", "tags": "multi"}}},
+        "feedback": {"mode": "event"}, "filters": {"min_user_interactions": 1, "min_item_interactions": 1},
+        "split": {"strategy": "leave_last_n", "leave_last_n": 1}, "runner": {"shuffle_buckets": 2},
+        "artifacts": {"root": "artifacts"}}, base_dir=str(tmp))
+    ds = build_dataset.run(cfg, dataset_id="shop", previous=None, progress=lambda *_: None)
+    ts = trainset.from_dataset(ds, 5)
+    root = cfg.resolve(cfg.artifacts.root)
+    model = create("popularity", cfg.model)
+    model.fit(ts)
+    v = version.save(model, ts, cfg, root, ds)
+    registry.publish(root, v)
+    return root, catalog.set_index("item_id")
+
+
+def test_every_configured_attribute_filters(shop):
+    root, catalog = shop
+    engine = Engine.load(root)
+    assert set(engine.categorical) == {"genre", "category", "brand", "tags"} and set(engine.numeric) == {"price"}
+
+    def items(**kw):
+        return engine.recommend("nobody", 50, **kw).items
+    books = items(include=["category:Books"])
+    assert books and all(catalog.loc[i, "category"] == "Books" for i in books)
+    cheap_acme = items(include=["brand:Acme", "price<=20"])          # AND across keys
+    assert cheap_acme and all(catalog.loc[i, "brand"] == "Acme" and catalog.loc[i, "price"] <= 20 for i in cheap_acme)
+    either = items(include=["category:Books", "category:Games"])     # OR within a key
+    assert {catalog.loc[i, "category"] for i in either} == {"Books", "Games"}
+    new = items(include=["tags:new"])
+    assert new and all("new" in catalog.loc[i, "tags"].split("|") for i in new)
+    no_garden = items(exclude=["category:Garden", "price>90"])
+    assert no_garden and all(catalog.loc[i, "category"] != "Garden" and catalog.loc[i, "price"] <= 90
+                             for i in no_garden)
+
+
+@pytest.mark.parametrize("bad,message", [("category:Bookz", "unknown category 'Bookz'"),
+                                         ("colour:red", "unknown filter key 'colour'"),
+                                         ("price<=cheap", "is not a number"),
+                                         ("brand<=3", "not a numeric attribute")])
+def test_an_unknown_attribute_or_value_is_a_400_naming_it(shop, bad, message):
+    root, _ = shop
+    with pytest.raises(RequestError, match=message):
+        Engine.load(root).recommend("nobody", 5, include=[bad])
+    with TestClient(create_app(Settings(root=root, poll_seconds=0))) as client:
+        r = client.get("/v1/users/nobody/recommendations", params={"include": bad})
+        assert r.status_code == 400 and message.split("'")[0] in r.json()["error"]
