@@ -52,6 +52,25 @@ def _root(cfg) -> str:
     return cfg.resolve(cfg.artifacts.root)
 
 
+def _init(args) -> int:
+    from recsys import init
+    if os.path.exists(args.out) and not args.force:
+        raise RecsysError(f"init: {args.out} exists; pass --force to overwrite it, or --out another file")
+    base = os.path.dirname(os.path.abspath(args.out))
+
+    def rel(path):   # the config resolves paths against its own folder
+        return path if path is None or "://" in path else os.path.relpath(os.path.abspath(path), base)
+    inferred = init.infer(args.events, args.items, args.root)
+    inferred.config["source"]["path"] = rel(args.events)
+    if args.items:
+        inferred.config["source"]["items_path"] = rel(args.items)
+    init.write(inferred, args.out)
+    for note in inferred.notes:
+        print(f"  {note}")
+    print(f"wrote {args.out}; next: recsys nightly --config {args.out}")
+    return 0
+
+
 def _build_dataset(args) -> int:
     cfg = _config(args)
     _outside("pipelines.build_dataset").run(cfg, dataset_id=args.dataset_id,
@@ -286,6 +305,17 @@ def parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help, parents=list(parents), formatter_class=fmt)
         sp.set_defaults(func=func)
         return sp
+
+    ini = sub.add_parser("init", help="write a config for your own event log (and catalog)", formatter_class=fmt,
+                         description="read a sample of your files, infer columns, time format, event types "
+                                     "and catalog attributes, and write a config that works as it is",
+                         parents=[common])
+    ini.set_defaults(func=_init)
+    ini.add_argument("--events", required=True, help="the interaction log (csv, parquet or jsonl; a glob works)")
+    ini.add_argument("--items", help="the catalog (csv, parquet or jsonl), for titles and filters")
+    ini.add_argument("--out", default="recsys.yaml", help="the config to write")
+    ini.add_argument("--root", default="artifacts", help="artifacts.root of the config")
+    ini.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
     b = verb("build-dataset", _build_dataset, "run the Beam pipeline: raw interactions -> dataset")
     b.add_argument("--dataset-id", help="name of the new dataset (default: UTC timestamp)")

@@ -159,20 +159,36 @@ def item_features_from_frame(feats: pd.DataFrame, n_items: int, max_tokens: int 
                         np.asarray(list(genre_index), dtype=str), np.asarray(list(token_index), dtype=str))
 
 
-def _eval_set(df: pd.DataFrame, seen: pd.DataFrame, users, items_n: int, history_len: int) -> EvalSet:
-    """Build an EvalSet from held-out rows `df` and earlier rows `seen` (train, + validation)."""
+def _eval_set(df: pd.DataFrame, seen: pd.DataFrame, users, items_n: int, history_len: int,
+              target_events=()) -> EvalSet:
+    """Build an EvalSet from held-out rows `df` and earlier rows `seen` (train, + validation).
+
+    With `target_events`, only earlier rows of those events are excluded from the ranking: an item the
+    user viewed or carted is what a shop wants them to buy, so it stays rankable for a purchase."""
     ids = np.asarray(sorted(df["user"].unique()), dtype=object)
     row_of = pd.Index(ids)
     rel_rows = row_of.get_indexer(df["user"])
     relevant = csr_from_pairs(rel_rows, df["item_idx"].to_numpy(), len(ids), items_n)
     seen = seen[seen["user"].isin(row_of)].sort_values(["timestamp"], kind="stable")
     seen_rows = row_of.get_indexer(seen["user"])
-    exclude = csr_from_pairs(seen_rows, seen["item_idx"].to_numpy(), len(ids), items_n)
+    done = seen["event"].isin(list(target_events)).to_numpy() if target_events else np.ones(len(seen), bool)
+    exclude = csr_from_pairs(seen_rows[done], seen["item_idx"].to_numpy()[done], len(ids), items_n)
     history = last_items(seen_rows, seen["item_idx"].to_numpy(), len(ids), history_len)
     return EvalSet(ids, users.lookup(ids), relevant, exclude, history)
 
 
 _COLS = ["user", "user_idx", "item_idx", "timestamp", "weight"]
+
+
+def _read(dataset: Dataset, split: str, target_events) -> pd.DataFrame:
+    """A split's rows, with the event type when evaluation looks at event types."""
+    if not target_events:
+        return dataset.read(split, _COLS)
+    try:
+        return dataset.read(split, _COLS + ["event"])
+    except (KeyError, ValueError, pa.ArrowException):
+        raise DataError(f"evaluation.target_events={list(target_events)!r} is invalid: dataset {dataset.id} has no "
+                        f"event types (source.columns.event, feedback.mode: event; rebuild the dataset)") from None
 
 
 def _targets(dataset: Dataset, split: str, frame: pd.DataFrame, target_events) -> pd.DataFrame:
@@ -201,17 +217,18 @@ def eval_sets(dataset: Dataset, history_len: int = 20, train: pd.DataFrame | Non
             every event and are measured on purchases); empty: every held-out row.
     """
     if train is None:
-        train = dataset.read("train", _COLS)
-    val = dataset.read("validation", _COLS)
-    test = dataset.read("test", _COLS)
+        train = _read(dataset, "train", target_events)
+    val = _read(dataset, "validation", target_events)
+    test = _read(dataset, "test", target_events)
     out = {}
     val_targets = _targets(dataset, "validation", val, target_events)
     if len(val_targets):
-        out["validation"] = _eval_set(val_targets, train, dataset.users, len(dataset.items), history_len)
+        out["validation"] = _eval_set(val_targets, train, dataset.users, len(dataset.items), history_len,
+                                      target_events)
     test_targets = _targets(dataset, "test", test, target_events)
     if len(test_targets):
-        out["test"] = _eval_set(test_targets, pd.concat([train[_COLS], val], ignore_index=True),
-                                dataset.users, len(dataset.items), history_len)
+        out["test"] = _eval_set(test_targets, pd.concat([train[val.columns], val], ignore_index=True),
+                                dataset.users, len(dataset.items), history_len, target_events)
     return out
 
 
@@ -223,12 +240,12 @@ def from_dataset(dataset: Dataset, history_len: int = 20, include_validation: bo
     epoch count). Users first seen in validation are appended to the user vocabulary, so the refit
     model knows them; the only EvalSet is then test. `target_events`: see `eval_sets`.
     """
-    train = dataset.read("train", _COLS)
+    train = _read(dataset, "train", target_events)
     if len(train) == 0:
         raise DataError(f"dataset {dataset.id}: the train split is empty")
     users = dataset.users
     if include_validation:
-        val = dataset.read("validation", _COLS)
+        val = _read(dataset, "validation", target_events)
         users = users.extended(val.loc[val["user_idx"] < 0, "user"])
         val["user_idx"] = users.lookup(val["user"])
         train = pd.concat([train, val], ignore_index=True)
@@ -244,9 +261,9 @@ def from_dataset(dataset: Dataset, history_len: int = 20, include_validation: bo
                   user_features_from_frame(dataset.user_features(), users), dataset_id=dataset.id,
                   includes_validation=include_validation, timestamp=train["timestamp"].to_numpy(np.int64))
     if include_validation:
-        test = _targets(dataset, "test", dataset.read("test", _COLS), target_events)
+        test = _targets(dataset, "test", _read(dataset, "test", target_events), target_events)
         if len(test):
-            ts.evals["test"] = _eval_set(test, train, users, n_items, history_len)
+            ts.evals["test"] = _eval_set(test, train, users, n_items, history_len, target_events)
     else:
         ts.evals = eval_sets(dataset, history_len, train, target_events)
     return ts

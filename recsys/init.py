@@ -1,0 +1,193 @@
+"""`recsys init`: read a sample of a team's files and write a config that works as it is.
+
+It infers which columns hold the user, the item, the time, the event type or the rating, how time is
+written (a native timestamp type, epoch seconds or milliseconds, ISO strings), which event types occur
+(with proposed weights), and which catalog columns can be filters (categorical, multi-valued, numeric).
+What it could not decide is said, not guessed silently.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys import fsio
+from recsys.errors import DataError
+
+SAMPLE_ROWS = 20_000
+# Column names that usually mean a field, most telling first.
+_NAMES = {
+    "user": ("user_id", "userid", "user", "customer_id", "customer", "visitor_id", "visitorid", "client_id",
+             "session_id"),
+    "item": ("item_id", "itemid", "item", "product_id", "productid", "product", "sku", "movie_id", "movieid",
+             "article_id", "content_id"),
+    "timestamp": ("timestamp", "ts", "event_time", "time", "datetime", "date", "created_at", "event_timestamp"),
+    "event": ("event_type", "event", "action", "type", "interaction", "behavior", "behaviour"),
+    "value": ("rating", "score", "stars", "value"),
+}
+# Proposed weights for event names a shop or media log usually has (anything else: 1).
+_EVENT_WEIGHTS = {"view": 1.0, "click": 1.0, "detail": 1.0, "play": 1.0, "like": 2.0, "cart": 2.0,
+                  "add_to_cart": 2.0, "addtocart": 2.0, "wishlist": 2.0, "purchase": 3.0, "order": 3.0,
+                  "buy": 3.0, "transaction": 3.0, "checkout": 3.0}
+_FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
+            ".json": "jsonl", ".ndjson": "jsonl"}
+
+
+@dataclass
+class Inferred:
+    """What `infer` found: the config mapping and the notes a human should read."""
+    config: dict
+    notes: list = field(default_factory=list)
+
+
+def _format(path: str) -> str:
+    ext = os.path.splitext(path.lower().removesuffix(".gz"))[1]
+    if ext not in _FORMATS:
+        raise DataError(f"{path}: cannot tell the format from {ext!r} (known: {', '.join(sorted(_FORMATS))})")
+    return _FORMATS[ext]
+
+
+def _sample(path: str) -> tuple[pd.DataFrame, str, pa.Schema | None]:
+    fmt = _format(path)
+    files = fsio.match(path)
+    if not files:
+        raise DataError(f"{path}: no such file")
+    with fsio.open_read(files[0]) as fh:
+        if fmt == "parquet":
+            pf = pq.ParquetFile(fh)
+            batch = next(pf.iter_batches(batch_size=SAMPLE_ROWS), None)
+            table = pa.Table.from_batches([batch]) if batch is not None else pf.schema_arrow.empty_table()
+            return table.to_pandas(), fmt, pf.schema_arrow
+        if fmt == "jsonl":
+            return pd.read_json(fh, lines=True, nrows=SAMPLE_ROWS, dtype=False), fmt, None
+        sep = "\t" if files[0].lower().removesuffix(".gz").endswith(".tsv") else ","
+        return pd.read_csv(fh, sep=sep, nrows=SAMPLE_ROWS, dtype=str, keep_default_na=False), fmt, None
+
+
+def _pick(columns, field_name: str) -> str | None:
+    lower = {c.lower(): c for c in columns}
+    for name in _NAMES[field_name]:
+        if name in lower:
+            return lower[name]
+    return None
+
+
+def _timestamp_unit(col: pd.Series, schema_type) -> tuple[str, str]:
+    """(unit for the config, how it was decided)."""
+    if schema_type is not None and (pa.types.is_timestamp(schema_type) or pa.types.is_date(schema_type)):
+        return "s", f"a native {schema_type} column (read as it is)"
+    num = pd.to_numeric(col, errors="coerce")
+    if num.notna().mean() > 0.95:
+        median = float(num.dropna().median())
+        if median > 1e14:
+            raise DataError(f"timestamps look like micro- or nanoseconds (median {median:.0f}): "
+                            f"source.timestamp_unit takes s or ms; convert them first")
+        return ("ms", f"epoch milliseconds (median {median:.0f})") if median > 1e11 else \
+            ("s", f"epoch seconds (median {median:.0f})")
+    parsed = pd.to_datetime(col, errors="coerce", utc=True, format="ISO8601")
+    if parsed.notna().mean() > 0.95:
+        return "iso", "ISO 8601 strings"
+    raise DataError(f"cannot tell how time is written in column {col.name!r} (e.g. {col.iloc[0]!r}): "
+                    f"set source.timestamp_unit by hand")
+
+
+def _attributes(items: pd.DataFrame, skip: set, separator: str) -> dict:
+    """Catalog columns that can be filters, by kind."""
+    out = {}
+    n = max(len(items), 1)
+    for col in items.columns:
+        if col in skip or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", str(col)):
+            continue
+        values = items[col]
+        num = pd.to_numeric(values, errors="coerce")
+        if num.notna().mean() > 0.95:
+            out[col] = "numeric"
+            continue
+        text = values.astype(str)
+        if text.str.contains(re.escape(separator)).mean() > 0.2:
+            out[col] = "multi"
+        elif text.nunique() <= max(50, n // 20):
+            out[col] = "categorical"
+        # else: free text (a description): not a filter
+    return out
+
+
+def infer(events: str, items: str | None = None, root: str = "artifacts") -> Inferred:
+    """The config mapping for these files, and notes on what was inferred.
+
+    Raises:
+        DataError: a file cannot be read, or a required column (user, item, time) cannot be found.
+    """
+    df, fmt, schema = _sample(events)
+    notes = [f"events: {events} ({fmt}, {len(df)} sample rows; columns: {', '.join(map(str, df.columns))})"]
+    cols = {f: _pick(df.columns, f) for f in _NAMES}
+    for f in ("user", "item", "timestamp"):
+        if cols[f] is None:
+            raise DataError(f"{events}: no column looks like the {f} (columns: {', '.join(map(str, df.columns))}); "
+                            f"name it in source.columns.{f}")
+    ts_type = schema.field(cols["timestamp"]).type if schema is not None else None
+    unit, how = _timestamp_unit(df[cols["timestamp"]], ts_type)
+    notes.append(f"user: {cols['user']!r}, item: {cols['item']!r}, time: {cols['timestamp']!r} as {how}")
+    source = {"path": events, "format": fmt, "timestamp_unit": unit,
+              "columns": {"user": cols["user"], "item": cols["item"], "timestamp": cols["timestamp"],
+                          "value": cols["value"] or "", "event": cols["event"] or ""}}
+    feedback: dict
+    if cols["event"]:
+        counts = df[cols["event"]].astype(str).value_counts()
+        weights = {str(e): _EVENT_WEIGHTS.get(str(e).lower(), 1.0) for e in counts.index}
+        feedback = {"mode": "event", "event_weights": weights, "unknown_events": "ignore"}
+        notes.append("event types (sample count -> proposed weight): "
+                     + ", ".join(f"{e} {counts[e]} -> {weights[str(e)]:g}" for e in counts.index))
+        if cols["value"]:
+            notes.append(f"column {cols['value']!r} is not used (feedback.mode: event)")
+            source["columns"]["value"] = ""
+    elif cols["value"]:
+        v = pd.to_numeric(df[cols["value"]], errors="coerce")
+        lo, hi = float(v.min()), float(v.max())
+        feedback = {"mode": "rating", "rating_range": [lo, hi], "min_rating": round(lo + 0.7 * (hi - lo), 2)}
+        notes.append(f"ratings from {lo:g} to {hi:g}: positives are >= {feedback['min_rating']:g} (check it)")
+    else:
+        feedback = {"mode": "implicit"}
+        notes.append("no event type or rating column: every row is a positive (feedback.mode: implicit)")
+    evaluation: dict = {}
+    purchase = [e for e in feedback.get("event_weights", {}) if e.lower() in ("purchase", "order", "buy",
+                                                                              "transaction", "checkout")]
+    if purchase:
+        evaluation["target_events"] = purchase
+        notes.append(f"models train on every event and are measured on {', '.join(purchase)} "
+                     f"(evaluation.target_events)")
+    if items:
+        cat, cat_fmt, _ = _sample(items)
+        item_col = _pick(cat.columns, "item") or cols["item"]
+        if item_col not in cat.columns:
+            raise DataError(f"{items}: no column looks like the item ID (columns: {', '.join(map(str, cat.columns))})")
+        title = next((c for c in cat.columns if c.lower() in ("title", "name", "product_name")), "")
+        attrs = _attributes(cat, {item_col, title}, "|")
+        source.update(items_path=items, items_format=cat_fmt,
+                      item_columns={"item": item_col, "title": title, "genres": "", "attributes": attrs})
+        notes.append(f"catalog: {items} (item {item_col!r}, title {title or '-'}); filters: "
+                     + (", ".join(f"{a} ({k})" for a, k in attrs.items()) or "none"))
+    else:
+        source["items_format"] = "none"
+    config = {"source": source, "feedback": feedback,
+              "filters": {"min_user_interactions": 2, "min_item_interactions": 2},
+              # each user's last 2 positives are test and the 2 before validation: every active user
+              # is measured, whatever the date range of the log
+              "split": {"strategy": "leave_last_n", "leave_last_n": 2},
+              "artifacts": {"root": root}}
+    if evaluation:
+        config["evaluation"] = evaluation
+    return Inferred(config, notes)
+
+
+def write(inferred: Inferred, path: str) -> None:
+    """The config as commented YAML (atomic write)."""
+    import yaml
+    head = ["# Written by `recsys init`: check the lines below, then `recsys nightly --config " + path + "`.",
+            *[f"# - {n}" for n in inferred.notes], "# Every key: docs/CONFIG.md", ""]
+    fsio.atomic_write_text(path, "\n".join(head) + yaml.safe_dump(inferred.config, sort_keys=False))
