@@ -61,6 +61,9 @@ def test_init_writes_a_config_that_builds_trains_and_filters_as_is(tmp_path, cap
     got = engine.recommend("nobody", 10, include=["category:Books", "price<=60"]).items
     catalog = pd.read_csv(tmp_path / "catalog.csv").set_index("sku")
     assert got and all(catalog.loc[i, "category"] == "Books" and catalog.loc[i, "price"] <= 60 for i in got)
+    user = events["customer_id"].iloc[0]
+    got = engine.recommend(user, 10, include=["brand:Acme"], exclude=["price>100"]).items
+    assert got and all(catalog.loc[i, "brand"] == "Acme" and catalog.loc[i, "price"] <= 100 for i in got)
     st = __import__("json").load(open(tmp_path / "conf" / "artifacts" / "datasets" /
                                       open(tmp_path / "conf" / "artifacts" / "datasets" / "LATEST").read().strip()
                                       / "stats.json"))
