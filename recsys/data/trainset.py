@@ -131,11 +131,43 @@ def last_items(users: np.ndarray, items: np.ndarray, n_rows: int, length: int) -
 _TOKEN_RE = re.compile(r"[a-z0-9]+")
 
 
+_NOT_ATTRIBUTES = {"item", "item_idx", "title", "year", "genres", "train_count"}
+
+
+def _attribute_tokens(feats: pd.DataFrame) -> list[list[str]]:
+    """Per item row, a token per catalog attribute value (`category=Books`, `tags=new`, and for a numeric
+    attribute its decile, `price=q3`): they share the genres' embedding bag in the candidate tower."""
+    out = [[] for _ in range(len(feats))]
+    for col in feats.columns:
+        if col in _NOT_ATTRIBUTES:
+            continue
+        values = feats[col]
+        if pd.api.types.is_numeric_dtype(values):
+            v = values.to_numpy(np.float64)
+            ok = ~np.isnan(v)
+            if ok.sum() < 2:
+                continue
+            edges = np.unique(np.quantile(v[ok], np.linspace(0.1, 0.9, 9)))
+            bucket = np.searchsorted(edges, v, side="right")
+            for r in np.flatnonzero(ok):
+                out[r].append(f"{col}=q{bucket[r]}")
+            continue
+        for r, value in enumerate(values):
+            if value is None or (isinstance(value, float) and np.isnan(value)):
+                continue
+            for x in ([value] if isinstance(value, str) else list(value)):
+                out[r].append(f"{col}={x}")
+    return out
+
+
 def item_features_from_frame(feats: pd.DataFrame, n_items: int, max_tokens: int = 8,
-                             max_genres: int = 6, vocab_size: int = 20000) -> ItemFeatures:
-    """Genres, title tokens (minus the year) and year buckets as padded index matrices."""
-    feats = feats.sort_values("item_idx")
-    genres = np.full((n_items, max_genres), PAD, dtype=np.int32)
+                             max_genres: int = 6, max_attribute_tokens: int = 10,
+                             vocab_size: int = 20000) -> ItemFeatures:
+    """Genres and catalog attributes (one bag of tokens), title tokens (minus the year) and year
+    buckets as padded index matrices."""
+    feats = feats.sort_values("item_idx").reset_index(drop=True)
+    attributes = _attribute_tokens(feats)
+    genres = np.full((n_items, max_genres + (max_attribute_tokens if any(attributes) else 0)), PAD, dtype=np.int32)
     tokens = np.full((n_items, max_tokens), PAD, dtype=np.int32)
     genre_index: dict = {}
     token_counts: dict = {}
@@ -146,7 +178,7 @@ def item_features_from_frame(feats: pd.DataFrame, n_items: int, max_tokens: int 
     # Tokens seen in at least two titles; rarer ones carry no shared signal.
     token_index = {t: i for i, t in enumerate(sorted(k for k, c in token_counts.items() if c >= 2)[:vocab_size])}
     for row, (idx, gs, title) in enumerate(zip(feats["item_idx"], feats["genres"], titles)):
-        for j, g in enumerate(list(gs)[:max_genres]):
+        for j, g in enumerate(list(gs)[:max_genres] + attributes[row][:max_attribute_tokens]):
             genres[idx, j] = genre_index.setdefault(g, len(genre_index))
         toks = [token_index[t] for t in _TOKEN_RE.findall(title) if t in token_index][:max_tokens]
         tokens[idx, :len(toks)] = toks

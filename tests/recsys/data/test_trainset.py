@@ -52,3 +52,21 @@ def test_target_events_make_only_those_held_out_rows_relevant(write_file, make_c
                          "feedback": {"mode": "implicit"}, "split": {"strategy": "leave_last_n", "leave_last_n": 2}})
     with pytest.raises(DataError, match="evaluation.target_events"):
         eval_sets(build_dataset(plain, dataset_id="plain"), 3, target_events=("purchase",))
+
+
+def test_catalog_attributes_become_candidate_tower_tokens():
+    """category / tags / price reach the two_tower candidate tower as tokens beside the genres."""
+    import pandas as pd
+    from recsys.data.trainset import item_features_from_frame
+    feats = pd.DataFrame({"item": ["a", "b", "c", "d"], "item_idx": [0, 1, 2, 3], "title": ["A", "B", "C", "D"],
+                          "year": [0, 0, 0, 0], "genres": [[], ["g"], [], []],
+                          "category": ["Books", "Games", None, "Books"], "tags": [["new"], [], ["new", "sale"], []],
+                          "price": [1.0, 10.0, 100.0, float("nan")], "train_count": [1, 1, 1, 1]})
+    f = item_features_from_frame(feats, 4)
+    names = list(f.genre_names)
+    tokens = [{names[t] for t in row if t >= 0} for row in f.genres]
+    assert {"category=Books", "tags=new"} <= tokens[0] and any(t.startswith("price=q") for t in tokens[0])
+    assert tokens[1] >= {"g", "category=Games"} and "category=Books" not in tokens[2]
+    assert tokens[3] == {"category=Books"}                       # unknown price: no price token
+    prices = [next(t for t in tokens[i] if t.startswith("price=")) for i in range(3)]
+    assert len(set(prices)) == 3                                 # deciles tell 1, 10 and 100 apart
