@@ -411,11 +411,16 @@ def load_seen(root: str, version: str):
     return sp.load_npz(io.BytesIO(fsio.read_bytes(path))).tocsr()
 
 
-def load_item_attributes(root: str, version: str, columns: list[str]):
-    """Columns (None: all) of the version's items.parquet as a pandas frame, or None without one."""
+def load_item_attributes(root: str, version: str, columns: list[str] | None, exclude=()):
+    """Columns (None: all but `exclude`) of the version's items.parquet as a pandas frame, or None
+    without one."""
     path = fsio.join(version_dir(root, version), ITEM_ATTRIBUTES)
     if not fsio.exists(path):
         return None
     import pyarrow as pa
     import pyarrow.parquet as pq
-    return pq.read_table(pa.BufferReader(fsio.read_bytes(path)), columns=columns).to_pandas()
+    buf = pa.BufferReader(fsio.read_bytes(path))
+    if columns is None:
+        columns = [c for c in pq.read_schema(buf).names if c not in exclude]
+        buf.seek(0)
+    return pq.read_table(buf, columns=columns).to_pandas()

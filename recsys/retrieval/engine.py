@@ -123,7 +123,7 @@ class Engine:
         # objects for Python's cyclic garbage collector to walk (seconds-long pauses in the service)
         shared: dict = {}
         categorical, numeric = {}, {}
-        feats = version_mod.load_item_attributes(root, version, None)
+        feats = version_mod.load_item_attributes(root, version, None, exclude=("title", "year", "train_count"))
         if feats is not None:
             rows = lv.items.lookup(feats["item"].to_numpy(dtype=object))
             ok = rows >= 0
