@@ -212,29 +212,30 @@ def _eval_set(df: pd.DataFrame, seen: pd.DataFrame, users, items_n: int, history
 _COLS = ["user", "user_idx", "item_idx", "timestamp", "weight"]
 
 
+def _no_event_types(dataset: Dataset, target_events) -> DataError:
+    return DataError(f"evaluation.target_events={list(target_events)!r} is invalid: dataset {dataset.id} has no "
+                     f"event types (source.columns.event, feedback.mode: event; rebuild the dataset)")
+
+
 def _read(dataset: Dataset, split: str, target_events) -> pd.DataFrame:
     """A split's rows, with the event type when evaluation looks at event types."""
     if not target_events:
         return dataset.read(split, _COLS)
     try:
-        return dataset.read(split, _COLS + ["event"])
-    except (KeyError, ValueError, pa.ArrowException):
-        raise DataError(f"evaluation.target_events={list(target_events)!r} is invalid: dataset {dataset.id} has no "
-                        f"event types (source.columns.event, feedback.mode: event; rebuild the dataset)") from None
+        frame = dataset.read(split, _COLS + ["event"])
+    except (KeyError, ValueError, pa.ArrowException):   # shards written before they kept the event type
+        raise _no_event_types(dataset, target_events) from None
+    if len(frame) and frame["event"].isna().all():
+        raise _no_event_types(dataset, target_events)
+    return frame
 
 
-def _targets(dataset: Dataset, split: str, frame: pd.DataFrame, target_events) -> pd.DataFrame:
-    """The held-out rows that count as relevant: those of `target_events` (all rows when empty)."""
+def _targets(frame: pd.DataFrame, target_events) -> pd.DataFrame:
+    """The held-out rows that count as relevant: those of `target_events` (all rows when empty);
+    `frame` comes from `_read` with the same `target_events`, so it has the event column."""
     if not target_events:
         return frame
-    try:
-        ev = dataset.read(split, ["event"])["event"]
-    except (KeyError, ValueError, pa.ArrowException):   # shards written before they kept the event type
-        ev = pd.Series([None] * len(frame), dtype=object)
-    if ev.isna().all() and len(ev):
-        raise DataError(f"evaluation.target_events={list(target_events)!r} is invalid: dataset {dataset.id} has no "
-                        f"event types (source.columns.event, feedback.mode: event; rebuild the dataset)")
-    return frame[ev.isin(list(target_events)).to_numpy()]
+    return frame[frame["event"].isin(list(target_events)).to_numpy()]
 
 
 def eval_sets(dataset: Dataset, history_len: int = 20, train: pd.DataFrame | None = None,
@@ -253,11 +254,11 @@ def eval_sets(dataset: Dataset, history_len: int = 20, train: pd.DataFrame | Non
     val = _read(dataset, "validation", target_events)
     test = _read(dataset, "test", target_events)
     out = {}
-    val_targets = _targets(dataset, "validation", val, target_events)
+    val_targets = _targets(val, target_events)
     if len(val_targets):
         out["validation"] = _eval_set(val_targets, train, dataset.users, len(dataset.items), history_len,
                                       target_events)
-    test_targets = _targets(dataset, "test", test, target_events)
+    test_targets = _targets(test, target_events)
     if len(test_targets):
         out["test"] = _eval_set(test_targets, pd.concat([train[val.columns], val], ignore_index=True),
                                 dataset.users, len(dataset.items), history_len, target_events)
@@ -293,7 +294,7 @@ def from_dataset(dataset: Dataset, history_len: int = 20, include_validation: bo
                   user_features_from_frame(dataset.user_features(), users), dataset_id=dataset.id,
                   includes_validation=include_validation, timestamp=train["timestamp"].to_numpy(np.int64))
     if include_validation:
-        test = _targets(dataset, "test", _read(dataset, "test", target_events), target_events)
+        test = _targets(_read(dataset, "test", target_events), target_events)
         if len(test):
             ts.evals["test"] = _eval_set(test, train, users, n_items, history_len, target_events)
     else:
