@@ -311,9 +311,11 @@ def validate(root: str, version: str) -> dict:
         for key, n in (("n_users", n_users), ("n_items", n_items)):
             if key in manifest and manifest[key] != n:
                 raise problem(f"manifest {key}={manifest[key]} but the ID list has {n}")
-        if _npy_shape(fsio.join(d, POPULARITY)) != (n_items,):
-            raise problem(f"{POPULARITY} has shape {_npy_shape(fsio.join(d, POPULARITY))}, expected ({n_items},)")
-        with np.load(io.BytesIO(fsio.read_bytes(fsio.join(d, SEEN)))) as z:
+        popularity = _npy_shape(fsio.join(d, POPULARITY))
+        if popularity != (n_items,):
+            raise problem(f"{POPULARITY} has shape {popularity}, expected ({n_items},)")
+        # only the shape member of the archive is read, not the matrix
+        with fsio.open_read(fsio.join(d, SEEN)) as fh, np.load(fh) as z:
             seen_shape = tuple(int(x) for x in z["shape"])
         if seen_shape != (n_users, n_items):
             raise problem(f"{SEEN} has shape {seen_shape}, expected {(n_users, n_items)}")
@@ -380,10 +382,8 @@ def load(root: str, version: str) -> LoadedVersion:
 
 
 def _load(root: str, version: str) -> LoadedVersion:
-    manifest = validate(root, version)
-    name = manifest.get("model")
-    if name not in MODELS:
-        raise DataError(f"model version {version!r}: model={name!r} is unknown (known: {', '.join(MODELS)})")
+    manifest = validate(root, version)   # a known model, its files present, shapes consistent
+    name = manifest["model"]
     d = version_dir(root, version)
     users, items = load_vocabs(root, version)
     model = MODELS[name]()
@@ -391,9 +391,6 @@ def _load(root: str, version: str) -> LoadedVersion:
     item_emb = user_emb = None
     if model.personalized:
         item_emb, user_emb = load_embeddings(root, version, mmap=True)
-        if item_emb.shape[0] != len(items) or user_emb.shape[0] != len(users):
-            raise DataError(f"model version {version!r} is inconsistent: embeddings {item_emb.shape} / "
-                            f"{user_emb.shape} for {len(items)} items / {len(users)} users")
 
     def query_model():
         import tensorflow as tf
