@@ -22,7 +22,6 @@ USER_FORMATS = ("none", "movielens_users", "csv", "parquet", "jsonl")
 TIMESTAMP_UNITS = ("s", "ms", "iso")
 FEEDBACK_MODES = ("rating", "event", "implicit")
 SPLIT_STRATEGIES = ("temporal", "leave_last_n")
-RESERVED_ITEM_COLUMNS = ("item", "item_idx", "title", "year", "genres", "genre", "train_count")
 # Beam runners that work here or on a cluster (the PrismRunner downloads a binary at start).
 RUNNERS = ("DirectRunner", "FnApiRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner")
 
@@ -209,10 +208,12 @@ def validate(cfg: Config) -> Config:
     _check(bool(s.path), "source.path", s.path, "a path or glob to the interaction files is required")
     _one_of("source.format", s.format, INTERACTION_FORMATS)
     _one_of("source.items_format", s.items_format, ITEM_FORMATS)
+    from recsys.data.dataset import ITEM_FIXED_COLUMNS   # here: recsys.data imports this module
+    reserved = (*ITEM_FIXED_COLUMNS, "genre")              # "genre" is the filter key of "genres"
     for name, kind in s.item_columns.attributes.items():
-        _check(bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", str(name))) and name not in RESERVED_ITEM_COLUMNS,
+        _check(bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", str(name))) and name not in reserved,
                "source.item_columns.attributes", name,
-               f"a column name of letters, digits and _, not one of {', '.join(RESERVED_ITEM_COLUMNS)}")
+               f"a column name of letters, digits and _, not one of {', '.join(reserved)}")
         _one_of(f"source.item_columns.attributes.{name}", kind, ("categorical", "multi", "numeric"))
     _one_of("source.users_format", s.users_format, USER_FORMATS)
     _check(s.users_format == "none" or bool(s.users_path), "source.users_path", s.users_path,

@@ -33,6 +33,9 @@ STATS = "stats.json"
 USERS_VOCAB, ITEMS_VOCAB = "vocab/users.txt", "vocab/items.txt"
 ITEMS_FILE, USERS_FILE = "items.parquet", "users.parquet"
 REJECTED = "rejected"
+# items.parquet's own columns; every other column there is a catalog attribute
+# (source.item_columns.attributes), and "genres" is the MovieLens one
+ITEM_FIXED_COLUMNS = ("item", "item_idx", "title", "year", "genres", "train_count")
 SPLIT_SCHEMA = pa.schema([
     ("user", pa.string()), ("item", pa.string()), ("user_idx", pa.int32()), ("item_idx", pa.int32()),
     ("timestamp", pa.int64()), ("value", pa.float32()), ("weight", pa.float32()), ("event", pa.string()),

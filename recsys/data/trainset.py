@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sp
 
-from recsys.data.dataset import Dataset
+from recsys.data.dataset import ITEM_FIXED_COLUMNS, Dataset
 from recsys.errors import DataError
 
 PAD = -1  # history padding (no item)
@@ -131,15 +131,12 @@ def last_items(users: np.ndarray, items: np.ndarray, n_rows: int, length: int) -
 _TOKEN_RE = re.compile(r"[a-z0-9]+")
 
 
-_NOT_ATTRIBUTES = {"item", "item_idx", "title", "year", "genres", "train_count"}
-
-
 def _attribute_tokens(feats: pd.DataFrame) -> list[list[str]]:
     """Per item row, a token per catalog attribute value (`category=Books`, `tags=new`, and for a numeric
     attribute its decile, `price=q3`): they share the genres' embedding bag in the candidate tower."""
     out = [[] for _ in range(len(feats))]
     for col in feats.columns:
-        if col in _NOT_ATTRIBUTES:
+        if col in ITEM_FIXED_COLUMNS:
             continue
         values = feats[col]
         if pd.api.types.is_numeric_dtype(values):

@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys import registry, version as version_mod
+from recsys.data.dataset import ITEM_FIXED_COLUMNS
 from recsys.errors import RequestError
 from recsys.models.base import HISTORY, PERSONALIZED, POPULARITY
 from recsys.retrieval import index as index_mod
@@ -29,7 +30,7 @@ from recsys.version import LoadedVersion
 FILTER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(:|<=|>=|<|>).+$"
 _NUMERIC_OPS = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}
 MAX_K = 1000
-MASK_CACHE_SIZE = 256      # genre masks kept (least recently used dropped): n_items bytes each
+MASK_CACHE_SIZE = 256      # filter-value masks kept (least recently used dropped): n_items bytes each
 ECHO_IGNORED = 50          # ignored history items echoed back at most, each cut to ECHO_CHARS
 ECHO_CHARS = 64
 _NO_GENRES = frozenset()
@@ -88,20 +89,19 @@ def _rows_of(vocab, keys) -> np.ndarray:
 class Engine:
     """A loaded version with its index, item attributes and per-user seen items."""
 
-    def __init__(self, lv: LoadedVersion, idx, seen: sp.csr_matrix | None, genres: list[set],
-                 mask_cache_size: int = MASK_CACHE_SIZE, categorical: dict | None = None,
-                 numeric: dict | None = None):
-        """`genres` and each `categorical` attribute: a frozenset of values per item row; `numeric`:
-        name -> float array over item rows (NaN: unknown)."""
+    def __init__(self, lv: LoadedVersion, idx, seen: sp.csr_matrix | None, categorical: dict | None = None,
+                 numeric: dict | None = None, mask_cache_size: int = MASK_CACHE_SIZE):
+        """`categorical`: filter key (genre, category, ...) -> a frozenset of values per item row;
+        `numeric`: filter key -> float array over item rows (NaN: unknown)."""
         self.lv, self.index, self.seen = lv, idx, seen
         self.version = lv.version
         self.n_items = len(lv.items)
-        self.categorical = {"genre": genres, **(categorical or {})}
+        self.categorical = {"genre": [_NO_GENRES] * self.n_items, **(categorical or {})}
         self.numeric = numeric or {}
         self.values = {name: frozenset().union(*set(rows)) if rows else frozenset()
                        for name, rows in self.categorical.items()}
         # bounded: every distinct filter value would otherwise keep an n_items mask for ever
-        self._genre_masks: OrderedDict = OrderedDict()
+        self._masks: OrderedDict = OrderedDict()
         self.mask_cache_size = mask_cache_size
 
     @classmethod
@@ -123,12 +123,13 @@ class Engine:
         # objects for Python's cyclic garbage collector to walk (seconds-long pauses in the service)
         shared: dict = {}
         categorical, numeric = {}, {}
-        feats = version_mod.load_item_attributes(root, version, None, exclude=("title", "year", "train_count"))
+        fixed = [c for c in ITEM_FIXED_COLUMNS if c != "genres"]   # every other column is a filter key
+        feats = version_mod.load_item_attributes(root, version, None, exclude=[c for c in fixed if c != "item"])
         if feats is not None:
             rows = lv.items.lookup(feats["item"].to_numpy(dtype=object))
             ok = rows >= 0
             for col in feats.columns:
-                if col in ("item", "item_idx", "title", "year", "train_count"):
+                if col in fixed:
                     continue
                 values = feats[col]
                 if pd.api.types.is_numeric_dtype(values):
@@ -143,8 +144,7 @@ class Engine:
                     v = frozenset([v] if isinstance(v, str) else v)
                     per_item[r] = shared.setdefault(v, v)
                 categorical["genre" if col == "genres" else col] = per_item
-        genres = categorical.pop("genre", [_NO_GENRES] * len(lv.items))
-        return cls(lv, idx, seen, genres, mask_cache_size, categorical, numeric)
+        return cls(lv, idx, seen, categorical, numeric, mask_cache_size)
 
     # ---- filters -------------------------------------------------------------------------------
     def _filters(self, values, field_name: str) -> dict:
@@ -173,16 +173,17 @@ class Engine:
                 raise RequestError(field_name, f"unknown filter key {key!r} (allowed: {', '.join(keys)})")
         return out
 
-    def _genre_mask(self, genre: str, attribute: str = "genre") -> np.ndarray:
-        key = (attribute, genre)
-        mask = self._genre_masks.get(key)
+    def _value_mask(self, attribute: str, value: str) -> np.ndarray:
+        """Items whose `attribute` has `value` (kept in a bounded LRU cache)."""
+        key = (attribute, value)
+        mask = self._masks.get(key)
         if mask is None:
-            mask = np.fromiter((genre in g for g in self.categorical[attribute]), bool, self.n_items)
-            self._genre_masks[key] = mask
-            while len(self._genre_masks) > self.mask_cache_size:
-                self._genre_masks.popitem(last=False)
+            mask = np.fromiter((value in g for g in self.categorical[attribute]), bool, self.n_items)
+            self._masks[key] = mask
+            while len(self._masks) > self.mask_cache_size:
+                self._masks.popitem(last=False)
         else:
-            self._genre_masks.move_to_end(key)
+            self._masks.move_to_end(key)
         return mask
 
     def _condition(self, key, values) -> np.ndarray:
@@ -199,7 +200,7 @@ class Engine:
             mask[rows[rows >= 0]] = True
             return mask
         for v in values:
-            mask |= self._genre_mask(v, key)
+            mask |= self._value_mask(key, v)
         return mask
 
     def _seen_rows(self, user_row: int) -> np.ndarray:

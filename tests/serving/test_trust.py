@@ -138,7 +138,7 @@ def test_distinct_genre_filters_keep_a_bounded_number_of_masks(served):
     engine = Engine.load(served["root"], served["versions"]["mf"], mask_cache_size=3)
     for g in range(100):
         engine.recommend("u1", 5, include=[f"genre:g{g % 5}"])
-    assert len(engine._genre_masks) == 3
+    assert len(engine._masks) == 3
     assert engine.recommend("u1", 5, include=["genre:g1"]).items      # evicted values still answer
 
 
