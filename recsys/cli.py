@@ -261,24 +261,21 @@ def _demo(args) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return n
+def _int_in(low: int, high: float, what: str):
+    """An argparse type: an integer in [low, high], else one line saying what was expected."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = None
+        if n is None or not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return n
+    return parse
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
-    return port
+_port = _int_in(1, 65535, "a TCP port (1-65535)")
+_positive = _int_in(1, float("inf"), "a positive integer")
 
 
 def parser() -> argparse.ArgumentParser:

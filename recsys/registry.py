@@ -127,17 +127,14 @@ def describe_versions(root: str) -> list[dict]:
 
 def format_versions(root: str) -> str:
     """The `recsys versions` table."""
-    cur = current_version(root)
     lines = [f"{'':2}{'version':<34}{'model':<11}{'created':<27}{'dataset':<18}{'recall@20':>10}{'ndcg@20':>9}"]
-    for v in list_versions(root):
-        mark = "* " if v == cur else "  "
-        try:
-            m = version_mod.read_manifest(root, v)
-        except DataError as exc:
-            lines.append(f"{mark}{v:<34}(unreadable: {str(exc).split(': ', 1)[-1]})")
+    for d in describe_versions(root):
+        mark, v = ("* " if d["published"] else "  "), d["version"]
+        if "error" in d:
+            lines.append(f"{mark}{v:<34}(unreadable: {d['error'].split(': ', 1)[-1]})")
             continue
-        met = m.get("test_metrics") or m.get("validation_metrics") or {}
-        lines.append(f"{mark}{v:<34}{m.get('model', ''):<11}{m.get('created_at', ''):<27}{m.get('dataset_id', ''):<18}"
+        met = d["test_metrics"] or d["validation_metrics"] or {}
+        lines.append(f"{mark}{v:<34}{d['model'] or '':<11}{d['created_at'] or '':<27}{d['dataset_id'] or '':<18}"
                      f"{met.get('recall@20', float('nan')):>10.4f}{met.get('ndcg@20', float('nan')):>9.4f}")
     lines.append("(* = published; metrics: test split when evaluated, else validation)")
     return "\n".join(lines)
