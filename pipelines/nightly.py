@@ -199,13 +199,8 @@ def _build_dataset(cfg, out, progress):
 
 def _train(cfg, root, out, progress):
     from recsys import jobs
-    from recsys.data import trainset
     from recsys.data.dataset import Dataset
-    dataset = Dataset.open(root, out["dataset_id"])
-    targets = tuple(cfg.evaluation.target_events)
-    ts = trainset.from_dataset(dataset, cfg.model.history_length, target_events=targets)
-    full = (trainset.from_dataset(dataset, cfg.model.history_length, include_validation=True, target_events=targets)
-            if cfg.model.refit and "validation" in ts.evals else None)
+    ts, full = jobs.training_sets(cfg, Dataset.open(root, out["dataset_id"]))
     out.setdefault("candidates", {})
     for name in cfg.nightly.models:
         if name in out["candidates"]:

@@ -38,6 +38,19 @@ def pick_warm_start(root: str, model_name: str, warm_start: str | None) -> str |
     return same[-1] if same else None
 
 
+def training_sets(cfg: Config, dataset: Dataset) -> tuple[trainset.TrainSet, trainset.TrainSet | None]:
+    """The dataset's train TrainSet and, when the config refits (`model.refit` and a validation split),
+    its train + validation TrainSet (None otherwise); both measured on `evaluation.target_events`."""
+    ts = trainset.from_dataset(dataset, cfg.model.history_length,
+                               target_events=tuple(cfg.evaluation.target_events))
+    return ts, (_train_plus_validation(cfg, dataset) if cfg.model.refit and "validation" in ts.evals else None)
+
+
+def _train_plus_validation(cfg: Config, dataset: Dataset) -> trainset.TrainSet:
+    return trainset.from_dataset(dataset, cfg.model.history_length, include_validation=True,
+                                 target_events=tuple(cfg.evaluation.target_events))
+
+
 def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, warm_start: str | None = "auto",
                   progress=print, ts: trainset.TrainSet | None = None,
                   full_ts: trainset.TrainSet | None = None) -> str:
@@ -64,8 +77,8 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
     model = create(model_name, cfg.model)
     root = cfg.resolve(cfg.artifacts.root)
     dataset = Dataset.open(root, dataset_id)
-    targets = tuple(cfg.evaluation.target_events)
-    ts = ts or trainset.from_dataset(dataset, cfg.model.history_length, target_events=targets)
+    if ts is None:
+        ts, full_ts = training_sets(cfg, dataset)
     refit = cfg.model.refit and "validation" in ts.evals
     progress(f"train {model_name}: dataset {dataset.id}: {len(ts.user_idx)} interactions, "
              f"{ts.n_users} users, {ts.n_items} items")
@@ -86,8 +99,7 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         best_epoch = report.best_epoch
         extra["selection"] = {"best_epoch": best_epoch, "seconds": round(report.seconds, 1), "epochs": report.epochs,
                               "warm_started": select_from is not None}
-        full = full_ts or trainset.from_dataset(dataset, cfg.model.history_length, include_validation=True,
-                                                target_events=targets)
+        full = full_ts or _train_plus_validation(cfg, dataset)
         progress(f"train {model_name}: refit on train + validation ({len(full.user_idx)} interactions, "
                  f"{full.n_users} users)" + (f" for the {best_epoch} epochs validation chose" if best_epoch else ""))
         model = create(model_name, cfg.model)
