@@ -124,6 +124,13 @@ def read_manifest(root: str, version: str) -> dict:
     return manifest
 
 
+def setting(manifest: dict, section: str, key: str, default=None):
+    """A value of the config a version was trained with (`manifest["config"][section][key]`), or
+    `default` when the version predates it or has none."""
+    value = ((manifest.get("config") or {}).get(section) or {}).get(key)
+    return default if value is None else value
+
+
 def update_manifest(root: str, version: str, **fields) -> dict:
     """Merge `fields` into the manifest (atomic rewrite); returns the new manifest."""
     m = read_manifest(root, version)

@@ -51,6 +51,10 @@ class EngineHolder:
         prometheus.REFUSED.set(1)
         return False, self.last_error
 
+    def _clear_refusal(self) -> None:
+        self.last_error = self.refused = None
+        prometheus.REFUSED.set(0)
+
     def reload(self, version: str | None = None) -> tuple[bool, str]:
         """Load `version` (default: what CURRENT names) and swap it in. Returns (changed, message)."""
         with self._lock:
@@ -71,8 +75,7 @@ class EngineHolder:
             # (the new version's and the load's), so this takes about a millisecond.
             gc.collect()
             self.engine = engine          # atomic reference swap
-            self.last_error = self.refused = None
-            prometheus.REFUSED.set(0)
+            self._clear_refusal()
             # What is alive now lives as long as this version: out of the collector's view (freeze).
             # The previous version is freed by reference counting when its last request ends; a full
             # collection (unfreeze + collect) walks every object (~0.1 s at 50k items, more with a
@@ -115,8 +118,7 @@ class EngineHolder:
             except Exception:  # noqa: BLE001 - a transient read error must not kill the poller
                 continue
             if cur and self.engine is not None and cur == self.engine.version and self.last_error:
-                self.last_error = self.refused = None   # CURRENT is back on what is served
-                prometheus.REFUSED.set(0)
+                self._clear_refusal()   # CURRENT is back on what is served
                 continue
             if cur and cur != self.refused and cur != self._validated and \
                     (self.engine is None or cur != self.engine.version):

@@ -199,7 +199,7 @@ def compare(root: str, version_a: str, version_b: str, split: str = "test", data
     manifest_b = version_mod.read_manifest(root, version_b)
     dataset_id = dataset_id or manifest_b.get("dataset_id")
     # both on B's held-out rows: the candidate's evaluation.target_events decide what counts
-    targets = ((manifest_b.get("config") or {}).get("evaluation") or {}).get("target_events") or ()
+    targets = version_mod.setting(manifest_b, "evaluation", "target_events", ())
     res_a = evaluate_version(root, version_a, split, dataset_id, ks, target_events=targets)
     res_b = evaluate_version(root, version_b, split, dataset_id, ks, target_events=targets)
     ev_a, ev_b = res_a.evaluation, res_b.evaluation

@@ -70,7 +70,7 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
                         f"test measures it{before}")
     dataset = Dataset.open(root, dataset_id or lv.manifest.get("dataset_id"))
     if target_events is None:
-        target_events = ((lv.manifest.get("config") or {}).get("evaluation") or {}).get("target_events") or ()
+        target_events = version_mod.setting(lv.manifest, "evaluation", "target_events", ())
     evals = eval_sets(dataset, lv.history_length, target_events=tuple(target_events))
     if split not in evals:
         raise DataError(f"--split={split!r}: dataset {dataset.id} has no such non-empty split "
@@ -84,7 +84,7 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
     # recent window (model.popularity_window_days).
     known = (pd.concat([train_rows, dataset.read("validation", ["item_idx", "timestamp"])], ignore_index=True)
              if split == "test" else train_rows)
-    window_days = int((lv.manifest.get("config") or {}).get("model", {}).get("popularity_window_days") or 0)
+    window_days = int(version_mod.setting(lv.manifest, "model", "popularity_window_days", 0))
     baseline = Popularity(n_items).fit(known["item_idx"].to_numpy(), known["timestamp"].to_numpy(np.int64),
                                        window_days)
     model_ev, sources = evaluate_model(lv.model, ev, ks, train_counts, catalog_ids=dataset.items.ids)
