@@ -40,7 +40,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
 
 from recsys import fsio
-from recsys.config import Config
+from recsys.config import Config, item_attributes
 from recsys.data import dataset as ds
 from recsys.data import ingest, interactions, metadata
 from recsys.data.interactions import SPLITS
@@ -568,16 +568,17 @@ class FinalizeFn(beam.DoFn):
         # collection of the whole heap (0.1 s), and this frame is only converted to Arrow.
         no_genres: list = []
         feats["genres"] = [g if isinstance(g, list) else no_genres for g in feats["genres"].tolist()]
-        for name, kind in self.cfg.source.item_columns.attributes.items():
-            if name not in feats:
-                continue
-            if kind == "multi":
+        attributes = {n: a for n, a in item_attributes(self.cfg.source).items() if n in feats}
+        for name, attr in attributes.items():
+            if attr.kind == "multi":
                 feats[name] = [v if isinstance(v, list) else no_genres for v in feats[name].tolist()]
-            elif kind == "categorical":
+            elif attr.kind in ("categorical", "text"):
                 feats[name] = feats[name].astype(object).where(feats[name].notna(), None)
         feats["train_count"] = _train_counts(split_rows, pa.array(feats["item"], pa.string()))
         sink = io.BytesIO()
-        pq.write_table(pa.Table.from_pandas(feats, preserve_index=False), sink, compression="zstd")
+        table = ds.with_attribute_kinds(pa.Table.from_pandas(feats, preserve_index=False),
+                                        {n: a.kind for n, a in attributes.items()})
+        pq.write_table(table, sink, compression="zstd")
         fsio.write_bytes(fsio.join(self.out_dir, ds.ITEMS_FILE), sink.getvalue())
         user_stats = self._user_metadata(users)
         stats = self._stats(c, split_rows, users, items, result["cuts"], len(meta), meta_rejected)

@@ -42,9 +42,35 @@ class ItemColumns:
     title: str = "title"
     genres: str = "genres"
     year: str = ""
-    # more catalog columns, by kind: categorical (one value), multi (values split by genre_separator),
-    # numeric; each becomes a filter of the service (category:Books, tags:new, price<=50)
+    # more catalog columns, by kind: categorical (one value), multi (values split by genre_separator, or
+    # {kind: multi, separator: ";"}), numeric, text. All but text become filters of the service
+    # (category:Books, tags:new, price<=50); all feed the two_tower candidate tower (item_attributes()).
     attributes: dict = field(default_factory=dict)
+
+
+ATTRIBUTE_KINDS = ("categorical", "multi", "numeric", "text")
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One catalog attribute: its kind (ATTRIBUTE_KINDS) and, for `multi`, the separator of its values."""
+    kind: str
+    separator: str = "|"
+
+
+def item_attributes(source: "SourceConfig") -> dict[str, Attribute]:
+    """`source.item_columns.attributes` as {column: Attribute}.
+
+    A value is a kind (`price: numeric`) or a mapping (`tags: {kind: multi, separator: ";"}`); a `multi`
+    attribute without its own separator splits on `source.genre_separator`.
+    """
+    out = {}
+    for name, spec in source.item_columns.attributes.items():
+        if isinstance(spec, dict):
+            out[name] = Attribute(spec.get("kind", ""), spec.get("separator") or source.genre_separator)
+        else:
+            out[name] = Attribute(spec, source.genre_separator)
+    return out
 
 
 @dataclass
@@ -210,11 +236,21 @@ def validate(cfg: Config) -> Config:
     _one_of("source.items_format", s.items_format, ITEM_FORMATS)
     from recsys.data.dataset import ITEM_FIXED_COLUMNS   # here: recsys.data imports this module
     reserved = (*ITEM_FIXED_COLUMNS, "genre")              # "genre" is the filter key of "genres"
-    for name, kind in s.item_columns.attributes.items():
+    for name, spec in s.item_columns.attributes.items():
+        key = f"source.item_columns.attributes.{name}"
         _check(bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", str(name))) and name not in reserved,
                "source.item_columns.attributes", name,
                f"a column name of letters, digits and _, not one of {', '.join(reserved)}")
-        _one_of(f"source.item_columns.attributes.{name}", kind, ("categorical", "multi", "numeric"))
+        if isinstance(spec, dict):
+            _check(set(spec) <= {"kind", "separator"}, key, spec, "a kind, or a mapping with kind and separator")
+            _one_of(f"{key}.kind", spec.get("kind"), ATTRIBUTE_KINDS)
+            sep = spec.get("separator")
+            _check(sep is None or (isinstance(sep, str) and sep != ""), f"{key}.separator", sep,
+                   "a non-empty string")
+            _check(sep is None or spec.get("kind") == "multi", f"{key}.separator", sep,
+                   "only a multi attribute has a separator")
+        else:
+            _one_of(key, spec, ATTRIBUTE_KINDS)
     _one_of("source.users_format", s.users_format, USER_FORMATS)
     _check(s.users_format == "none" or bool(s.users_path), "source.users_path", s.users_path,
            f"a path is required when source.users_format is {s.users_format}")

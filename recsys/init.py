@@ -96,25 +96,42 @@ def _timestamp_unit(col: pd.Series, schema_type) -> tuple[str, str]:
                     f"set source.timestamp_unit by hand")
 
 
-def _attributes(items: pd.DataFrame, skip: set, separator: str) -> dict:
-    """Catalog columns that can be filters, by kind."""
-    out = {}
+_SEPARATORS = ("|", ";", ",")
+
+
+def _attributes(items: pd.DataFrame, skip: set) -> dict:
+    """Catalog columns by kind: numeric, multi (values joined by a separator), categorical (few
+    distinct values) or text (free text such as a description: tokens for the model, not a filter)."""
+    out: dict = {}
     n = max(len(items), 1)
     for col in items.columns:
         if col in skip or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", str(col)):
             continue
-        values = items[col]
+        values = items[col].dropna()
+        if values.empty:
+            continue
         num = pd.to_numeric(values, errors="coerce")
         if num.notna().mean() > 0.95:
             out[col] = "numeric"
             continue
         text = values.astype(str)
-        if text.str.contains(re.escape(separator)).mean() > 0.2:
-            out[col] = "multi"
+        words = text.str.split().str.len().mean()
+        sep = next((x for x in _SEPARATORS
+                    # a list, not prose: short parts, and a comma-joined sentence is not a list
+                    if text.str.contains(re.escape(x)).mean() > 0.2
+                    and text.str.split(re.escape(x)).explode().str.split().str.len().mean() <= 3), None)
+        if sep is not None:
+            out[col] = "multi" if sep == "|" else {"kind": "multi", "separator": sep}
         elif text.nunique() <= max(50, n // 20):
             out[col] = "categorical"
-        # else: free text (a description): not a filter
+        elif words >= 3:
+            out[col] = "text"
+        # else: an identifier-like column (a SKU, a URL): neither a filter nor a feature
     return out
+
+
+def _kind(spec) -> str:
+    return spec["kind"] if isinstance(spec, dict) else spec
 
 
 def infer(events: str, items: str | None = None, root: str = "artifacts") -> Inferred:
@@ -167,11 +184,13 @@ def infer(events: str, items: str | None = None, root: str = "artifacts") -> Inf
         if item_col not in cat.columns:
             raise DataError(f"{items}: no column looks like the item ID (columns: {', '.join(map(str, cat.columns))})")
         title = next((c for c in cat.columns if c.lower() in ("title", "name", "product_name")), "")
-        attrs = _attributes(cat, {item_col, title}, "|")
+        attrs = _attributes(cat, {item_col, title})
         source.update(items_path=items, items_format=cat_fmt,
                       item_columns={"item": item_col, "title": title, "genres": "", "attributes": attrs})
+        filters = [f"{a} ({_kind(k)})" for a, k in attrs.items() if _kind(k) != "text"]
+        text = [a for a, k in attrs.items() if _kind(k) == "text"]
         notes.append(f"catalog: {items} (item {item_col!r}, title {title or '-'}); filters: "
-                     + (", ".join(f"{a} ({k})" for a, k in attrs.items()) or "none"))
+                     + (", ".join(filters) or "none") + (f"; text for the model: {', '.join(text)}" if text else ""))
     else:
         source["items_format"] = "none"
     config = {"source": source, "feedback": feedback,

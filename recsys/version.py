@@ -29,6 +29,7 @@ import numpy as np
 
 from recsys import __version__, fsio
 from recsys.config import Config
+from recsys.data.dataset import read_items
 from recsys.data.vocab import Vocabulary
 from recsys.errors import DataError
 from recsys.models import MODELS, Model
@@ -416,15 +417,9 @@ def load_seen(root: str, version: str):
 
 
 def load_item_attributes(root: str, version: str, columns: list[str] | None, exclude=()):
-    """Columns (None: all but `exclude`) of the version's items.parquet as a pandas frame, or None
-    without one."""
+    """Columns (None: all but `exclude`) of the version's items.parquet as a pandas frame with
+    `attrs["kinds"]` (dataset.read_items), or None without one."""
     path = fsio.join(version_dir(root, version), ITEM_ATTRIBUTES)
     if not fsio.exists(path):
         return None
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    buf = pa.BufferReader(fsio.read_bytes(path))
-    if columns is None:
-        columns = [c for c in pq.read_schema(buf).names if c not in exclude]
-        buf.seek(0)
-    return pq.read_table(buf, columns=columns).to_pandas()
+    return read_items(fsio.read_bytes(path), columns, exclude)

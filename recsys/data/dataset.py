@@ -36,10 +36,49 @@ REJECTED = "rejected"
 # items.parquet's own columns; every other column there is a catalog attribute
 # (source.item_columns.attributes), and "genres" is the MovieLens one
 ITEM_FIXED_COLUMNS = ("item", "item_idx", "title", "year", "genres", "train_count")
+# items.parquet records each attribute's kind (config.ATTRIBUTE_KINDS) in its Arrow field metadata, so
+# the engine and the trainer tell a text column from a categorical one without the config.
+KIND_KEY = b"recsys.kind"
 SPLIT_SCHEMA = pa.schema([
     ("user", pa.string()), ("item", pa.string()), ("user_idx", pa.int32()), ("item_idx", pa.int32()),
     ("timestamp", pa.int64()), ("value", pa.float32()), ("weight", pa.float32()), ("event", pa.string()),
 ])
+
+
+def with_attribute_kinds(table: pa.Table, kinds: dict[str, str]) -> pa.Table:
+    """`table` with each attribute column's kind in its field metadata (what attribute_kinds reads)."""
+    fields = [f.with_metadata({KIND_KEY: kinds[f.name].encode()}) if f.name in kinds else f
+              for f in table.schema]
+    return table.cast(pa.schema(fields, metadata=table.schema.metadata))
+
+
+def attribute_kinds(schema: pa.Schema) -> dict[str, str]:
+    """{attribute column: kind} of an items.parquet schema. Files written before kinds were recorded
+    get them from the Arrow type: list -> multi, number -> numeric, else categorical."""
+    out = {}
+    for f in schema:
+        if f.name in ITEM_FIXED_COLUMNS:
+            continue
+        kind = (f.metadata or {}).get(KIND_KEY)
+        if kind:
+            out[f.name] = kind.decode()
+        elif pa.types.is_list(f.type) or pa.types.is_large_list(f.type):
+            out[f.name] = "multi"
+        elif pa.types.is_integer(f.type) or pa.types.is_floating(f.type):
+            out[f.name] = "numeric"
+        else:
+            out[f.name] = "categorical"
+    return out
+
+
+def read_items(data: bytes, columns: list[str] | None = None, exclude=()) -> pd.DataFrame:
+    """An items.parquet's columns (None: all but `exclude`) as a frame, with `attrs["kinds"]`."""
+    schema = pq.read_schema(pa.BufferReader(data))
+    if columns is None:
+        columns = [c for c in schema.names if c not in exclude]
+    frame = pq.read_table(pa.BufferReader(data), columns=columns).to_pandas()
+    frame.attrs["kinds"] = {k: v for k, v in attribute_kinds(schema).items() if k in columns}
+    return frame
 
 
 def datasets_dir(root: str) -> str:
@@ -139,8 +178,9 @@ class Dataset:
         return self.file(ITEMS_FILE)
 
     def item_features(self) -> pd.DataFrame:
-        """items.parquet as a frame: item, item_idx, title, year, genres, train_count."""
-        return pq.read_table(pa.BufferReader(fsio.read_bytes(self.item_features_path))).to_pandas()
+        """items.parquet as a frame: item, item_idx, title, year, genres, train_count, the catalog
+        attributes; `frame.attrs["kinds"]` maps each attribute to its kind."""
+        return read_items(fsio.read_bytes(self.item_features_path))
 
     def user_features(self) -> pd.DataFrame | None:
         """users.parquet (user, user_idx, features), or None when the dataset was built without one."""

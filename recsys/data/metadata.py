@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from recsys import fsio
 from recsys.data import ingest
-from recsys.config import Config
+from recsys.config import Config, item_attributes
 from recsys.errors import DataError
 
 ITEM_COLUMNS = ["item", "title", "year", "genres"]
@@ -62,15 +62,15 @@ def read_items(path: str, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
         lambda g: [x for x in g.split(s.genre_separator) if x and x != "(no genres listed)"])
     items = pd.DataFrame({"item": item.astype(object).to_numpy(), "title": title.to_numpy(),
                           "year": year.fillna(0).astype(np.int32).to_numpy(), "genres": genres.to_numpy()})
-    for name, kind in ic.attributes.items():
+    for name, attr in item_attributes(s).items():
         col = raw[name][~bad] if name in raw else pd.Series([None] * len(items), dtype=object)
-        if kind == "numeric":
+        if attr.kind == "numeric":
             items[name] = pd.to_numeric(col, errors="coerce").astype(np.float64).to_numpy()
             continue
         text = col.astype("string").str.strip(ingest.ID_PADDING).fillna("").to_numpy(dtype=object)
-        if kind == "multi":
-            items[name] = [[x.strip() for x in v.split(s.genre_separator) if x.strip()] for v in text]
-        else:
+        if attr.kind == "multi":
+            items[name] = [[x.strip() for x in v.split(attr.separator) if x.strip()] for v in text]
+        else:   # categorical, text
             items[name] = [v or None for v in text]
     # The last row for an ID wins, like an upsert; it keeps item features unique per item.
     items = items.drop_duplicates("item", keep="last").reset_index(drop=True)

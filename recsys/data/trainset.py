@@ -135,8 +135,9 @@ def _attribute_tokens(feats: pd.DataFrame) -> list[list[str]]:
     """Per item row, a token per catalog attribute value (`category=Books`, `tags=new`, and for a numeric
     attribute its decile, `price=q3`): they share the genres' embedding bag in the candidate tower."""
     out = [[] for _ in range(len(feats))]
+    kinds = feats.attrs.get("kinds", {})
     for col in feats.columns:
-        if col in ITEM_FIXED_COLUMNS:
+        if col in ITEM_FIXED_COLUMNS or kinds.get(col) == "text":
             continue
         values = feats[col]
         if pd.api.types.is_numeric_dtype(values):
@@ -159,16 +160,23 @@ def _attribute_tokens(feats: pd.DataFrame) -> list[list[str]]:
 
 def item_features_from_frame(feats: pd.DataFrame, n_items: int, max_tokens: int = 8,
                              max_genres: int = 6, max_attribute_tokens: int = 10,
-                             vocab_size: int = 20000) -> ItemFeatures:
+                             vocab_size: int = 20000, max_text_tokens: int = 24) -> ItemFeatures:
     """Genres and catalog attributes (one bag of tokens), title tokens (minus the year) and year
     buckets as padded index matrices."""
     feats = feats.sort_values("item_idx").reset_index(drop=True)
     attributes = _attribute_tokens(feats)
     genres = np.full((n_items, max_genres + (max_attribute_tokens if any(attributes) else 0)), PAD, dtype=np.int32)
-    tokens = np.full((n_items, max_tokens), PAD, dtype=np.int32)
     genre_index: dict = {}
     token_counts: dict = {}
     titles = [re.sub(r"\(\d{4}\)\s*$", "", str(t)).lower() for t in feats["title"]]
+    # text attributes (a description) join the title's bag of words, after it
+    text_cols = [c for c, k in feats.attrs.get("kinds", {}).items() if k == "text" and c in feats]
+    if text_cols:
+        extra = [" ".join(str(v) for v in row if isinstance(v, str)).lower()
+                 for row in zip(*(feats[c] for c in text_cols))]
+        titles = [f"{t} {e}" for t, e in zip(titles, extra)]
+        max_tokens += max_text_tokens
+    tokens = np.full((n_items, max_tokens), PAD, dtype=np.int32)
     for t in titles:
         for tok in set(_TOKEN_RE.findall(t)):
             token_counts[tok] = token_counts.get(tok, 0) + 1
@@ -177,7 +185,8 @@ def item_features_from_frame(feats: pd.DataFrame, n_items: int, max_tokens: int 
     for row, (idx, gs, title) in enumerate(zip(feats["item_idx"], feats["genres"], titles)):
         for j, g in enumerate(list(gs)[:max_genres] + attributes[row][:max_attribute_tokens]):
             genres[idx, j] = genre_index.setdefault(g, len(genre_index))
-        toks = [token_index[t] for t in _TOKEN_RE.findall(title) if t in token_index][:max_tokens]
+        # each word once, in order: a word repeated in a description must not crowd out the others
+        toks = [token_index[t] for t in dict.fromkeys(_TOKEN_RE.findall(title)) if t in token_index][:max_tokens]
         tokens[idx, :len(toks)] = toks
     year = np.zeros(n_items, dtype=np.int32)
     y = np.zeros(n_items, dtype=np.int64)

@@ -128,8 +128,9 @@ class Engine:
         if feats is not None:
             rows = lv.items.lookup(feats["item"].to_numpy(dtype=object))
             ok = rows >= 0
+            kinds = feats.attrs.get("kinds", {})
             for col in feats.columns:
-                if col in fixed:
+                if col in fixed or kinds.get(col) == "text":   # free text feeds the model, not filters
                     continue
                 values = feats[col]
                 if pd.api.types.is_numeric_dtype(values):

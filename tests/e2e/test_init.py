@@ -8,6 +8,7 @@ import pytest
 
 from recsys import cli, registry
 from recsys.config import load_config
+from recsys.errors import RequestError
 from recsys.retrieval.engine import Engine
 
 
@@ -27,9 +28,14 @@ def write_shop(tmp, n_users=150, n_items=80, seed=0):
                 rows.append((f"c{u}", f"sku{item}", event, t))
     df = pd.DataFrame(rows, columns=["customer_id", "sku", "event_type", "event_time"])
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp / "events.parquet")
+    words = {"Books": "paperback novel story", "Games": "console player level", "Garden": "outdoor plant soil",
+             "Kitchen": "steel pan cook"}
     pd.DataFrame({"sku": [f"sku{i}" for i in range(n_items)], "name": [f"Product {i}" for i in range(n_items)],
                   "category": [categories[c] for c in item_cat], "brand": [brands[i % 3] for i in range(n_items)],
-                  "price": np.round(rng.uniform(3, 120, n_items), 2)}).to_csv(tmp / "catalog.csv", index=False)
+                  "price": np.round(rng.uniform(3, 120, n_items), 2),
+                  "tags": ["eco;sale" if i % 3 == 0 else "sale" if i % 3 == 1 else "new" for i in range(n_items)],
+                  "description": [f"A {words[categories[c]]} item number {i} for everyday use"
+                                  for i, c in enumerate(item_cat)]}).to_csv(tmp / "catalog.csv", index=False)
     return df
 
 
@@ -45,7 +51,10 @@ def test_init_writes_a_config_that_builds_trains_and_filters_as_is(tmp_path, cap
     assert cfg.feedback.mode == "event" and cfg.feedback.event_weights["purchase"] > cfg.feedback.event_weights["view"]
     assert cfg.evaluation.target_events == ["purchase"]
     assert cfg.source.item_columns.attributes == {"category": "categorical", "brand": "categorical",
-                                                  "price": "numeric"}
+                                                  "price": "numeric",
+                                                  "tags": {"kind": "multi", "separator": ";"},
+                                                  "description": "text"}
+    assert "text for the model: description" in out
     assert cli.main(["init", "--events", "events.parquet", "--out", "conf/shop.yaml"]) == 2   # no silent overwrite
 
     capsys.readouterr()
@@ -64,6 +73,10 @@ def test_init_writes_a_config_that_builds_trains_and_filters_as_is(tmp_path, cap
     user = events["customer_id"].iloc[0]
     got = engine.recommend(user, 10, include=["brand:Acme"], exclude=["price>100"]).items
     assert got and all(catalog.loc[i, "brand"] == "Acme" and catalog.loc[i, "price"] <= 100 for i in got)
+    got = engine.recommend(user, 10, include=["tags:eco"]).items                    # split on its own ";"
+    assert got and all("eco" in catalog.loc[i, "tags"].split(";") for i in got)
+    with pytest.raises(RequestError, match="unknown filter key 'description'"):     # text: a feature, no filter
+        engine.recommend(user, 10, include=["description:novel"])
     st = __import__("json").load(open(tmp_path / "conf" / "artifacts" / "datasets" /
                                       open(tmp_path / "conf" / "artifacts" / "datasets" / "LATEST").read().strip()
                                       / "stats.json"))

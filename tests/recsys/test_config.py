@@ -209,6 +209,14 @@ def test_int_is_accepted_for_a_float_and_as_a_string():
     ({"runner": {"shuffle_buckets": 5000}}, "runner.shuffle_buckets", 5000),
     ({"runner": {"block_size_mb": 0}}, "runner.block_size_mb", 0),
     ({"artifacts": {"root": ""}}, "artifacts.root", ""),
+    ({"source": {"item_columns": {"attributes": {"size": "ordinal"}}}}, "source.item_columns.attributes.size",
+     "ordinal"),
+    ({"source": {"item_columns": {"attributes": {"tags": {"kind": "multi", "separator": ""}}}}},
+     "source.item_columns.attributes.tags.separator", ""),
+    ({"source": {"item_columns": {"attributes": {"brand": {"kind": "categorical", "separator": ";"}}}}},
+     "source.item_columns.attributes.brand.separator", ";"),
+    ({"source": {"item_columns": {"attributes": {"tags": {"kind": "multi", "sep": ";"}}}}},
+     "source.item_columns.attributes.tags", {"kind": "multi", "sep": ";"}),
 ])
 def test_out_of_range_value_is_rejected(data, key, value):
     assert_one_line_naming(config_error(data), key, value)
@@ -346,3 +354,11 @@ def test_a_bad_beam_option_is_one_line_naming_runner_options(capsys):
         pipeline_options(cfg)
     assert "runner.options" in str(info.value) and "invalid choice: 'nonsense'" in str(info.value)
     assert capsys.readouterr().err == ""      # argparse's usage text is not printed
+
+
+def test_item_attributes_take_a_kind_or_a_kind_and_separator():
+    from recsys.config import Attribute, item_attributes
+    cfg = from_dict({"source": {"genre_separator": "/", "item_columns": {"attributes": {
+        "price": "numeric", "genres2": "multi", "tags": {"kind": "multi", "separator": ";"}, "blurb": "text"}}}})
+    assert item_attributes(cfg.source) == {"price": Attribute("numeric", "/"), "genres2": Attribute("multi", "/"),
+                                           "tags": Attribute("multi", ";"), "blurb": Attribute("text", "/")}

@@ -70,3 +70,18 @@ def test_catalog_attributes_become_candidate_tower_tokens():
     assert tokens[3] == {"category=Books"}                       # unknown price: no price token
     prices = [next(t for t in tokens[i] if t.startswith("price=")) for i in range(3)]
     assert len(set(prices)) == 3                                 # deciles tell 1, 10 and 100 apart
+
+
+def test_text_attributes_join_the_title_words_and_are_not_attribute_tokens():
+    import pandas as pd
+    from recsys.data.trainset import item_features_from_frame
+    feats = pd.DataFrame({"item": ["a", "b", "c"], "item_idx": [0, 1, 2], "title": ["Lamp", "Lamp", "Chair"],
+                          "year": [0, 0, 0], "genres": [[], [], []], "category": ["Home", "Home", "Home"],
+                          "blurb": ["warm oak wood wood", "cold steel", "oak wood seat"], "train_count": [1, 1, 1]})
+    feats.attrs["kinds"] = {"category": "categorical", "blurb": "text"}
+    f = item_features_from_frame(feats, 3)
+    genre_names, words = list(f.genre_names), list(f.token_names)
+    assert genre_names == ["category=Home"]                      # no "blurb=..." token
+    row = lambda i: [words[t] for t in f.title_tokens[i] if t >= 0]   # noqa: E731
+    assert row(0) == ["lamp", "oak", "wood"]                     # words in >= 2 items, each once
+    assert row(2) == ["oak", "wood"] and row(1) == ["lamp"]
