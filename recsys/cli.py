@@ -225,10 +225,9 @@ def _demo(args) -> int:
     """The README's main job on the embedded data: nightly, A/B verdict vs popularity, sample answers."""
     if not getattr(args, "config", None):
         args.config = "data/recsys.yaml"   # the demo's own config (not a default for the other verbs)
-    from recsys import fsio, registry, version
+    from recsys import fsio, registry
     from recsys.evaluation import compare, report
     from recsys.models import MODELS
-    from recsys.retrieval.engine import Engine
     cfg = _config(args)
     root = _root(cfg)
     summary = _outside("pipelines.nightly").run(cfg)
@@ -238,27 +237,47 @@ def _demo(args) -> int:
     metric = cfg.nightly.primary_metric
     baseline = next((k for k in cands if k in MODELS and not MODELS[k].personalized), None)
     personal = {k: v for k, v in cands.items() if k in MODELS and MODELS[k].personalized}
+    verdict = []
     if baseline and personal:
         best = max(personal, key=lambda k: personal[k]["metrics"][metric])
         a, b = cands[baseline]["version"], personal[best]["version"]
         c = compare.compare(root, a, b, "test", summary["dataset_id"], tuple(cfg.evaluation.ks), metric)
         paths = report.write_report(c, fsio.join(root, "reports", f"{a}__vs__{b}"))
-        print(f"A/B {best} (B) vs {baseline} (A): {c.verdict}")
-        print(f"report: {paths['html']}")
+        verdict = [f"report: {paths['html']}", f"A/B {best} (B) vs {baseline} (A): {c.verdict}"]
     if current:
-        engine = Engine.load(root, current)
-        user = str(engine.lv.users.ids[0])
-        rec = engine.recommend(user, 5)
-        items = version.load_item_attributes(root, current, ["item", "title"])
-        titles = dict(zip(items["item"], items["title"])) if items is not None else {}
-        print(f"top 5 for user {user} ({rec.source}, {rec.version}):")
-        for item, score in zip(rec.items, rec.scores):
-            print(f"  {item:>8}  {score:6.3f}  {titles.get(item, '')}")
+        users = _print_samples(root, current, summary["dataset_id"])
         print("serve it:  .venv/bin/recsys serve --config data/recsys.yaml   (or: make serve)")
-        print(f"query it:  curl 'http://127.0.0.1:8000/v1/users/{user}/recommendations?k=10'")
+        print(f"query it:  curl 'http://127.0.0.1:8000/v1/users/{users[0] if users else 1}/recommendations?k=10'")
         print("           curl -X POST http://127.0.0.1:8000/v1/recommendations "
               "-H 'content-type: application/json' -d '{\"history\": [\"1\", \"260\"], \"k\": 5}'")
+    # the verdict last: it is what a newcomer reads
+    for line in verdict:
+        print(line)
     return 0
+
+
+def _print_samples(root: str, current: str, dataset_id: str, n_users: int = 3, k: int = 5) -> list:
+    """Top-k with titles for a few users (seeded), each beside the last items they interacted with.
+    Returns the users shown."""
+    import numpy as np
+    from recsys import version
+    from recsys.data.dataset import Dataset
+    from recsys.retrieval.engine import Engine
+    engine = Engine.load(root, current)
+    items = version.load_item_attributes(root, current, ["item", "title"])
+    titles = dict(zip(items["item"], items["title"])) if items is not None else {}
+    train = Dataset.open(root, dataset_id).read("train", ["user", "item", "timestamp"])
+    counts = train["user"].value_counts()
+    active = np.sort(counts[counts >= 5].index.to_numpy(dtype=object))
+    users = np.random.default_rng(0).choice(active, size=min(n_users, len(active)), replace=False)
+    print(f"sample recommendations from {engine.lv.model_name} ({current}), {len(users)} users picked with seed 0:")
+    for user in users:
+        recent = train[train["user"] == user].sort_values("timestamp").tail(3)["item"]
+        print(f"  user {user}, recently: " + "; ".join(titles.get(i, i) for i in reversed(recent.tolist())))
+        rec = engine.recommend(str(user), k)
+        for rank, (item, score) in enumerate(zip(rec.items, rec.scores), 1):
+            print(f"    {rank}. {titles.get(item, item)}  ({score:.3f})")
+    return [str(u) for u in users]
 
 
 def _int_in(low: int, high: float, what: str):

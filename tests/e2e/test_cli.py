@@ -125,3 +125,21 @@ def test_no_tensorflow_or_beam_noise_in_normal_output(served, served_config):
                          capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     assert "cuInit" not in out.stderr and "apitools" not in out.stderr and out.stderr.strip() == ""
+
+
+def test_demo_samples_show_three_users_history_and_titled_recommendations(served, capsys):
+    from recsys import cli
+    from recsys.retrieval.engine import Engine
+    root, current = served["root"], served["versions"]["two_tower"]
+    users = cli._print_samples(root, current, served["dataset"].id)
+    out = capsys.readouterr().out.splitlines()
+    titles = dict(zip(*[__import__("pandas").read_parquet(served["dataset"].item_features_path)[c]
+                        for c in ("item", "title")]))
+    assert len(users) == len(set(users)) == 3
+    assert users == cli._print_samples(root, current, served["dataset"].id)        # seeded
+    for n, user in enumerate(users):
+        head = out[1 + n * 6]
+        assert head.startswith(f"  user {user}, recently: ")
+        want = Engine.load(root, current).recommend(user, 5).items
+        assert [line.split(". ", 1)[1].rsplit("  (", 1)[0] for line in out[2 + n * 6: 7 + n * 6]] == \
+            [titles[i] for i in want]
