@@ -19,6 +19,7 @@ from recsys import fsio, registry, version as version_mod
 from recsys.config import Config
 from recsys.evaluation import compare, evaluate
 from recsys.errors import DataError, RecsysError
+from recsys.progress import Meter
 
 STEPS = ("build_dataset", "train", "evaluate", "gate", "index", "batch_recommendations", "publish")
 
@@ -166,15 +167,16 @@ def _run(cfg: Config, root: str, resume: bool, progress) -> dict:
             progress(f"[{i}/{len(STEPS)}] {step}: skipped (gate kept production)")
             _save(root, state)
             continue
-        t0 = time.time()
         progress(f"[{i}/{len(STEPS)}] {step} ...")
         try:
-            steps[step]()
+            with Meter() as meter:
+                steps[step]()
         except Exception as exc:  # noqa: BLE001 - reported as one line naming the step
             state["failed"] = {"step": step, "error": f"{type(exc).__name__}: {exc}"[:2000]}
             _save(root, state)
             raise StepFailed(step, exc) from exc
-        state["durations"][step] = round(time.time() - t0, 2)
+        state["durations"][step] = round(meter.use.seconds, 2)
+        state.setdefault("stages", {})[step] = meter.use.to_dict()
         state["done"].append(step)
         state.pop("failed", None)
         _save(root, state)
@@ -219,6 +221,8 @@ def _evaluate(cfg, root, out, progress):
         res = evaluate.evaluate_version(root, version, "test", out["dataset_id"], ks,
                                         target_events=cfg.evaluation.target_events)
         results[label] = {"version": version, "metrics": res.metrics, "sources": res.sources}
+        counts = out.setdefault("counts", {})
+        counts["evaluated_users"] = counts.get("evaluated_users", 0) + res.metrics.get("users", 0)
         results["popularity_baseline"] = {"version": None, "metrics": res.popularity_metrics}
         if label != "production":
             version_mod.update_manifest(root, version, test_metrics=res.metrics)
@@ -245,6 +249,7 @@ def _index(cfg, root, out, progress):
 def _batch(cfg, root, out, progress):
     from pipelines import batch_recommend
     out["batch_recommendations"] = batch_recommend.run(cfg, root, out["gate"]["candidate"], progress=progress)
+    out.setdefault("counts", {})["batch_users"] = len(version_mod.load_vocabs(root, out["gate"]["candidate"])[0])
 
 
 def _publish(cfg, root, out, progress):
@@ -271,6 +276,7 @@ def _retain(cfg, root, out, progress):
 def _summary(root: str, state: dict) -> dict:
     out = state["outputs"]
     return {"run_id": state["run_id"], "steps": state["done"], "durations": state["durations"],
+            "stages": state.get("stages", {}), "counts": out.get("counts", {}),
             "dataset_id": out.get("dataset_id"), "dataset_stats": out.get("dataset_stats"),
             "candidates": out.get("evaluation"), "gate": out.get("gate"),
             "published": out.get("published"), "current": registry.current_version(root),

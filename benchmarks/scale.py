@@ -1,0 +1,137 @@
+"""The whole nightly on a generated shop log of a given size: what each step costs.
+
+    .venv/bin/python benchmarks/scale.py --events 47000 --users 3000 --items 2400          # a minute
+    .venv/bin/python benchmarks/scale.py --events 10000000 --users 1000000 --items 200000 --json scale-10m.json
+
+1. Generates the log with `recsys.data.synthetic` (users with lognormal activity and one or two
+   preferred categories, Zipf item popularity within categories, a favourite brand, view -> cart ->
+   purchase funnels over four months, native Parquet timestamps) and a catalog CSV (category, brand,
+   price, tags, description), in chunks of users so generation memory stays flat.
+2. `recsys init` on those files, as a new team would (the config is used as written).
+3. `recsys nightly --json` in a child process: build_dataset, train (every model of nightly.models),
+   evaluate, gate, index, batch_recommendations, publish. The nightly records each step's wall seconds,
+   CPU seconds and peak resident memory (`recsys.progress.Meter`); this script adds the child's own
+   peak RSS (wait4), the evaluation and batch rates in users/s, and prints a table.
+
+The reference for "how fast should this be" is the stage itself at another size (rates should stay
+flat as the log grows) and the probe figures in docs/RESULTS.md. Say the machine's load beside any
+figure you quote: `uptime` is printed first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from recsys.data.synthetic import shop_catalog, shop_events  # noqa: E402
+
+RECSYS = os.path.join(os.path.dirname(sys.executable), "recsys")
+STAGES = ("build_dataset", "train", "evaluate", "gate", "index", "batch_recommendations", "publish")
+
+
+def generate(out: str, n_events: int, n_users: int, n_items: int, seed: int, chunk_users: int = 200_000) -> dict:
+    """events.parquet and catalog.csv under `out`; returns what was written."""
+    os.makedirs(out, exist_ok=True)
+    t0 = time.perf_counter()
+    catalog = shop_catalog(n_items, seed=seed)
+    catalog.to_csv(os.path.join(out, "catalog.csv"), index=False)
+    path = os.path.join(out, "events.parquet")
+    writer, written = None, 0
+    for i, first in enumerate(range(0, n_users, chunk_users)):
+        users = min(chunk_users, n_users - first)
+        events = shop_events(int(round(n_events * users / n_users)), users, catalog, seed=seed + i, first_user=first)
+        table = pa.Table.from_pandas(events, preserve_index=False)
+        writer = writer or pq.ParquetWriter(path, table.schema, compression="zstd")
+        writer.write_table(table, row_group_size=1_000_000)
+        written += len(events)
+    writer.close()
+    return {"events": written, "users": n_users, "items": n_items, "seconds": round(time.perf_counter() - t0, 1),
+            "bytes": os.path.getsize(path)}
+
+
+def run_child(argv: list[str], log_path: str) -> tuple[int, float, float, str]:
+    """Run a command; returns (exit code, wall seconds, peak RSS MB of it and its children, stdout)."""
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
+        stdout = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024, stdout
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--users", type=int, default=100_000)
+    ap.add_argument("--items", type=int, default=20_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default="", help="working directory (default: /tmp/recsys-scale-<events>)")
+    ap.add_argument("--json", default="", help="write the figures to this file")
+    ap.add_argument("--reuse", action="store_true", help="keep generated files of the same size")
+    args = ap.parse_args()
+    work = os.path.abspath(args.work or f"/tmp/recsys-scale-{args.events}")
+    print("load:", os.popen("uptime").read().strip())
+    gen_marker = os.path.join(work, "generated.json")
+    if args.reuse and os.path.exists(gen_marker):
+        gen = json.load(open(gen_marker))
+    else:
+        if os.path.exists(work):
+            subprocess.run(["rm", "-rf", work], check=True)
+        gen = generate(work, args.events, args.users, args.items, args.seed)
+        json.dump(gen, open(gen_marker, "w"))
+    print(f"generated {gen['events']:,} events ({gen['bytes'] / 1e6:.0f} MB Parquet), {gen['users']:,} users, "
+          f"{gen['items']:,} items in {gen['seconds']}s -> {work}")
+    subprocess.run(["rm", "-rf", os.path.join(work, "artifacts"), os.path.join(work, "recsys.yaml")], check=True)
+    code, init_s, _, _ = run_child([RECSYS, "init", "--events", os.path.join(work, "events.parquet"),
+                                    "--items", os.path.join(work, "catalog.csv"),
+                                    "--out", os.path.join(work, "recsys.yaml"), "--root", "artifacts"],
+                                   os.path.join(work, "init.log"))
+    if code:
+        print(open(os.path.join(work, "init.log")).read())
+        return code
+    code, wall, peak, stdout = run_child([RECSYS, "nightly", "--config", os.path.join(work, "recsys.yaml"), "--json"],
+                                         os.path.join(work, "nightly.log"))
+    if code:
+        print(f"nightly failed ({code}); its log: {os.path.join(work, 'nightly.log')}")
+        print("\n".join(open(os.path.join(work, "nightly.log")).read().splitlines()[-20:]))
+        return code
+    summary = json.loads(stdout)
+    stages = {k: dict(v) for k, v in summary.get("stages", {}).items()}
+    counts = summary.get("counts", {})
+    for stage, key in (("evaluate", "evaluated_users"), ("batch_recommendations", "batch_users")):
+        if stage in stages and counts.get(key):
+            stages[stage]["users_per_second"] = round(counts[key] / max(stages[stage]["seconds"], 1e-9), 1)
+    ds = summary.get("dataset_stats") or {}
+    result = {"events": gen["events"], "users": gen["users"], "items": gen["items"],
+              "train_interactions": ds.get("splits", {}).get("train", {}).get("rows"),
+              "init_seconds": round(init_s, 1), "total_seconds": round(wall, 1), "peak_rss_mb": round(peak, 1),
+              "stages": stages, "counts": counts, "published": summary.get("published"),
+              "metrics": {k: v["metrics"] for k, v in (summary.get("candidates") or {}).items()}}
+    print(f"init {init_s:.1f}s; nightly {wall:.1f}s, peak RSS {peak:,.0f} MB")
+    print(f"{'stage':<22} {'wall s':>8} {'cpu s':>8} {'peak MB':>9}  rate")
+    for stage in STAGES:
+        if stage in stages:
+            s = stages[stage]
+            rate = f"{s['users_per_second']:,.0f} users/s" if "users_per_second" in s else ""
+            print(f"{stage:<22} {s['seconds']:>8.1f} {s['cpu_seconds']:>8.1f} {s['peak_rss_mb']:>9,.0f}  {rate}")
+    for name, m in result["metrics"].items():
+        print(f"  {name:<20} recall@20 {m.get('recall@20', float('nan')):.4f}  ndcg@20 {m.get('ndcg@20', float('nan')):.4f}")
+    print(f"published: {result['published']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
