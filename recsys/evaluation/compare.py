@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recsys.evaluation.evaluate import EvaluationResult, evaluate_version
+from recsys.evaluation import metrics
 from recsys.evaluation.metrics import Evaluation
 
 DEFAULT_METRICS = ("recall", "ndcg")
@@ -141,12 +142,7 @@ def group_recall(ev: Evaluation, relevant, item_mask: np.ndarray, k: int) -> tup
     rel_full = relevant[ev.users].multiply(item_mask[None, :].astype(np.float32)).tocsr()
     rel_full.eliminate_zeros()
     n_rel = np.diff(rel_full.indptr)
-    hits = np.zeros(len(ev.users))
-    top = ev.topk[:, :k]
-    for r in range(len(ev.users)):
-        row = rel_full.indices[rel_full.indptr[r]:rel_full.indptr[r + 1]]
-        if len(row):
-            hits[r] = np.isin(top[r], row).sum()
+    hits = metrics.hits_from_topk(ev.topk[:, :k], rel_full).sum(1)
     has = n_rel > 0
     return np.where(has, hits / np.maximum(n_rel, 1), 0.0), has
 

@@ -16,7 +16,8 @@ from recsys.data.dataset import Dataset
 from recsys.data.trainset import EvalSet, eval_sets
 from recsys.errors import DataError
 from recsys.evaluation import metrics
-from recsys.evaluation.scorer import evaluate_model
+from recsys.evaluation.scorer import evaluate_model, popularity_order
+from recsys.retrieval.index import popularity_topk
 from recsys.models.popularity import Popularity
 from recsys.version import LoadedVersion
 
@@ -88,8 +89,9 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
     baseline = Popularity(n_items).fit(known["item_idx"].to_numpy(), known["timestamp"].to_numpy(np.int64),
                                        window_days)
     model_ev, sources = evaluate_model(lv.model, ev, ks, train_counts, catalog_ids=dataset.items.ids)
-    pop_ev = metrics.evaluate(lambda r: baseline.score_rows(len(r)), np.arange(len(ev.user_ids)), ev.relevant,
-                              ev.exclude, ks, train_counts)
+    users = model_ev.users
+    pop_topk = popularity_topk(popularity_order(baseline.scores.astype(np.float32)), max(ks), ev.exclude[users])
+    pop_ev = metrics.from_topk(pop_topk, users, ev.relevant, ks, train_counts)
     src = sources[model_ev.users]
     return EvaluationResult(lv.version, lv.model_name, dataset.id, split, model_ev.summary(), pop_ev.summary(),
                             {s: int((src == s).sum()) for s in np.unique(src)}, src, model_ev, pop_ev, ev,

@@ -13,24 +13,32 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.retrieval.index import in_rows, top_k_rows
+
 METRICS = ("recall", "recall_norm", "ndcg", "hit_rate", "map", "mrr")
 LIST_METRICS = ("coverage", "novelty")
 
 
 def top_k(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None) -> np.ndarray:
-    """Indices of the k best columns per row, best first; `exclude` rows mark items to skip.
+    """Indices of the k best columns per row, best first, -1 where fewer than k are left; `exclude`
+    rows mark items to skip (as does a -inf score).
 
-    Ties are broken by the lower item index, so results are deterministic.
+    Ties are broken by the lower item index, so results are deterministic. `scores` is not modified.
     """
     scores = np.array(scores, dtype=np.float32, copy=True)
+    return top_k_inplace(scores, k, exclude)
+
+
+def top_k_inplace(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None) -> np.ndarray:
+    """`top_k` that writes -inf into `scores` (a float32 array the caller owns) at excluded items
+    (`recsys.retrieval.index.top_k_rows` ranks)."""
     if exclude is not None and exclude.nnz:
-        r, c = exclude.nonzero()
-        scores[r, c] = -np.inf
+        r = np.repeat(np.arange(exclude.shape[0]), np.diff(exclude.indptr))
+        scores[r, exclude.indices] = -np.inf
     k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)
-    return np.take_along_axis(part, order, axis=1)
+    top = top_k_rows(scores, k)
+    # fewer than k items left (a small catalog, many excluded): the rest of the list is empty
+    return np.where(np.take_along_axis(scores, top, 1) == -np.inf, -1, top)
 
 
 @dataclass
@@ -49,13 +57,8 @@ class Evaluation:
 
 
 def hits_from_topk(topk: np.ndarray, relevant: sp.csr_matrix) -> np.ndarray:
-    """Boolean matrix: hits[u, r] = item at rank r for user u is relevant."""
-    n = topk.shape[0]
-    hits = np.zeros(topk.shape, dtype=bool)
-    for start in range(0, n, 4096):
-        rel = relevant[start:start + 4096].toarray().astype(bool)
-        hits[start:start + 4096] = np.take_along_axis(rel, topk[start:start + 4096], axis=1)
-    return hits
+    """Boolean matrix: hits[u, r] = item at rank r for user u is relevant (-1 ranks never hit)."""
+    return in_rows(topk, relevant)
 
 
 def ranking_metrics(hits: np.ndarray, n_relevant: np.ndarray, ks) -> dict:
@@ -94,23 +97,36 @@ def evaluate(score_fn: Callable[[np.ndarray], np.ndarray], users: np.ndarray, re
     users = np.asarray(users)
     users = users[n_rel_all[users] > 0]
     kmax = max(ks)
-    n_items = relevant.shape[1]
     tops = []
     for start in range(0, len(users), batch_size):
         rows = users[start:start + batch_size]
-        scores = score_fn(rows)
-        tops.append(top_k(scores, kmax, exclude[rows]))
+        tops.append(top_k_inplace(np.require(score_fn(rows), np.float32, ["W"]), kmax, exclude[rows]))
     topk = np.concatenate(tops) if tops else np.zeros((0, kmax), dtype=np.int64)
+    return from_topk(topk, users, relevant, ks, item_popularity)
+
+
+def from_topk(topk: np.ndarray, users: np.ndarray, relevant: sp.csr_matrix, ks=(10, 20, 50),
+              item_popularity: np.ndarray | None = None) -> Evaluation:
+    """The Evaluation of ranked lists: `topk[j]` (item indices best first, -1 padded) is the list of
+    user row `users[j]` of `relevant`; every one of them has at least one relevant item."""
+    n_items = relevant.shape[1]
+    n_rel = np.asarray(relevant[users].sum(1)).ravel() if len(users) else np.zeros(0)
+    kmax = max(ks)
+    if topk.shape[1] < kmax:
+        topk = np.pad(topk, ((0, 0), (0, kmax - topk.shape[1])), constant_values=-1)
     hits = hits_from_topk(topk, relevant[users]) if len(users) else np.zeros((0, kmax), dtype=bool)
-    ev = Evaluation(users=users, per_user=ranking_metrics(hits, n_rel_all[users], ks))
+    ev = Evaluation(users=users, per_user=ranking_metrics(hits, n_rel, ks))
     for k in ks:
         rec = topk[:, :k]
-        ev.list_level[f"coverage@{k}"] = float(len(np.unique(rec)) / n_items) if n_items else 0.0
+        listed = rec[rec >= 0]
+        ev.list_level[f"coverage@{k}"] = float(len(np.unique(listed)) / n_items) if n_items else 0.0
         if item_popularity is not None:
             share = item_popularity / max(item_popularity.sum(), 1)
             info = -np.log2(np.maximum(share, 1.0 / max(item_popularity.sum(), 1)))
+            per_rank = np.where(rec >= 0, info[np.maximum(rec, 0)], 0.0)
+            listed_n = (rec >= 0).sum(1)
             # per-user novelty is kept too: A/B comparisons pair it over users
-            ev.per_user[f"novelty@{k}"] = info[rec].mean(1) if len(rec) else np.zeros(0)
-            ev.list_level[f"novelty@{k}"] = float(info[rec].mean()) if len(rec) else 0.0
+            ev.per_user[f"novelty@{k}"] = per_rank.sum(1) / np.maximum(listed_n, 1)
+            ev.list_level[f"novelty@{k}"] = float(info[listed].mean()) if len(listed) else 0.0
     ev.topk = topk
     return ev

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from recsys.evaluation import metrics
+from recsys.retrieval.index import popularity_topk
 from recsys.models.base import HISTORY, PERSONALIZED, POPULARITY
 
 
@@ -51,15 +53,26 @@ def query_vectors(model, user_idx: np.ndarray, history: np.ndarray) -> tuple[np.
     return vecs, sources
 
 
-def catalog_scorer(model, user_idx: np.ndarray, history: np.ndarray, catalog_cols: np.ndarray | None = None):
-    """score_fn(rows) -> [len(rows), n_catalog] scores, and the source of every row.
+def popularity_order(scores: np.ndarray) -> np.ndarray:
+    """Item columns by score, best first, ties to the lower index (the rule of metrics.top_k)."""
+    return np.lexsort((np.arange(len(scores)), -scores))
+
+
+def rank(model, user_idx: np.ndarray, history: np.ndarray, exclude: sp.csr_matrix, k: int,
+         catalog_cols: np.ndarray | None = None, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's top-k catalog columns, its excluded items skipped, and the source of every row.
 
     Args:
         model: a fitted or loaded model.
         user_idx, history: as in `query_vectors`.
+        exclude: [rows, n_catalog] items each row must not be recommended.
+        k: list length.
         catalog_cols: the model's item index of each catalog column (-1: unknown to the model; such
-            columns score -inf for personalized rows and are never recommended). None: the catalog
-            is the model's own item list.
+            columns are never recommended to personalized rows and rank last by popularity). None:
+            the catalog is the model's own item list.
+        batch_size: rows per matmul block.
+    Returns:
+        (top-k column indices [rows, k], best first, -1 padded; sources [rows]).
     """
     pop_model = model.popularity.scores.astype(np.float32)
     if catalog_cols is None:
@@ -69,25 +82,25 @@ def catalog_scorer(model, user_idx: np.ndarray, history: np.ndarray, catalog_col
     pop = np.full(len(catalog_cols), -np.inf, dtype=np.float32)
     pop[known_cols] = pop_model[catalog_cols[known_cols]]
     vecs, sources = query_vectors(model, user_idx, history)
-    if vecs is None:
-        return (lambda rows: np.broadcast_to(pop, (len(rows), len(pop))).copy()), sources
+    k = min(k, len(catalog_cols))
+    out = np.full((len(user_idx), k), -1, dtype=np.int64)
+    by_pop = np.flatnonzero(sources == POPULARITY)
+    if len(by_pop):
+        out[by_pop] = popularity_topk(popularity_order(pop), k, exclude[by_pop])
+    pers = np.flatnonzero(sources != POPULARITY)
+    if not len(pers):
+        return out, sources
     identity = all_known and np.array_equal(catalog_cols, np.arange(len(catalog_cols)))
     items = model.item_embeddings if identity else model.item_embeddings[catalog_cols[known_cols]]
-    personalized = sources != POPULARITY
-
-    def score(rows):
-        out = np.broadcast_to(pop, (len(rows), len(pop))).copy()
-        pers = personalized[rows]
-        if pers.any():
-            s = vecs[rows[pers]] @ items.T
-            if all_known:
-                out[pers] = s
-            else:
-                block = np.full((len(s), len(pop)), -np.inf, dtype=np.float32)
-                block[:, known_cols] = s
-                out[pers] = block
-        return out
-    return score, sources
+    for start in range(0, len(pers), batch_size):
+        rows = pers[start:start + batch_size]
+        s = vecs[rows] @ items.T
+        if not all_known:
+            block = np.full((len(s), len(pop)), -np.inf, dtype=np.float32)
+            block[:, known_cols] = s
+            s = block
+        out[rows] = metrics.top_k_inplace(np.require(s, np.float32, ["W"]), k, exclude[rows])
+    return out, sources
 
 
 def evaluate_model(model, ev, ks=(10, 20, 50), item_counts: np.ndarray | None = None,
@@ -103,7 +116,7 @@ def evaluate_model(model, ev, ks=(10, 20, 50), item_counts: np.ndarray | None = 
             dataset whose vocabularies may differ from the model's. None: the EvalSet's user and
             item indices are the model's own (validation during training).
     Returns:
-        (the Evaluation, the source of every row of `ev`).
+        (the Evaluation, the source of every row of `ev`; None for rows with nothing held out).
     """
     if catalog_ids is None:
         user_idx, cols = np.asarray(ev.user_idx, dtype=np.int64), None
@@ -116,9 +129,12 @@ def evaluate_model(model, ev, ks=(10, 20, 50), item_counts: np.ndarray | None = 
         # items the model does not know drop out of the history, which stays newest first
         order = np.argsort(history < 0, axis=1, kind="stable")
         history = np.take_along_axis(history, order, axis=1)
-    score, sources = catalog_scorer(model, user_idx, history, cols)
-    result = metrics.evaluate(score, np.arange(len(ev.user_ids)), ev.relevant, ev.exclude, ks, item_counts)
-    return result, sources
+    # users with nothing held out are not evaluated (the standard definition)
+    users = np.flatnonzero(np.diff(ev.relevant.indptr) > 0)
+    topk, src = rank(model, user_idx[users], history[users], ev.exclude[users], max(ks), cols)
+    sources = np.full(len(user_idx), None, dtype=object)   # None: not evaluated
+    sources[users] = src
+    return metrics.from_topk(topk, users, ev.relevant, ks, item_counts), sources
 
 
 def _lookup(vocab_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -295,14 +295,31 @@ class Engine:
         return self._answer(*self._select(self.lv.model.item_embeddings[row], PERSONALIZED, k, inc, exc, np.array([row])))
 
     def recommend_users(self, user_rows: np.ndarray, k: int, exclude_seen: bool = True):
-        """Top-k for many known user rows (the batch job) through the very path `recommend` uses, so
-        batch output equals what the service answers. Returns (ids [n, k], -1 padded; scores [n, k])."""
-        n = len(user_rows)
+        """Top-k for many user rows (the batch job; -1 = unknown user): what `recommend` answers for
+        each, computed in blocks (batched index searches, popularity ranked once).
+        Returns (ids [n, k], -1 padded; scores [n, k])."""
+        rows = np.asarray(user_rows, dtype=np.int64)
+        n = len(rows)
         out_ids = np.full((n, k), -1, dtype=np.int64)
         out_scores = np.zeros((n, k), dtype=np.float32)
-        for r, u in enumerate(np.asarray(user_rows, dtype=np.int64)):
-            source = PERSONALIZED if (u >= 0 and self.lv.personalized) else POPULARITY
-            vector = self.lv.model.user_embeddings[u] if source == PERSONALIZED else None
-            ids, scores, _ = self._select(vector, source, k, {}, {}, self._seen_rows(int(u)) if exclude_seen else None)
-            out_ids[r, :len(ids)], out_scores[r, :len(ids)] = ids, scores
+        if self.seen is not None and exclude_seen:
+            in_seen = (rows >= 0) & (rows < self.seen.shape[0])
+            blocked = self.seen[np.where(in_seen, rows, 0)]
+            blocked = blocked.multiply(in_seen[:, None]).tocsr()   # rows outside seen: nothing blocked
+            blocked.eliminate_zeros()
+        else:
+            blocked = sp.csr_matrix((n, self.n_items), dtype=np.int8)
+        pers = (rows >= 0) & self.lv.personalized
+        by_pop = np.flatnonzero(~pers)
+        if len(by_pop):
+            order = self.lv.popularity.order
+            top = index_mod.popularity_topk(order, k, blocked[by_pop])
+            out_ids[by_pop, :top.shape[1]] = top
+            out_scores[by_pop, :top.shape[1]] = np.where(
+                top >= 0, self.lv.popularity.counts[np.maximum(top, 0)], 0).astype(np.float32)
+        idx = np.flatnonzero(pers)
+        if len(idx):
+            ids, scores = index_mod.search_many(self.index, self.lv.model.item_embeddings,
+                                                self.lv.model.user_embeddings[rows[idx]], k, blocked[idx])
+            out_ids[idx], out_scores[idx] = ids, scores
         return out_ids, out_scores

@@ -97,3 +97,36 @@ def test_popular_filtered_skips_blocked_rows_and_keeps_allowed_ones():
     assert ids.tolist() == [1, 5, 0] and counts.tolist() == [9, 7, 5]
     allowed = np.array([True, False, True, True, False, False])
     assert index.popular_filtered(pop, 2, allowed=allowed, blocked_rows=np.array([2]))[0].tolist() == [0, 3]
+
+
+@pytest.mark.parametrize("kind", ["brute_force", "scann_default", "scann_small_reorder"])
+def test_search_many_equals_search_filtered_row_by_row(kind):
+    """The batch job's path gives every user exactly the service's answer: no blocked items, a few,
+    enough to need a wider fetch than ScaNN re-scores, and most of the catalog."""
+    import scipy.sparse as sp
+    emb = clustered(6000, seed=1)
+    cfg = {"brute_force": {"kind": "brute_force"}, "scann_default": {"kind": "scann"},
+           "scann_small_reorder": {"kind": "scann", "reorder": 40}}[kind]
+    ix = index.build(emb, from_dict({"index": cfg}).index)
+    rng = np.random.default_rng(2)
+    n_q = 300
+    queries = emb[rng.integers(0, len(emb), n_q)] + 0.1 * rng.normal(size=(n_q, emb.shape[1])).astype(np.float32)
+    sizes = rng.choice([0, 3, 30, 300, 5500], n_q, p=[0.3, 0.3, 0.2, 0.15, 0.05])
+    rows = [np.sort(rng.choice(len(emb), s, replace=False)) for s in sizes]
+    blocked = sp.csr_matrix((np.ones(sizes.sum(), np.int8), np.concatenate(rows), np.r_[0, np.cumsum(sizes)]),
+                            shape=(n_q, len(emb)))
+    ids, scores = index.search_many(ix, emb, queries, 20, blocked)
+    for r in range(n_q):
+        want, want_s = index.search_filtered(ix, emb, queries[r], 20, blocked_rows=rows[r])
+        got = ids[r][ids[r] >= 0]
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_allclose(scores[r][:len(got)], want_s, rtol=1e-5, atol=1e-5)
+        assert not np.isin(got, rows[r]).any()
+
+
+def test_popularity_topk_is_the_order_minus_each_rows_blocked_items():
+    import scipy.sparse as sp
+    order = np.array([4, 2, 0, 1, 3])
+    blocked = sp.csr_matrix(np.array([[0, 0, 0, 0, 0], [0, 0, 1, 0, 1], [1, 1, 1, 1, 0]], dtype=np.int8))
+    np.testing.assert_array_equal(index.popularity_topk(order, 3, blocked),
+                                  [[4, 2, 0], [0, 1, 3], [4, -1, -1]])
