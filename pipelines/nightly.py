@@ -150,11 +150,14 @@ def _run(cfg: Config, root: str, resume: bool, progress) -> dict:
     else:
         progress(f"nightly: resuming run {state['run_id']} after {', '.join(state['done']) or 'no step'}")
     out = state["outputs"]
+    # EvaluationResults of this process's evaluate step, which the gate reuses (a resumed run
+    # evaluates again what it needs)
+    results: dict = {}
     steps = {
         "build_dataset": lambda: _build_dataset(cfg, out, progress),
         "train": lambda: _train(cfg, root, out, progress),
-        "evaluate": lambda: _evaluate(cfg, root, out, progress),
-        "gate": lambda: _gate(cfg, root, out, progress),
+        "evaluate": lambda: _evaluate(cfg, root, out, progress, results),
+        "gate": lambda: _gate(cfg, root, out, progress, results),
         "index": lambda: _index(cfg, root, out, progress),
         "batch_recommendations": lambda: _batch(cfg, root, out, progress),
         "publish": lambda: _publish(cfg, root, out, progress),
@@ -210,7 +213,7 @@ def _train(cfg, root, out, progress):
         out["candidates"][name] = jobs.train_version(cfg, name, out["dataset_id"], "auto", progress, ts=ts, full_ts=full)
 
 
-def _evaluate(cfg, root, out, progress):
+def _evaluate(cfg, root, out, progress, results_by_version: dict):
     ks = tuple(cfg.evaluation.ks)
     results = {}
     production = registry.current_version(root)
@@ -219,7 +222,9 @@ def _evaluate(cfg, root, out, progress):
         targets["production"] = production
     for label, version in targets.items():
         res = evaluate.evaluate_version(root, version, "test", out["dataset_id"], ks,
-                                        target_events=cfg.evaluation.target_events)
+                                        target_events=cfg.evaluation.target_events,
+                                        max_users=cfg.evaluation.max_users, sample_seed=cfg.evaluation.sample_seed)
+        results_by_version[version] = res
         results[label] = {"version": version, "metrics": res.metrics, "sources": res.sources}
         counts = out.setdefault("counts", {})
         counts["evaluated_users"] = counts.get("evaluated_users", 0) + res.metrics.get("users", 0)
@@ -227,16 +232,19 @@ def _evaluate(cfg, root, out, progress):
         if label != "production":
             version_mod.update_manifest(root, version, test_metrics=res.metrics)
         m = res.metrics
-        progress(f"  {label:<11} {version}: recall@20 {m.get('recall@20', 0):.4f} ndcg@20 {m.get('ndcg@20', 0):.4f}")
+        sample = f", a seeded sample of {res.users_total}" if res.sampled else ""
+        progress(f"  {label:<11} {version}: recall@20 {m.get('recall@20', 0):.4f} ndcg@20 {m.get('ndcg@20', 0):.4f} "
+                 f"({m.get('users', 0)} users{sample})")
     out["evaluation"] = results
 
 
-def _gate(cfg, root, out, progress):
+def _gate(cfg, root, out, progress, results: dict):
     ev = out["evaluation"]
     decision = compare.gate(root, {k: v for k, v in ev.items() if k in out["candidates"]},
                             ev.get("production", {}).get("version"),
                             ev["popularity_baseline"]["metrics"][cfg.nightly.primary_metric], out["dataset_id"],
-                            tuple(cfg.evaluation.ks), cfg.nightly.primary_metric, cfg.nightly.tolerance)
+                            tuple(cfg.evaluation.ks), cfg.nightly.primary_metric, cfg.nightly.tolerance,
+                            results=results)
     out["gate"] = dataclasses.asdict(decision)
     progress(f"  gate: {'PUBLISH' if decision.publish else 'KEEP PRODUCTION'} {decision.candidate}: {decision.reason}")
 

@@ -329,6 +329,8 @@ def validate(cfg: Config) -> Config:
     ks = cfg.evaluation.ks
     _check(bool(ks) and all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 10000 for k in ks),
            "evaluation.ks", ks, "a non-empty list of integers in [1, 10000]")
+    _check(cfg.evaluation.max_users >= 0, "evaluation.max_users", cfg.evaluation.max_users,
+           ">= 0 (0: every user)")
     ix = cfg.index
     _one_of("index.kind", ix.kind, ("auto", "brute_force", "scann"))
     _check(ix.brute_force_below >= 0, "index.brute_force_below", ix.brute_force_below, ">= 0")
@@ -434,6 +436,10 @@ class ModelConfig:
 class EvaluationConfig:
     ks: list = field(default_factory=lambda: [10, 20, 50])
     target_events: list = field(default_factory=list)   # e.g. [purchase]: train on all events, measure these
+    # more evaluable users than this: a seeded random sample of this many is evaluated (0: all); the
+    # sample size is reported beside the confidence intervals
+    max_users: int = 100_000
+    sample_seed: int = 0
 
 
 @dataclass

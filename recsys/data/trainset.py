@@ -74,6 +74,21 @@ class EvalSet:
     exclude: sp.csr_matrix      # [n_eval_users, n_items] items seen before (train, + validation for test)
     history: np.ndarray         # [n_eval_users, L] most recent seen items, newest first, -1 padded
 
+    def sample(self, n: int, seed: int = 0) -> "EvalSet":
+        """A seeded random subset of `n` of the users with held-out items (all of them when there are
+        no more than `n`), in row order. The same seed on the same EvalSet gives the same users, so
+        two versions sampled alike stay paired."""
+        rows = np.flatnonzero(np.diff(self.relevant.indptr) > 0)
+        if len(rows) > n:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
+        return EvalSet(self.user_ids[rows], self.user_idx[rows], self.relevant[rows], self.exclude[rows],
+                       self.history[rows])
+
+    @property
+    def n_evaluable(self) -> int:
+        """Users with at least one held-out item (the ones metrics are computed over)."""
+        return int((np.diff(self.relevant.indptr) > 0).sum())
+
 
 @dataclass
 class TrainSet:

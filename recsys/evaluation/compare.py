@@ -32,6 +32,7 @@ class PairedStats:
     p_value: float = 1.0
     relative: float = 0.0
     name: str = ""            # the metric or the segment
+    sampled_from: int = 0     # evaluable users the n_users were sampled from (0: not sampled)
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Comparison:
     primary: PairedStats
     per_user_delta: np.ndarray
     popularity_metrics: dict = field(default_factory=dict)
+    users_total: int = 0      # evaluable users; more than primary.n_users when a sample was evaluated
 
     def to_dict(self) -> dict:
         """comparison.json: every field as plain data (rows keyed `metric` / `segment` by what they are)."""
@@ -129,7 +131,8 @@ def paired_stats(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, n_perm: int =
 def verdict(stats: PairedStats, metric: str, alpha: float = 0.05) -> str:
     """One line: B better / worse / no significant difference on the primary metric."""
     s = stats
-    ci = f"95% CI [{s.ci_low:+.4f}, {s.ci_high:+.4f}], p={s.p_value:.3g}, {s.n_users} users"
+    users = f"{s.n_users} users" + (f" (a seeded sample of {s.sampled_from})" if s.sampled_from > s.n_users else "")
+    ci = f"95% CI [{s.ci_low:+.4f}, {s.ci_high:+.4f}], p={s.p_value:.3g}, {users}"
     if s.p_value < alpha and s.delta > 0:
         return f"B is better on {metric}: {s.a:.4f} -> {s.b:.4f} ({s.delta:+.4f}, {s.relative:+.1%}; {ci})"
     if s.p_value < alpha and s.delta < 0:
@@ -179,7 +182,8 @@ def segments(res_a: EvaluationResult, res_b: EvaluationResult, k: int, primary: 
 
 
 def compare(root: str, version_a: str, version_b: str, split: str = "test", dataset_id: str | None = None,
-            ks=(10, 20, 50), primary: str = "ndcg@20", alpha: float = 0.05) -> Comparison:
+            ks=(10, 20, 50), primary: str = "ndcg@20", alpha: float = 0.05,
+            results: dict | None = None) -> Comparison:
     """Compare two versions on the same dataset split (default: B's dataset).
 
     Args:
@@ -190,14 +194,17 @@ def compare(root: str, version_a: str, version_b: str, split: str = "test", data
         ks: metric cutoffs.
         primary: the metric of the verdict.
         alpha: the significance level of the verdict.
+        results: version -> EvaluationResult already computed on this split and dataset (the nightly
+            evaluates each version once); the others are evaluated here.
     """
     from recsys import version as version_mod
     manifest_b = version_mod.read_manifest(root, version_b)
     dataset_id = dataset_id or manifest_b.get("dataset_id")
     # both on B's held-out rows: the candidate's evaluation.target_events decide what counts
     targets = version_mod.setting(manifest_b, "evaluation", "target_events", ())
-    res_a = evaluate_version(root, version_a, split, dataset_id, ks, target_events=targets)
-    res_b = evaluate_version(root, version_b, split, dataset_id, ks, target_events=targets)
+    res_a, res_b = (_result(results, v, split, dataset_id) or evaluate_version(root, v, split, dataset_id, ks,
+                                                                                target_events=targets)
+                    for v in (version_a, version_b))
     ev_a, ev_b = res_a.evaluation, res_b.evaluation
     assert np.array_equal(ev_a.users, ev_b.users)   # same held-out users, row for row
     k_primary = int(primary.split("@")[1])
@@ -206,7 +213,8 @@ def compare(root: str, version_a: str, version_b: str, split: str = "test", data
         for m in DEFAULT_METRICS + ("novelty",):
             key = f"{m}@{k}"
             if key in ev_a.per_user:
-                rows.append(paired_stats(ev_a.per_user[key], ev_b.per_user[key], name=key))
+                rows.append(dataclasses.replace(paired_stats(ev_a.per_user[key], ev_b.per_user[key], name=key),
+                                                sampled_from=res_b.users_total if res_b.sampled else 0))
     list_level = {k: {"a": res_a.metrics[k], "b": res_b.metrics[k]}
                   for k in res_a.metrics if k.startswith("coverage@")}
     primary_stats = next(r for r in rows if r.name == primary)
@@ -216,11 +224,32 @@ def compare(root: str, version_a: str, version_b: str, split: str = "test", data
         metrics=rows, list_level=list_level, segments=segments(res_a, res_b, k_primary, primary),
         verdict=verdict(primary_stats, primary, alpha), primary=primary_stats,
         per_user_delta=ev_b.per_user[primary] - ev_a.per_user[primary],
-        popularity_metrics=res_b.popularity_metrics)
+        popularity_metrics=res_b.popularity_metrics, users_total=res_b.users_total)
+
+
+def _result(results: dict | None, version: str, split: str, dataset_id: str) -> EvaluationResult | None:
+    r = (results or {}).get(version)
+    return r if r is not None and r.split == split and r.dataset_id == dataset_id else None
+
+
+def primary_comparison(root: str, version_a: str, version_b: str, dataset_id: str, ks, metric: str,
+                       results: dict | None = None) -> tuple[PairedStats, str]:
+    """Only the primary metric of `compare` (what the gate decides on): its paired statistics and
+    the verdict line, without the other metrics and segments."""
+    from recsys import version as version_mod
+    targets = version_mod.setting(version_mod.read_manifest(root, version_b), "evaluation", "target_events", ())
+    res_a, res_b = (_result(results, v, "test", dataset_id) or evaluate_version(root, v, "test", dataset_id, ks,
+                                                                                  target_events=targets)
+                    for v in (version_a, version_b))
+    ev_a, ev_b = res_a.evaluation, res_b.evaluation
+    assert np.array_equal(ev_a.users, ev_b.users)   # same held-out users, row for row
+    p = dataclasses.replace(paired_stats(ev_a.per_user[metric], ev_b.per_user[metric], name=metric),
+                            sampled_from=res_b.users_total if res_b.sampled else 0)
+    return p, verdict(p, metric)
 
 
 def gate(root: str, candidates: dict, production: str | None, popularity_score: float, dataset_id: str,
-         ks, metric: str, tolerance: float) -> GateDecision:
+         ks, metric: str, tolerance: float, results: dict | None = None) -> GateDecision:
     """Which candidate to publish, if any.
 
     The best candidate by `metric` is published only if it is not worse than production (a paired
@@ -236,19 +265,20 @@ def gate(root: str, candidates: dict, production: str | None, popularity_score: 
         ks: metric cutoffs.
         metric: the primary metric.
         tolerance: how much worse than production a candidate may be and still be published.
+        results: version -> EvaluationResult on the test split of `dataset_id` (the nightly's own
+            evaluations: nothing is evaluated twice); missing ones are evaluated here.
     """
     best = max(candidates, key=lambda k: candidates[k]["metrics"][metric])
     best_v = candidates[best]["version"]
     score = candidates[best]["metrics"][metric]
     if production:
-        c = compare(root, production, best_v, "test", dataset_id, ks, metric)
-        p = c.primary
+        p, verdict_line = primary_comparison(root, production, best_v, dataset_id, ks, metric, results)
         return GateDecision(metric, tolerance, best, best_v, score,
                             publish=best_v != production and p.delta >= -tolerance,
                             reason=f"{best} {score:.4f} vs production {p.a:.4f} (delta {p.delta:+.4f}, "
                                    f"tolerance {tolerance})",
                             production=production, production_score=p.a, delta=p.delta,
-                            ci=[p.ci_low, p.ci_high], p_value=p.p_value, verdict=c.verdict)
+                            ci=[p.ci_low, p.ci_high], p_value=p.p_value, verdict=verdict_line)
     from recsys.models import MODELS
     return GateDecision(metric, tolerance, best, best_v, score,
                         publish=score > popularity_score or not MODELS[best].personalized,

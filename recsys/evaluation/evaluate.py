@@ -37,15 +37,22 @@ class EvaluationResult:
     popularity_evaluation: metrics.Evaluation
     eval_set: EvalSet
     train_item_counts: np.ndarray  # training interactions per catalog item
+    users_total: int = 0           # evaluable users before sampling (= metrics["users"] when not sampled)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether a seeded sample of the users was evaluated (evaluation.max_users)."""
+        return self.users_total > self.metrics.get("users", 0)
 
     def metrics_entry(self) -> dict:
         """What the version's metrics file records for this split (recsys.version.write_metrics)."""
         return {"dataset_id": self.dataset_id, "model": self.metrics, "popularity": self.popularity_metrics,
-                "sources": self.sources}
+                "sources": self.sources, "users_total": self.users_total}
 
 
 def evaluate_version(root: str, version: str, split: str = "test", dataset_id: str | None = None,
-                     ks=(10, 20, 50), lv: LoadedVersion | None = None, target_events=None) -> EvaluationResult:
+                     ks=(10, 20, 50), lv: LoadedVersion | None = None, target_events=None,
+                     max_users: int | None = None, sample_seed: int | None = None) -> EvaluationResult:
     """Full-catalog metrics of `version` and of the dataset's popularity baseline.
 
     Args:
@@ -57,6 +64,9 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
         lv: the version, when the caller has it loaded already.
         target_events: event types whose held-out rows count (None: the version's own
             evaluation.target_events; empty: all rows).
+        max_users, sample_seed: evaluate a seeded sample of this many users when there are more
+            (None: the version's own evaluation.max_users / sample_seed; 0: everyone). Versions
+            evaluated on the same split with the same values get the same users.
     Returns:
         The EvaluationResult.
     Raises:
@@ -77,6 +87,13 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
         raise DataError(f"--split={split!r}: dataset {dataset.id} has no such non-empty split "
                         f"(available: {', '.join(evals) or 'none'})")
     ev = evals[split]
+    if max_users is None:
+        max_users = int(version_mod.setting(lv.manifest, "evaluation", "max_users", 100_000))
+    if sample_seed is None:
+        sample_seed = int(version_mod.setting(lv.manifest, "evaluation", "sample_seed", 0))
+    users_total = ev.n_evaluable
+    if max_users and users_total > max_users:
+        ev = ev.sample(max_users, sample_seed)
     n_items = len(dataset.items)
     train_rows = dataset.read("train", ["item_idx", "timestamp"])
     train_counts = np.bincount(train_rows["item_idx"].to_numpy(), minlength=n_items).astype(np.float64)
@@ -95,7 +112,7 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
     src = sources[model_ev.users]
     return EvaluationResult(lv.version, lv.model_name, dataset.id, split, model_ev.summary(), pop_ev.summary(),
                             {s: int((src == s).sum()) for s in np.unique(src)}, src, model_ev, pop_ev, ev,
-                            train_counts)
+                            train_counts, users_total)
 
 
 def format_table(result: EvaluationResult, ks=(10, 20, 50)) -> str:
@@ -106,5 +123,6 @@ def format_table(result: EvaluationResult, ks=(10, 20, 50)) -> str:
     for n in names:
         if n in m:
             lines.append(f"{n:<16}{m[n]:>12.4f}{p[n]:>12.4f}{m[n] - p[n]:>+10.4f}")
-    lines.append(f"users evaluated: {m['users']} ({', '.join(f'{k} {v}' for k, v in result.sources.items())})")
+    sample = f" (a seeded sample of {result.users_total})" if result.sampled else ""
+    lines.append(f"users evaluated: {m['users']}{sample} ({', '.join(f'{k} {v}' for k, v in result.sources.items())})")
     return "\n".join(lines)

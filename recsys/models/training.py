@@ -39,12 +39,6 @@ def tower_outputs(query_tower, user_idx: np.ndarray, history: np.ndarray, dim: i
     return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
 
-def _subsample(ev: EvalSet, n: int, seed: int) -> EvalSet:
-    """A fixed random subset of an EvalSet's users (cheap per-epoch early-stopping checks)."""
-    rows = np.sort(np.random.default_rng(seed).choice(len(ev.user_ids), n, replace=False))
-    return EvalSet(ev.user_ids[rows], ev.user_idx[rows], ev.relevant[rows], ev.exclude[rows], ev.history[rows])
-
-
 def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None, progress=print,
         max_seconds: float | None = None, stop_after: int | None = None) -> FitReport:
     """Train an embedding model (`model.build_towers`) on `ts`; early-stops on validation recall@eval_k.
@@ -99,7 +93,7 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
     rng = np.random.default_rng(mc.seed)
     val = ts.evals.get("validation")
     if val is not None and len(val.user_ids) > mc.eval_users:
-        val = _subsample(val, mc.eval_users, mc.seed)
+        val = val.sample(mc.eval_users, mc.seed)
     key = f"recall@{mc.eval_k}"
     ks = sorted(set(ks) | {mc.eval_k})
     best, best_epoch, best_weights, bad_epochs = -np.inf, 0, None, 0

@@ -1,0 +1,80 @@
+"""`recsys evaluate` in blocks equals the per-user definition; large evaluations sample users, say so,
+and stay paired; the nightly gate reuses what was evaluated."""
+import numpy as np
+import pytest
+
+from recsys import version
+from recsys.data.trainset import eval_sets
+from recsys.evaluation import compare, evaluate
+
+
+def per_user_reference(lv, ev, catalog_ids, k):
+    """recall@k and ndcg@k user by user, straight from the definitions: score every catalog item
+    (the model's user vector, else its popularity), drop seen items, sort (ties: lower index)."""
+    cols = np.array([lv.items.lookup([i])[0] for i in catalog_ids])
+    recall, ndcg = {}, {}
+    for r, uid in enumerate(ev.user_ids):
+        rel = set(ev.relevant[r].indices)
+        if not rel:
+            continue
+        row = lv.users.lookup([uid])[0]
+        if lv.personalized and row >= 0:
+            scores = lv.model.item_embeddings[np.maximum(cols, 0)] @ lv.model.user_embeddings[row]
+        else:
+            scores = lv.model.popularity.scores[np.maximum(cols, 0)].astype(np.float32)
+        scores = np.where(cols >= 0, scores, -np.inf).astype(np.float32)
+        scores[ev.exclude[r].indices] = -np.inf
+        top = [i for i in np.argsort(-scores, kind="stable")[:k] if scores[i] > -np.inf]
+        hits = [i in rel for i in top]
+        recall[uid] = sum(hits) / len(rel)
+        dcg = sum(h / np.log2(j + 2) for j, h in enumerate(hits))
+        ndcg[uid] = dcg / sum(1 / np.log2(j + 2) for j in range(min(k, len(rel))))
+    return recall, ndcg
+
+
+@pytest.mark.parametrize("model", ["mf", "two_tower", "popularity"])
+def test_batched_evaluation_equals_the_per_user_definition(served, model):
+    root, ds = served["root"], served["dataset"]
+    v = served["versions"][model]
+    res = evaluate.evaluate_version(root, v, "test", ds.id, (5, 20), target_events=(), max_users=0)
+    lv = version.load(root, v)
+    ev = eval_sets(ds, lv.history_length)["test"]
+    for k in (5, 20):
+        recall, ndcg = per_user_reference(lv, ev, ds.items.ids, k)
+        got_users = ev.user_ids[res.evaluation.users]
+        assert list(got_users) == list(recall)
+        np.testing.assert_allclose(res.evaluation.per_user[f"recall@{k}"], [recall[u] for u in got_users], atol=1e-9)
+        np.testing.assert_allclose(res.evaluation.per_user[f"ndcg@{k}"], [ndcg[u] for u in got_users], atol=1e-9)
+
+
+def test_a_large_evaluation_samples_users_and_reports_the_sample_size(served):
+    root, ds = served["root"], served["dataset"]
+    a, b = served["versions"]["popularity"], served["versions"]["mf"]
+    full = evaluate.evaluate_version(root, b, "test", ds.id, (20,), max_users=0)
+    res_a = evaluate.evaluate_version(root, a, "test", ds.id, (20,), max_users=40, sample_seed=3)
+    res_b = evaluate.evaluate_version(root, b, "test", ds.id, (20,), max_users=40, sample_seed=3)
+    assert res_b.metrics["users"] == 40 and res_b.users_total == full.metrics["users"] > 40 and res_b.sampled
+    assert not full.sampled
+    # the same seed on the same split: the same users, so the arms stay paired
+    assert list(res_a.eval_set.user_ids) == list(res_b.eval_set.user_ids)
+    assert set(res_b.eval_set.user_ids) < set(full.eval_set.user_ids[full.evaluation.users])
+    other = evaluate.evaluate_version(root, b, "test", ds.id, (20,), max_users=40, sample_seed=4)
+    assert list(other.eval_set.user_ids) != list(res_b.eval_set.user_ids)
+    c = compare.compare(root, a, b, "test", ds.id, (20,), "recall@20", results={a: res_a, b: res_b})
+    assert c.primary.n_users == 40 and c.primary.sampled_from == res_b.users_total == c.users_total
+    assert f"40 users (a seeded sample of {res_b.users_total})" in c.verdict
+    assert "users evaluated: 40 (a seeded sample of" in evaluate.format_table(res_b, (20,))
+
+
+def test_the_gate_reuses_the_nightly_s_evaluations(served, monkeypatch):
+    root, ds = served["root"], served["dataset"]
+    vs = served["versions"]
+    results = {v: evaluate.evaluate_version(root, v, "test", ds.id, (20,)) for v in vs.values()}
+    calls = []
+    monkeypatch.setattr(compare, "evaluate_version", lambda *a, **k: calls.append(a) or None)
+    cands = {m: {"version": v, "metrics": results[v].metrics} for m, v in vs.items() if m != "two_tower"}
+    decision = compare.gate(root, cands, vs["two_tower"], 0.0, ds.id, (20,), "recall@20", 0.0, results=results)
+    assert calls == [] and decision.production == vs["two_tower"] and decision.verdict
+    want = compare.paired_stats(results[vs["two_tower"]].evaluation.per_user["recall@20"],
+                                results[decision.candidate].evaluation.per_user["recall@20"])
+    assert decision.delta == pytest.approx(want.delta) and decision.p_value == pytest.approx(want.p_value)
