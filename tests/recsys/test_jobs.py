@@ -68,7 +68,7 @@ def test_train_plus_validation_appends_users_first_seen_in_validation(temporal):
     # a late user's training examples see only their own earlier (validation) items
     u = full.user_ids.tolist().index(LATE[0])
     ex = np.flatnonzero(full.user_idx == u)
-    assert (full.history[ex[0]] == -1).all() and full.history[ex[1], 0] == full.item_idx[ex[0]]
+    assert (full.history[ex[0]] == -1).all() and full.history[ex[1]][0] == full.item_idx[ex[0]]
 
 
 @pytest.mark.parametrize("model", ["mf", "two_tower"])

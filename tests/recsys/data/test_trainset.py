@@ -22,6 +22,26 @@ def test_history_windows_stop_at_user_boundaries():
     items = np.array([5, 6, 7, 8, 9])
     h = trainset.history_windows(users, items, 2)
     assert h.tolist() == [[-1, -1], [5, -1], [6, 5], [-1, -1], [8, -1]]
+    assert trainset.PrecedingItems(users, items, 2)[np.arange(5)].tolist() == h.tolist()
+
+
+def test_per_batch_histories_equal_the_in_memory_windows_batch_for_batch():
+    """Training builds each batch's histories from the item column and one start per user; for a seed,
+    every shuffled batch equals the rows of the full [interactions, L] array it replaces."""
+    rng = np.random.default_rng(0)
+    users = np.sort(rng.integers(0, 300, 20_000))
+    users[users == 7] = 8                      # a user with no rows
+    items = rng.integers(0, 1000, len(users))
+    full = trainset.history_windows(users, items, 20)
+    lazy = trainset.PrecedingItems(users, items, 20, n_users=301)
+    assert lazy.shape == full.shape and np.array_equal(np.asarray(lazy), full)
+    perm = np.random.default_rng(5).permutation(len(users))
+    for s in range(0, len(users) - 2048 + 1, 2048):
+        idx = perm[s:s + 2048]
+        np.testing.assert_array_equal(lazy[idx], full[idx])
+    assert lazy[3].tolist() == full[3].tolist() and lazy[10:20].tolist() == full[10:20].tolist()
+    # the memory it holds: one start per user, beside the columns the TrainSet has anyway
+    assert lazy.first.nbytes == 301 * 8 and lazy.items is items
 
 
 

@@ -126,7 +126,7 @@ def test_fresh_history_query_agrees_between_memory_and_disk(planted, fitted, sav
     tmp, cfg, ds, ts = planted
     root = cfg.resolve(cfg.artifacts.root)
     model, lv = fitted[key], version.load(root, saved[key])
-    rows = np.flatnonzero((ts.history >= 0).sum(1) >= 3)[:50]
+    rows = np.flatnonzero((np.asarray(ts.history) >= 0).sum(1) >= 3)[:50]
     hist = ts.history[rows]
     for users in (ts.user_idx[rows], np.full(len(rows), -1)):
         want = model.history_vectors(hist, users)
