@@ -92,6 +92,8 @@ def _evaluate(args) -> int:
     root = _root(cfg)
     v = registry.resolve_version(root, args.version_flag or args.version)
     ks = tuple(cfg.evaluation.ks)
+    if args.through_index:
+        return _evaluate_through_index(args, root, v, ks)
     result = evaluate.evaluate_version(root, v, args.split, args.dataset, ks)
     path = version.write_metrics(root, v, args.split, result.metrics_entry())
     if args.json:
@@ -100,6 +102,25 @@ def _evaluate(args) -> int:
     print(f"evaluate: {v} on dataset {result.dataset_id} split {args.split} (full catalog, seen items excluded)")
     print(evaluate.format_table(result, ks))
     print(f"wrote {path}")
+    return 0
+
+
+def _evaluate_through_index(args, root: str, v: str, ks) -> int:
+    from recsys.evaluation import evaluate
+    r = evaluate.evaluate_through_index(root, v, args.split, args.dataset, ks)
+    if args.json:
+        _print_json({"version": v, "split": args.split, **r.to_dict()})
+        return 0
+    exact, approx, loss = r.exact.metrics, r.metrics, r.loss()
+    sample = f" (a seeded sample of {r.exact.users_total})" if r.exact.sampled else ""
+    print(f"evaluate: {v} on dataset {r.exact.dataset_id} split {args.split}, ranked through its {r.index_kind} "
+          f"index as the service does vs exact ranking, {exact['users']} users{sample}")
+    print(f"{'metric':<14}{'exact':>10}{'index':>10}{'loss':>10}")
+    for k in ks:
+        for m in ("recall", "ndcg"):
+            key = f"{m}@{k}"
+            print(f"{key:<14}{exact[key]:>10.4f}{approx[key]:>10.4f}{loss[key]:>+10.4f}")
+    print(f"top-{max(ks)} overlap with exact ranking: {r.overlap:.3f}")
     return 0
 
 
@@ -355,6 +376,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--model", dest="version_flag", help=argparse.SUPPRESS)   # the old spelling of VERSION
     e.add_argument("--split", default="test", choices=["validation", "test"], help="held-out split")
     e.add_argument("--dataset", help="dataset id (default: the version's own dataset)")
+    e.add_argument("--through-index", action="store_true",
+                   help="rank through the version's ANN index and the service's exclusions, and report "
+                        "the loss against exact ranking")
 
     i = verb("index", _index, "build the item index of a version and measure its recall")
     i.add_argument("version", nargs="?", default="latest", help=versions_help)

@@ -74,11 +74,13 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
     Raises:
         DataError: unknown model, missing dataset or version.
     """
+    t_start = time.time()
     model = create(model_name, cfg.model)
     root = cfg.resolve(cfg.artifacts.root)
     dataset = Dataset.open(root, dataset_id)
     if ts is None:
         ts, full_ts = training_sets(cfg, dataset)
+    t_loaded = time.time()
     refit = cfg.model.refit and "validation" in ts.evals
     progress(f"train {model_name}: dataset {dataset.id}: {len(ts.user_idx)} interactions, "
              f"{ts.n_users} users, {ts.n_items} items")
@@ -98,8 +100,10 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
     if refit:
         best_epoch = report.best_epoch
         extra["selection"] = {"best_epoch": best_epoch, "seconds": round(report.seconds, 1), "epochs": report.epochs,
-                              "warm_started": select_from is not None}
+                              "warm_started": select_from is not None, "phases": report.phases}
+        t_refit = time.time()
         full = full_ts or _train_plus_validation(cfg, dataset)
+        t_refit_loaded = time.time()
         progress(f"train {model_name}: refit on train + validation ({len(full.user_idx)} interactions, "
                  f"{full.n_users} users)" + (f" for the {best_epoch} epochs validation chose" if best_epoch else ""))
         model = create(model_name, cfg.model)
@@ -108,7 +112,20 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
                           "users": int(full.n_users), "seconds": round(report.seconds, 1)}
         report.seconds += extra["selection"]["seconds"]   # the manifest's training time: both fits
         ts = full
+    t_save = time.time()
     version = version_mod.save(model, ts, cfg, root, dataset, extra=extra)
+    saved = version_mod.read_manifest(root, version).get("save_phases", {})
+    parts = {"load": round(t_loaded - t_start, 2)}
+    if refit:
+        parts.update({f"select_{k}": v for k, v in extra["selection"]["phases"].items()})
+        parts["refit_load"] = round(t_refit_loaded - t_refit, 2)
+        parts.update({f"refit_{k}": v for k, v in report.phases.items()})
+    else:
+        parts.update(report.phases)
+    parts.update(saved)
+    parts["write"] = round(time.time() - t_save - sum(saved.values()), 2)
+    version_mod.update_manifest(root, version, time_by_part=parts)
+    progress(f"train {model_name}: time by part: " + ", ".join(f"{k} {v:.1f}s" for k, v in parts.items()))
     details = []
     if report.epochs:
         details.append(f"{report.examples_per_second:,.0f} examples/s, best epoch "

@@ -210,22 +210,31 @@ def save(model: Model, ts, cfg: Config, root: str, dataset=None, extra: dict | N
     Raises:
         DataError: a version of this id already exists.
     """
+    import time
     from recsys.data.trainset import seen_items, user_histories
     manifest = {"dataset_id": ts.dataset_id, "config": cfg.to_dict()}
+    phases = {}
     if model.personalized:
+        t0 = time.time()
         L = cfg.model.history_length
         hist = user_histories(ts, L, dataset) if model.uses_history else np.full((ts.n_users, 1), -1, np.int32)
         model.user_embeddings = model.user_vectors(np.arange(ts.n_users, dtype=np.int64), hist).astype(np.float32)
+        phases["user_vectors"] = round(time.time() - t0, 2)
         r = model.report
         manifest.update({"history_length": L,
                          "training": {"seconds": round(r.seconds, 1), "best_epoch": r.best_epoch,
                                       "examples_per_second": round(r.examples_per_second),
-                                      "epochs": r.epochs, "warm_started_rows": r.warm_started}})
+                                      "epochs": r.epochs, "warm_started_rows": r.warm_started,
+                                      "phases": r.phases}})
     attributes = None
     if dataset is not None and fsio.exists(dataset.item_features_path):
         attributes = fsio.read_bytes(dataset.item_features_path)
+    t0 = time.time()
+    seen = seen_items(ts, dataset)
+    phases["seen_items"] = round(time.time() - t0, 2)
     manifest.update(extra or {})
-    return write(root, model, seen_items(ts, dataset), manifest, attributes, version)
+    manifest["save_phases"] = phases
+    return write(root, model, seen, manifest, attributes, version)
 
 
 def write(root: str, model: Model, seen, manifest: dict, item_attributes: bytes | None = None,

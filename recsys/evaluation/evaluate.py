@@ -18,6 +18,7 @@ from recsys.errors import DataError
 from recsys.evaluation import metrics
 from recsys.evaluation.scorer import evaluate_model, popularity_order
 from recsys.retrieval.index import popularity_topk
+from recsys.models.base import POPULARITY
 from recsys.models.popularity import Popularity
 from recsys.version import LoadedVersion
 
@@ -126,3 +127,88 @@ def format_table(result: EvaluationResult, ks=(10, 20, 50)) -> str:
     sample = f" (a seeded sample of {result.users_total})" if result.sampled else ""
     lines.append(f"users evaluated: {m['users']}{sample} ({', '.join(f'{k} {v}' for k, v in result.sources.items())})")
     return "\n".join(lines)
+
+
+@dataclass
+class IndexEvaluation:
+    """A version ranked through its serving path (ANN index, the service's exclusion of seen items)
+    beside exact full-catalog ranking, on the same users."""
+    exact: EvaluationResult
+    through_index: metrics.Evaluation
+    index_kind: str
+    overlap: float                 # mean share of the exact top-k the index path also returns (k = max ks)
+
+    @property
+    def metrics(self) -> dict:
+        """The index path's metric summary."""
+        return self.through_index.summary()
+
+    def loss(self) -> dict:
+        """Exact minus index path, per metric (what approximate search costs)."""
+        exact, approx = self.exact.metrics, self.metrics
+        return {k: exact[k] - approx[k] for k in approx if "@" in k and k in exact}
+
+    def to_dict(self) -> dict:
+        """What `recsys evaluate --through-index --json` prints."""
+        return {"index_kind": self.index_kind, "exact": self.exact.metrics, "through_index": self.metrics,
+                "loss": self.loss(), "top_k_overlap": self.overlap, "users_total": self.exact.users_total}
+
+
+def evaluate_through_index(root: str, version: str, split: str = "test", dataset_id: str | None = None,
+                           ks=(10, 20, 50), target_events=None, max_users: int | None = None,
+                           sample_seed: int | None = None) -> IndexEvaluation:
+    """Rank the evaluated users as the service would: each known user's stored vector (or a fresh
+    history's vector, else popularity) searched in the version's index with `search_many`, the
+    service's over-fetch and seen-item skipping, the items seen before the split's cut excluded.
+    Reports the metrics beside exact ranking's (`evaluate_version`, same users).
+
+    Raises:
+        DataError: as `evaluate_version`; the version has no index (run `recsys index`).
+    """
+    from recsys.evaluation.scorer import lookup_ids, query_vectors
+    from recsys.retrieval import index as index_mod
+    lv = version_mod.load(root, version)
+    exact = evaluate_version(root, version, split, dataset_id, ks, lv=lv, target_events=target_events,
+                             max_users=max_users, sample_seed=sample_seed)
+    ev, users = exact.eval_set, exact.evaluation.users
+    kmax = max(ks)
+    if lv.personalized:
+        idx_dir = version_mod.index_dir(root, version)
+        if not index_mod.exists(idx_dir):
+            raise DataError(f"--through-index: version {version} has no index; run `recsys index {version}`")
+        idx = index_mod.load(idx_dir, lv.model.item_embeddings)
+        kind = idx.kind
+    else:
+        idx, kind = None, "popularity"
+    dataset = Dataset.open(root, exact.dataset_id)
+    cols = lookup_ids(lv.model.item_ids, dataset.items.ids)            # catalog column -> version item
+    known = np.flatnonzero(cols >= 0)
+    to_catalog = np.full(len(lv.items), -1, dtype=np.int64)
+    to_catalog[cols[known]] = known
+    # the exclusions, in the version's item space (catalog items it does not know cannot be returned)
+    ex = ev.exclude[users].tocoo()
+    keep = cols[ex.col] >= 0
+    import scipy.sparse as sp
+    blocked = sp.csr_matrix((np.ones(keep.sum(), np.int8), (ex.row[keep], cols[ex.col[keep]])),
+                            shape=(len(users), len(lv.items)))
+    blocked.sum_duplicates()
+    user_idx = lookup_ids(lv.model.user_ids, ev.user_ids[users])
+    h = np.asarray(ev.history)[users]
+    history = np.where(h >= 0, cols[np.maximum(h, 0)], -1)
+    history = np.take_along_axis(history, np.argsort(history < 0, axis=1, kind="stable"), axis=1)
+    vecs, sources = query_vectors(lv.model, user_idx, history)
+    top = np.full((len(users), kmax), -1, dtype=np.int64)
+    by_pop = np.flatnonzero(sources == POPULARITY) if vecs is not None else np.arange(len(users))
+    if len(by_pop):
+        p = index_mod.popularity_topk(lv.popularity.order, kmax, blocked[by_pop])
+        top[by_pop, :p.shape[1]] = p
+    pers = np.setdiff1d(np.arange(len(users)), by_pop)
+    if len(pers):
+        ids, _ = index_mod.search_many(idx, lv.model.item_embeddings, vecs[pers], kmax, blocked[pers])
+        top[pers] = ids
+    top = np.where(top >= 0, to_catalog[np.maximum(top, 0)], -1)
+    approx = metrics.from_topk(top, users, ev.relevant, ks, exact.train_item_counts)
+    exact_top = exact.evaluation.topk[:, :kmax]
+    overlap = float(np.mean([len(np.intersect1d(a[a >= 0], b[b >= 0])) / max((b >= 0).sum(), 1)
+                             for a, b in zip(top, exact_top)])) if len(users) else 1.0
+    return IndexEvaluation(exact, approx, kind, overlap)

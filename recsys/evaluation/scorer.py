@@ -122,8 +122,8 @@ def evaluate_model(model, ev, ks=(10, 20, 50), item_counts: np.ndarray | None = 
         user_idx, cols = np.asarray(ev.user_idx, dtype=np.int64), None
         history = np.asarray(ev.history)
     else:
-        user_idx = _lookup(model.user_ids, ev.user_ids)
-        cols = _lookup(model.item_ids, catalog_ids)
+        user_idx = lookup_ids(model.user_ids, ev.user_ids)
+        cols = lookup_ids(model.item_ids, catalog_ids)
         h = np.asarray(ev.history)
         history = np.where(h >= 0, cols[np.maximum(h, 0)], -1)
         # items the model does not know drop out of the history, which stays newest first
@@ -137,6 +137,7 @@ def evaluate_model(model, ev, ks=(10, 20, 50), item_counts: np.ndarray | None = 
     return metrics.from_topk(topk, users, ev.relevant, ks, item_counts), sources
 
 
-def _lookup(vocab_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def lookup_ids(vocab_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The position of each of `ids` in `vocab_ids`, -1 where absent."""
     return pd.Index(np.asarray(vocab_ids, dtype=object)).get_indexer(
         pd.Index(np.asarray(ids, dtype=object))).astype(np.int64)

@@ -38,6 +38,7 @@ class FitReport:
     examples_per_second: float = 0.0
     best_epoch: int = 0
     warm_started: dict = field(default_factory=dict)  # table name -> rows carried over
+    phases: dict = field(default_factory=dict)        # seconds by part: setup, epochs, validation, ...
 
 
 @dataclass

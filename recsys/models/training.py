@@ -22,6 +22,7 @@ from recsys.models.loss import RetrievalModel
 from recsys.models.optim import LazyAdam
 from recsys.models.popularity import fit_popularity
 from recsys.models.warm_start import row_names, warm_start
+from recsys.progress import Progress
 
 
 def item_embeddings(candidate_tower, n_items: int, batch: int = 65536) -> np.ndarray:
@@ -58,6 +59,7 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
         The FitReport.
     """
     mc = model.config
+    t_setup = time.time()
     tf.keras.utils.set_random_seed(mc.seed)
     model.popularity = fit_popularity(ts, mc.popularity_window_days)
     model.user_ids, model.item_ids = ts.user_ids, ts.item_ids
@@ -98,25 +100,33 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
     ks = sorted(set(ks) | {mc.eval_k})
     best, best_epoch, best_weights, bad_epochs = -np.inf, 0, None, 0
     report = FitReport()
-    t_start, t_train = time.time(), 0.0
+    report.phases["setup"] = time.time() - t_setup
+    t_start, t_train, t_val, t_emb = time.time(), 0.0, 0.0, 0.0
     last_epoch = min(mc.epochs, stop_after) if stop_after else mc.epochs
     for epoch in range(1, last_epoch + 1):
         t0 = time.time()
         perm = rng.permutation(n)
         losses = []
+        meter = Progress(f"epoch {epoch}", steps_per_epoch * bs, "examples", progress)
+        no_history = np.full((bs, 1), -1, np.int32)
         for s in range(0, n - bs + 1, bs):   # full batches only: one compiled shape
             idx = perm[s:s + bs]
             batch = {"user_idx": ts.user_idx[idx].astype(np.int32), "item_idx": ts.item_idx[idx].astype(np.int32),
                      "weight": ts.weight[idx]}
-            batch["history"] = ts.history[idx] if model.uses_history else np.full((bs, 1), -1, np.int32)
+            batch["history"] = ts.history[idx] if model.uses_history else no_history
             losses.append(step(batch))
+            meter.advance(bs)
         loss = float(np.mean([float(x) for x in losses])) if losses else float("nan")
         dt = time.time() - t0
         t_train += dt
+        t1 = time.time()
         model.item_embeddings = item_embeddings(ct, ts.n_items)
+        t_emb += time.time() - t1
         line = {"epoch": epoch, "loss": loss, "examples_per_second": steps_per_epoch * bs / dt, "seconds": dt}
         if val is not None:
+            t1 = time.time()
             m = evaluate_model(model, val, ks, ts.item_counts)[0].summary()
+            t_val += time.time() - t1
             line.update({f"val_{k}": v for k, v in m.items() if "@" in k and k.split("@")[0] in ("recall", "ndcg")})
             score = m[key]
         else:
@@ -142,8 +152,12 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
     if best_weights is not None:
         for v, w in zip(retrieval.variables, best_weights):
             v.assign(w)
+    t1 = time.time()
     model.item_embeddings = item_embeddings(ct, ts.n_items)
+    t_emb += time.time() - t1
     report.best_epoch, report.seconds, report.warm_started = best_epoch, time.time() - t_start, warm
+    report.phases.update(epochs=t_train, validation=t_val, item_embeddings=t_emb)
+    report.phases = {k: round(v, 2) for k, v in report.phases.items()}
     report.examples_per_second = sum(h["examples_per_second"] * h["seconds"] for h in report.epochs) / max(t_train, 1e-9)
     model.report = report
     return report

@@ -143,3 +143,12 @@ def test_demo_samples_show_three_users_history_and_titled_recommendations(served
         want = Engine.load(root, current).recommend(user, 5).items
         assert [line.split(". ", 1)[1].rsplit("  (", 1)[0] for line in out[2 + n * 6: 7 + n * 6]] == \
             [titles[i] for i in want]
+
+
+def test_evaluate_through_index_prints_exact_index_and_loss(served, served_config, capsys):
+    import json
+    code, out, _ = run(["evaluate", "latest:mf", "--through-index", "--config", served_config], capsys)
+    assert code == 0 and "brute_force index" in out and "recall@20" in out and "overlap" in out
+    code, out, _ = run(["evaluate", "latest:mf", "--through-index", "--json", "--config", served_config], capsys)
+    body = json.loads(out)
+    assert code == 0 and body["loss"]["recall@20"] == pytest.approx(0.0) and body["top_k_overlap"] == pytest.approx(1.0)

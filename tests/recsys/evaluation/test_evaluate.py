@@ -78,3 +78,32 @@ def test_the_gate_reuses_the_nightly_s_evaluations(served, monkeypatch):
     want = compare.paired_stats(results[vs["two_tower"]].evaluation.per_user["recall@20"],
                                 results[decision.candidate].evaluation.per_user["recall@20"])
     assert decision.delta == pytest.approx(want.delta) and decision.p_value == pytest.approx(want.p_value)
+
+
+@pytest.mark.parametrize("model", ["mf", "two_tower", "popularity"])
+def test_through_the_exact_index_the_serving_path_loses_nothing(served, model):
+    root, ds = served["root"], served["dataset"]
+    r = evaluate.evaluate_through_index(root, served["versions"][model], "test", ds.id, (10, 20))
+    assert r.index_kind == ("popularity" if model == "popularity" else "brute_force")
+    assert r.overlap == pytest.approx(1.0) and all(abs(v) < 1e-12 for v in r.loss().values()), r.loss()
+    assert r.metrics["users"] == r.exact.metrics["users"] > 0
+
+
+def test_through_a_coarse_scann_index_the_loss_is_measured(served, tmp_path):
+    """A ScaNN index that searches 1 of 16 leaves misses part of the exact top-k: the report says how
+    much, from the same users."""
+    import shutil
+    from recsys.config import from_dict
+    from recsys.retrieval import index
+    root = str(tmp_path / "root")
+    shutil.copytree(served["root"], root)
+    v = served["versions"]["mf"]
+    lv = version.load(root, v)
+    cfg = from_dict({"index": {"kind": "scann", "num_leaves": 16, "leaves_to_search": 1, "reorder": 20}}).index
+    shutil.rmtree(version.index_dir(root, v), ignore_errors=True)
+    index.build(lv.model.item_embeddings, cfg).save(version.index_dir(root, v))
+    r = evaluate.evaluate_through_index(root, v, "test", served["dataset"].id, (10, 20))
+    assert r.index_kind == "scann" and r.overlap < 1.0
+    loss = r.loss()
+    assert loss["recall@20"] == pytest.approx(r.exact.metrics["recall@20"] - r.metrics["recall@20"])
+    assert r.to_dict()["top_k_overlap"] == r.overlap
