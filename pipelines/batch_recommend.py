@@ -6,6 +6,7 @@ Written under a temporary directory and renamed when complete (`fsio.atomic_dir`
 from __future__ import annotations
 
 import io
+import sys
 import time
 
 import apache_beam as beam
@@ -31,8 +32,11 @@ class ScoreUsersFn(beam.DoFn):
         self.users_scored = Metrics.counter("recsys", "users_scored")
 
     def setup(self):
+        from recsys.progress import Progress
         from recsys.retrieval.engine import Engine
         self.engine = Engine.load(self.root, self.version)
+        # this worker's users/s and ETA every 30 s on stderr (as if it scored every user alone)
+        self.progress = Progress("batch-recommend", len(self.engine.lv.users), "users", _stderr)
 
     def process(self, bundle):
         part, start, stop = bundle
@@ -49,7 +53,12 @@ class ScoreUsersFn(beam.DoFn):
         pq.write_table(table, sink, compression="zstd")
         fsio.write_bytes(fsio.join(self.out_dir, f"part-{part:05d}.parquet"), sink.getvalue())
         self.users_scored.inc(len(rows))
+        self.progress.advance(len(rows))
         yield len(rows)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def run(cfg: Config, root: str, version: str, k: int | None = None, progress=print) -> str:

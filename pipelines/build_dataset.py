@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import pickle
+import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +47,7 @@ from recsys.data import ingest, interactions, metadata
 from recsys.data.interactions import SPLITS
 from recsys.data.vocab import Vocabulary
 from recsys.errors import DataError
+from recsys.progress import Progress
 
 from pipelines.runner import make_runner, pipeline_options
 
@@ -179,6 +181,10 @@ class ParseValidateFn(beam.DoFn):
         self.rows_read = Metrics.counter("recsys", "rows_read")
         self.rows_rejected = Metrics.counter("recsys", "rows_rejected")
 
+    def setup(self):
+        # this worker's rows/s every 30 s on stderr (a runner's workers each report their own)
+        self.progress = Progress("build-dataset: read and validated", None, "rows", _stderr)
+
     def process(self, keyed_units):
         for unit in keyed_units[1]:
             yield from self._block(*unit)
@@ -198,6 +204,7 @@ class ParseValidateFn(beam.DoFn):
         assert read == len(valid) + len(rejected), (source, first, read, len(valid), len(rejected))
         self.rows_read.inc(read)
         self.rows_rejected.inc(len(rejected))
+        self.progress.advance(read)
         reasons = rejected["reason"].value_counts().to_dict() if len(rejected) else {}
         yield beam.pvalue.TaggedOutput("counts", {"rows_read": read, "accepted": len(valid),
                                                   "rejected": len(rejected), "rejected_by_reason": reasons})
@@ -208,6 +215,10 @@ class ParseValidateFn(beam.DoFn):
             buckets = interactions.user_bucket(valid["user"], self.n)
             for b, part in valid.groupby(buckets, sort=False):
                 yield int(b), part
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _read_range(path: str, where: ByteRange) -> bytes:

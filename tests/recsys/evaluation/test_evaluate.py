@@ -107,3 +107,37 @@ def test_through_a_coarse_scann_index_the_loss_is_measured(served, tmp_path):
     loss = r.loss()
     assert loss["recall@20"] == pytest.approx(r.exact.metrics["recall@20"] - r.metrics["recall@20"])
     assert r.to_dict()["top_k_overlap"] == r.overlap
+
+
+@pytest.mark.parametrize("unknown_columns", [False, True])
+def test_large_catalogs_rank_through_scann_s_exact_scorer_like_the_matmul(monkeypatch, unknown_columns):
+    """At 4096+ items the scorer ranks with ScaNN's brute force (no score matrix) and applies the
+    exclusions by over-fetching; the lists equal the dense matmul + top-k path's."""
+    import scipy.sparse as sp
+    from recsys.config import from_dict
+    from recsys.evaluation import scorer
+    from recsys.models import create
+    from recsys.models.popularity import Popularity
+    rng = np.random.default_rng(0)
+    n_users, n_items = 1500, 5000
+    model = create("mf", from_dict({}).model)
+    model.item_embeddings = rng.normal(size=(n_items, 16)).astype(np.float32)
+    model.user_embeddings = rng.normal(size=(n_users, 16)).astype(np.float32)
+    model.popularity = Popularity(n_items).fit(rng.integers(0, n_items, 20000))
+    model.user_ids = np.arange(n_users).astype(str).astype(object)
+    model.item_ids = np.arange(n_items).astype(str).astype(object)
+    sizes = rng.choice([0, 5, 50, 900], n_users, p=[0.2, 0.5, 0.25, 0.05])
+    cols = np.concatenate([rng.choice(n_items, s, replace=False) for s in sizes])
+    exclude = sp.csr_matrix((np.ones(len(cols), np.int8), cols, np.r_[0, np.cumsum(sizes)]), shape=(n_users, n_items))
+    catalog_cols = np.arange(n_items)
+    if unknown_columns:   # a catalog with items the model never saw, in a different order
+        catalog_cols = np.r_[rng.permutation(n_items), -np.ones(300, np.int64)]
+        exclude = sp.hstack([exclude, sp.csr_matrix((n_users, 300), dtype=np.int8)]).tocsr()
+    users = np.arange(n_users, dtype=np.int64)
+    hist = np.full((n_users, 1), -1, np.int32)
+    fast, src = scorer.rank(model, users, hist, exclude, 50, catalog_cols)
+    monkeypatch.setattr(scorer, "EXACT_SCANN_FROM", 10 ** 9)
+    dense, _ = scorer.rank(model, users, hist, exclude, 50, catalog_cols)
+    assert (src == "personalized").all()
+    assert (fast == dense).mean() > 0.999            # float summation order may swap a near-tie
+    assert not np.any(exclude[np.arange(n_users)[:, None], np.maximum(fast, 0)].toarray() * (fast >= 0))
