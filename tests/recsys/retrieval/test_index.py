@@ -101,8 +101,8 @@ def test_popular_filtered_skips_blocked_rows_and_keeps_allowed_ones():
 
 @pytest.mark.parametrize("kind", ["brute_force", "scann_default", "scann_small_reorder"])
 def test_search_many_equals_search_filtered_row_by_row(kind):
-    """The batch job's path gives every user exactly the service's answer: no blocked items, a few,
-    enough to need a wider fetch than ScaNN re-scores, and most of the catalog."""
+    """The batch job's path gives every user the service's answer (exactly, on an exact index): no
+    blocked items, a few, enough to need a wider fetch than ScaNN re-scores, and most of the catalog."""
     import scipy.sparse as sp
     emb = clustered(6000, seed=1)
     cfg = {"brute_force": {"kind": "brute_force"}, "scann_default": {"kind": "scann"},
@@ -116,12 +116,18 @@ def test_search_many_equals_search_filtered_row_by_row(kind):
     blocked = sp.csr_matrix((np.ones(sizes.sum(), np.int8), np.concatenate(rows), np.r_[0, np.cumsum(sizes)]),
                             shape=(n_q, len(emb)))
     ids, scores = index.search_many(ix, emb, queries, 20, blocked)
+    overlap = []
     for r in range(n_q):
         want, want_s = index.search_filtered(ix, emb, queries[r], 20, blocked_rows=rows[r])
         got = ids[r][ids[r] >= 0]
-        np.testing.assert_array_equal(got, want)
-        np.testing.assert_allclose(scores[r][:len(got)], want_s, rtol=1e-5, atol=1e-5)
-        assert not np.isin(got, rows[r]).any()
+        assert len(got) == len(want) == 20 and not np.isin(got, rows[r]).any()
+        if kind == "brute_force":
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_allclose(scores[r], want_s, rtol=1e-5, atol=1e-5)
+        overlap.append(len(np.intersect1d(got, want)) / 20)
+    # ScaNN's batched search uses other kernels than its one-query search, so near-ties in the
+    # approximate scores can pick a different last candidate for a few rows
+    assert np.mean(overlap) > (0.999 if kind == "scann_default" else 0.99), np.mean(overlap)
 
 
 def test_popularity_topk_is_the_order_minus_each_rows_blocked_items():
