@@ -318,6 +318,7 @@ def validate(cfg: Config) -> Config:
     _check(m.eval_users >= 1, "model.eval_users", m.eval_users, ">= 1")
     _check(0 <= m.seed < 2 ** 32, "model.seed", m.seed, "between 0 and 2**32 - 1")
     _check(m.patience >= 1, "model.patience", m.patience, ">= 1")
+    _check(m.max_train_minutes >= 0, "model.max_train_minutes", m.max_train_minutes, ">= 0 (0: no budget)")
     _check(m.eval_k >= 1, "model.eval_k", m.eval_k, ">= 1")
     _check(m.popularity_window_days >= 0, "model.popularity_window_days", m.popularity_window_days, ">= 0 (0 = all)")
     _check(isinstance(cfg.evaluation.target_events, list)
@@ -426,6 +427,9 @@ class ModelConfig:
     epochs: int = 30
     patience: int = 3
     refit: bool = True              # after early stopping, retrain on train + validation for the chosen epochs
+    # each model's training time budget in minutes, epoch selection and refit together (0: none): the
+    # selection fit gets half (all without refit) and stops before an epoch that would end past it
+    max_train_minutes: float = 0.0
     eval_k: int = 20
     seed: int = 0
     popularity_window_days: int = 0

@@ -97,6 +97,9 @@ def _timestamp_unit(col: pd.Series, schema_type) -> tuple[str, str]:
 
 
 _SEPARATORS = ("|", ";", ",")
+# the training budget a written config starts with: two models of 10 minutes keep a 10M-event nightly
+# within about 30 minutes on 2 cores (docs/RESULTS.md, benchmarks/scale.py)
+_TRAIN_MINUTES = 10
 
 
 def _attributes(items: pd.DataFrame, skip: set) -> dict:
@@ -193,8 +196,11 @@ def infer(events: str, items: str | None = None, root: str = "artifacts") -> Inf
                      + (", ".join(filters) or "none") + (f"; text for the model: {', '.join(text)}" if text else ""))
     else:
         source["items_format"] = "none"
+    notes.append(f"each model trains at most {_TRAIN_MINUTES} minutes (model.max_train_minutes; 0: no limit), "
+                 f"so the nightly fits a night's window at any log size")
     config = {"source": source, "feedback": feedback,
               "filters": {"min_user_interactions": 2, "min_item_interactions": 2},
+              "model": {"max_train_minutes": _TRAIN_MINUTES},
               # each user's last 2 positives are test and the 2 before validation: every active user
               # is measured, whatever the date range of the log
               "split": {"strategy": "leave_last_n", "leave_last_n": 2},

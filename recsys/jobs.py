@@ -92,7 +92,8 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
     # leak them into the choice, so that fit starts cold; the refit itself warm-starts.
     select_from = None if (previous is not None and previous.refit) else previous
     ks = tuple(cfg.evaluation.ks)
-    report = model.fit(ts, ks, select_from, progress)
+    budget = cfg.model.max_train_minutes * 60 / (2 if refit else 1) or None
+    report = model.fit(ts, ks, select_from, progress, max_seconds=budget)
     val = {}
     if "validation" in ts.evals:
         val = evaluate_model(model, ts.evals["validation"], ks, ts.item_counts)[0].summary()

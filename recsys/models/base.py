@@ -78,7 +78,7 @@ class Model:
             previous: a previous version's weights to start from (rows matched by ID).
             progress: receives one line per epoch.
             stop_after: run exactly this many epochs and keep the last weights (the refit).
-            max_seconds: stop after the epoch that crosses this budget.
+            max_seconds: stop before an epoch that would end past this budget.
         Returns:
             The FitReport (also kept as `self.report`).
         """

@@ -51,7 +51,8 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
         ks: cutoffs of the per-epoch validation metrics (plus `model.eval_k`).
         previous: a previous version's weights to warm-start from.
         progress: receives one line per epoch.
-        max_seconds: stop after the epoch that crosses this budget.
+        max_seconds: stop before an epoch that would end past this many seconds (estimated from the
+            epochs so far).
         stop_after: run exactly this many of the `model.epochs` epochs and keep the last weights
             (the refit: no early stopping, and a cosine schedule follows the same path as in the fit
             that chose the count).
@@ -146,8 +147,12 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
                 progress(f"early stop: no {key if val is not None else 'loss'} gain for {mc.patience} epochs; "
                          f"best epoch {best_epoch}")
                 break
-        if max_seconds and time.time() - t_start > max_seconds:
-            progress(f"time budget of {max_seconds:.0f}s reached")
+        # stop before an epoch that would end past the budget (the last epoch's time, validation
+        # included, is the estimate of the next one's)
+        elapsed = time.time() - t_start
+        if max_seconds and epoch < last_epoch and elapsed + elapsed / epoch > max_seconds:
+            progress(f"time budget: another epoch would end past {max_seconds:.0f}s; stopping after epoch {epoch}"
+                     + (f", best epoch {best_epoch}" if not stop_after else ""))
             break
     if best_weights is not None:
         for v, w in zip(retrieval.variables, best_weights):

@@ -111,3 +111,14 @@ def test_warm_start_matches_feature_rows_by_token_not_position():
     tr3.fit(ts2, (20,), previous=WarmStart("v1", ts1.user_ids, ts1.item_ids, legacy), progress=lambda *_: None)
     warm = tr3.report.warm_started
     assert "candidate.token_embedding" not in warm and "candidate.item_embedding" in warm
+
+
+def test_a_time_budget_stops_before_an_epoch_that_would_end_past_it():
+    cfg = from_dict({"model": {**MODEL, "epochs": 50, "patience": 50, "history_length": 3}})
+    ts = _featured_trainset(["comedy", "war"], ["drama"], [f"u{i}" for i in range(300)], [f"i{i}" for i in range(50)])
+    lines = []
+    model = create("mf", cfg.model)
+    report = model.fit(ts, (20,), progress=lines.append, max_seconds=1e-6)
+    assert len(report.epochs) == 1 and any("time budget" in line for line in lines)
+    report = create("mf", cfg.model).fit(ts, (20,), progress=lambda *_: None, max_seconds=None)
+    assert len(report.epochs) == 50
