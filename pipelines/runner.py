@@ -34,7 +34,34 @@ def pipeline_options(cfg: Config) -> PipelineOptions:
         errors = [line.split("error:", 1)[1].strip() for line in captured.getvalue().splitlines() if "error:" in line]
         raise ConfigError("runner.options", cfg.runner.options,
                           errors[-1] if errors else "not valid Beam pipeline options") from None
+    _check_worker_python(cfg)
     return options
+
+
+def _check_worker_python(cfg: Config) -> None:
+    """A portable job whose SDK workers start on this machine (environment_type PROCESS, or EXTERNAL
+    on a local worker pool, which runs `python` from its PATH) hangs silently when that interpreter
+    cannot import Beam and recsys: check it first and say so in one line."""
+    opts = cfg.runner.options
+    env = str(opts.get("environment_type", "")).upper()
+    where = str(opts.get("environment_config", ""))
+    if env not in ("PROCESS", "EXTERNAL") or (env == "EXTERNAL" and not where.startswith(("localhost", "127.", "["))):
+        return
+    import shutil
+    import subprocess
+    python = shutil.which("python") or shutil.which("python3")
+    ok = False
+    if python:
+        try:
+            ok = subprocess.run([python, "-c", "import apache_beam, recsys"], capture_output=True,
+                                timeout=60).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+    if not ok:
+        raise ConfigError("runner.options.environment_type", env,
+                          f"its SDK workers run `python` from PATH ({python or 'none found'}), which cannot "
+                          f"import apache_beam and recsys: put the virtualenv's bin directory first on PATH "
+                          f"for the worker pool and for this command")
 
 
 def make_runner(cfg: Config):

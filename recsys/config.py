@@ -298,8 +298,11 @@ def validate(cfg: Config) -> Config:
            sp.validation_fraction, "test_fraction + validation_fraction must be < 1")
     _check(sp.leave_last_n >= 1, "split.leave_last_n", sp.leave_last_n, ">= 1")
     ru = cfg.runner
-    _check(ru.name.lower().replace("runner", "") != "prism", "runner.name", ru.name,
-           "PrismRunner downloads a binary at start; use DirectRunner, DataflowRunner, FlinkRunner or SparkRunner")
+    refused = {"prism": "PrismRunner downloads a binary at start (fails offline)",
+               "dask": "DaskRunner has no Impulse translation and mixes tagged outputs (silently wrong results)",
+               "interactive": "InteractiveRunner is for notebooks"}
+    why = refused.get(str(ru.name).lower().replace("runner", ""))
+    _check(why is None, "runner.name", ru.name, f"{why}; use one of {', '.join(RUNNERS)}")
     canonical = {r.lower(): r for r in RUNNERS}
     _check(ru.name.lower() in canonical, "runner.name", ru.name, f"one of {', '.join(RUNNERS)}")
     ru.name = canonical[ru.name.lower()]

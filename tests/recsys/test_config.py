@@ -319,7 +319,9 @@ def test_prism_in_any_case_is_refused(name):
 
 def test_an_unknown_runner_name_is_refused_and_known_ones_are_matched_in_any_case():
     msg = assert_one_line_naming(config_error({"runner": {"name": "DaskRunner"}}), "runner.name", "DaskRunner")
-    assert "DataflowRunner" in msg
+    assert "DataflowRunner" in msg and "tagged outputs" in msg
+    msg = assert_one_line_naming(config_error({"runner": {"name": "SamzaRunner"}}), "runner.name", "SamzaRunner")
+    assert "FlinkRunner" in msg
     assert from_dict({"runner": {"name": "directrunner"}}).runner.name == "DirectRunner"
 
 
