@@ -11,7 +11,7 @@ from recsys.data import trainset
 from recsys.data.dataset import Dataset
 from recsys.errors import DataError
 from recsys.evaluation.scorer import evaluate_model
-from recsys.models import MODELS, create
+from recsys.models import MODELS, create, distribute
 from recsys.retrieval import index
 
 
@@ -70,7 +70,8 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         ts, full_ts: the dataset's train and train + validation TrainSets, when the caller already has
             them (the nightly shares them between models).
     Returns:
-        The new version id.
+        The new version id ("" on a worker other than the chief under `model.distribute:
+        multi_worker_mirrored`, which trains but does not write).
     Raises:
         DataError: unknown model, missing dataset or version.
     """
@@ -113,6 +114,10 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
                           "users": int(full.n_users), "seconds": round(report.seconds, 1)}
         report.seconds += extra["selection"]["seconds"]   # the manifest's training time: both fits
         ts = full
+    if not distribute.is_chief():
+        # multi_worker_mirrored: every worker trained the same tables; the chief writes the version
+        progress(f"train {model_name}: this worker is not the chief (TF_CONFIG); the chief writes the version")
+        return ""
     t_save = time.time()
     version = version_mod.save(model, ts, cfg, root, dataset, extra=extra)
     saved = version_mod.read_manifest(root, version).get("save_phases", {})

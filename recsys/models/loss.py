@@ -86,6 +86,7 @@ class RetrievalModel(tfrs.Model):
         self.logq = logq
         p = item_counts.astype(np.float64) + 1.0
         self.item_prob = tf.constant((p / p.sum()).astype(np.float32))
+        self.gather_candidates = True   # under tf.distribute (recsys/models/distribute.py)
         self.task = tfrs.tasks.Retrieval(
             loss=InBatchSoftmaxLoss(), temperature=temperature, remove_accidental_hits=remove_accidental_hits)
 
@@ -95,11 +96,24 @@ class RetrievalModel(tfrs.Model):
         batch = tf.cast(tf.shape(ids)[0], tf.float32)
         # Expected occurrences of each candidate among the negatives: B * p(i) in-batch, M / N uniform.
         prob = tf.gather(self.item_prob, ids) * batch
+        if self.gather_candidates and tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+            # under tf.distribute: every replica's positives are every query's negatives (the global batch)
+            from recsys.models.distribute import gather_candidates
+            c, ids, prob = gather_candidates(self.candidate_tower(ids), ids, prob)
+            if self.extra_negatives:
+                neg = tf.random.uniform([self.extra_negatives], 0, self.n_items, dtype=tf.int32)
+                c = tf.concat([c, self.candidate_tower(neg)], 0)
+                ids = tf.concat([ids, neg], 0)
+                prob = tf.concat([prob, tf.fill([self.extra_negatives], self.extra_negatives / self.n_items)], 0)
+            return self._loss(q, c, ids, prob, features, batch)
         if self.extra_negatives:
             neg = tf.random.uniform([self.extra_negatives], 0, self.n_items, dtype=tf.int32)
             ids = tf.concat([ids, neg], 0)
             prob = tf.concat([prob, tf.fill([self.extra_negatives], self.extra_negatives / self.n_items)], 0)
         c = self.candidate_tower(ids)
+        return self._loss(q, c, ids, prob, features, batch)
+
+    def _loss(self, q, c, ids, prob, features, batch):
         if self.fused:
             log_q = (tf.math.log(tf.clip_by_value(prob, 1e-6, 1.0)) if self.logq
                      else tf.zeros_like(prob))   # TFRS SamplingProbablityCorrection clips the same way

@@ -23,24 +23,39 @@ class LazyAdam:
         self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables]
         self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables]
 
-    def apply_gradients(self, grads) -> None:
+    def _learning_rate(self):
         self.step.assign_add(1.0)
         t = self.step
         lr = self.lr * tf.sqrt(1.0 - self.b2 ** t) / (1.0 - self.b1 ** t)
         if self.decay_steps:
             lr = lr * 0.5 * (1.0 + tf.cos(3.141592653589793 * tf.minimum((t - 1.0) / self.decay_steps, 1.0)))
+        return lr
+
+    def apply_gradients(self, grads) -> None:
+        """One update of every variable (one process)."""
+        lr = self._learning_rate()
         for var, m, v, g in zip(self.variables, self.m, self.v, grads):
-            if g is None:
-                continue
-            if isinstance(g, tf.IndexedSlices):
-                idx, pos = tf.unique(g.indices)
-                gs = tf.math.unsorted_segment_sum(g.values, pos, tf.shape(idx)[0])
-                m_rows = self.b1 * tf.gather(m, idx) + (1.0 - self.b1) * gs
-                v_rows = self.b2 * tf.gather(v, idx) + (1.0 - self.b2) * tf.square(gs)
-                m.scatter_update(tf.IndexedSlices(m_rows, idx))
-                v.scatter_update(tf.IndexedSlices(v_rows, idx))
-                var.scatter_sub(tf.IndexedSlices(lr * m_rows / (tf.sqrt(v_rows) + self.eps), idx))
-            else:
-                m.assign(self.b1 * m + (1.0 - self.b1) * g)
-                v.assign(self.b2 * v + (1.0 - self.b2) * tf.square(g))
-                var.assign_sub(lr * m / (tf.sqrt(v) + self.eps))
+            if g is not None:
+                self._apply(var, m, v, g, lr)
+
+    def apply_distributed(self, strategy, grads) -> None:
+        """One update of every replica's copy from the same all-reduced gradients (cross-replica
+        context: call it from `merge_call`); see recsys/models/distribute.py."""
+        lr = self._learning_rate()
+        for var, m, v, g in zip(self.variables, self.m, self.v, grads):
+            if g is not None:
+                strategy.extended.update(var, self._apply, args=(m, v, g, lr), group=False)
+
+    def _apply(self, var, m, v, g, lr) -> None:
+        if isinstance(g, tf.IndexedSlices):
+            idx, pos = tf.unique(g.indices)
+            gs = tf.math.unsorted_segment_sum(g.values, pos, tf.shape(idx)[0])
+            m_rows = self.b1 * tf.gather(m, idx) + (1.0 - self.b1) * gs
+            v_rows = self.b2 * tf.gather(v, idx) + (1.0 - self.b2) * tf.square(gs)
+            m.scatter_update(tf.IndexedSlices(m_rows, idx))
+            v.scatter_update(tf.IndexedSlices(v_rows, idx))
+            var.scatter_sub(tf.IndexedSlices(lr * m_rows / (tf.sqrt(v_rows) + self.eps), idx))
+        else:
+            m.assign(self.b1 * m + (1.0 - self.b1) * g)
+            v.assign(self.b2 * v + (1.0 - self.b2) * tf.square(g))
+            var.assign_sub(lr * m / (tf.sqrt(v) + self.eps))

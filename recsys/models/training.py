@@ -10,6 +10,7 @@ so the epoch early stopping picks is chosen by the rule that is reported.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -17,6 +18,7 @@ import tensorflow as tf
 
 from recsys.data.trainset import EvalSet, TrainSet
 from recsys.evaluation.scorer import evaluate_model
+from recsys.models import distribute
 from recsys.models.base import FitReport, WarmStart
 from recsys.models.loss import RetrievalModel
 from recsys.models.optim import LazyAdam
@@ -65,32 +67,55 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
     model.popularity = fit_popularity(ts, mc.popularity_window_days)
     model.user_ids, model.item_ids = ts.user_ids, ts.item_ids
     model.user_embeddings = None
-    qt, ct = model.build_towers(ts)
-    model.query_tower, model.candidate_tower = qt, ct
-    retrieval = RetrievalModel(qt, ct, ts.item_counts, mc.temperature, mc.logq_correction,
-                               mc.remove_accidental_hits, mc.extra_negatives)
-    L = ts.history.shape[1]
-    dummy = {"user_idx": tf.zeros([2], tf.int32), "item_idx": tf.zeros([2], tf.int32),
-             "history": tf.fill([2, L], -1), "weight": tf.ones([2])}
-    retrieval.compute_loss(dummy)  # build variables
-    model.row_names = row_names(ts)
-    warm = warm_start(qt, ct, model.row_names, previous)
-    variables = retrieval.trainable_variables
+    strategy = distribute.make_strategy(mc.distribute)
     n = len(ts.user_idx)
     bs = min(mc.batch_size, n)
+    replicas = strategy.num_replicas_in_sync if strategy else 1
+    bs -= bs % replicas                 # every replica gets the same share of the global batch
     steps_per_epoch = n // max(1, bs)   # full batches only (see the epoch loop)
-    opt = LazyAdam(variables, mc.learning_rate,
-                   decay_steps=steps_per_epoch * mc.epochs if mc.lr_schedule == "cosine" else 0)
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        qt, ct = model.build_towers(ts)
+        model.query_tower, model.candidate_tower = qt, ct
+        retrieval = RetrievalModel(qt, ct, ts.item_counts, mc.temperature, mc.logq_correction,
+                                   mc.remove_accidental_hits, mc.extra_negatives)
+        retrieval.gather_candidates = mc.gather_candidates
+        L = ts.history.shape[1]
+        dummy = {"user_idx": tf.zeros([2], tf.int32), "item_idx": tf.zeros([2], tf.int32),
+                 "history": tf.fill([2, L], -1), "weight": tf.ones([2])}
+        retrieval.compute_loss(dummy)  # build variables
+        model.row_names = row_names(ts)
+        warm = warm_start(qt, ct, model.row_names, previous)
+        variables = retrieval.trainable_variables
+        opt = LazyAdam(variables, mc.learning_rate,
+                       decay_steps=steps_per_epoch * mc.epochs if mc.lr_schedule == "cosine" else 0)
 
     spec = {"user_idx": tf.TensorSpec([None], tf.int32), "item_idx": tf.TensorSpec([None], tf.int32),
             "weight": tf.TensorSpec([None], tf.float32), "history": tf.TensorSpec([None, None], tf.int32)}
 
-    @tf.function(input_signature=[spec])
-    def step(batch):
-        with tf.GradientTape() as tape:
-            loss = retrieval.compute_loss(batch, training=True)
-        opt.apply_gradients(tape.gradient(loss, variables))
-        return loss
+    if strategy is None:
+        @tf.function(input_signature=[spec])
+        def step(batch):
+            with tf.GradientTape() as tape:
+                loss = retrieval.compute_loss(batch, training=True)
+            opt.apply_gradients(tape.gradient(loss, variables))
+            return loss
+    else:
+        @tf.function(input_signature=[spec])
+        def step(batch):
+            """Every worker holds the same global batch; each replica trains on its share, the
+            all-reduced gradients update every copy alike (recsys/models/distribute.py)."""
+            def replica_step():
+                ctx = tf.distribute.get_replica_context()
+                share = distribute.replica_slice(batch, ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync)
+                with tf.GradientTape() as tape:
+                    loss = retrieval.compute_loss(share, training=True)
+                grads = tape.gradient(loss, variables)
+                grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                       [distribute.scale(g, 1.0 / ctx.num_replicas_in_sync) for g in grads])
+                ctx.merge_call(lambda s, *g: opt.apply_distributed(s, g), args=tuple(grads))
+                return loss
+            per_replica = strategy.run(replica_step)
+            return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
 
     step.get_concrete_function()  # trace once up front: examples/s measures training, not tracing
     rng = np.random.default_rng(mc.seed)
