@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
@@ -158,13 +159,32 @@ def _compare(args) -> int:
     c = compare.compare(root, a, b, args.split, args.dataset, tuple(cfg.evaluation.ks),
                         args.primary or cfg.nightly.primary_metric)
     out = args.out or fsio.join(root, "reports", f"{a}__vs__{b}")
-    paths = report.write_report(c, out)
+    paths = report.write_report(c, out, report.arm_inspections(root, c))
     if args.json:
         _print_json({**c.to_dict(), "report": paths})
         return 0
-    print(report.markdown(c))
-    print(f"verdict: {c.verdict}")
-    print(f"wrote {paths['md']}, {paths['html']}, {paths['json']}")
+    print(report.markdown(c).split("## Segments")[0].rstrip())   # the rest is in the files
+    print(f"\nverdict: {c.verdict}")
+    print(f"wrote {paths['html']} (also report.md, comparison.json)")
+    return 0
+
+
+def _inspect(args) -> int:
+    from recsys import fsio, registry
+    from recsys.evaluation import inspect
+    cfg = _config(args)
+    root = _root(cfg)
+    v = registry.resolve_version(root, args.version)
+    ins = inspect.inspect_version(root, v, k=args.k, attribute=args.attribute)
+    out = args.out or fsio.join(root, "reports", f"inspect-{v}")
+    fsio.makedirs(out)
+    fsio.write_bytes(fsio.join(out, "embedding_map.png"), inspect.map_png(ins))
+    fsio.atomic_write_text(fsio.join(out, "inspect.json"), json.dumps(ins.to_dict(), indent=2, default=float))
+    if args.json:
+        _print_json({**ins.to_dict(), "out": out})
+        return 0
+    print(inspect.summary(ins))
+    print(f"wrote {fsio.join(out, 'embedding_map.png')}, inspect.json")
     return 0
 
 
@@ -268,7 +288,7 @@ def _demo(args) -> int:
         best = max(personal, key=lambda k: personal[k]["metrics"][metric])
         a, b = cands[baseline]["version"], personal[best]["version"]
         c = compare.compare(root, a, b, "test", summary["dataset_id"], tuple(cfg.evaluation.ks), metric)
-        paths = report.write_report(c, fsio.join(root, "reports", f"{a}__vs__{b}"))
+        paths = report.write_report(c, fsio.join(root, "reports", f"{a}__vs__{b}"), report.arm_inspections(root, c))
         verdict = [f"report: {paths['html']}", f"A/B {best} (B) vs {baseline} (A): {c.verdict}"]
     if current:
         users = _print_samples(root, current, summary["dataset_id"])
@@ -379,6 +399,13 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--through-index", action="store_true",
                    help="rank through the version's ANN index and the service's exclusions, and report "
                         "the loss against exact ranking")
+
+    ins = verb("inspect", _inspect, "a version's item embeddings: neighbour agreement on an attribute, a 2-D map",
+               (common, as_json))
+    ins.add_argument("version", nargs="?", default="published", help=versions_help)
+    ins.add_argument("-k", type=int, default=10, help="neighbours per item")
+    ins.add_argument("--attribute", help="categorical attribute to check (default: genres, else the most filled one)")
+    ins.add_argument("--out", help="output folder (default: <root>/reports/inspect-<version>)")
 
     i = verb("index", _index, "build the item index of a version and measure its recall")
     i.add_argument("version", nargs="?", default="latest", help=versions_help)

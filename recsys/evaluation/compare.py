@@ -18,6 +18,9 @@ from recsys.evaluation import metrics
 from recsys.evaluation.metrics import Evaluation
 
 DEFAULT_METRICS = ("recall", "ndcg")
+# segments with fewer users than this get "too few users" instead of a CI and a p-value
+MIN_SEGMENT_USERS = 30
+ADJUSTMENT = "Benjamini-Hochberg"
 
 
 @dataclass
@@ -33,6 +36,8 @@ class PairedStats:
     relative: float = 0.0
     name: str = ""            # the metric or the segment
     sampled_from: int = 0     # evaluable users the n_users were sampled from (0: not sampled)
+    p_adjusted: float | None = None   # Benjamini-Hochberg within its family (metrics, or segments)
+    too_few: bool = False     # a segment with fewer than MIN_SEGMENT_USERS users: no statistic shown
 
 
 @dataclass
@@ -59,6 +64,7 @@ class Comparison:
     per_user_delta: np.ndarray
     popularity_metrics: dict = field(default_factory=dict)
     users_total: int = 0      # evaluable users; more than primary.n_users when a sample was evaluated
+    context: dict = field(default_factory=dict)   # what was compared: arms, dataset, samples, bias (report)
 
     def to_dict(self) -> dict:
         """comparison.json: every field as plain data (rows keyed `metric` / `segment` by what they are)."""
@@ -132,7 +138,8 @@ def verdict(stats: PairedStats, metric: str, alpha: float = 0.05) -> str:
     """One line: B better / worse / no significant difference on the primary metric."""
     s = stats
     users = f"{s.n_users} users" + (f" (a seeded sample of {s.sampled_from})" if s.sampled_from > s.n_users else "")
-    ci = f"95% CI [{s.ci_low:+.4f}, {s.ci_high:+.4f}], p={s.p_value:.3g}, {users}"
+    p = "p < 0.001" if s.p_value < 0.001 else f"p = {s.p_value:.3f}"
+    ci = f"95% CI [{s.ci_low:+.4f}, {s.ci_high:+.4f}], {p}, {users}"
     if s.p_value < alpha and s.delta > 0:
         return f"B is better on {metric}: {s.a:.4f} -> {s.b:.4f} ({s.delta:+.4f}, {s.relative:+.1%}; {ci})"
     if s.p_value < alpha and s.delta < 0:
@@ -217,14 +224,104 @@ def compare(root: str, version_a: str, version_b: str, split: str = "test", data
                                                 sampled_from=res_b.users_total if res_b.sampled else 0))
     list_level = {k: {"a": res_a.metrics[k], "b": res_b.metrics[k]}
                   for k in res_a.metrics if k.startswith("coverage@")}
+    rows = adjust(rows)
+    segs = adjust([dataclasses.replace(s, too_few=s.n_users < MIN_SEGMENT_USERS)
+                   for s in segments(res_a, res_b, k_primary, primary)])
     primary_stats = next(r for r in rows if r.name == primary)
     return Comparison(
         a=Arm(version_a, res_a.model, res_a.sources), b=Arm(version_b, res_b.model, res_b.sources),
         dataset_id=res_b.dataset_id, split=split, primary_metric=primary, alpha=alpha,
-        metrics=rows, list_level=list_level, segments=segments(res_a, res_b, k_primary, primary),
+        metrics=rows, list_level=list_level, segments=segs,
         verdict=verdict(primary_stats, primary, alpha), primary=primary_stats,
         per_user_delta=ev_b.per_user[primary] - ev_a.per_user[primary],
-        popularity_metrics=res_b.popularity_metrics, users_total=res_b.users_total)
+        popularity_metrics=res_b.popularity_metrics, users_total=res_b.users_total,
+        context=context(root, res_a, res_b))
+
+
+def adjust(rows: list) -> list:
+    """The rows with Benjamini-Hochberg adjusted p-values over the family (segments with too few users
+    take no part and get none)."""
+    from scipy.stats import false_discovery_control
+    tested = [i for i, r in enumerate(rows) if not r.too_few and r.n_users > 0]
+    out = list(rows)
+    if tested:
+        adjusted = false_discovery_control([rows[i].p_value for i in tested], method="bh")
+        for i, p in zip(tested, adjusted):
+            out[i] = dataclasses.replace(rows[i], p_adjusted=float(p))
+    return out
+
+
+def _arm_context(root: str, version: str, sources: dict) -> dict:
+    """What a reader needs to know about one arm: model, when, key recipe, training curve."""
+    from recsys import registry, version as version_mod
+    m = version_mod.read_manifest(root, version)
+    model_cfg = (m.get("config") or {}).get("model", {})
+    training = m.get("training") or {}
+    curve = [e.get("val_recall@20") for e in (m.get("selection") or {}).get("epochs") or training.get("epochs") or []]
+    created = str(m.get("created_at", ""))[:16].replace("T", " ")
+    alias = "published" if registry.current_version(root) == version else ""
+    return {"version": version, "model": m.get("model"), "created": created, "alias": alias,
+            "label": f"{m.get('model')} ({created}{', published' if alias else ''})",
+            "recipe": {k: model_cfg.get(k) for k in ("dim", "temperature", "batch_size", "learning_rate", "epochs",
+                                                     "history_length") if k in model_cfg}
+            if m.get("model") != "popularity" else {},
+            "best_epoch": (m.get("selection") or training).get("best_epoch"), "curve": [c for c in curve if c is not None],
+            "sources": sources, "refit": "refit" in m}
+
+
+def _deciles(topk: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Share of the listed items in each item-popularity decile (1 = the most popular tenth of the
+    catalog by training interactions)."""
+    order = np.argsort(-counts, kind="stable")
+    decile = np.empty(len(counts), dtype=np.int64)
+    decile[order] = np.arange(len(counts)) * 10 // max(len(counts), 1)
+    items = topk[topk >= 0]
+    return np.bincount(decile[items], minlength=10)[:10] / max(len(items), 1)
+
+
+def context(root: str, res_a: EvaluationResult, res_b: EvaluationResult, n_samples: int = 3, seed: int = 0) -> dict:
+    """The report's "what was compared": both arms, the dataset and its time range, popularity bias
+    of each arm's lists against the held-out items, and a few users' lists side by side (seeded)."""
+    from recsys.data.dataset import Dataset
+    ds = Dataset.open(root, res_b.dataset_id)
+    ev_a, es = res_a.evaluation, res_b.eval_set
+    users = ev_a.users
+    counts = res_b.train_item_counts
+    k = min(20, ev_a.topk.shape[1])
+    held = es.relevant[users].tocsr()
+    times = {}
+    for split in ("train", res_b.split):
+        t = ds.read(split, ["timestamp"])["timestamp"]
+        if len(t):
+            times[split] = [str(np.datetime64(int(t.min()), "s"))[:10], str(np.datetime64(int(t.max()), "s"))[:10]]
+    items = ds.item_features()
+    label = dict(zip(items["item"], items["title"].where(items["title"] != "", items["item"])))
+    ids = ds.items.ids
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(len(users), min(n_samples, len(users)), replace=False)) if len(users) else []
+    samples = []
+    for j in picks:
+        row = users[j]
+        hist = [label.get(ids[i], ids[i]) for i in es.history[row] if i >= 0][:5]
+        samples.append({"user": str(es.user_ids[row]), "history": hist,
+                        "held_out": [label.get(ids[i], ids[i]) for i in es.relevant[row].indices][:5],
+                        "a": [label.get(ids[i], ids[i]) for i in ev_a.topk[j, :10] if i >= 0],
+                        "b": [label.get(ids[i], ids[i]) for i in res_b.evaluation.topk[j, :10] if i >= 0],
+                        "hits_a": [bool(i in set(es.relevant[row].indices)) for i in ev_a.topk[j, :10] if i >= 0],
+                        "hits_b": [bool(i in set(es.relevant[row].indices)) for i in res_b.evaluation.topk[j, :10]
+                                   if i >= 0]})
+    return {
+        "arms": {"a": _arm_context(root, res_a.version, res_a.sources),
+                 "b": _arm_context(root, res_b.version, res_b.sources)},
+        "dataset": {"id": ds.id, "time_range": times, "items": len(ids), "users_evaluated": int(len(users)),
+                    "users_total": res_b.users_total or int(len(users)), "split": res_b.split},
+        "popularity_deciles": {"a": _deciles(ev_a.topk[:, :k], counts).tolist(),
+                               "b": _deciles(res_b.evaluation.topk[:, :k], counts).tolist(),
+                               "held_out": _deciles(held.indices[None, :], counts).tolist(), "k": k},
+        "coverage": {f"{arm}": res.metrics.get(f"coverage@{k}") for arm, res in (("a", res_a), ("b", res_b))},
+        "novelty": {f"{arm}": res.metrics.get(f"novelty@{k}") for arm, res in (("a", res_a), ("b", res_b))},
+        "samples": samples,
+    }
 
 
 def _result(results: dict | None, version: str, split: str, dataset_id: str) -> EvaluationResult | None:

@@ -1,4 +1,10 @@
-"""Readable A/B reports: comparison.json, report.md and a self-contained report.html with plots."""
+"""The A/B report a team puts on the screen: comparison.json, report.md and a self-contained
+report.html (the markdown rendered by the `markdown` library, plots inlined as PNG).
+
+Reading order: a title naming both models, one verdict, what was compared, the metric table (with
+p-values adjusted for multiple comparisons), plots, segments, popularity bias, sample lists, and
+for each personalized arm a look at its item embeddings (recsys/evaluation/inspect.py).
+"""
 from __future__ import annotations
 
 import base64
@@ -10,126 +16,257 @@ import numpy as np
 
 from recsys import fsio
 
+# Okabe-Ito: distinguishable with the common colour-vision deficiencies
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+A_COLOUR, B_COLOUR, HELD_COLOUR = PALETTE[0], PALETTE[1], PALETTE[2]
 
-def _plot_png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+
+def png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
     import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
 
 
-def plots(c) -> dict:
-    """Three figures as base64 PNG: metric bars with CI whiskers, segment deltas, per-user deltas."""
+def fmt_p(p: float | None) -> str:
+    """A p-value for people: "< 0.001" below it, else three decimals."""
+    if p is None:
+        return ""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def _signed(x: float, digits: int = 4) -> str:
+    return f"{x:+.{digits}f}".replace("-", "−")
+
+
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def _forest(ax, rows, xlabel: str):
+    y = np.arange(len(rows))[::-1]
+    d = np.array([r.delta for r in rows])
+    err = np.array([[r.delta - r.ci_low, r.ci_high - r.delta] for r in rows]).T
+    colours = [B_COLOUR if r.ci_low > 0 else A_COLOUR if r.ci_high < 0 else "#777777" for r in rows]
+    for yi, di, lo, hi, colour in zip(y, d, err[0], err[1], colours):
+        ax.errorbar([di], [yi], xerr=[[lo], [hi]], fmt="o", color=colour, capsize=3)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(y, [r.name for r in rows])
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def plots(c) -> dict:
+    """The figures as PNG bytes, keyed by section."""
+    plt = _pyplot()
     out = {}
     rows = [r for r in c.metrics if not r.name.startswith("novelty")]
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r.a for r in rows], 0.4, label=f"A {c.a.model}")
-    # the whisker is B's mean plus the paired CI of the difference, i.e. where B could be relative to A
-    err = np.array([[r.delta - r.ci_low, r.ci_high - r.delta] for r in rows]).T
-    ax.bar(x + 0.2, [r.b for r in rows], 0.4, yerr=err, capsize=3, label=f"B {c.b.model}")
-    ax.set_xticks(x, [r.name for r in rows], rotation=30)
-    ax.legend()
-    ax.set_title("metrics (whiskers: 95% CI of B - A)")
-    out["metrics"] = _plot_png(fig)
-    segs = c.segments
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    y = np.arange(len(segs))
-    ax.errorbar([s.delta for s in segs], y, xerr=np.array([[s.delta - s.ci_low, s.ci_high - s.delta]
-                                                          for s in segs]).T, fmt="o", capsize=3)
-    ax.axvline(0, color="grey", lw=1)
-    ax.set_yticks(y, [f"{s.name} (n={s.n_users})" for s in segs])
-    ax.set_title(f"B - A on {c.primary_metric} by segment (95% CI)")
-    out["segments"] = _plot_png(fig)
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(rows) + 1.2))
+    _forest(ax, rows, "B − A (metric units); bars: 95% paired-bootstrap CI")
+    ax.set_title("Per-metric difference B − A (orange: B better, blue: A better, grey: CI spans 0)", fontsize=9)
+    out["metrics"] = png(fig)
+    segs = [s for s in c.segments if not s.too_few]
+    if segs:
+        fig, ax = plt.subplots(figsize=(7.5, 0.4 * len(segs) + 1.2))
+        _forest(ax, segs, f"B − A on {c.primary_metric}; bars: 95% CI")
+        ax.set_yticks(np.arange(len(segs))[::-1], [f"{s.name} (n={s.n_users})" for s in segs])
+        ax.set_title("By segment", fontsize=9)
+        out["segments"] = png(fig)
     d = np.asarray(c.per_user_delta)
-    ax.hist(d, bins=41)
-    ax.axvline(0, color="grey", lw=1)
-    ax.set_title(f"per-user B - A on {c.primary_metric} ({(d > 0).sum()} up, {(d < 0).sum()} down, "
-                 f"{(d == 0).sum()} tied)")
-    out["deltas"] = _plot_png(fig)
+    fig, ax = plt.subplots(figsize=(7.5, 3))
+    ax.hist(d, bins=41, color=B_COLOUR)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel(f"per-user B − A on {c.primary_metric}")
+    ax.set_ylabel("users")
+    ax.set_title(f"{(d > 0).sum()} users better with B, {(d < 0).sum()} worse, {(d == 0).sum()} tied", fontsize=9)
+    out["deltas"] = png(fig)
+    ctx = c.context
+    if ctx.get("popularity_deciles"):
+        pd_ = ctx["popularity_deciles"]
+        arms = ctx["arms"]
+        fig, ax = plt.subplots(figsize=(7.5, 3))
+        x = np.arange(1, 11)
+        for off, key, colour, label in ((-0.27, "a", A_COLOUR, f"A: {arms['a']['model']}"),
+                                        (0, "b", B_COLOUR, f"B: {arms['b']['model']}"),
+                                        (0.27, "held_out", HELD_COLOUR, "held-out items")):
+            ax.bar(x + off, np.asarray(pd_[key]) * 100, 0.27, color=colour, label=label)
+        ax.set_xticks(x, [f"{i}" for i in x])
+        ax.set_xlabel("item popularity decile (1 = the most popular tenth of the catalog by training interactions)")
+        ax.set_ylabel(f"% of top-{pd_['k']} items")
+        ax.legend(fontsize=8)
+        ax.set_title("Popularity bias: where the recommended items come from", fontsize=9)
+        out["popularity"] = png(fig)
+        cov, nov = ctx.get("coverage", {}), ctx.get("novelty", {})
+        if cov.get("a") is not None and nov.get("a") is not None:
+            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7.5, 2.6))
+            for ax_, vals, label, unit in ((ax1, cov, f"catalog coverage@{pd_['k']}", "share of the catalog shown"),
+                                           (ax2, nov, f"novelty@{pd_['k']}", "bits (−log2 popularity share)")):
+                ax_.bar([0, 1], [vals["a"], vals["b"]], color=[A_COLOUR, B_COLOUR])
+                ax_.set_xticks([0, 1], [f"A: {arms['a']['model']}", f"B: {arms['b']['model']}"])
+                ax_.set_title(label, fontsize=9)
+                ax_.set_ylabel(unit, fontsize=8)
+            fig.tight_layout()
+            out["coverage"] = png(fig)
     return out
 
 
+def title(c) -> str:
+    """"two_tower (2026-11-26 10:00) vs popularity (2026-11-26 09:58)": B first, the candidate."""
+    arms = c.context.get("arms")
+    if not arms:
+        return f"{c.b.model} ({c.b.version}) vs {c.a.model} ({c.a.version})"
+    return f"{arms['b']['label']} vs {arms['a']['label']}"
+
+
+def _sources(arm: dict) -> str:
+    total = sum(arm["sources"].values()) or 1
+    fb = arm["sources"].get("popularity_fallback", 0)
+    parts = [f"{n} {s.replace('_', ' ')}" for s, n in arm["sources"].items()]
+    return f"{', '.join(parts)} ({fb / total:.0%} fell back to popularity)"
+
+
 def markdown(c) -> str:
-    """The report as markdown (report.md, and what `recsys compare` prints)."""
-    lines = [f"# Offline A/B: {c.a.version} (A) vs {c.b.version} (B)", "",
-             f"**{c.verdict}**", "",
-             f"Dataset `{c.dataset_id}`, split `{c.split}`, full-catalog ranking with seen items excluded. "
-             f"Effects are mean per-user differences B - A; 95% CIs by paired bootstrap over users; p-values by a "
-             f"paired sign-flip permutation test.", "",
-             f"A: {c.a.model} (users by source: {c.a.sources}); "
-             f"B: {c.b.model} (users by source: {c.b.sources})", "",
-             "| metric | A | B | B - A | 95% CI | p |", "|---|---|---|---|---|---|"]
+    """The report as markdown (report.md; report.html renders it)."""
+    from recsys.evaluation.compare import ADJUSTMENT, MIN_SEGMENT_USERS
+    ctx = c.context
+    lines = [f"# {title(c)}", "", f"**{c.verdict}**", ""]
+    arms, ds = ctx.get("arms"), ctx.get("dataset")
+    if arms and ds:
+        times = ds.get("time_range", {})
+        span = "; ".join(f"{k} {v[0]} to {v[1]}" for k, v in times.items())
+        sample = f" (a seeded sample of {ds['users_total']})" if ds["users_total"] > ds["users_evaluated"] else ""
+        lines += ["## What was compared", "",
+                  f"- Dataset `{ds['id']}` ({span}), {ds['items']} items; held-out split `{ds['split']}`: "
+                  f"{ds['users_evaluated']} users{sample}, full-catalog ranking, items seen before the split excluded.",
+                  f"- A: **{arms['a']['label']}**, version `{arms['a']['version']}`; users by source: {_sources(arms['a'])}.",
+                  f"- B: **{arms['b']['label']}**, version `{arms['b']['version']}`; users by source: {_sources(arms['b'])}."]
+        for key in ("a", "b"):
+            arm = arms[key]
+            if arm["recipe"]:
+                recipe = ", ".join(f"{k} {v}" for k, v in arm["recipe"].items())
+                curve = " ".join(f"{x:.3f}" for x in arm["curve"])
+                lines.append(f"- {key.upper()} recipe: {recipe}; best epoch {arm['best_epoch']}"
+                             + (", then refit on train + validation" if arm["refit"] else "")
+                             + (f"; validation recall@20 by epoch: {curve}" if curve else ""))
+        lines.append("")
+    lines += ["## Metrics", "",
+              "Mean per-user difference B − A; 95% CI by paired bootstrap over users; p by a paired sign-flip "
+              f"permutation test, adjusted for the {len(c.metrics)} metrics with {ADJUSTMENT} (raw p in "
+              f"comparison.json). The verdict uses the raw p of the primary metric, {c.primary_metric}, chosen "
+              "before looking.", "",
+              "| metric | A | B | B − A | 95% CI | p (adjusted) |", "|---|---:|---:|---:|---:|---:|"]
     for r in c.metrics:
-        lines.append(f"| {r.name} | {r.a:.4f} | {r.b:.4f} | {r.delta:+.4f} | "
-                     f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] | {r.p_value:.3g} |")
+        name = f"**{r.name}**" if r.name == c.primary_metric else r.name
+        lines.append(f"| {name} | {_fmt(r.a)} | {_fmt(r.b)} | {_signed(r.delta)} | "
+                     f"[{_signed(r.ci_low)}, {_signed(r.ci_high)}] | {fmt_p(r.p_adjusted)} |")
     for k, v in c.list_level.items():
-        lines.append(f"| {k} (list level) | {v['a']:.4f} | {v['b']:.4f} | {v['b'] - v['a']:+.4f} | | |")
-    lines += ["", f"## Segments ({c.primary_metric} unless noted)", "",
-              "| segment | users | A | B | B - A | 95% CI | p |", "|---|---|---|---|---|---|---|"]
+        lines.append(f"| {k} (list level) | {_fmt(v['a'])} | {_fmt(v['b'])} | {_signed(v['b'] - v['a'])} | | |")
+    lines += ["", f"## Segments ({c.primary_metric})", "",
+              f"User segments by activity and by whether the dataset's train split knew them; item segments: "
+              f"recall of the head items (the most popular ones that make up half of training interactions) "
+              f"and of the rest. Segments with fewer than {MIN_SEGMENT_USERS} users show no statistic; p "
+              f"(1,000 sign flips, so never below 0.001) adjusted over the segments with {ADJUSTMENT}.", "",
+              "| segment | users | A | B | B − A | 95% CI | p (adjusted) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for s in c.segments:
-        lines.append(f"| {s.name} | {s.n_users} | {s.a:.4f} | {s.b:.4f} | {s.delta:+.4f} | "
-                     f"[{s.ci_low:+.4f}, {s.ci_high:+.4f}] | {s.p_value:.3g} |")
+        if s.too_few:
+            lines.append(f"| {s.name} | {s.n_users} | too few users | | | | |")
+        else:
+            lines.append(f"| {s.name} | {s.n_users} | {_fmt(s.a)} | {_fmt(s.b)} | {_signed(s.delta)} | "
+                         f"[{_signed(s.ci_low)}, {_signed(s.ci_high)}] | {fmt_p(s.p_adjusted)} |")
     pop = c.popularity_metrics
     if pop:
-        lines += ["", f"Popularity baseline on the same users: {c.primary_metric} {pop.get(c.primary_metric, 0):.4f}"]
+        lines += ["", f"Popularity baseline on the same users: {c.primary_metric} {pop.get(c.primary_metric, 0):.4f}."]
+    deciles = ctx.get("popularity_deciles")
+    if deciles:
+        head = lambda key: sum(deciles[key][:1]) * 100  # noqa: E731
+        lines += ["", "## Popularity bias", "",
+                  f"Share of top-{deciles['k']} items from the most popular tenth of the catalog: A {head('a'):.0f}%, "
+                  f"B {head('b'):.0f}%, held-out items {head('held_out'):.0f}%."]
+    if ctx.get("samples"):
+        lines += ["", "## Sample recommendations", "",
+                  "A few users picked with a fixed seed: their most recent items, what they did next (held out), "
+                  "and each arm's top 10 (✓ = held out, i.e. a hit)."]
+        for smp in ctx["samples"]:
+            lines += ["", f"### User {smp['user']}", "",
+                      f"Recently: {'; '.join(smp['history']) or '(no history)'}", "",
+                      f"Held out: {'; '.join(smp['held_out'])}", "",
+                      f"| rank | A: {arms['a']['model'] if arms else 'A'} | B: {arms['b']['model'] if arms else 'B'} |",
+                      "|---:|---|---|"]
+            for i in range(max(len(smp["a"]), len(smp["b"]))):
+                cell = lambda arm: ((smp[arm][i] + (" ✓" if smp["hits_" + arm][i] else ""))  # noqa: E731
+                                    if i < len(smp[arm]) else "")
+                lines.append(f"| {i + 1} | {cell('a')} | {cell('b')} |")
     return "\n".join(lines) + "\n"
 
 
-def _md_table_to_html(md: str) -> str:
-    """The markdown report as simple HTML (tables, headings, bold) without a markdown dependency."""
-    out, in_table = [], False
-    for line in md.splitlines():
-        if line.startswith("|"):
-            cells = [html.escape(x.strip()) for x in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("-"):
-                continue
-            if not in_table:
-                out.append("<table>")
-                in_table = True
-                out.append("<tr>" + "".join(f"<th>{x}</th>" for x in cells) + "</tr>")
-            else:
-                out.append("<tr>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
-            continue
-        if in_table:
-            out.append("</table>")
-            in_table = False
-        if line.startswith("## "):
-            out.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("# "):
-            out.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("**"):
-            out.append(f"<p class='verdict'>{html.escape(line.strip('*'))}</p>")
-        elif line:
-            out.append(f"<p>{html.escape(line)}</p>")
-    if in_table:
-        out.append("</table>")
-    return "\n".join(out)
+def _img(data: bytes, alt: str) -> str:
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'/>"
 
 
-def html_report(c, md: str) -> str:
-    """A self-contained HTML page: the markdown report and the plots inlined as PNG."""
+def html_report(c, md: str, inspections: list | None = None) -> str:
+    """A self-contained HTML page: the markdown report, the plots, and the embedding inspections."""
+    import markdown as md_lib
+    from recsys.evaluation import inspect as inspect_mod
     figs = plots(c)
-    imgs = "".join(f"<h2>{t}</h2><img src='data:image/png;base64,{figs[k]}'/>"
-                   for k, t in (("metrics", "Metrics"), ("segments", "Segments"), ("deltas", "Per-user deltas")))
-    style = ("body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}.verdict{font-size:1.2em;font-weight:bold}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>recsys A/B</title><style>{style}</style></head>" \
-           f"<body>{_md_table_to_html(md)}{imgs}</body></html>"
+    body = md_lib.markdown(md, extensions=["tables"])
+    # the plots go after the metric table and the segments they illustrate
+    fig_html = {key: f"<figure>{_img(figs[key], key)}</figure>" for key in figs}
+    body = body.replace("<h2>Segments", fig_html.get("metrics", "") + fig_html.get("deltas", "") + "<h2>Segments", 1)
+    body = body.replace("<h2>Popularity bias</h2>", fig_html.get("segments", "") + "<h2>Popularity bias</h2>", 1)
+    body = body.replace("<h2>Sample recommendations</h2>",
+                        fig_html.get("popularity", "") + fig_html.get("coverage", "") + "<h2>Sample recommendations</h2>", 1)
+    for ins in inspections or []:
+        body += (f"<h2>Item embeddings of {html.escape(ins.model)} ({html.escape(ins.version)})</h2>"
+                 f"<p>Share of an item's {ins.k} nearest neighbours (by the dot product the service ranks with) that "
+                 f"share a value of {html.escape(ins.attribute)} with it: <b>{ins.neighbour_agreement:.3f}</b>, against "
+                 f"{ins.random_agreement:.3f} for random items ({ins.items} items checked).</p>"
+                 f"<figure>{_img(inspect_mod.map_png(ins), 'embedding map')}</figure>"
+                 "<p>Items whose neighbours disagree most:</p><table><tr><th>item</th><th>title</th>"
+                 f"<th>{html.escape(ins.attribute)}</th><th>agreement</th><th>training interactions</th></tr>"
+                 + "".join(f"<tr><td>{html.escape(d['item'])}</td><td>{html.escape(str(d['title']))}</td>"
+                           f"<td>{html.escape(d['value'])}</td><td>{d['agreement']:.2f}</td><td>{d['train_count']}</td></tr>"
+                           for d in ins.disagreeing[:8]) + "</table>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
+             "h1{font-size:1.5em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}table{border-collapse:collapse;"
+             "margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px}th{background:#f3f3f3}"
+             "figure{margin:1em 0}img{max-width:100%}"
+             "p strong:first-child{font-size:1.15em}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title(c))}</title>"
+            f"<style>{style}</style></head><body>{body}</body></html>")
 
 
-def write_report(c, out_dir: str) -> dict:
+def arm_inspections(root: str, c) -> list:
+    """An embedding inspection for each personalized arm (none for popularity, or without attributes)."""
+    from recsys.errors import DataError
+    from recsys.evaluation.inspect import inspect_version
+    out = []
+    for arm in (c.b, c.a):
+        try:
+            out.append(inspect_version(root, arm.version))
+        except DataError:
+            continue
+    return out
+
+
+def write_report(c, out_dir: str, inspections: list | None = None) -> dict:
     """comparison.json, report.md, report.html under `out_dir`; returns their paths."""
     fsio.makedirs(out_dir)
     md = markdown(c)
     paths = {"json": fsio.join(out_dir, "comparison.json"), "md": fsio.join(out_dir, "report.md"),
              "html": fsio.join(out_dir, "report.html")}
-    fsio.atomic_write_text(paths["json"], json.dumps(c.to_dict(), indent=2))
+    data = c.to_dict()
+    if inspections:
+        data["embeddings"] = [i.to_dict() for i in inspections]
+    fsio.atomic_write_text(paths["json"], json.dumps(data, indent=2, default=float))
     fsio.atomic_write_text(paths["md"], md)
-    fsio.atomic_write_text(paths["html"], html_report(c, md))
+    fsio.atomic_write_text(paths["html"], html_report(c, md, inspections))
     return paths

@@ -152,3 +152,17 @@ def test_evaluate_through_index_prints_exact_index_and_loss(served, served_confi
     code, out, _ = run(["evaluate", "latest:mf", "--through-index", "--json", "--config", served_config], capsys)
     body = json.loads(out)
     assert code == 0 and body["loss"]["recall@20"] == pytest.approx(0.0) and body["top_k_overlap"] == pytest.approx(1.0)
+
+
+def test_inspect_reports_neighbour_agreement_against_random_and_writes_the_map(served, served_config, capsys,
+                                                                               tmp_path):
+    import json
+    code, out, _ = run(["inspect", "latest:two_tower", "--out", str(tmp_path / "ins"), "--config", served_config],
+                       capsys)
+    assert code == 0 and "nearest neighbours" in out and "random items" in out
+    assert (tmp_path / "ins" / "embedding_map.png").stat().st_size > 10_000
+    body = json.loads((tmp_path / "ins" / "inspect.json").read_text())
+    # clustered items: an item's neighbours share its cluster's genre far more often than random items do
+    assert body["attribute"] == "genres" and body["neighbour_agreement"] > 2 * body["random_agreement"]
+    code, out, _ = run(["inspect", "latest:popularity", "--config", served_config], capsys)
+    assert code != 0 and "no item embeddings" in out + _

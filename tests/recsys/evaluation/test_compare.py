@@ -46,7 +46,34 @@ def test_compare_versions_end_to_end(served, tmp_path):
     names = {s.name for s in planted.segments}
     assert {"light users", "medium users", "heavy users", "new users", "returning users"} <= names
     assert any(n.startswith("head items") for n in names) and any(n.startswith("tail items") for n in names)
-    paths = report.write_report(planted, str(tmp_path / "report"))
+    paths = report.write_report(planted, str(tmp_path / "report"), report.arm_inspections(root, planted))
     html = open(paths["html"]).read()
-    assert html.count("data:image/png;base64,") == 3 and "B is better" in html
-    assert "| ndcg@20 |" in open(paths["md"]).read()
+    # a title naming the models, one verdict, every section, every plot
+    assert html.count("<h1>") == 1 and "<title>mf (" in html and " vs popularity (" in html
+    assert html.count("B is better") == 1
+    for section in ("What was compared", "Metrics", "Segments", "Popularity bias", "Sample recommendations",
+                    "Item embeddings of mf"):
+        assert f"<h2>{section}" in html, section
+    assert html.count("data:image/png;base64,") == 6     # metrics, deltas, segments, bias, coverage, map
+    assert "Benjamini-Hochberg" in html and "`" not in html and "{'" not in html   # no markdown or dict leaks
+    md = open(paths["md"]).read()
+    assert "| **ndcg@20** |" in md and "p=" not in md
+    # a segment with no users says so instead of a statistic (no new users in this split)
+    new_users = next(s for s in planted.segments if s.name == "new users")
+    assert new_users.n_users == 0 and new_users.too_few and "| new users | 0 | too few users |" in md
+    # adjusted p-values in the report, the raw ones kept in comparison.json
+    data = __import__("json").load(open(paths["json"]))
+    row = next(r for r in data["metrics"] if r["metric"] == "ndcg@20")
+    assert row["p_adjusted"] >= row["p_value"] > 0
+    assert data["embeddings"][0]["neighbour_agreement"] > data["embeddings"][0]["random_agreement"]
+    assert sum(data["context"]["popularity_deciles"]["a"]) == pytest.approx(1.0)
+
+
+def test_benjamini_hochberg_adjustment_and_too_few_users_are_left_out():
+    rows = [compare.PairedStats(100, 0, 0, 0, p_value=p, name=str(i)) for i, p in enumerate([0.01, 0.04, 0.03, 0.5])]
+    rows.append(compare.PairedStats(3, 0, 0, 0, p_value=0.001, name="tiny", too_few=True))
+    out = compare.adjust(rows)
+    # BH: p_(i) * m / i, made monotone from the top: 0.01*4/1, 0.03*4/2 -> 0.06, 0.04*4/3 -> 0.0533.. -> 0.0533
+    assert [round(r.p_adjusted, 4) for r in out[:4]] == [0.04, 0.0533, 0.0533, 0.5]
+    assert out[4].p_adjusted is None
+    assert report.fmt_p(0.0002) == "< 0.001" and report.fmt_p(0.0234) == "0.023"
