@@ -7,13 +7,35 @@ tree partitioning + asymmetric hashing + exact reordering above.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 import time
 
 import numpy as np
 
 from recsys import fsio
 from recsys.errors import DataError
+
+
+@contextlib.contextmanager
+def _quiet_native_logs():
+    """ScaNN's C++ side logs partitioner progress ("I0000 ... PartitionerFactory ran in ...") and an
+    absl start-up warning straight to file descriptor 2: noise in a nightly's output. Hidden unless
+    `recsys -v` (RECSYS_VERBOSE=1); failures still surface as Python exceptions."""
+    if os.environ.get("RECSYS_VERBOSE", "") not in ("", "0"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def in_rows(ids: np.ndarray, rows: "scipy.sparse.csr_matrix") -> np.ndarray:
@@ -96,7 +118,8 @@ class ExactScann:
     def __init__(self, embeddings: np.ndarray):
         from scann.scann_ops.py import scann_ops_pybind
         self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        self.searcher = scann_ops_pybind.builder(self.embeddings, 10, "dot_product").score_brute_force().build()
+        with _quiet_native_logs():
+            self.searcher = scann_ops_pybind.builder(self.embeddings, 10, "dot_product").score_brute_force().build()
 
     def __len__(self) -> int:
         return len(self.embeddings)
@@ -142,7 +165,9 @@ class ScannIndex:
         b = b.reorder(int(params["reorder"]))
         if threads:
             b = b.set_n_training_threads(threads)
-        return cls(b.build(), n, dict(params))
+        with _quiet_native_logs():
+            searcher = b.build()
+        return cls(searcher, n, dict(params))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k item indices and scores per query row, best first."""
@@ -216,7 +241,7 @@ def load(directory: str, embeddings: np.ndarray) -> BruteForceIndex | ScannIndex
     if meta["kind"] == "brute_force":
         return BruteForceIndex(embeddings)
     from scann.scann_ops.py import scann_ops_pybind
-    with fsio.local_copy(directory) as local:   # ScaNN loads from a local folder only
+    with fsio.local_copy(directory) as local, _quiet_native_logs():   # ScaNN loads from a local folder only
         searcher = scann_ops_pybind.load_searcher(local)
     return ScannIndex(searcher, int(meta["n"]), meta["params"])
 

@@ -136,3 +136,17 @@ def test_popularity_topk_is_the_order_minus_each_rows_blocked_items():
     blocked = sp.csr_matrix(np.array([[0, 0, 0, 0, 0], [0, 0, 1, 0, 1], [1, 1, 1, 1, 0]], dtype=np.int8))
     np.testing.assert_array_equal(index.popularity_topk(order, 3, blocked),
                                   [[4, 2, 0], [0, 1, 3], [4, -1, -1]])
+
+
+def test_building_and_loading_scann_prints_nothing(tmp_path):
+    """ScaNN's C++ partitioner logs ("I0000 ... PartitionerFactory ran in") stay out of normal output."""
+    import subprocess
+    import sys
+    code = ("import numpy as np; from recsys.retrieval import index; from recsys.config import from_dict; "
+            "e = np.random.default_rng(0).normal(size=(5000, 8)).astype(np.float32); "
+            "ix = index.build(e, from_dict({'index': {'kind': 'scann'}}).index); "
+            f"ix.save({str(tmp_path)!r}); index.load({str(tmp_path)!r}, e); index.ExactScann(e)")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RECSYS_VERBOSE"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == "" and run.stdout == ""
