@@ -107,6 +107,9 @@ def main() -> int:
         return code
     summary = json.loads(stdout)
     stages = {k: dict(v) for k, v in summary.get("stages", {}).items()}
+    # the nightly restarts its high-water mark per step (Meter), which wait4's figure then reflects:
+    # the run's peak is the largest of the steps' and the child's
+    peak = max([peak] + [s["peak_rss_mb"] for s in stages.values()])
     counts = summary.get("counts", {})
     for stage, key in (("evaluate", "evaluated_users"), ("batch_recommendations", "batch_users")):
         if stage in stages and counts.get(key):

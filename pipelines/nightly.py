@@ -205,7 +205,10 @@ def _build_dataset(cfg, out, progress):
 def _train(cfg, root, out, progress):
     from recsys import jobs
     from recsys.data.dataset import Dataset
+    t0 = time.time()
     ts, full = jobs.training_sets(cfg, Dataset.open(root, out["dataset_id"]))
+    out.setdefault("counts", {})["train_sets_seconds"] = round(time.time() - t0, 1)
+    progress(f"  training sets (train, train + validation) read in {time.time() - t0:.1f}s")
     out.setdefault("candidates", {})
     for name in cfg.nightly.models:
         if name in out["candidates"]:
@@ -246,6 +249,7 @@ def _gate(cfg, root, out, progress, results: dict):
                             tuple(cfg.evaluation.ks), cfg.nightly.primary_metric, cfg.nightly.tolerance,
                             results=results)
     out["gate"] = dataclasses.asdict(decision)
+    results.clear()   # the evaluations' per-user arrays are not needed past the gate
     progress(f"  gate: {'PUBLISH' if decision.publish else 'KEEP PRODUCTION'} {decision.candidate}: {decision.reason}")
 
 
