@@ -142,3 +142,21 @@ def test_training_on_a_catalog_smaller_than_the_largest_k_works(tmp_path):
         v = train_version(cfg, model, ds.id, warm_start="none", progress=lambda *_: None)
         m = evaluate.evaluate_version(cfg.resolve(cfg.artifacts.root), v, "test", ds.id, (10, 20, 50)).metrics
         assert 0 <= m["recall@50"] <= 1 and m["recall@50"] >= m["recall@10"]
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_warm_start_epochs_train_that_many_epochs_from_the_previous_version(temporal, refit):
+    """model.warm_start_epochs: with a previous version of the model, no epoch search: exactly N epochs
+    from its weights (on train + validation with refit, then marked as trained on validation)."""
+    tmp, cfg, ds = temporal[:3]
+    cold = train_version(make_config(tmp, tmp / "events.csv", refit=refit), "mf", ds.id, "none", lambda *_: None)
+    lines = []
+    warm_cfg = make_config(tmp, tmp / "events.csv", refit=refit, warm_start_epochs=2)
+    warm = train_version(warm_cfg, "mf", ds.id, cold, lines.append)
+    m = version.read_manifest(warm_cfg.resolve(warm_cfg.artifacts.root), warm)
+    assert m["warm_started_from"] == cold and m["warm_epochs"] == 2 and len(m["training"]["epochs"]) == 2
+    assert "selection" not in m and any("2 epochs from" in line for line in lines)
+    assert ("refit" in m) is refit and bool(m["validation_metrics"]) is not refit
+    # without a previous version the epoch search runs as usual
+    first = train_version(warm_cfg, "mf", ds.id, "none", lambda *_: None)
+    assert "warm_epochs" not in version.read_manifest(warm_cfg.resolve(warm_cfg.artifacts.root), first)
