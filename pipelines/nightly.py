@@ -204,6 +204,9 @@ def _build_dataset(cfg, out, progress):
 
 def _train(cfg, root, out, progress):
     from recsys import jobs
+    if cfg.model.distribute == "multi_worker_mirrored":
+        raise DataError("model.distribute=multi_worker_mirrored: the nightly runs its steps in one process; "
+                        "run `recsys train` on every worker (docs/SCALING.md), or use none / mirrored here")
     from recsys.data.dataset import Dataset
     t0 = time.time()
     ts, full = jobs.training_sets(cfg, Dataset.open(root, out["dataset_id"]))

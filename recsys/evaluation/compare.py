@@ -208,12 +208,8 @@ def compare(root: str, version_a: str, version_b: str, split: str = "test", data
     manifest_b = version_mod.read_manifest(root, version_b)
     dataset_id = dataset_id or manifest_b.get("dataset_id")
     # both on B's held-out rows: the candidate's evaluation.target_events decide what counts
-    targets = version_mod.setting(manifest_b, "evaluation", "target_events", ())
-    res_a, res_b = (_result(results, v, split, dataset_id) or evaluate_version(root, v, split, dataset_id, ks,
-                                                                                target_events=targets)
-                    for v in (version_a, version_b))
+    res_a, res_b = _paired_results(root, version_a, version_b, split, dataset_id, ks, results)
     ev_a, ev_b = res_a.evaluation, res_b.evaluation
-    assert np.array_equal(ev_a.users, ev_b.users)   # same held-out users, row for row
     k_primary = int(primary.split("@")[1])
     rows = []
     for k in ks:
@@ -324,22 +320,36 @@ def context(root: str, res_a: EvaluationResult, res_b: EvaluationResult, n_sampl
     }
 
 
-def _result(results: dict | None, version: str, split: str, dataset_id: str) -> EvaluationResult | None:
-    r = (results or {}).get(version)
-    return r if r is not None and r.split == split and r.dataset_id == dataset_id else None
+def _paired_results(root: str, version_a: str, version_b: str, split: str, dataset_id: str, ks,
+                    results: dict | None) -> tuple[EvaluationResult, EvaluationResult]:
+    """Both arms on the same users: B's target events and user sample decide for both (a version
+    trained under another config would otherwise sample other users); reuses `results` made alike."""
+    from recsys import version as version_mod
+    from recsys.errors import DataError
+    manifest_b = version_mod.read_manifest(root, version_b)
+    settings = (tuple(version_mod.setting(manifest_b, "evaluation", "target_events", ())),
+                int(version_mod.setting(manifest_b, "evaluation", "max_users", 100_000)),
+                int(version_mod.setting(manifest_b, "evaluation", "sample_seed", 0)))
+    out = []
+    for v in (version_a, version_b):
+        r = (results or {}).get(v)
+        if r is None or (r.split, r.dataset_id, r.settings) != (split, dataset_id, settings):
+            r = evaluate_version(root, v, split, dataset_id, ks, target_events=settings[0], max_users=settings[1],
+                                 sample_seed=settings[2])
+        out.append(r)
+    if not np.array_equal(out[0].eval_set.user_ids[out[0].evaluation.users],
+                          out[1].eval_set.user_ids[out[1].evaluation.users]):
+        raise DataError(f"compare: {version_a} and {version_b} were evaluated on different users of "
+                        f"{dataset_id}/{split}; they cannot be paired")
+    return out[0], out[1]
 
 
 def primary_comparison(root: str, version_a: str, version_b: str, dataset_id: str, ks, metric: str,
                        results: dict | None = None) -> tuple[PairedStats, str]:
     """Only the primary metric of `compare` (what the gate decides on): its paired statistics and
     the verdict line, without the other metrics and segments."""
-    from recsys import version as version_mod
-    targets = version_mod.setting(version_mod.read_manifest(root, version_b), "evaluation", "target_events", ())
-    res_a, res_b = (_result(results, v, "test", dataset_id) or evaluate_version(root, v, "test", dataset_id, ks,
-                                                                                  target_events=targets)
-                    for v in (version_a, version_b))
+    res_a, res_b = _paired_results(root, version_a, version_b, "test", dataset_id, ks, results)
     ev_a, ev_b = res_a.evaluation, res_b.evaluation
-    assert np.array_equal(ev_a.users, ev_b.users)   # same held-out users, row for row
     p = dataclasses.replace(paired_stats(ev_a.per_user[metric], ev_b.per_user[metric], name=metric),
                             sampled_from=res_b.users_total if res_b.sampled else 0)
     return p, verdict(p, metric)

@@ -39,6 +39,7 @@ class EvaluationResult:
     eval_set: EvalSet
     train_item_counts: np.ndarray  # training interactions per catalog item
     users_total: int = 0           # evaluable users before sampling (= metrics["users"] when not sampled)
+    settings: tuple = ()           # (target events, max users, sample seed): results to pair must share them
 
     @property
     def sampled(self) -> bool:
@@ -113,7 +114,7 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
     src = sources[model_ev.users]
     return EvaluationResult(lv.version, lv.model_name, dataset.id, split, model_ev.summary(), pop_ev.summary(),
                             {s: int((src == s).sum()) for s in np.unique(src)}, src, model_ev, pop_ev, ev,
-                            train_counts, users_total)
+                            train_counts, users_total, (tuple(target_events), int(max_users), int(sample_seed)))
 
 
 def format_table(result: EvaluationResult, ks=(10, 20, 50)) -> str:

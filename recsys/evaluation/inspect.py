@@ -75,7 +75,7 @@ def _map_2d(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
         pass
     try:
         from sklearn.manifold import TSNE
-        return TSNE(2, random_state=seed, init="pca").fit_transform(x), "t-SNE"
+        return TSNE(2, random_state=seed, init="pca", perplexity=min(30.0, (len(x) - 1) / 3)).fit_transform(x), "t-SNE"
     except ImportError:
         pass
     centred = x - x.mean(0)
@@ -153,7 +153,10 @@ def inspect_version(root: str, version: str, k: int = 10, attribute: str | None 
     disagreeing = [{"item": str(lv.items.ids[checked[j]]), "title": titles.get(lv.items.ids[checked[j]], ""),
                     "value": ", ".join(sorted(values[checked[j]])), "agreement": float(agree[j]),
                     "train_count": int(counts[checked[j]])} for j in worst]
-    xy, method = _map_2d(emb[checked].astype(np.float64), seed) if len(checked) > 2 else (np.zeros((0, 2)), "")
+    if len(checked) < 10:
+        raise DataError(f"inspect: only {len(checked)} items of version {version} have a {attribute}: too few "
+                        f"to look at neighbours")
+    xy, method = _map_2d(emb[checked].astype(np.float64), seed)
     return Inspection(version, lv.model_name, attribute, k, int(len(checked)), float(agree.mean()) if len(agree) else 0.0,
                       float(rand.mean()) if len(rand) else 0.0,
                       {v: float(np.mean(a)) for v, a in sorted(by_value.items(), key=lambda kv: -len(kv[1]))},

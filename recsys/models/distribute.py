@@ -44,6 +44,18 @@ def is_chief() -> bool:
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0
 
 
+def any_worker(strategy, flag: bool) -> bool:
+    """True on every worker when it is true on any (a collective: every worker must call it)."""
+    fn = _FLAG_SUMS.get(id(strategy))
+    if fn is None:   # in a tf.function: collectives run eagerly are slow and warn
+        fn = tf.function(lambda f: strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(f)), axis=None))
+        _FLAG_SUMS[id(strategy)] = fn
+    return bool(fn(tf.constant(1.0 if flag else 0.0)).numpy() > 0)
+
+
+_FLAG_SUMS: dict = {}
+
+
 def scale(grad, factor: float):
     """A gradient times a constant (IndexedSlices stay sparse)."""
     if isinstance(grad, tf.IndexedSlices):

@@ -175,8 +175,14 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
         # stop before an epoch that would end past the budget (the last epoch's time, validation
         # included, is the estimate of the next one's)
         elapsed = time.time() - t_start
-        if max_seconds and epoch < last_epoch and elapsed + elapsed / epoch > max_seconds:
-            progress(f"time budget: another epoch would end past {max_seconds:.0f}s; stopping after epoch {epoch}"
+        over = bool(max_seconds) and epoch < last_epoch and elapsed + elapsed / epoch > max_seconds
+        if strategy is not None:
+            # every worker must stop after the same epoch (one that trained on alone would wait forever
+            # in the next all-reduce): stop when any worker's clock says so
+            over = distribute.any_worker(strategy, over)
+        if over:
+            why = f"another epoch would end past {max_seconds:.0f}s" if max_seconds else "another worker's is spent"
+            progress(f"time budget: {why}; stopping after epoch {epoch}"
                      + (f", best epoch {best_epoch}" if not stop_after else ""))
             break
     if best_weights is not None:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -22,20 +23,32 @@ from recsys.errors import DataError
 @contextlib.contextmanager
 def _quiet_native_logs():
     """ScaNN's C++ side logs partitioner progress ("I0000 ... PartitionerFactory ran in ...") and an
-    absl start-up warning straight to file descriptor 2: noise in a nightly's output. Hidden unless
-    `recsys -v` (RECSYS_VERBOSE=1); failures still surface as Python exceptions."""
+    absl start-up warning straight to file descriptor 2 while it builds: noise in a nightly's output.
+    Hidden during a build unless `recsys -v` (RECSYS_VERBOSE=1). Loading an index (the service, which
+    has other threads logging) is not wrapped: fd 2 belongs to the whole process."""
     if os.environ.get("RECSYS_VERBOSE", "") not in ("", "0"):
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
+    global _quiet_depth, _saved_fd
+    with _quiet_lock:   # fd 2 is the process's: the first to enter redirects, the last to leave restores
+        if _quiet_depth == 0:
+            sys.stderr.flush()
+            _saved_fd = os.dup(2)
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 2)
+        _quiet_depth += 1
     try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                os.dup2(_saved_fd, 2)
+                os.close(_saved_fd)
+
+
+_quiet_lock = threading.Lock()
+_quiet_depth, _saved_fd = 0, -1
 
 
 def in_rows(ids: np.ndarray, rows: "scipy.sparse.csr_matrix") -> np.ndarray:
@@ -179,7 +192,10 @@ class ScannIndex:
             return ids.astype(np.int64)[None], scores[None]
         # Many queries: split over the searcher's threads (results are the same as one by one).
         ids, scores = self._raw.search_batched(q, k, pre, -1, len(q) >= 256, 256)
-        return np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+        ids, scores = np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+        # a tree search that finds fewer than k candidates pads its batched rows with item 0 and a NaN
+        # score (the one-query search returns a shorter row): padding is "no result", -1
+        return np.where(np.isnan(scores), -1, ids), np.nan_to_num(scores, nan=0.0)
 
     def save(self, directory: str) -> None:
         """Serialize the searcher and index.json into `directory` (local or URL)."""
@@ -241,7 +257,7 @@ def load(directory: str, embeddings: np.ndarray) -> BruteForceIndex | ScannIndex
     if meta["kind"] == "brute_force":
         return BruteForceIndex(embeddings)
     from scann.scann_ops.py import scann_ops_pybind
-    with fsio.local_copy(directory) as local, _quiet_native_logs():   # ScaNN loads from a local folder only
+    with fsio.local_copy(directory) as local:   # ScaNN loads from a local folder only
         searcher = scann_ops_pybind.load_searcher(local)
     return ScannIndex(searcher, int(meta["n"]), meta["params"])
 
@@ -398,6 +414,7 @@ def search_many(index, embeddings: np.ndarray, queries: np.ndarray, k: int,
                 hit = in_rows(ids, blocked[part])
             else:
                 hit = np.zeros(ids.shape, dtype=bool)
+            hit |= ids < 0     # no result (a tree search's padding) is as good as blocked
             pick = np.argsort(hit, axis=1, kind="stable")[:, :k]   # survivors, in rank order
             got, gone = np.take_along_axis(ids, pick, 1), np.take_along_axis(hit, pick, 1)
             sc = np.take_along_axis(scores, pick, 1)

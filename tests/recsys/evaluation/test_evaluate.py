@@ -47,7 +47,7 @@ def test_batched_evaluation_equals_the_per_user_definition(served, model):
         np.testing.assert_allclose(res.evaluation.per_user[f"ndcg@{k}"], [ndcg[u] for u in got_users], atol=1e-9)
 
 
-def test_a_large_evaluation_samples_users_and_reports_the_sample_size(served):
+def test_a_large_evaluation_samples_users_and_reports_the_sample_size(served, tmp_path):
     root, ds = served["root"], served["dataset"]
     a, b = served["versions"]["popularity"], served["versions"]["mf"]
     full = evaluate.evaluate_version(root, b, "test", ds.id, (20,), max_users=0)
@@ -60,7 +60,26 @@ def test_a_large_evaluation_samples_users_and_reports_the_sample_size(served):
     assert set(res_b.eval_set.user_ids) < set(full.eval_set.user_ids[full.evaluation.users])
     other = evaluate.evaluate_version(root, b, "test", ds.id, (20,), max_users=40, sample_seed=4)
     assert list(other.eval_set.user_ids) != list(res_b.eval_set.user_ids)
-    c = compare.compare(root, a, b, "test", ds.id, (20,), "recall@20", results={a: res_a, b: res_b})
+    # compare pairs both arms on B's sample settings: results made with others are not reused
+    calls = []
+    monkey = pytest.MonkeyPatch()
+    real = compare.evaluate_version
+    monkey.setattr(compare, "evaluate_version", lambda *a, **k: calls.append(k) or real(*a, **k))
+    try:
+        c = compare.compare(root, a, b, "test", ds.id, (20,), "recall@20", results={a: res_a, b: res_b})
+        assert len(calls) == 2 and all(k["max_users"] == 100_000 and k["sample_seed"] == 0 for k in calls)
+        assert c.primary.n_users == full.metrics["users"] and c.primary.sampled_from == 0
+        # a version configured to sample 40 users: both arms on that sample, the size in the verdict
+        import shutil
+        root2 = str(tmp_path / "root")
+        shutil.copytree(root, root2)
+        conf = version.read_manifest(root2, b)["config"]
+        conf["evaluation"].update(max_users=40, sample_seed=3)
+        version.update_manifest(root2, b, config=conf)
+        calls.clear()
+        c = compare.compare(root2, a, b, "test", ds.id, (20,), "recall@20")
+    finally:
+        monkey.undo()
     assert c.primary.n_users == 40 and c.primary.sampled_from == res_b.users_total == c.users_total
     assert f"40 users (a seeded sample of {res_b.users_total})" in c.verdict
     assert "users evaluated: 40 (a seeded sample of" in evaluate.format_table(res_b, (20,))
@@ -90,7 +109,7 @@ def test_through_the_exact_index_the_serving_path_loses_nothing(served, model):
 
 
 def test_through_a_coarse_scann_index_the_loss_is_measured(served, tmp_path):
-    """A ScaNN index that searches 1 of 16 leaves misses part of the exact top-k: the report says how
+    """A ScaNN index that searches 3 of 4 leaves and re-scores nothing exactly misses part of the exact top-k: the report says how
     much, from the same users."""
     import shutil
     from recsys.config import from_dict
@@ -99,7 +118,7 @@ def test_through_a_coarse_scann_index_the_loss_is_measured(served, tmp_path):
     shutil.copytree(served["root"], root)
     v = served["versions"]["mf"]
     lv = version.load(root, v)
-    cfg = from_dict({"index": {"kind": "scann", "num_leaves": 16, "leaves_to_search": 1, "reorder": 20}}).index
+    cfg = from_dict({"index": {"kind": "scann", "num_leaves": 4, "leaves_to_search": 3, "reorder": 1}}).index
     shutil.rmtree(version.index_dir(root, v), ignore_errors=True)
     index.build(lv.model.item_embeddings, cfg).save(version.index_dir(root, v))
     r = evaluate.evaluate_through_index(root, v, "test", served["dataset"].id, (10, 20))

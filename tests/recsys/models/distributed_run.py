@@ -33,7 +33,8 @@ cfg = from_dict({"model": {"gather_candidates": GATHER, "dim": 8, "batch_size": 
                            "history_length": 4, "use_item_features": False,
                            "distribute": "multi_worker_mirrored" if MODE == "multi_worker" else MODE}})
 model = create(MODEL, cfg.model)
-model.fit(data(), (10,), progress=lambda *_: None)
+budget = float(os.environ.get("BUDGET", "0")) or None     # seconds; set on one worker only by a test
+report = model.fit(data(), (10,), progress=lambda *_: None, max_seconds=budget)
 variables = model.query_tower.variables + model.candidate_tower.variables
 weights = {v.name: v.numpy() for v in variables}
 # every replica's copy of every table, for the test to check they are the same
@@ -42,5 +43,6 @@ spread = max((float(np.abs(c.numpy() - v.numpy()).max()) for v in variables for 
              default=0.0)
 weights["_copies"] = np.array(copies)
 weights["_spread"] = np.array(spread)
+weights["_epochs"] = np.array(len(report.epochs))
 np.savez(OUT, **{k.replace("/", "__").replace(":", "_"): w for k, w in weights.items()})
 print("done", os.getpid())

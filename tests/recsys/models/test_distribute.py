@@ -86,6 +86,27 @@ def test_two_local_workers_hold_the_same_tables_and_match_one_process(single):
     assert max_diff(tables(single / "none_two_tower.npz"), w0) < 1e-5
 
 
+@pytest.mark.slow
+def test_a_budget_on_one_worker_stops_every_worker_after_the_same_epoch(single):
+    """Each worker's clock is its own: a worker that stopped alone would leave the other waiting forever
+    in the next all-reduce. The stop is collective: both stop after epoch 1, with the same tables."""
+    ports = [free_port(), free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = [run("multi_worker", "mf", single / f"budget{i}.npz", wait=False,
+                 env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+                      "BUDGET": "1e-6" if i == 1 else "0"})
+             for i in range(2)]
+    try:
+        for p in procs:
+            finish(p, timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    w0, w1 = tables(single / "budget0.npz"), tables(single / "budget1.npz")
+    assert int(w0["_epochs"]) == int(w1["_epochs"]) == 1 and max_diff(w0, w1) == 0.0
+
+
 @pytest.mark.parametrize("tf_config,chief", [
     (None, True),
     ({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}, True),
