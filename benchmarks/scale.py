@@ -116,7 +116,7 @@ def main() -> int:
             stages[stage]["users_per_second"] = round(counts[key] / max(stages[stage]["seconds"], 1e-9), 1)
     ds = summary.get("dataset_stats") or {}
     result = {"events": gen["events"], "users": gen["users"], "items": gen["items"],
-              "train_interactions": ds.get("splits", {}).get("train", {}).get("rows"),
+              "train_interactions": ds.get("splits", {}).get("train", {}).get("interactions"),
               "init_seconds": round(init_s, 1), "total_seconds": round(wall, 1), "peak_rss_mb": round(peak, 1),
               "stages": stages, "counts": counts, "published": summary.get("published"),
               "metrics": {k: v["metrics"] for k, v in (summary.get("candidates") or {}).items()}}
