@@ -292,6 +292,14 @@ def context(root: str, res_a: EvaluationResult, res_b: EvaluationResult, n_sampl
             times[split] = [str(np.datetime64(int(t.min()), "s"))[:10], str(np.datetime64(int(t.max()), "s"))[:10]]
     items = ds.item_features()
     label = dict(zip(items["item"], items["title"].where(items["title"] != "", items["item"])))
+    from recsys.evaluation.inspect import main_attribute
+    attr = main_attribute(items)
+    if attr:   # "Heat (1995) [Action, Crime, Thriller]": the attribute a reader checks a list against
+        for item, value in zip(items["item"], items[attr]):
+            values = [value] if isinstance(value, str) else ([] if value is None or isinstance(value, float)
+                                                               else list(value))
+            if values:
+                label[item] = f"{label[item]} [{', '.join(map(str, values))}]"
     ids = ds.items.ids
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.choice(len(users), min(n_samples, len(users)), replace=False)) if len(users) else []
