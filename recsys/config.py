@@ -322,7 +322,7 @@ def validate(cfg: Config) -> Config:
     _check(0 <= m.seed < 2 ** 32, "model.seed", m.seed, "between 0 and 2**32 - 1")
     _check(m.patience >= 1, "model.patience", m.patience, ">= 1")
     _check(m.max_train_minutes >= 0, "model.max_train_minutes", m.max_train_minutes, ">= 0 (0: no budget)")
-    _one_of("model.distribute", m.distribute, ("none", "mirrored", "multi_worker_mirrored"))
+    _one_of("model.distribute", m.distribute, ("none", "mirrored", "multi_worker_mirrored", "parameter_server"))
     _check(m.warm_start_epochs >= 0, "model.warm_start_epochs", m.warm_start_epochs, ">= 0 (0: always search)")
     _check(m.eval_k >= 1, "model.eval_k", m.eval_k, ">= 1")
     _check(m.popularity_window_days >= 0, "model.popularity_window_days", m.popularity_window_days, ">= 0 (0 = all)")
@@ -438,7 +438,8 @@ class ModelConfig:
     # > 0: when a previous version of the model exists, train this many epochs from its weights (on
     # train + validation with refit) instead of an epoch search; 0: always search (benchmarks/warm_start.py)
     warm_start_epochs: int = 0
-    # tf.distribute: none | mirrored (this machine's devices) | multi_worker_mirrored (TF_CONFIG), and
+    # tf.distribute: none | mirrored (this machine's devices) | multi_worker_mirrored | parameter_server
+    # (TF_CONFIG names the cluster; docs/SCALING.md), and
     # whether every replica's positives are every query's negatives (the global batch's softmax)
     distribute: str = "none"
     gather_candidates: bool = True

@@ -1,7 +1,9 @@
 """Training on several devices or workers with `tf.distribute` (`model.distribute`).
 
 `none` is the single-process loop. `mirrored` (the devices of one machine) and `multi_worker_mirrored`
-(one replica per worker; TF_CONFIG names the cluster) keep a copy of every table on each replica.
+(one replica per worker; TF_CONFIG names the cluster) keep a copy of every table on each replica;
+`parameter_server` splits every table over the parameter servers and runs steps on the workers
+through a coordinator in the chief's process (moments beside each shard: recsys/models/optim.py).
 Each replica computes its share of the global batch; the gradients, sparse ones included, are
 all-reduced in replica context (sparse gradients travel as gathered rows, never densified), and the
 sparse Adam update runs once per replica copy from that one reduced gradient, in `merge_call`. So
@@ -19,18 +21,51 @@ import os
 
 import tensorflow as tf
 
-STRATEGIES = ("none", "mirrored", "multi_worker_mirrored")
+STRATEGIES = ("none", "mirrored", "multi_worker_mirrored", "parameter_server")
 
 
 def make_strategy(name: str):
-    """The tf.distribute strategy for `model.distribute` (None for `none`)."""
+    """The tf.distribute strategy for `model.distribute` (None for `none`). One per process and name:
+    a process connects to its cluster once, however many models it trains (selection, refit, ...)."""
     if name == "none":
         return None
+    if name not in _STRATEGIES:
+        _STRATEGIES[name] = _make(name)
+    return _STRATEGIES[name]
+
+
+def coordinator(strategy):
+    """The ClusterCoordinator of a ParameterServerStrategy (one per strategy)."""
+    if id(strategy) not in _COORDINATORS:
+        _COORDINATORS[id(strategy)] = tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)
+    return _COORDINATORS[id(strategy)]
+
+
+_STRATEGIES: dict = {}
+_COORDINATORS: dict = {}
+
+
+def _make(name: str):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker_mirrored":
         return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "parameter_server":
+        # this process is the chief (the coordinator); TF_CONFIG names the "ps" and "worker" tasks,
+        # which run tf.distribute.Server (see docs/SCALING.md). Every table is split in as many row
+        # ranges as there are parameter servers.
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        n_ps = len(resolver.cluster_spec().as_dict().get("ps", []))
+        if not n_ps:
+            raise ValueError("model.distribute=parameter_server: TF_CONFIG names no \"ps\" tasks")
+        return tf.distribute.experimental.ParameterServerStrategy(
+            resolver, variable_partitioner=tf.distribute.experimental.partitioners.FixedShardsPartitioner(n_ps))
     raise ValueError(f"model.distribute={name!r}: one of {', '.join(STRATEGIES)}")
+
+
+def is_parameter_server(strategy) -> bool:
+    """Whether `strategy` is a ParameterServerStrategy (steps go through a coordinator)."""
+    return strategy is not None and isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
 
 
 def is_chief() -> bool:

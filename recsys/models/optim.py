@@ -10,6 +10,13 @@ from __future__ import annotations
 import tensorflow as tf
 
 
+def _slot(var):
+    """A zero moment variable beside `var`: on the same device, and under ParameterServerStrategy on
+    the same parameter server as that shard of a table (so a shard's rows and moments share indices)."""
+    with tf.distribute.get_strategy().extended.colocate_vars_with(var):
+        return tf.Variable(tf.zeros_like(var), trainable=False)
+
+
 class LazyAdam:
     """Adam that applies `tf.IndexedSlices` gradients to the touched rows only."""
 
@@ -20,8 +27,8 @@ class LazyAdam:
         self.lr, self.b1, self.b2, self.eps = learning_rate, beta_1, beta_2, epsilon
         self.decay_steps = float(decay_steps)
         self.step = tf.Variable(0.0, trainable=False, name="adam_step")
-        self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables]
-        self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables]
+        self.m = [_slot(v) for v in self.variables]
+        self.v = [_slot(v) for v in self.variables]
 
     def _learning_rate(self):
         self.step.assign_add(1.0)

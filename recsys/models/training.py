@@ -70,7 +70,7 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
     strategy = distribute.make_strategy(mc.distribute)
     n = len(ts.user_idx)
     bs = min(mc.batch_size, n)
-    replicas = strategy.num_replicas_in_sync if strategy else 1
+    replicas = strategy.num_replicas_in_sync if strategy and not distribute.is_parameter_server(strategy) else 1
     bs -= bs % replicas                 # every replica gets the same share of the global batch
     steps_per_epoch = n // max(1, bs)   # full batches only (see the epoch loop)
     with strategy.scope() if strategy else contextlib.nullcontext():
@@ -92,7 +92,24 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
     spec = {"user_idx": tf.TensorSpec([None], tf.int32), "item_idx": tf.TensorSpec([None], tf.int32),
             "weight": tf.TensorSpec([None], tf.float32), "history": tf.TensorSpec([None, None], tf.int32)}
 
-    if strategy is None:
+    coordinator = None
+    if distribute.is_parameter_server(strategy):
+        # tables sharded over the parameter servers; a worker runs each step (with one worker, in
+        # order: the same updates as one process); the optimizer's moments sit beside each shard
+        coordinator = distribute.coordinator(strategy)
+
+        @tf.function(input_signature=[spec])
+        def worker_step(batch):
+            def replica_step(b):
+                with tf.GradientTape() as tape:
+                    loss = retrieval.compute_loss(b, training=True)
+                opt.apply_gradients(tape.gradient(loss, variables))
+                return loss
+            return strategy.run(replica_step, args=(batch,))
+
+        def step(batch):
+            return coordinator.schedule(worker_step, args=(batch,))
+    elif strategy is None:
         @tf.function(input_signature=[spec])
         def step(batch):
             with tf.GradientTape() as tape:
@@ -117,7 +134,8 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
             per_replica = strategy.run(replica_step)
             return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
 
-    step.get_concrete_function()  # trace once up front: examples/s measures training, not tracing
+    if coordinator is None:
+        step.get_concrete_function()  # trace once up front: examples/s measures training, not tracing
     rng = np.random.default_rng(mc.seed)
     val = ts.evals.get("validation")
     if val is not None and len(val.user_ids) > mc.eval_users:
@@ -142,6 +160,9 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
             batch["history"] = ts.history[idx] if model.uses_history else no_history
             losses.append(step(batch))
             meter.advance(bs)
+        if coordinator is not None:
+            coordinator.join()
+            losses = [x.fetch() for x in losses]
         loss = float(np.mean([float(x) for x in losses])) if losses else float("nan")
         dt = time.time() - t0
         t_train += dt
@@ -176,7 +197,7 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
         # included, is the estimate of the next one's)
         elapsed = time.time() - t_start
         over = bool(max_seconds) and epoch < last_epoch and elapsed + elapsed / epoch > max_seconds
-        if strategy is not None:
+        if strategy is not None and coordinator is None:
             # every worker must stop after the same epoch (one that trained on alone would wait forever
             # in the next all-reduce): stop when any worker's clock says so
             over = distribute.any_worker(strategy, over)

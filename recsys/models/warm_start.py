@@ -39,12 +39,28 @@ def row_names(ts) -> dict:
 def tower_weights(query_tower, candidate_tower, names: dict) -> dict:
     """{stable layer name: array} of both towers, plus '<name>:names' (the token of each row) for the
     feature tables: what a later version warm-starts from."""
-    out = {name: layer.get_weights()[0] for name, _, layer in named_layers(query_tower, candidate_tower)}
+    out = {name: table(layer) for name, _, layer in named_layers(query_tower, candidate_tower)}
     for name, attr, _ in named_layers(query_tower, candidate_tower):
         kind = _ROWS_BY.get(attr)
         if kind not in (None, "user", "item") and kind in names:
             out[f"{name}:names"] = np.asarray(names[kind], dtype=str)
     return out
+
+
+def table(layer) -> np.ndarray:
+    """An embedding layer's whole table (the row ranges of a table sharded over parameter servers,
+    concatenated)."""
+    parts = layer.get_weights()
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def set_table(layer, value: np.ndarray) -> None:
+    """Write a whole table into an embedding layer, split into its shards' row ranges if sharded."""
+    parts = layer.get_weights()
+    if len(parts) == 1:
+        layer.set_weights([value])
+    else:
+        layer.set_weights(np.split(value, np.cumsum([p.shape[0] for p in parts])[:-1]))
 
 
 def warm_start(query_tower, candidate_tower, names: dict, previous: WarmStart | None) -> dict:
@@ -57,11 +73,11 @@ def warm_start(query_tower, candidate_tower, names: dict, previous: WarmStart | 
         if name not in weights:
             continue
         old = weights[name]
-        value = layer.get_weights()[0]
+        value = table(layer)
         kind = _ROWS_BY.get(attr)
         if kind is None:
             if old.shape == value.shape:
-                layer.set_weights([old])
+                set_table(layer, old)
             continue
         old_names = {"user": previous.user_ids, "item": previous.item_ids}.get(kind, weights.get(f"{name}:names"))
         if old_names is None or kind not in names or old.shape[1] != value.shape[1]:
@@ -69,7 +85,7 @@ def warm_start(query_tower, candidate_tower, names: dict, previous: WarmStart | 
         new_rows, old_rows = _row_map(names[kind], old_names)
         value[0] = old[0]  # out-of-vocabulary / padding row
         value[new_rows + 1] = old[old_rows + 1]
-        layer.set_weights([value])
+        set_table(layer, value)
         copied[name] = int(len(new_rows))
     return copied
 

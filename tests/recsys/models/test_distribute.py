@@ -107,6 +107,37 @@ def test_a_budget_on_one_worker_stops_every_worker_after_the_same_epoch(single):
     assert int(w0["_epochs"]) == int(w1["_epochs"]) == 1 and max_diff(w0, w1) == 0.0
 
 
+def start_cluster(tmp, n_ps=2):
+    """A chief slot for the test's process, one worker and `n_ps` parameter servers on loopback."""
+    cluster = {"chief": [f"127.0.0.1:{free_port()}"], "worker": [f"127.0.0.1:{free_port()}"],
+               "ps": [f"127.0.0.1:{free_port()}" for _ in range(n_ps)]}
+    servers = [run("server", "mf", tmp / "none.npz", wait=False,
+                   env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": job, "index": i}})})
+               for job, n in (("worker", 1), ("ps", n_ps)) for i in range(n)]
+    return cluster, servers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["mf", "two_tower"])
+def test_parameter_server_with_sharded_tables_matches_one_process_exactly(single, model):
+    """Tables split over 2 parameter servers, the optimizer's moments beside each shard, one worker:
+    after 3 epochs every table equals one process's bit for bit; a second fit in the same process (a
+    refit) reuses the cluster connection."""
+    cluster, servers = start_cluster(single)
+    try:
+        chief = run("ps", model, single / f"ps_{model}.npz", wait=False,
+                    env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}}),
+                         "FIT_TWICE": "1"})
+        finish(chief, timeout=180)
+    finally:
+        for p in servers:
+            p.kill()
+            p.communicate()
+    one, ps = tables(single / f"none_{model}.npz"), tables(single / f"ps_{model}.npz")
+    assert int(ps["_shards"]) == 2 * int(one["_shards"])          # every table in two shards
+    assert max_diff(one, ps) == 0.0
+
+
 @pytest.mark.parametrize("tf_config,chief", [
     (None, True),
     ({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}, True),
