@@ -229,7 +229,8 @@ def _evaluate(cfg, root, out, progress, results_by_version: dict):
     for label, version in targets.items():
         res = evaluate.evaluate_version(root, version, "test", out["dataset_id"], ks,
                                         target_events=cfg.evaluation.target_events,
-                                        max_users=cfg.evaluation.max_users, sample_seed=cfg.evaluation.sample_seed)
+                                        max_users=cfg.evaluation.max_users, sample_seed=cfg.evaluation.sample_seed,
+                                        progress=progress)
         results_by_version[version] = res
         results[label] = {"version": version, "metrics": res.metrics, "sources": res.sources}
         counts = out.setdefault("counts", {})

@@ -54,7 +54,8 @@ class EvaluationResult:
 
 def evaluate_version(root: str, version: str, split: str = "test", dataset_id: str | None = None,
                      ks=(10, 20, 50), lv: LoadedVersion | None = None, target_events=None,
-                     max_users: int | None = None, sample_seed: int | None = None) -> EvaluationResult:
+                     max_users: int | None = None, sample_seed: int | None = None,
+                     progress=None) -> EvaluationResult:
     """Full-catalog metrics of `version` and of the dataset's popularity baseline.
 
     Args:
@@ -107,7 +108,8 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
     window_days = int(version_mod.setting(lv.manifest, "model", "popularity_window_days", 0))
     baseline = Popularity(n_items).fit(known["item_idx"].to_numpy(), known["timestamp"].to_numpy(np.int64),
                                        window_days)
-    model_ev, sources = evaluate_model(lv.model, ev, ks, train_counts, catalog_ids=dataset.items.ids)
+    model_ev, sources = evaluate_model(lv.model, ev, ks, train_counts, catalog_ids=dataset.items.ids,
+                                       progress=progress)
     users = model_ev.users
     pop_topk = popularity_topk(popularity_order(baseline.scores.astype(np.float32)), max(ks), ev.exclude[users])
     pop_ev = metrics.from_topk(pop_topk, users, ev.relevant, ks, train_counts)

@@ -26,6 +26,7 @@ from recsys.retrieval.index import ExactScann, popularity_topk, search_many
 # catalogs at least this large are ranked with ScaNN's exact scorer (smaller: a matmul and a stable sort)
 EXACT_SCANN_FROM = 4096
 from recsys.models.base import HISTORY, PERSONALIZED, POPULARITY
+from recsys.progress import Progress
 
 
 def query_vectors(model, user_idx: np.ndarray, history: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
@@ -62,7 +63,8 @@ def popularity_order(scores: np.ndarray) -> np.ndarray:
 
 
 def rank(model, user_idx: np.ndarray, history: np.ndarray, exclude: sp.csr_matrix, k: int,
-         catalog_cols: np.ndarray | None = None, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+         catalog_cols: np.ndarray | None = None, batch_size: int = 1024,
+         progress=None) -> tuple[np.ndarray, np.ndarray]:
     """Each row's top-k catalog columns, its excluded items skipped, and the source of every row.
 
     Args:
@@ -74,6 +76,7 @@ def rank(model, user_idx: np.ndarray, history: np.ndarray, exclude: sp.csr_matri
             columns are never recommended to personalized rows and rank last by popularity). None:
             the catalog is the model's own item list.
         batch_size: rows per matmul block.
+        progress: receives a users/s and ETA line every 30 s (None: quiet).
     Returns:
         (top-k column indices [rows, k], best first, -1 padded; sources [rows]).
     """
@@ -101,8 +104,15 @@ def rank(model, user_idx: np.ndarray, history: np.ndarray, exclude: sp.csr_matri
         ex = exclude[pers]
         if not all_known:   # the searcher ranks known columns only: exclusions in its numbering
             ex = ex[:, known_cols]
-        ids, _ = search_many(ExactScann(items), items, vecs[pers], k, ex.tocsr())
-        out[pers] = ids if all_known else np.where(ids >= 0, known_cols[np.maximum(ids, 0)], -1)
+        ex = ex.tocsr()
+        searcher = ExactScann(items)
+        meter = Progress("evaluate", len(pers), "users", progress) if progress else None
+        for start in range(0, len(pers), 16384):
+            part = slice(start, start + 16384)
+            ids, _ = search_many(searcher, items, vecs[pers[part]], k, ex[part])
+            out[pers[part]] = ids if all_known else np.where(ids >= 0, known_cols[np.maximum(ids, 0)], -1)
+            if meter:
+                meter.advance(len(ids))
         return out, sources
     for start in range(0, len(pers), batch_size):
         rows = pers[start:start + batch_size]
@@ -116,7 +126,7 @@ def rank(model, user_idx: np.ndarray, history: np.ndarray, exclude: sp.csr_matri
 
 
 def evaluate_model(model, ev, ks=(10, 20, 50), item_counts: np.ndarray | None = None,
-                   catalog_ids: np.ndarray | None = None) -> tuple[metrics.Evaluation, np.ndarray]:
+                   catalog_ids: np.ndarray | None = None, progress=None) -> tuple[metrics.Evaluation, np.ndarray]:
     """Full-catalog metrics of a model on an EvalSet, seen items excluded.
 
     Args:
@@ -127,6 +137,7 @@ def evaluate_model(model, ev, ks=(10, 20, 50), item_counts: np.ndarray | None = 
         catalog_ids: the item ID of every column of `ev.relevant` when the EvalSet comes from a
             dataset whose vocabularies may differ from the model's. None: the EvalSet's user and
             item indices are the model's own (validation during training).
+        progress: receives users/s lines on a long evaluation (None: quiet).
     Returns:
         (the Evaluation, the source of every row of `ev`; None for rows with nothing held out).
     """
@@ -143,7 +154,7 @@ def evaluate_model(model, ev, ks=(10, 20, 50), item_counts: np.ndarray | None = 
         history = np.take_along_axis(history, order, axis=1)
     # users with nothing held out are not evaluated (the standard definition)
     users = np.flatnonzero(np.diff(ev.relevant.indptr) > 0)
-    topk, src = rank(model, user_idx[users], history[users], ev.exclude[users], max(ks), cols)
+    topk, src = rank(model, user_idx[users], history[users], ev.exclude[users], max(ks), cols, progress=progress)
     sources = np.full(len(user_idx), None, dtype=object)   # None: not evaluated
     sources[users] = src
     return metrics.from_topk(topk, users, ev.relevant, ks, item_counts), sources
