@@ -70,6 +70,7 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
         max_users, sample_seed: evaluate a seeded sample of this many users when there are more
             (None: the version's own evaluation.max_users / sample_seed; 0: everyone). Versions
             evaluated on the same split with the same values get the same users.
+        progress: receives users/s and ETA lines every 30 s of a long evaluation (None: quiet).
     Returns:
         The EvaluationResult.
     Raises:
