@@ -6,7 +6,6 @@ Written under a temporary directory and renamed when complete (`fsio.atomic_dir`
 from __future__ import annotations
 
 import io
-import sys
 import time
 
 import apache_beam as beam
@@ -32,11 +31,11 @@ class ScoreUsersFn(beam.DoFn):
         self.users_scored = Metrics.counter("recsys", "users_scored")
 
     def setup(self):
-        from recsys.progress import Progress
+        from recsys.progress import Progress, to_stderr
         from recsys.retrieval.engine import Engine
         self.engine = Engine.load(self.root, self.version)
         # this worker's users/s and ETA every 30 s on stderr (as if it scored every user alone)
-        self.progress = Progress("batch-recommend", len(self.engine.lv.users), "users", _stderr)
+        self.progress = Progress("batch-recommend", len(self.engine.lv.users), "users", to_stderr)
 
     def process(self, bundle):
         part, start, stop = bundle
@@ -55,10 +54,6 @@ class ScoreUsersFn(beam.DoFn):
         self.users_scored.inc(len(rows))
         self.progress.advance(len(rows))
         yield len(rows)
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def run(cfg: Config, root: str, version: str, k: int | None = None, progress=print) -> str:

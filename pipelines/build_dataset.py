@@ -24,7 +24,6 @@ import io
 import json
 import logging
 import pickle
-import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +46,7 @@ from recsys.data import ingest, interactions, metadata
 from recsys.data.interactions import SPLITS
 from recsys.data.vocab import Vocabulary
 from recsys.errors import DataError
-from recsys.progress import Progress
+from recsys.progress import Progress, to_stderr
 
 from pipelines.runner import make_runner, pipeline_options
 
@@ -183,7 +182,7 @@ class ParseValidateFn(beam.DoFn):
 
     def setup(self):
         # this worker's rows/s every 30 s on stderr (a runner's workers each report their own)
-        self.progress = Progress("build-dataset: read and validated", None, "rows", _stderr)
+        self.progress = Progress("build-dataset: read and validated", None, "rows", to_stderr)
 
     def process(self, keyed_units):
         for unit in keyed_units[1]:
@@ -215,10 +214,6 @@ class ParseValidateFn(beam.DoFn):
             buckets = interactions.user_bucket(valid["user"], self.n)
             for b, part in valid.groupby(buckets, sort=False):
                 yield int(b), part
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def _read_range(path: str, where: ByteRange) -> bytes:

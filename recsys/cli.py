@@ -243,19 +243,15 @@ def _rollback(args) -> int:
 
 
 def _nightly(args) -> int:
+    from recsys.progress import to_stderr
     cfg = _config(args)
     summary = _outside("pipelines.nightly").run(cfg, resume=args.resume,
-                                                progress=_to_stderr if args.json else print)
+                                                progress=to_stderr if args.json else print)
     if args.json:
         _print_json(summary)
         return 0
     _print_summary(summary)
     return 0
-
-
-def _to_stderr(line: str) -> None:
-    """Progress under --json: stdout carries only the JSON document."""
-    print(line, file=sys.stderr, flush=True)
 
 
 def _print_summary(summary: dict) -> None:

@@ -110,7 +110,6 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
             extra["refit"] = {"epochs": report.best_epoch, "interactions": int(len(fit_on.user_idx)),
                               "users": int(fit_on.n_users), "seconds": round(report.seconds, 1), "warm": True}
         ts, refit = fit_on, False
-        t_refit = t_refit_loaded = time.time()
     else:
         budget = cfg.model.max_train_minutes * 60 / (2 if refit else 1) or None
         report = model.fit(ts, ks, select_from, progress, max_seconds=budget)

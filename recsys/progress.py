@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -69,6 +70,11 @@ class Meter:
 
     def __exit__(self, *exc) -> None:
         self.use = StageUse(time.perf_counter() - self._t0, _cpu_seconds() - self._cpu0, _peak_rss_mb(), self._own)
+
+
+def to_stderr(line: str) -> None:
+    """A progress sink that leaves stdout to results (`--json`) and works from Beam workers (picklable)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _duration(seconds: float) -> str:

@@ -16,7 +16,7 @@ from recsys.data.dataset import Dataset
 from recsys.data.trainset import EvalSet, eval_sets
 from recsys.errors import DataError
 from recsys.evaluation import metrics
-from recsys.evaluation.scorer import evaluate_model, popularity_order
+from recsys.evaluation.scorer import evaluate_model
 from recsys.retrieval.index import popularity_topk
 from recsys.models.base import POPULARITY
 from recsys.models.popularity import Popularity
@@ -112,7 +112,7 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
     model_ev, sources = evaluate_model(lv.model, ev, ks, train_counts, catalog_ids=dataset.items.ids,
                                        progress=progress)
     users = model_ev.users
-    pop_topk = popularity_topk(popularity_order(baseline.scores.astype(np.float32)), max(ks), ev.exclude[users])
+    pop_topk = popularity_topk(baseline.order, max(ks), ev.exclude[users])
     pop_ev = metrics.from_topk(pop_topk, users, ev.relevant, ks, train_counts)
     src = sources[model_ev.users]
     return EvaluationResult(lv.version, lv.model_name, dataset.id, split, model_ev.summary(), pop_ev.summary(),
@@ -169,7 +169,7 @@ def evaluate_through_index(root: str, version: str, split: str = "test", dataset
     Raises:
         DataError: as `evaluate_version`; the version has no index (run `recsys index`).
     """
-    from recsys.evaluation.scorer import lookup_ids, query_vectors
+    from recsys.evaluation.scorer import model_inputs, query_vectors
     from recsys.retrieval import index as index_mod
     lv = version_mod.load(root, version)
     exact = evaluate_version(root, version, split, dataset_id, ks, lv=lv, target_events=target_events,
@@ -185,7 +185,8 @@ def evaluate_through_index(root: str, version: str, split: str = "test", dataset
     else:
         idx, kind = None, "popularity"
     dataset = Dataset.open(root, exact.dataset_id)
-    cols = lookup_ids(lv.model.item_ids, dataset.items.ids)            # catalog column -> version item
+    user_idx, cols, history = model_inputs(lv.model, ev, dataset.items.ids)
+    user_idx, history = user_idx[users], history[users]
     known = np.flatnonzero(cols >= 0)
     to_catalog = np.full(len(lv.items), -1, dtype=np.int64)
     to_catalog[cols[known]] = known
@@ -196,10 +197,6 @@ def evaluate_through_index(root: str, version: str, split: str = "test", dataset
     blocked = sp.csr_matrix((np.ones(keep.sum(), np.int8), (ex.row[keep], cols[ex.col[keep]])),
                             shape=(len(users), len(lv.items)))
     blocked.sum_duplicates()
-    user_idx = lookup_ids(lv.model.user_ids, ev.user_ids[users])
-    h = np.asarray(ev.history)[users]
-    history = np.where(h >= 0, cols[np.maximum(h, 0)], -1)
-    history = np.take_along_axis(history, np.argsort(history < 0, axis=1, kind="stable"), axis=1)
     vecs, sources = query_vectors(lv.model, user_idx, history)
     top = np.full((len(users), kmax), -1, dtype=np.int64)
     by_pop = np.flatnonzero(sources == POPULARITY) if vecs is not None else np.arange(len(users))

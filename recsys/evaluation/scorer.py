@@ -125,6 +125,20 @@ def rank(model, user_idx: np.ndarray, history: np.ndarray, exclude: sp.csr_matri
     return out, sources
 
 
+def model_inputs(model, ev, catalog_ids: np.ndarray | None = None):
+    """An EvalSet's users and histories in the model's own indices: (user index or -1 per row, the
+    model's item index of each catalog column or None when the EvalSet's indices are the model's,
+    histories newest first with items the model does not know dropped)."""
+    if catalog_ids is None:
+        return np.asarray(ev.user_idx, dtype=np.int64), None, np.asarray(ev.history)
+    user_idx = lookup_ids(model.user_ids, ev.user_ids)
+    cols = lookup_ids(model.item_ids, catalog_ids)
+    h = np.asarray(ev.history)
+    history = np.where(h >= 0, cols[np.maximum(h, 0)], -1)
+    order = np.argsort(history < 0, axis=1, kind="stable")
+    return user_idx, cols, np.take_along_axis(history, order, axis=1)
+
+
 def evaluate_model(model, ev, ks=(10, 20, 50), item_counts: np.ndarray | None = None,
                    catalog_ids: np.ndarray | None = None, progress=None) -> tuple[metrics.Evaluation, np.ndarray]:
     """Full-catalog metrics of a model on an EvalSet, seen items excluded.
@@ -141,17 +155,7 @@ def evaluate_model(model, ev, ks=(10, 20, 50), item_counts: np.ndarray | None = 
     Returns:
         (the Evaluation, the source of every row of `ev`; None for rows with nothing held out).
     """
-    if catalog_ids is None:
-        user_idx, cols = np.asarray(ev.user_idx, dtype=np.int64), None
-        history = np.asarray(ev.history)
-    else:
-        user_idx = lookup_ids(model.user_ids, ev.user_ids)
-        cols = lookup_ids(model.item_ids, catalog_ids)
-        h = np.asarray(ev.history)
-        history = np.where(h >= 0, cols[np.maximum(h, 0)], -1)
-        # items the model does not know drop out of the history, which stays newest first
-        order = np.argsort(history < 0, axis=1, kind="stable")
-        history = np.take_along_axis(history, order, axis=1)
+    user_idx, cols, history = model_inputs(model, ev, catalog_ids)
     # users with nothing held out are not evaluated (the standard definition)
     users = np.flatnonzero(np.diff(ev.relevant.indptr) > 0)
     topk, src = rank(model, user_idx[users], history[users], ev.exclude[users], max(ks), cols, progress=progress)

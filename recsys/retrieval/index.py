@@ -373,11 +373,11 @@ def fetch_size(n_items: int, k: int, n_blocked: int) -> int:
     number asked for (it re-scores max(reorder, asked) candidates). On an exact index the answers are
     identical; ScaNN's batched kernels can break a near-tie in its approximate scores differently from
     its one-query search (>99.9% top-20 overlap at the default reorder, tests/recsys/retrieval)."""
-    return int(min(n_items, 1 << int(np.ceil(np.log2(max(k + n_blocked + 16, 64))))))
+    return int(fetch_sizes(n_items, k, n_blocked))
 
 
-def fetch_sizes(n_items: int, k: np.ndarray, n_blocked: np.ndarray) -> np.ndarray:
-    """`fetch_size` for many rows at once (the same numbers)."""
+def fetch_sizes(n_items: int, k, n_blocked) -> np.ndarray:
+    """`fetch_size` for many rows at once (the one place the rule is written)."""
     need = np.maximum(np.asarray(k, np.int64) + np.asarray(n_blocked, np.int64) + 16, 64)
     return np.minimum(n_items, 1 << np.ceil(np.log2(need)).astype(np.int64))
 
