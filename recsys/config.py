@@ -311,7 +311,11 @@ def validate(cfg: Config) -> Config:
     m = cfg.model
     _check(1 <= m.dim <= 4096, "model.dim", m.dim, "between 1 and 4096")
     _check(0 < m.temperature <= 10, "model.temperature", m.temperature, "in (0, 10]")
-    _check(m.extra_negatives >= 0, "model.extra_negatives", m.extra_negatives, ">= 0")
+    _one_of("model.loss", m.loss, ("softmax", "bsl"))
+    _check(0 < m.negative_weight <= 10, "model.negative_weight", m.negative_weight, "in (0, 10]")
+    _one_of("model.negatives", m.negatives, ("in_batch", "uniform", "mixed"))
+    _check(m.uniform_negatives >= (0 if m.negatives == "in_batch" else 1), "model.uniform_negatives",
+           m.uniform_negatives, f">= 1 with negatives: {m.negatives}" if m.negatives != "in_batch" else ">= 0")
     _check(1 <= m.history_length <= 1000, "model.history_length", m.history_length, "between 1 and 1000")
     _one_of("model.history_items", m.history_items, ("own", "candidate"))
     _check(1 <= m.batch_size <= 1 << 20, "model.batch_size", m.batch_size, "between 1 and 1048576")
@@ -421,7 +425,13 @@ class ModelConfig:
     temperature: float = 0.1
     logq_correction: bool = True
     remove_accidental_hits: bool = True
-    extra_negatives: int = 0
+    # the loss: softmax | bsl (τ2 · logsumexp(negatives) - positive, τ2 = negative_weight; recsys/models/loss.py)
+    loss: str = "softmax"
+    negative_weight: float = 1.0
+    # negatives: in_batch (the batch's other positives, logQ-corrected) | uniform (uniform_negatives items
+    # drawn uniformly, shared by the batch, no correction) | mixed (both)
+    negatives: str = "in_batch"
+    uniform_negatives: int = 0
     use_item_features: bool = True
     use_user_features: bool = True  # two_tower: categorical user features from source.users_path, if any
     history_length: int = 20

@@ -57,7 +57,8 @@ def test_fused_loss_equals_the_tfrs_retrieval_task(logq, hits, extra, weighted):
         batch["weight"] = tf.constant(rng.uniform(0.5, 2.0, b), tf.float32)
     results = []
     for fused in (False, True):
-        model = RetrievalModel(qt, ct, counts, 0.1, logq, hits, extra, fused=fused)
+        model = RetrievalModel(qt, ct, counts, 0.1, logq, hits, extra, fused=fused,
+                               negatives="mixed" if extra else "in_batch")
         tf.random.set_seed(3)                     # the same extra negatives for both
         with tf.GradientTape() as tape:
             loss = model.compute_loss(batch, training=True)
@@ -67,6 +68,86 @@ def test_fused_loss_equals_the_tfrs_retrieval_task(logq, hits, extra, weighted):
     assert l1 == pytest.approx(l0, rel=1e-5)
     for a, c in zip(g0, g1):
         np.testing.assert_allclose(c, a, rtol=1e-3, atol=1e-6)
+
+
+def _reference_loss(q, p, n, lq_pos, lq_neg, masked, tau, tau2):
+    """The BSL loss written the plain way (no custom gradient): τ2 · logsumexp(negatives) - positive."""
+    s = tf.matmul(q, n, transpose_b=True) / tau - lq_neg
+    s = tf.where(masked, -np.inf, s)
+    pos = tf.reduce_sum(q * p, axis=1) / tau - lq_pos
+    return tau2 * tf.reduce_logsumexp(s, axis=1) - pos
+
+
+@pytest.mark.parametrize("tau2", [1.0, 1.22, 0.8])
+def test_bsl_loss_matches_the_plain_formula_and_the_authors(tau2):
+    """Value and gradients of the fused BSL form equal autodiff of the plain formula; without masks the
+    value is the authors' Pos_DROLoss (-log(exp(pos/τ1) / mean_j exp(neg_j/τ1)^τ2)) plus τ2·log M."""
+    from recsys.models.loss import fused_retrieval_loss
+    rng = np.random.default_rng(1)
+    b, m, d, tau = 6, 9, 4, 0.08
+    q, p, n = (tf.constant(rng.normal(size=s), tf.float32) for s in ((b, d), (b, d), (m, d)))
+    lq_pos, lq_neg = tf.constant(rng.normal(size=b), tf.float32), tf.constant(rng.normal(size=m), tf.float32)
+    masked = tf.constant(rng.random((b, m)) < 0.3)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([q, p, n])
+        ours = fused_retrieval_loss(q, p, n, lq_pos, lq_neg, masked, tau, tau2)
+        ref = _reference_loss(q, p, n, lq_pos, lq_neg, masked, tau, tau2)
+        w = tf.constant(rng.uniform(0.5, 2, b), tf.float32)        # a weighted sum: per-row upstream grads
+        l_ours, l_ref = tf.reduce_sum(w * ours), tf.reduce_sum(w * ref)
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
+    for a, c in zip(tape.gradient(l_ours, [q, p, n]), tape.gradient(l_ref, [q, p, n])):
+        np.testing.assert_allclose(a.numpy(), c.numpy(), rtol=1e-4, atol=1e-5)
+    # the authors' form (utils/losses.py, mode "single"), no masks and no logQ, in numpy
+    none = tf.zeros([b, m], tf.bool)
+    ours = fused_retrieval_loss(q, p, n, tf.zeros([b]), tf.zeros([m]), none, tau, tau2).numpy()
+    qn, pn, nn = (x.numpy().astype(np.float64) for x in (q, p, n))
+    pos_logits = np.exp((qn * pn).sum(1) / tau)
+    neg_logits = np.exp(qn @ nn.T / tau).mean(1) ** tau2
+    np.testing.assert_allclose(ours, -np.log(pos_logits / neg_logits) + tau2 * np.log(m), rtol=1e-4)
+
+
+def test_bsl_loss_with_every_negative_masked_is_finite_and_pulls_the_positive_only():
+    from recsys.models.loss import fused_retrieval_loss
+    q, p, n = tf.ones([2, 3]), tf.ones([2, 3]) * 0.5, tf.ones([4, 3])
+    masked = tf.constant([[True] * 4, [False, True, True, True]])
+    with tf.GradientTape() as tape:
+        tape.watch(n)
+        loss = fused_retrieval_loss(q, p, n, tf.zeros([2]), tf.zeros([4]), masked, 0.1, 1.5)
+        total = tf.reduce_sum(loss)
+    assert np.isfinite(loss.numpy()).all()
+    assert loss.numpy()[0] == pytest.approx(-15.0)           # -q.p / τ: no negative term
+    g = tape.gradient(total, n).numpy()
+    assert np.abs(g[1:]).max() == 0 and np.abs(g[0]).max() > 0  # only the one unmasked negative
+
+
+@pytest.mark.parametrize("negatives,loss", [("uniform", "softmax"), ("uniform", "bsl"), ("mixed", "bsl"),
+                                            ("in_batch", "bsl")])
+def test_retrieval_model_negatives_reach_the_loss_as_documented(negatives, loss):
+    """Which candidates are negatives, and which get a logQ correction, per `negatives`."""
+    rng = np.random.default_rng(2)
+    n_users, n_items, b, m = 20, 50, 8, 5
+    counts = rng.integers(1, 50, n_items)
+    qt, ct = towers("mf", n_users, n_items, 4)
+    batch = {"user_idx": tf.constant(rng.integers(0, n_users, b), tf.int32),
+             "item_idx": tf.constant(rng.integers(0, n_items, b), tf.int32), "history": tf.fill([b, 1], -1)}
+    model = RetrievalModel(qt, ct, counts, 0.1, True, True, m, loss=loss, negative_weight=1.3, negatives=negatives)
+    tf.random.set_seed(5)
+    got = float(model.compute_loss(batch))
+    tf.random.set_seed(5)
+    neg = tf.random.uniform([m], 0, n_items, dtype=tf.int32).numpy()
+    ids = batch["item_idx"].numpy()
+    q = qt(batch).numpy().astype(np.float64)
+    emb = ct(tf.range(n_items)).numpy().astype(np.float64)
+    prob = (counts + 1.0) / (counts + 1.0).sum() * b
+    cand = {"uniform": neg, "mixed": np.concatenate([ids, neg]), "in_batch": ids}[negatives]
+    lq = {"uniform": np.zeros(m), "mixed": np.concatenate([np.log(prob[ids]), np.zeros(m)]),
+          "in_batch": np.log(prob[ids])}[negatives]
+    s = q @ emb[cand].T / 0.1 - lq
+    pos = (q * emb[ids]).sum(1) / 0.1 - (np.log(prob[ids]) if negatives != "uniform" else 0)
+    s[ids[:, None] == cand[None, :]] = -np.inf                  # accidental hits and the positive itself
+    lse = lambda x: np.log(np.exp(x).sum(1))                    # noqa: E731
+    want = (lse(np.concatenate([s, pos[:, None]], 1)) - pos) if loss == "softmax" else 1.3 * lse(s) - pos
+    assert got == pytest.approx(want.mean(), rel=1e-4)
 
 
 def _featured_trainset(token_names, genre_names, user_ids, item_ids):
