@@ -313,6 +313,7 @@ def validate(cfg: Config) -> Config:
     _check(0 < m.temperature <= 10, "model.temperature", m.temperature, "in (0, 10]")
     _one_of("model.loss", m.loss, ("softmax", "bsl"))
     _check(0 < m.negative_weight <= 10, "model.negative_weight", m.negative_weight, "in (0, 10]")
+    _check(0 <= m.margin < 2, "model.margin", m.margin, "in [0, 2)")
     _one_of("model.negatives", m.negatives, ("in_batch", "uniform", "mixed"))
     _check(m.uniform_negatives >= (0 if m.negatives == "in_batch" else 1), "model.uniform_negatives",
            m.uniform_negatives, f">= 1 with negatives: {m.negatives}" if m.negatives != "in_batch" else ">= 0")
@@ -432,6 +433,7 @@ class ModelConfig:
     # drawn uniformly, shared by the batch, no correction) | mixed (both)
     negatives: str = "in_batch"
     uniform_negatives: int = 0
+    margin: float = 0.0             # subtracted from the positive's cosine before the temperature
     use_item_features: bool = True
     use_user_features: bool = True  # two_tower: categorical user features from source.users_path, if any
     history_length: int = 20

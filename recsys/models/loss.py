@@ -41,7 +41,7 @@ NEGATIVES = ("in_batch", "uniform", "mixed")
 
 
 def fused_retrieval_loss(query, positives, negatives, pos_log_q, neg_log_q, masked, temperature: float,
-                         negative_weight: float | None = None):
+                         negative_weight: float | None = None, margin: float = 0.0):
     """Per-query retrieval loss, value and gradients in one pass over the B x N score matrix.
 
     Args:
@@ -53,6 +53,8 @@ def fused_retrieval_loss(query, positives, negatives, pos_log_q, neg_log_q, mask
         masked: [B, N] bool, True where a negative must not count for a query (accidental hits).
         temperature: scores are dot products / temperature.
         negative_weight: None for the softmax form; τ2 for the BSL form (see the module docstring).
+        margin: subtracted from each positive's score before the temperature (an additive margin, as
+            in AM-softmax: the positive must beat the negatives by this much in cosine).
     Returns:
         [B] per-query losses.
 
@@ -68,7 +70,7 @@ def fused_retrieval_loss(query, positives, negatives, pos_log_q, neg_log_q, mask
     @tf.custom_gradient
     def loss_fn(qs, p, n):
         s = tf.where(masked, _MIN_FLOAT, tf.matmul(qs, n, transpose_b=True) - lq_neg)
-        pos = tf.reduce_sum(qs * p, axis=1) - lq_pos
+        pos = tf.reduce_sum(qs * p, axis=1) - lq_pos - margin / temperature
         if bsl:
             # the row max can be the masked value when every negative of a row is masked (z = 0 then)
             m = tf.maximum(tf.reduce_max(s, axis=1), -1e4)
@@ -110,13 +112,13 @@ class RetrievalModel(tfrs.Model):
     def __init__(self, query_tower, candidate_tower, item_counts: np.ndarray, temperature: float = 0.1,
                  logq: bool = True, remove_accidental_hits: bool = True, uniform_negatives: int = 0,
                  fused: bool = True, loss: str = "softmax", negative_weight: float = 1.0,
-                 negatives: str = "in_batch"):
+                 negatives: str = "in_batch", margin: float = 0.0):
         super().__init__()
         if loss not in LOSSES or negatives not in NEGATIVES:
             raise ValueError(f"loss must be one of {LOSSES} and negatives one of {NEGATIVES}")
         if negatives != "in_batch" and uniform_negatives < 1:
             raise ValueError(f"negatives={negatives} needs uniform_negatives >= 1")
-        if not fused and (loss != "softmax" or negatives == "uniform"):
+        if not fused and (loss != "softmax" or negatives == "uniform" or margin):
             raise ValueError("the TFRS task path computes the in-batch softmax only")
         self.fused, self.temperature, self.remove_accidental_hits = fused, temperature, remove_accidental_hits
         self.query_tower, self.candidate_tower = query_tower, candidate_tower
@@ -124,7 +126,7 @@ class RetrievalModel(tfrs.Model):
         self.negatives = negatives
         self.uniform_negatives = uniform_negatives if negatives != "in_batch" else 0
         self.negative_weight = negative_weight if loss == "bsl" else None
-        self.logq = logq
+        self.logq, self.margin = logq, margin
         p = item_counts.astype(np.float64) + 1.0
         self.item_prob = tf.constant((p / p.sum()).astype(np.float32))
         self.gather_candidates = True   # under tf.distribute (recsys/models/distribute.py)
@@ -169,7 +171,7 @@ class RetrievalModel(tfrs.Model):
         else:
             masked = tf.zeros([b, n], tf.bool)
         per_query = fused_retrieval_loss(q, pos_c, c, pos_log_q, log_q, masked, self.temperature,
-                                         self.negative_weight)
+                                         self.negative_weight, self.margin)
         w = features.get("weight")
         if w is not None:
             per_query = per_query * tf.cast(w, per_query.dtype)

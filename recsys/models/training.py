@@ -78,7 +78,8 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
         model.query_tower, model.candidate_tower = qt, ct
         retrieval = RetrievalModel(qt, ct, ts.item_counts, mc.temperature, mc.logq_correction,
                                    mc.remove_accidental_hits, mc.uniform_negatives, loss=mc.loss,
-                                   negative_weight=mc.negative_weight, negatives=mc.negatives)
+                                   negative_weight=mc.negative_weight, negatives=mc.negatives,
+                                   margin=mc.margin)
         retrieval.gather_candidates = mc.gather_candidates
         L = ts.history.shape[1]
         dummy = {"user_idx": tf.zeros([2], tf.int32), "item_idx": tf.zeros([2], tf.int32),

@@ -106,6 +106,21 @@ def test_bsl_loss_matches_the_plain_formula_and_the_authors(tau2):
     np.testing.assert_allclose(ours, -np.log(pos_logits / neg_logits) + tau2 * np.log(m), rtol=1e-4)
 
 
+@pytest.mark.parametrize("tau2", [None, 1.22])
+def test_margin_lowers_the_positive_score_by_margin_over_temperature(tau2):
+    """softmax: logsumexp({pos - m/τ} ∪ negatives) - (pos - m/τ); bsl: τ2·logsumexp(negatives) - pos + m/τ."""
+    from recsys.models.loss import fused_retrieval_loss
+    rng = np.random.default_rng(3)
+    q, p, n = (tf.constant(rng.normal(size=s), tf.float32) for s in ((5, 3), (5, 3), (7, 3)))
+    none = tf.zeros([5, 7], tf.bool)
+    got = fused_retrieval_loss(q, p, n, tf.zeros([5]), tf.zeros([7]), none, 0.1, tau2, margin=0.2).numpy()
+    s = q.numpy().astype(np.float64) @ n.numpy().T / 0.1
+    pos = (q.numpy() * p.numpy()).sum(1).astype(np.float64) / 0.1 - 2.0
+    lse = lambda x: np.log(np.exp(x).sum(1))                    # noqa: E731
+    want = lse(np.concatenate([s, pos[:, None]], 1)) - pos if tau2 is None else tau2 * lse(s) - pos
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
 def test_bsl_loss_with_every_negative_masked_is_finite_and_pulls_the_positive_only():
     from recsys.models.loss import fused_retrieval_loss
     q, p, n = tf.ones([2, 3]), tf.ones([2, 3]) * 0.5, tf.ones([4, 3])
