@@ -314,6 +314,8 @@ def validate(cfg: Config) -> Config:
     _one_of("model.loss", m.loss, ("softmax", "bsl"))
     _check(0 < m.negative_weight <= 10, "model.negative_weight", m.negative_weight, "in (0, 10]")
     _check(0 <= m.margin < 2, "model.margin", m.margin, "in [0, 2)")
+    # in the bsl form the positive is outside the normalizer: a margin only shifts the loss by a constant
+    _check(m.margin == 0 or m.loss == "softmax", "model.margin", m.margin, "0 with loss: bsl (it would change nothing)")
     _one_of("model.negatives", m.negatives, ("in_batch", "uniform", "mixed"))
     _check(m.uniform_negatives >= (0 if m.negatives == "in_batch" else 1), "model.uniform_negatives",
            m.uniform_negatives, f">= 1 with negatives: {m.negatives}" if m.negatives != "in_batch" else ">= 0")

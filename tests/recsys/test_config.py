@@ -192,6 +192,7 @@ def test_int_is_accepted_for_a_float_and_as_a_string():
     ({"model": {"loss": "bpr"}}, "model.loss", "bpr"),
     ({"model": {"negative_weight": 0}}, "model.negative_weight", 0.0),
     ({"model": {"negatives": "hard"}}, "model.negatives", "hard"),
+    ({"model": {"loss": "bsl", "margin": 0.1}}, "model.margin", 0.1),
     ({"model": {"negatives": "uniform"}}, "model.uniform_negatives", 0),
     ({"model": {"negatives": "mixed", "uniform_negatives": -1}}, "model.uniform_negatives", -1),
     ({"feedback": {"min_rating": 6}}, "feedback.min_rating", 6.0),
