@@ -6,15 +6,16 @@
 Protocol (the test split is read once, at the end):
 1. Selection: a seeded share of every user's train items is held out as validation
    (`--validation-fraction`, default 0.1). Each model trains on the rest for up to the recipe's epochs
-   with validation recall@20 after every epoch; the best epoch is the count used below.
+   (early stopping with its patience, within `max_train_minutes`) with validation recall@20 after
+   every epoch; the best epoch is the count used below.
 2. implicit's AlternatingLeastSquares (the bench extra; the config the issue measured as best of six,
    which favours ALS) is fitted on the same selection split, for a like-for-like validation recall, and
    on the full train split for its test row and fit time.
 3. Time-to-ALS-quality: the wall time (training plus the per-epoch validation) at which a model's
    validation recall@20 first reaches ALS's test recall@20 (and ALS's own validation recall, the
    like-for-like threshold), next to ALS's fit time.
-4. Final: each model retrains on the full train split for the chosen epoch count; test is evaluated
-   once (full-catalog ranking, train items excluded; BENCHMARKS.md definitions).
+4. Final: each model retrains on the full train split for the chosen epoch count (within
+   `max_train_minutes` again: it stops early rather than run over); test is evaluated once (full-catalog ranking, train items excluded; BENCHMARKS.md definitions).
 `--epochs N` skips step 1 and trains N epochs (for when the count is already known).
 """
 from __future__ import annotations
@@ -75,16 +76,19 @@ def fit_watch(name: str, cfg, ts, epochs: int | None = None):
         if line.startswith("epoch"):
             marks.append(time.time() - t0)
         print(f"  {name} {line}", flush=True)
-    model.fit(ts, KS, progress=progress, stop_after=epochs)
+    model.fit(ts, KS, progress=progress, stop_after=epochs, max_seconds=cfg.max_train_minutes * 60 or None)
     return model, list(zip(marks, model.report.epochs))
 
 
 def first_at(curve, threshold: float):
-    """Elapsed seconds and epoch at which validation recall@20 first reaches `threshold`, or (None, None)."""
+    """(wall seconds since the fit began, seconds in training steps only, epoch) at which validation
+    recall@20 first reaches `threshold`, or Nones. The wall time includes the per-epoch validation."""
+    steps = 0.0
     for elapsed, line in curve:
+        steps += line["seconds"]
         if line.get("val_recall@20", -1) >= threshold:
-            return elapsed, line["epoch"]
-    return None, None
+            return round(elapsed, 1), round(steps, 1), line["epoch"]
+    return None, None, None
 
 
 def main(argv=None):
@@ -130,10 +134,10 @@ def main(argv=None):
             epochs = best["epoch"]
             s = {"best_epoch": epochs, "val_recall@20": best["val_recall@20"], "val_ndcg@20": best["val_ndcg@20"],
                  "curve": [{"elapsed": round(e, 1), **{k: round(v, 4) for k, v in line.items()}} for e, line in curve]}
-            if als_test:
-                s["seconds_to_als_test_recall"], s["epoch_to_als_test_recall"] = first_at(curve, als_test[0]["recall@20"])
-            if als_val:
-                s["seconds_to_als_val_recall"], s["epoch_to_als_val_recall"] = first_at(curve, als_val[0]["recall@20"])
+            for key, ref in (("als_test", als_test), ("als_val", als_val)):
+                if ref:
+                    s[f"to_{key}_recall"] = dict(zip(("wall_seconds", "step_seconds", "epoch"),
+                                                     first_at(curve, ref[0]["recall@20"])))
             selection[name] = s
         model, _ = fit_watch(name, cfg, full, epochs)
         ev = evaluate_model(model, test, KS, full.item_counts)[0].summary()
@@ -151,15 +155,20 @@ def main(argv=None):
     if als_test:
         print(f"\ntime to ALS quality (ALS fit {als_test[1]:.1f}s):")
         for name, s in selection.items():
-            for what, key in (("ALS test recall", "als_test"), ("ALS validation recall", "als_val")):
-                sec = s.get(f"seconds_to_{key}_recall")
-                if f"seconds_to_{key}_recall" in s:
-                    print(f"  {name}: validation recall@20 reaches {what} "
-                          + (f"after {sec:.0f}s (epoch {s[f'epoch_to_{key}_recall']}), {sec / als_test[1]:.1f}x ALS's fit"
-                             if sec is not None else "never"))
+            for what, key in (("ALS's test recall", "als_test"), ("ALS's validation recall", "als_val")):
+                t = s.get(f"to_{key}_recall")
+                if t is None:
+                    continue
+                print(f"  {name}: validation recall@20 reaches {what} "
+                      + (f"at epoch {t['epoch']}: {t['wall_seconds']:.0f}s wall with validation "
+                         f"({t['wall_seconds'] / als_test[1]:.1f}x ALS's fit), {t['step_seconds']:.0f}s in training "
+                         f"steps ({t['step_seconds'] / als_test[1]:.1f}x)" if t["epoch"] else "never"))
+    load = os.getloadavg()
+    print(f"\nload average at the end (1/5/15 min): {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on "
+          f"{os.cpu_count()} cores; wall {time.time() - t0:.0f}s")
     if args.out:
         with open(args.out, "w") as fh:
-            json.dump({"results": results, "selection": selection, "als": ALS,
+            json.dump({"results": results, "selection": selection, "als": ALS, "load_average": load,
                        "als_validation": als_val[0] if als_val else None}, fh, indent=2)
 
 
