@@ -166,6 +166,11 @@ class Config:
         return d
 
 
+# keys that were removed, with what replaced them (a plain "unknown key" would not say)
+RENAMED = {"model.extra_negatives": "replaced by negatives: mixed with uniform_negatives: N (which, unlike "
+                                    "extra_negatives, puts no logQ correction on the uniform draws)"}
+
+
 def _build(cls, data: Any, prefix: str):
     """Build dataclass `cls` from a dict, rejecting unknown keys and wrong types with a named key."""
     if data is None:
@@ -177,6 +182,8 @@ def _build(cls, data: Any, prefix: str):
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in known:
+            if full in RENAMED:
+                raise ConfigError(full, value, RENAMED[full])
             raise ConfigError(full, value, f"unknown key; allowed: {', '.join(sorted(known))}")
         default = known[key].default_factory() if known[key].default_factory is not dataclasses.MISSING \
             else known[key].default
@@ -317,8 +324,12 @@ def validate(cfg: Config) -> Config:
     # in the bsl form the positive is outside the normalizer: a margin only shifts the loss by a constant
     _check(m.margin == 0 or m.loss == "softmax", "model.margin", m.margin, "0 with loss: bsl (it would change nothing)")
     _one_of("model.negatives", m.negatives, ("in_batch", "uniform", "mixed"))
-    _check(m.uniform_negatives >= (0 if m.negatives == "in_batch" else 1), "model.uniform_negatives",
-           m.uniform_negatives, f">= 1 with negatives: {m.negatives}" if m.negatives != "in_batch" else ">= 0")
+    if m.negatives == "in_batch":
+        _check(m.uniform_negatives == 0, "model.uniform_negatives", m.uniform_negatives,
+               "0 with negatives: in_batch (set negatives: uniform or mixed to use them)")
+    else:
+        _check(1 <= m.uniform_negatives <= 1 << 20, "model.uniform_negatives", m.uniform_negatives,
+               f"between 1 and 1048576 with negatives: {m.negatives}")
     _check(1 <= m.history_length <= 1000, "model.history_length", m.history_length, "between 1 and 1000")
     _one_of("model.history_items", m.history_items, ("own", "candidate"))
     _check(1 <= m.batch_size <= 1 << 20, "model.batch_size", m.batch_size, "between 1 and 1048576")

@@ -10,7 +10,11 @@ minus each candidate's log sampling probability where logQ applies; accidental h
   the head of the ranking (their logs: ndcg@20 0.135 with τ2 = 1 vs 0.154 with 1.22 after 36 epochs).
 
 Negatives (`RetrievalModel.negatives`): the batch's other positives with logQ (`in_batch`), items drawn
-uniformly and shared by the whole batch, without logQ (`uniform`), or both (`mixed`).
+uniformly and shared by the batch (by each replica's share under tf.distribute), without logQ
+(`uniform`), or both (`mixed`). Uniform-only needs no correction: log(M/N) is the same for every
+negative and cancels. In `mixed` the uniform part also gets none, as issue 16 specified: each uniform
+draw then counts once while an in-batch candidate counts 1/(B·p(i)); the sampled-softmax correction for
+the mixture would add log(N/M) to the uniform logits (measured only without it, docs/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -72,11 +76,11 @@ def fused_retrieval_loss(query, positives, negatives, pos_log_q, neg_log_q, mask
         s = tf.where(masked, _MIN_FLOAT, tf.matmul(qs, n, transpose_b=True) - lq_neg)
         pos = tf.reduce_sum(qs * p, axis=1) - lq_pos - margin / temperature
         if bsl:
-            # the row max can be the masked value when every negative of a row is masked (z = 0 then)
-            m = tf.maximum(tf.reduce_max(s, axis=1), -1e4)
-            e = tf.exp(s - tf.expand_dims(m, 1))
+            # a row whose negatives are all masked has no negative term (its max would be the mask value)
+            has = tf.reduce_any(tf.logical_not(masked), axis=1)
+            m = tf.where(has, tf.reduce_max(s, axis=1), 0.0)
+            e = tf.where(masked, 0.0, tf.exp(s - tf.expand_dims(m, 1)))
             z = tf.reduce_sum(e, axis=1)
-            has = z > 0
             loss = negative_weight * tf.where(has, m + tf.math.log(tf.maximum(z, 1e-30)), 0.0) - pos
         else:
             m = tf.maximum(tf.reduce_max(s, axis=1), pos)
@@ -105,8 +109,8 @@ class RetrievalModel(tfrs.Model):
 
     Loss: `softmax` (TFRS `Retrieval`) or `bsl` over the batch's other positives (popularity-corrected
     by logQ through `candidate_sampling_probability`) and/or `uniform_negatives` items drawn uniformly
-    and shared across the batch (no correction: uniform sampling is unbiased up to a constant), with
-    accidental-hit removal.
+    and shared across the batch (no correction; see the module docstring), with accidental-hit removal
+    (which also masks a uniform draw equal to the positive).
     """
 
     def __init__(self, query_tower, candidate_tower, item_counts: np.ndarray, temperature: float = 0.1,
@@ -141,7 +145,8 @@ class RetrievalModel(tfrs.Model):
         prob = tf.gather(self.item_prob, ids) * batch
         pos_ids = ids
         pos_c = c = self.candidate_tower(ids)
-        if self.gather_candidates and tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+        if (self.gather_candidates and self.negatives != "uniform" and tf.distribute.has_strategy()
+                and not tf.distribute.in_cross_replica_context()):
             # under tf.distribute: every replica's positives are every query's negatives (the global batch)
             from recsys.models.distribute import gather_candidates
             c, ids, prob = gather_candidates(c, ids, prob)

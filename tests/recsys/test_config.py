@@ -193,6 +193,12 @@ def test_int_is_accepted_for_a_float_and_as_a_string():
     ({"model": {"negative_weight": 0}}, "model.negative_weight", 0.0),
     ({"model": {"negatives": "hard"}}, "model.negatives", "hard"),
     ({"model": {"loss": "bsl", "margin": 0.1}}, "model.margin", 0.1),
+    ({"model": {"loss": "softmax", "margin": -0.1}}, "model.margin", -0.1),
+    ({"model": {"loss": "softmax", "margin": 2}}, "model.margin", 2.0),
+    ({"model": {"negative_weight": 10.5}}, "model.negative_weight", 10.5),
+    ({"model": {"uniform_negatives": 2048}}, "model.uniform_negatives", 2048),
+    ({"model": {"negatives": "uniform", "uniform_negatives": 1 << 21}}, "model.uniform_negatives", 1 << 21),
+    ({"model": {"extra_negatives": 2048}}, "model.extra_negatives", 2048),
     ({"model": {"negatives": "uniform"}}, "model.uniform_negatives", 0),
     ({"model": {"negatives": "mixed", "uniform_negatives": -1}}, "model.uniform_negatives", -1),
     ({"feedback": {"min_rating": 6}}, "feedback.min_rating", 6.0),
@@ -226,6 +232,11 @@ def test_int_is_accepted_for_a_float_and_as_a_string():
 ])
 def test_out_of_range_value_is_rejected(data, key, value):
     assert_one_line_naming(config_error(data), key, value)
+
+
+def test_a_removed_key_says_what_replaced_it():
+    msg = str(config_error({"model": {"extra_negatives": 2048}}))
+    assert "negatives: mixed" in msg and "uniform_negatives" in msg
 
 
 def test_out_of_range_message_states_the_rule():

@@ -135,31 +135,38 @@ def test_bsl_loss_with_every_negative_masked_is_finite_and_pulls_the_positive_on
     assert np.abs(g[1:]).max() == 0 and np.abs(g[0]).max() > 0  # only the one unmasked negative
 
 
-@pytest.mark.parametrize("negatives,loss", [("uniform", "softmax"), ("uniform", "bsl"), ("mixed", "bsl"),
-                                            ("in_batch", "bsl")])
-def test_retrieval_model_negatives_reach_the_loss_as_documented(negatives, loss):
-    """Which candidates are negatives, and which get a logQ correction, per `negatives`."""
+@pytest.mark.parametrize("negatives,loss,hits,logq", [
+    ("uniform", "softmax", True, True), ("uniform", "bsl", True, True), ("mixed", "bsl", True, True),
+    ("in_batch", "bsl", True, True), ("mixed", "softmax", False, True), ("uniform", "bsl", False, True),
+    ("in_batch", "bsl", True, False), ("mixed", "bsl", False, False)])
+def test_retrieval_model_negatives_reach_the_loss_as_documented(negatives, loss, hits, logq):
+    """Which candidates are negatives, which are masked, and which get a logQ correction, per
+    `negatives`: a numpy reference on 6 items, so uniform draws equal to a positive do occur."""
     rng = np.random.default_rng(2)
-    n_users, n_items, b, m = 20, 50, 8, 5
+    n_users, n_items, b, m = 20, 6, 8, 5
     counts = rng.integers(1, 50, n_items)
     qt, ct = towers("mf", n_users, n_items, 4)
     batch = {"user_idx": tf.constant(rng.integers(0, n_users, b), tf.int32),
              "item_idx": tf.constant(rng.integers(0, n_items, b), tf.int32), "history": tf.fill([b, 1], -1)}
-    model = RetrievalModel(qt, ct, counts, 0.1, True, True, m, loss=loss, negative_weight=1.3, negatives=negatives)
+    model = RetrievalModel(qt, ct, counts, 0.1, logq, hits, m, loss=loss, negative_weight=1.3, negatives=negatives)
     tf.random.set_seed(5)
     got = float(model.compute_loss(batch))
     tf.random.set_seed(5)
     neg = tf.random.uniform([m], 0, n_items, dtype=tf.int32).numpy()
     ids = batch["item_idx"].numpy()
+    assert (ids[:, None] == neg[None, :]).any()                 # the hit-masking of uniform draws is exercised
     q = qt(batch).numpy().astype(np.float64)
     emb = ct(tf.range(n_items)).numpy().astype(np.float64)
-    prob = (counts + 1.0) / (counts + 1.0).sum() * b
+    lq_ids = np.log(np.minimum((counts + 1.0) / (counts + 1.0).sum() * b, 1.0)) * logq   # clipped as TFRS does
     cand = {"uniform": neg, "mixed": np.concatenate([ids, neg]), "in_batch": ids}[negatives]
-    lq = {"uniform": np.zeros(m), "mixed": np.concatenate([np.log(prob[ids]), np.zeros(m)]),
-          "in_batch": np.log(prob[ids])}[negatives]
+    lq = {"uniform": np.zeros(m), "mixed": np.concatenate([lq_ids[ids], np.zeros(m)]),
+          "in_batch": lq_ids[ids]}[negatives]
     s = q @ emb[cand].T / 0.1 - lq
-    pos = (q * emb[ids]).sum(1) / 0.1 - (np.log(prob[ids]) if negatives != "uniform" else 0)
-    s[ids[:, None] == cand[None, :]] = -np.inf                  # accidental hits and the positive itself
+    pos = (q * emb[ids]).sum(1) / 0.1 - (lq_ids[ids] if negatives != "uniform" else 0)
+    if hits:
+        s[ids[:, None] == cand[None, :]] = -np.inf              # accidental hits and the positive itself
+    elif negatives != "uniform":
+        s[np.arange(b), np.arange(b)] = -np.inf                 # only the positive's own column
     lse = lambda x: np.log(np.exp(x).sum(1))                    # noqa: E731
     want = (lse(np.concatenate([s, pos[:, None]], 1)) - pos) if loss == "softmax" else 1.3 * lse(s) - pos
     assert got == pytest.approx(want.mean(), rel=1e-4)
