@@ -15,7 +15,8 @@ Protocol (the test split is read once, at the end):
    validation recall@20 first reaches ALS's test recall@20 (and ALS's own validation recall, the
    like-for-like threshold), next to ALS's fit time.
 4. Final: each model retrains on the full train split for the chosen epoch count (within
-   `max_train_minutes` again: it stops early rather than run over); test is evaluated once (full-catalog ranking, train items excluded; BENCHMARKS.md definitions).
+   `max_train_minutes` again: it stops early rather than run over); test is evaluated once
+   (full-catalog ranking, train items excluded; BENCHMARKS.md definitions).
 `--epochs N` skips step 1 and trains N epochs (for when the count is already known).
 """
 from __future__ import annotations

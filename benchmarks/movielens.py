@@ -1,4 +1,4 @@
-"""MovieLens latest-small (the split data/recsys.yaml configures: leave-last-5): mf and two_tower vs popularity, and a cold-item slice.
+"""MovieLens latest-small (data/recsys.yaml's split, leave-last-5): mf and two_tower vs popularity, cold items.
 
     .venv/bin/python benchmarks/movielens.py [--seeds 3]
 
