@@ -42,10 +42,10 @@ def main(argv=None):
                    help="override a model option, e.g. --set refit=false --set history_items=candidate")
     args = p.parse_args(argv)
     cfg = load_config(args.config)
-    for kv in args.set:
-        key, value = kv.split("=", 1)
-        cfg = from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], key: yaml.safe_load(value)}},
-                        base_dir=cfg.base_dir)
+    overrides = dict(kv.split("=", 1) for kv in args.set)   # applied together: some keys go in pairs
+    if overrides:
+        model = {**cfg.to_dict()["model"], **{k: yaml.safe_load(v) for k, v in overrides.items()}}
+        cfg = from_dict({**cfg.to_dict(), "model": model}, base_dir=cfg.base_dir)
     cfg.artifacts.root = tempfile.mkdtemp(prefix="ml-bench-")
     ds = build_dataset.run(cfg, previous=None, progress=lambda *_: None)
     ts = trainset.from_dataset(ds, cfg.model.history_length)
