@@ -53,10 +53,7 @@ def als(ts, ev, seed: int = 0) -> tuple[dict, float] | None:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return None
-    import scipy.sparse as sp
-    ui = sp.csr_matrix((np.ones(len(ts.user_idx), np.float32), (ts.user_idx, ts.item_idx)),
-                       shape=(ts.n_users, ts.n_items))
-    ui.data[:] = 1.0   # duplicates counted once, as in the split files
+    ui = trainset.csr_from_pairs(ts.user_idx, ts.item_idx, ts.n_users, ts.n_items)   # duplicates count once
     with threadpool_limits(1, "blas"):   # implicit's own threads do the work (its recommended setting)
         model = AlternatingLeastSquares(**ALS, random_state=seed)   # checks the BLAS threads when built
         t0 = time.time()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recsys.evaluation.evaluate import EvaluationResult, evaluate_version
+from recsys.evaluation.evaluate import EvaluationResult, evaluate_version, evaluation_settings
 from recsys.evaluation import metrics
 from recsys.evaluation.metrics import Evaluation
 
@@ -216,8 +216,7 @@ def compare(root: str, version_a: str, version_b: str, split: str = "test", data
         for m in DEFAULT_METRICS + ("novelty",):
             key = f"{m}@{k}"
             if key in ev_a.per_user:
-                rows.append(dataclasses.replace(paired_stats(ev_a.per_user[key], ev_b.per_user[key], name=key),
-                                                sampled_from=res_b.users_total if res_b.sampled else 0))
+                rows.append(_paired_metric(res_a, res_b, key))
     list_level = {k: {"a": res_a.metrics[k], "b": res_b.metrics[k]}
                   for k in res_a.metrics if k.startswith("coverage@")}
     rows = adjust(rows)
@@ -306,14 +305,14 @@ def context(root: str, res_a: EvaluationResult, res_b: EvaluationResult, n_sampl
     samples = []
     for j in picks:
         row = users[j]
+        held_out = set(es.relevant[row].indices)
         hist = [label.get(ids[i], ids[i]) for i in es.history[row] if i >= 0][:5]
         samples.append({"user": str(es.user_ids[row]), "history": hist,
                         "held_out": [label.get(ids[i], ids[i]) for i in es.relevant[row].indices][:5],
                         "a": [label.get(ids[i], ids[i]) for i in ev_a.topk[j, :10] if i >= 0],
                         "b": [label.get(ids[i], ids[i]) for i in res_b.evaluation.topk[j, :10] if i >= 0],
-                        "hits_a": [bool(i in set(es.relevant[row].indices)) for i in ev_a.topk[j, :10] if i >= 0],
-                        "hits_b": [bool(i in set(es.relevant[row].indices)) for i in res_b.evaluation.topk[j, :10]
-                                   if i >= 0]})
+                        "hits_a": [bool(i in held_out) for i in ev_a.topk[j, :10] if i >= 0],
+                        "hits_b": [bool(i in held_out) for i in res_b.evaluation.topk[j, :10] if i >= 0]})
     return {
         "arms": {"a": _arm_context(root, res_a.version, res_a.sources),
                  "b": _arm_context(root, res_b.version, res_b.sources)},
@@ -328,16 +327,19 @@ def context(root: str, res_a: EvaluationResult, res_b: EvaluationResult, n_sampl
     }
 
 
+def _paired_metric(res_a: EvaluationResult, res_b: EvaluationResult, key: str) -> PairedStats:
+    """The paired statistics of one per-user metric of both arms, with the sample they were drawn from."""
+    p = paired_stats(res_a.evaluation.per_user[key], res_b.evaluation.per_user[key], name=key)
+    return dataclasses.replace(p, sampled_from=res_b.users_total if res_b.sampled else 0)
+
+
 def _paired_results(root: str, version_a: str, version_b: str, split: str, dataset_id: str, ks,
                     results: dict | None) -> tuple[EvaluationResult, EvaluationResult]:
     """Both arms on the same users: B's target events and user sample decide for both (a version
     trained under another config would otherwise sample other users); reuses `results` made alike."""
     from recsys import version as version_mod
     from recsys.errors import DataError
-    manifest_b = version_mod.read_manifest(root, version_b)
-    settings = (tuple(version_mod.setting(manifest_b, "evaluation", "target_events", ())),
-                int(version_mod.setting(manifest_b, "evaluation", "max_users", 100_000)),
-                int(version_mod.setting(manifest_b, "evaluation", "sample_seed", 0)))
+    settings = evaluation_settings(version_mod.read_manifest(root, version_b))
     out = []
     for v in (version_a, version_b):
         r = (results or {}).get(v)
@@ -357,9 +359,7 @@ def primary_comparison(root: str, version_a: str, version_b: str, dataset_id: st
     """Only the primary metric of `compare` (what the gate decides on): its paired statistics and
     the verdict line, without the other metrics and segments."""
     res_a, res_b = _paired_results(root, version_a, version_b, "test", dataset_id, ks, results)
-    ev_a, ev_b = res_a.evaluation, res_b.evaluation
-    p = dataclasses.replace(paired_stats(ev_a.per_user[metric], ev_b.per_user[metric], name=metric),
-                            sampled_from=res_b.users_total if res_b.sampled else 0)
+    p = _paired_metric(res_a, res_b, metric)
     return p, verdict(p, metric)
 
 

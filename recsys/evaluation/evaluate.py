@@ -13,7 +13,7 @@ import pandas as pd
 
 from recsys import version as version_mod
 from recsys.data.dataset import Dataset
-from recsys.data.trainset import EvalSet, eval_sets
+from recsys.data.trainset import EvalSet, csr_from_pairs, eval_sets
 from recsys.errors import DataError
 from recsys.evaluation import metrics
 from recsys.evaluation.scorer import evaluate_model
@@ -52,6 +52,19 @@ class EvaluationResult:
                 "sources": self.sources, "users_total": self.users_total}
 
 
+def evaluation_settings(manifest: dict, target_events=None, max_users: int | None = None,
+                        sample_seed: int | None = None) -> tuple:
+    """(target events, max users, sample seed) a version is evaluated with: the values given, else the
+    version's own `evaluation` config. Versions evaluated with equal settings get the same users."""
+    if target_events is None:
+        target_events = version_mod.setting(manifest, "evaluation", "target_events", ())
+    if max_users is None:
+        max_users = version_mod.setting(manifest, "evaluation", "max_users", 100_000)
+    if sample_seed is None:
+        sample_seed = version_mod.setting(manifest, "evaluation", "sample_seed", 0)
+    return tuple(target_events), int(max_users), int(sample_seed)
+
+
 def evaluate_version(root: str, version: str, split: str = "test", dataset_id: str | None = None,
                      ks=(10, 20, 50), lv: LoadedVersion | None = None, target_events=None,
                      max_users: int | None = None, sample_seed: int | None = None,
@@ -84,17 +97,13 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
         raise DataError(f"--split={split!r}: version {lv.version} was refit on train + validation, so only "
                         f"test measures it{before}")
     dataset = Dataset.open(root, dataset_id or lv.manifest.get("dataset_id"))
-    if target_events is None:
-        target_events = version_mod.setting(lv.manifest, "evaluation", "target_events", ())
-    evals = eval_sets(dataset, lv.history_length, target_events=tuple(target_events))
+    settings = evaluation_settings(lv.manifest, target_events, max_users, sample_seed)
+    target_events, max_users, sample_seed = settings
+    evals = eval_sets(dataset, lv.history_length, target_events=target_events)
     if split not in evals:
         raise DataError(f"--split={split!r}: dataset {dataset.id} has no such non-empty split "
                         f"(available: {', '.join(evals) or 'none'})")
     ev = evals[split]
-    if max_users is None:
-        max_users = int(version_mod.setting(lv.manifest, "evaluation", "max_users", 100_000))
-    if sample_seed is None:
-        sample_seed = int(version_mod.setting(lv.manifest, "evaluation", "sample_seed", 0))
     users_total = ev.n_evaluable
     if max_users and users_total > max_users:
         ev = ev.sample(max_users, sample_seed)
@@ -117,7 +126,7 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
     src = sources[model_ev.users]
     return EvaluationResult(lv.version, lv.model_name, dataset.id, split, model_ev.summary(), pop_ev.summary(),
                             {s: int((src == s).sum()) for s in np.unique(src)}, src, model_ev, pop_ev, ev,
-                            train_counts, users_total, (tuple(target_events), int(max_users), int(sample_seed)))
+                            train_counts, users_total, settings)
 
 
 def format_table(result: EvaluationResult, ks=(10, 20, 50)) -> str:
@@ -193,10 +202,7 @@ def evaluate_through_index(root: str, version: str, split: str = "test", dataset
     # the exclusions, in the version's item space (catalog items it does not know cannot be returned)
     ex = ev.exclude[users].tocoo()
     keep = cols[ex.col] >= 0
-    import scipy.sparse as sp
-    blocked = sp.csr_matrix((np.ones(keep.sum(), np.int8), (ex.row[keep], cols[ex.col[keep]])),
-                            shape=(len(users), len(lv.items)))
-    blocked.sum_duplicates()
+    blocked = csr_from_pairs(ex.row[keep], cols[ex.col[keep]], len(users), len(lv.items))
     vecs, sources = query_vectors(lv.model, user_idx, history)
     top = np.full((len(users), kmax), -1, dtype=np.int64)
     by_pop = np.flatnonzero(sources == POPULARITY) if vecs is not None else np.arange(len(users))

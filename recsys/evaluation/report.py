@@ -45,7 +45,8 @@ def _signed(x: float, digits: int = 4) -> str:
     return f"{x:+.{digits}f}".replace("-", "−")
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display: nightly jobs, servers)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -67,7 +68,7 @@ def _forest(ax, rows, xlabel: str):
 
 def plots(c) -> dict:
     """The figures as PNG bytes, keyed by section."""
-    plt = _pyplot()
+    plt = pyplot()
     out = {}
     rows = [r for r in c.metrics if not r.name.startswith("novelty")]
     fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(rows) + 1.2))

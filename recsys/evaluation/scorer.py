@@ -21,12 +21,13 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys.evaluation import metrics
+from recsys.models.base import HISTORY, PERSONALIZED, POPULARITY
+from recsys.models.popularity import ranking
+from recsys.progress import Progress
 from recsys.retrieval.index import ExactScann, popularity_topk, search_many
 
 # catalogs at least this large are ranked with ScaNN's exact scorer (smaller: a matmul and a stable sort)
 EXACT_SCANN_FROM = 4096
-from recsys.models.base import HISTORY, PERSONALIZED, POPULARITY
-from recsys.progress import Progress
 
 
 def query_vectors(model, user_idx: np.ndarray, history: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
@@ -55,11 +56,6 @@ def query_vectors(model, user_idx: np.ndarray, history: np.ndarray) -> tuple[np.
         vecs[fresh] = model.history_vectors(history[fresh], user_idx[fresh])
         sources[fresh] = HISTORY
     return vecs, sources
-
-
-def popularity_order(scores: np.ndarray) -> np.ndarray:
-    """Item columns by score, best first, ties to the lower index (the rule of metrics.top_k)."""
-    return np.lexsort((np.arange(len(scores)), -scores))
 
 
 def rank(model, user_idx: np.ndarray, history: np.ndarray, exclude: sp.csr_matrix, k: int,
@@ -92,7 +88,7 @@ def rank(model, user_idx: np.ndarray, history: np.ndarray, exclude: sp.csr_matri
     out = np.full((len(user_idx), k), -1, dtype=np.int64)
     by_pop = np.flatnonzero(sources == POPULARITY)
     if len(by_pop):
-        out[by_pop] = popularity_topk(popularity_order(pop), k, exclude[by_pop])
+        out[by_pop] = popularity_topk(ranking(pop), k, exclude[by_pop])
     pers = np.flatnonzero(sources != POPULARITY)
     if not len(pers):
         return out, sources

@@ -165,9 +165,8 @@ class RetrievalModel(tfrs.Model):
             return self.task(q, c, candidate_sampling_probability=prob if self.logq else None,
                              candidate_ids=ids, sample_weight=features.get("weight"), compute_metrics=False)
         in_batch = self.negatives != "uniform"
-        log_q = tf.math.log(tf.clip_by_value(prob, 1e-6, 1.0))   # TFRS SamplingProbablityCorrection clips the same way
-        if not self.logq:
-            log_q = tf.zeros_like(log_q)
+        # TFRS SamplingProbablityCorrection clips the same way
+        log_q = tf.math.log(tf.clip_by_value(prob, 1e-6, 1.0)) if self.logq else tf.zeros_like(prob)
         b = tf.shape(q)[0]
         # uniform only: the positive's correction is a constant per query (no gradient); none is applied
         pos_log_q = log_q[:b] if in_batch else tf.zeros([b])

@@ -10,6 +10,11 @@ import numpy as np
 from recsys.models.base import FitReport, Model
 
 
+def ranking(scores: np.ndarray) -> np.ndarray:
+    """Item indices by score, best first, ties to the lower index (the tie rule of every top-k here)."""
+    return np.lexsort((np.arange(len(scores)), -np.asarray(scores)))
+
+
 class Popularity:
     """Scores every item by its interaction count (optionally only the most recent `window` rows).
 
@@ -48,7 +53,7 @@ class Popularity:
     def order(self) -> np.ndarray:
         """All items, most popular first (ties: lower index first)."""
         if self._order is None:
-            self._order = np.lexsort((np.arange(self.n_items), -self.counts))
+            self._order = ranking(self.counts)
         return self._order
 
     def score_rows(self, n_rows: int) -> np.ndarray:

@@ -94,6 +94,13 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
     spec = {"user_idx": tf.TensorSpec([None], tf.int32), "item_idx": tf.TensorSpec([None], tf.int32),
             "weight": tf.TensorSpec([None], tf.float32), "history": tf.TensorSpec([None, None], tf.int32)}
 
+    def train_on(batch):
+        """One update from one batch: the step of one process, and of a parameter-server worker."""
+        with tf.GradientTape() as tape:
+            loss = retrieval.compute_loss(batch, training=True)
+        opt.apply_gradients(tape.gradient(loss, variables))
+        return loss
+
     coordinator = None
     if distribute.is_parameter_server(strategy):
         # tables sharded over the parameter servers; a worker runs each step (with one worker, in
@@ -102,22 +109,12 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
 
         @tf.function(input_signature=[spec])
         def worker_step(batch):
-            def replica_step(b):
-                with tf.GradientTape() as tape:
-                    loss = retrieval.compute_loss(b, training=True)
-                opt.apply_gradients(tape.gradient(loss, variables))
-                return loss
-            return strategy.run(replica_step, args=(batch,))
+            return strategy.run(train_on, args=(batch,))
 
         def step(batch):
             return coordinator.schedule(worker_step, args=(batch,))
     elif strategy is None:
-        @tf.function(input_signature=[spec])
-        def step(batch):
-            with tf.GradientTape() as tape:
-                loss = retrieval.compute_loss(batch, training=True)
-            opt.apply_gradients(tape.gradient(loss, variables))
-            return loss
+        step = tf.function(train_on, input_signature=[spec])
     else:
         @tf.function(input_signature=[spec])
         def step(batch):
