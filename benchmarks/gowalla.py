@@ -35,7 +35,7 @@ import recsys  # noqa: E402,F401
 from recsys.config import load_config  # noqa: E402
 from recsys.data import trainset  # noqa: E402
 from recsys.evaluation import metrics  # noqa: E402
-from recsys.evaluation.scorer import evaluate_model  # noqa: E402
+from recsys.evaluation.scorer import evaluate_model, validation_metrics  # noqa: E402
 from recsys.models import create  # noqa: E402
 from recsys.models.popularity import Popularity  # noqa: E402
 
@@ -74,7 +74,8 @@ def fit_watch(name: str, cfg, ts, epochs: int | None = None):
         if line.startswith("epoch"):
             marks.append(time.time() - t0)
         print(f"  {name} {line}", flush=True)
-    model.fit(ts, KS, progress=progress, stop_after=epochs, max_seconds=cfg.max_train_minutes * 60 or None)
+    model.fit(ts, KS, progress=progress, stop_after=epochs, max_seconds=cfg.max_train_minutes * 60 or None,
+              validate=validation_metrics)
     return model, list(zip(marks, model.report.epochs))
 
 

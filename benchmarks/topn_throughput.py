@@ -70,9 +70,9 @@ def save_version(root: str, users: np.ndarray, items: np.ndarray, seen, index_ki
     model.user_embeddings, model.item_embeddings = users, items
     model.popularity = Popularity(len(items)).fit(seen.indices)
     model.history_length = 0
-    v = version.write(root, model, seen, {"model": "mf", "config": cfg.to_dict(), "dataset_id": "bench",
-                                          "history_length": 0})
-    index.build(items, cfg.index).save(version.index_dir(root, v))
+    v = version.write_parts(root, model, seen, {"model": "mf", "config": cfg.to_dict(), "dataset_id": "bench",
+                                                "history_length": 0})
+    version.save_index(root, v, index.build(items, cfg.index))
     return v
 
 
@@ -86,7 +86,7 @@ def main() -> int:
     print("load:", os.popen("uptime").read().strip())
     import recsys  # noqa: F401  (TF quiet)
     from recsys.data.trainset import EvalSet
-    from recsys.evaluation.metrics import top_k
+    from recsys.ranking import top_k_masked
     from recsys.evaluation.scorer import evaluate_model
     from recsys.models import create
     from recsys.models.popularity import Popularity
@@ -108,7 +108,7 @@ def main() -> int:
             for u in range(m):
                 scores = items @ users[u]
                 scores[seen.indices[seen.indptr[u]:seen.indptr[u + 1]]] = -np.inf
-                top_k(scores[None], 20)
+                top_k_masked(scores[None].astype(np.float32), 20)
         slow = timed(naive_eval, args.repeat)
         print(f"{'evaluate':<28}{n_items:>8}{len(users) / fast:>12,.0f}{m / slow:>15,.0f}{(len(users) / fast) / (m / slow):>9.1f}x")
         root = tempfile.mkdtemp(prefix="recsys-topn-")

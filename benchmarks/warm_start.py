@@ -43,7 +43,7 @@ def main() -> int:
     from recsys import jobs, version
     from recsys.config import load_config
     from recsys.data.synthetic import shop_catalog, shop_events
-    from recsys.init import infer, write
+    from recsys.init_config import infer, write
     work = tempfile.mkdtemp(prefix="recsys-warm-")
     catalog = shop_catalog(args.items)
     catalog.to_csv(os.path.join(work, "catalog.csv"), index=False)

@@ -15,7 +15,7 @@ import time
 import uuid
 from contextlib import contextmanager
 
-from recsys import fsio, registry, version as version_mod
+from recsys import fsio, models, registry, version as version_mod
 from recsys.config import Config
 from recsys.evaluation import compare, evaluate
 from recsys.errors import DataError, RecsysError
@@ -134,6 +134,7 @@ def run(cfg: Config, resume: bool = False, progress=print) -> dict:
         StepFailed: naming the step that failed.
         DataError: another nightly holds the lock, or `resume` finds no unfinished run.
     """
+    models.check_names(cfg.nightly.models)   # before the lock and the dataset: a typo costs nothing
     root = cfg.resolve(cfg.artifacts.root)
     with _locked(root, cfg, progress):
         return _run(cfg, root, resume, progress)

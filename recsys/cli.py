@@ -54,18 +54,18 @@ def _root(cfg) -> str:
 
 
 def _init(args) -> int:
-    from recsys import init
+    from recsys import init_config
     if os.path.exists(args.out) and not args.force:
         raise RecsysError(f"init: {args.out} exists; pass --force to overwrite it, or --out another file")
     base = os.path.dirname(os.path.abspath(args.out))
 
     def rel(path):   # the config resolves paths against its own folder
         return path if path is None or "://" in path else os.path.relpath(os.path.abspath(path), base)
-    inferred = init.infer(args.events, args.items, args.root)
+    inferred = init_config.infer(args.events, args.items, args.root)
     inferred.config["source"]["path"] = rel(args.events)
     if args.items:
         inferred.config["source"]["items_path"] = rel(args.items)
-    init.write(inferred, args.out)
+    init_config.write(inferred, args.out)
     for note in inferred.notes:
         print(f"  {note}")
     print(f"wrote {args.out}; next: recsys nightly --config {args.out}")
@@ -159,11 +159,11 @@ def _compare(args) -> int:
     c = compare.compare(root, a, b, args.split, args.dataset, tuple(cfg.evaluation.ks),
                         args.primary or cfg.nightly.primary_metric)
     out = args.out or fsio.join(root, "reports", f"{a}__vs__{b}")
-    paths = report.write_report(c, out, report.arm_inspections(root, c))
+    paths = report.write_report(root, c, out)
     if args.json:
         _print_json({**c.to_dict(), "report": paths})
         return 0
-    print(report.markdown(c).split("## Segments")[0].rstrip())   # the rest is in the files
+    print(fsio.read_text(paths["md"]).split("## Segments")[0].rstrip())   # the rest is in the files
     print(f"\nverdict: {c.verdict}")
     print(f"wrote {paths['html']} (also report.md, comparison.json)")
     return 0
@@ -171,19 +171,19 @@ def _compare(args) -> int:
 
 def _inspect(args) -> int:
     from recsys import fsio, registry
-    from recsys.evaluation import inspect
+    from recsys.evaluation import inspection
     cfg = _config(args)
     root = _root(cfg)
     v = registry.resolve_version(root, args.version)
-    ins = inspect.inspect_version(root, v, k=args.k, attribute=args.attribute)
+    ins = inspection.inspect_version(root, v, k=args.k, attribute=args.attribute)
     out = args.out or fsio.join(root, "reports", f"inspect-{v}")
     fsio.makedirs(out)
-    fsio.write_bytes(fsio.join(out, "embedding_map.png"), inspect.map_png(ins))
+    fsio.write_bytes(fsio.join(out, "embedding_map.png"), inspection.map_png(ins))
     fsio.atomic_write_text(fsio.join(out, "inspect.json"), json.dumps(ins.to_dict(), indent=2, default=float))
     if args.json:
         _print_json({**ins.to_dict(), "out": out})
         return 0
-    print(inspect.summary(ins))
+    print(inspection.summary(ins))
     print(f"wrote {fsio.join(out, 'embedding_map.png')}, inspect.json")
     return 0
 
@@ -284,7 +284,7 @@ def _demo(args) -> int:
         best = max(personal, key=lambda k: personal[k]["metrics"][metric])
         a, b = cands[baseline]["version"], personal[best]["version"]
         c = compare.compare(root, a, b, "test", summary["dataset_id"], tuple(cfg.evaluation.ks), metric)
-        paths = report.write_report(c, fsio.join(root, "reports", f"{a}__vs__{b}"), report.arm_inspections(root, c))
+        paths = report.write_report(root, c, fsio.join(root, "reports", f"{a}__vs__{b}"))
         verdict = [f"report: {paths['html']}", f"A/B {best} (B) vs {baseline} (A): {c.verdict}"]
     if current:
         users = _print_samples(root, current, summary["dataset_id"])

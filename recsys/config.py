@@ -15,6 +15,7 @@ import yaml
 
 from recsys.errors import ConfigError
 from recsys.fsio import is_url
+from recsys.schema import ITEM_FIXED_COLUMNS, RANKING_METRICS
 
 INTERACTION_FORMATS = ("csv", "parquet", "jsonl", "movielens_csv", "movielens_100k", "movielens_1m")
 ITEM_FORMATS = ("none", "movielens_movies", "csv", "parquet", "jsonl")
@@ -241,7 +242,6 @@ def validate(cfg: Config) -> Config:
     _check(bool(s.path), "source.path", s.path, "a path or glob to the interaction files is required")
     _one_of("source.format", s.format, INTERACTION_FORMATS)
     _one_of("source.items_format", s.items_format, ITEM_FORMATS)
-    from recsys.data.dataset import ITEM_FIXED_COLUMNS   # here: recsys.data imports this module
     reserved = (*ITEM_FIXED_COLUMNS, "genre")              # "genre" is the filter key of "genres"
     for name, spec in s.item_columns.attributes.items():
         key = f"source.item_columns.attributes.{name}"
@@ -367,12 +367,14 @@ def validate(cfg: Config) -> Config:
     _check(0 <= ix.min_recall_at_10 <= 1, "index.min_recall_at_10", ix.min_recall_at_10, "between 0 and 1")
     _check(ix.recall_sample_users >= 1, "index.recall_sample_users", ix.recall_sample_users, ">= 1")
     nc = cfg.nightly
-    from recsys.models import MODELS   # here, not at the top: recsys.models imports this module
-    _check(bool(nc.models) and all(m in MODELS for m in nc.models), "nightly.models", nc.models,
-           f"a non-empty list of {', '.join(MODELS)}")
-    _check(bool(re.match(r"^(recall|recall_norm|ndcg|hit_rate|map|mrr)@\d+$", nc.primary_metric))
+    # the names in nightly.models are checked where models are created (recsys.models.check_names):
+    # the model registry sits above this module
+    _check(bool(nc.models) and all(isinstance(m, str) for m in nc.models), "nightly.models", nc.models,
+           "a non-empty list of model names")
+    _check(bool(re.fullmatch(rf"({'|'.join(RANKING_METRICS)})@\d+", nc.primary_metric))
            and int(nc.primary_metric.split("@")[1]) in cfg.evaluation.ks,
-           "nightly.primary_metric", nc.primary_metric, f"<metric>@<k> with k in evaluation.ks {cfg.evaluation.ks}")
+           "nightly.primary_metric", nc.primary_metric,
+           f"<metric>@<k> with <metric> one of {', '.join(RANKING_METRICS)} and k in evaluation.ks {cfg.evaluation.ks}")
     _check(nc.tolerance >= 0, "nightly.tolerance", nc.tolerance, ">= 0")
     _check(nc.keep_versions >= 2, "nightly.keep_versions", nc.keep_versions, ">= 2 (published + previous)")
     _check(nc.keep_datasets >= 1, "nightly.keep_datasets", nc.keep_datasets, ">= 1")

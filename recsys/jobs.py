@@ -10,7 +10,7 @@ from recsys.config import Config
 from recsys.data import trainset
 from recsys.data.dataset import Dataset
 from recsys.errors import DataError
-from recsys.evaluation.scorer import evaluate_model
+from recsys.evaluation.scorer import validation_metrics
 from recsys.models import MODELS, create, distribute
 from recsys.retrieval import index
 
@@ -101,10 +101,10 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         fit_on = (full_ts or _train_plus_validation(cfg, dataset)) if refit else ts
         progress(f"train {model_name}: {warm_epochs} epochs from {prev_version} (model.warm_start_epochs) on "
                  f"{'train + validation' if refit else 'train'}")
-        report = model.fit(fit_on, ks, previous, progress, stop_after=warm_epochs,
+        report = model.fit(fit_on, ks, previous, progress, stop_after=warm_epochs, validate=validation_metrics,
                            max_seconds=cfg.model.max_train_minutes * 60 or None)
         val = {} if refit or "validation" not in ts.evals else \
-            evaluate_model(model, ts.evals["validation"], ks, ts.item_counts)[0].summary()
+            validation_metrics(model, ts.evals["validation"], ks, ts.item_counts)
         extra = {"warm_started_from": prev_version, "validation_metrics": val, "warm_epochs": warm_epochs}
         if refit:   # trained on validation rows: marked like a refit (evaluated on test only)
             extra["refit"] = {"epochs": report.best_epoch, "interactions": int(len(fit_on.user_idx)),
@@ -112,10 +112,10 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         ts, refit = fit_on, False
     else:
         budget = cfg.model.max_train_minutes * 60 / (2 if refit else 1) or None
-        report = model.fit(ts, ks, select_from, progress, max_seconds=budget)
+        report = model.fit(ts, ks, select_from, progress, max_seconds=budget, validate=validation_metrics)
         val = {}
         if "validation" in ts.evals:
-            val = evaluate_model(model, ts.evals["validation"], ks, ts.item_counts)[0].summary()
+            val = validation_metrics(model, ts.evals["validation"], ks, ts.item_counts)
         extra = {"warm_started_from": prev_version, "validation_metrics": val}
     if refit:
         best_epoch = report.best_epoch
@@ -127,7 +127,7 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         progress(f"train {model_name}: refit on train + validation ({len(full.user_idx)} interactions, "
                  f"{full.n_users} users)" + (f" for the {best_epoch} epochs validation chose" if best_epoch else ""))
         model = create(model_name, cfg.model)
-        report = model.fit(full, ks, previous, progress, stop_after=best_epoch)
+        report = model.fit(full, ks, previous, progress, stop_after=best_epoch, validate=validation_metrics)
         extra["refit"] = {"epochs": report.best_epoch, "interactions": int(len(full.user_idx)),
                           "users": int(full.n_users), "seconds": round(report.seconds, 1)}
         report.seconds += extra["selection"]["seconds"]   # the manifest's training time: both fits
@@ -137,7 +137,7 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         progress(f"train {model_name}: this worker is not the chief (TF_CONFIG); the chief writes the version")
         return ""
     t_save = time.time()
-    version = version_mod.save(model, ts, cfg, root, dataset, extra=extra)
+    version = version_mod.save_fitted(model, ts, cfg, root, dataset, extra=extra)
     saved = version_mod.read_manifest(root, version).get("save_phases", {})
     parts = {"load": round(t_loaded - t_start, 2)}
     if refit:
@@ -194,7 +194,7 @@ def index_version(cfg: Config, root: str, version: str, progress=print) -> dict:
         raise DataError(f"index: recall@10 vs brute force is {rec['recall@10']:.3f}, below "
                         f"index.min_recall_at_10={cfg.index.min_recall_at_10}; raise index.leaves_to_search "
                         f"or index.reorder (current: {info['params']})")
-    idx.save(version_mod.index_dir(root, version))
+    version_mod.save_index(root, version, idx)
     version_mod.update_manifest(root, version, index=info)
     progress(f"index: {version}: {idx.kind} over {len(items)} items in {build_s:.1f}s, "
              f"recall@10 {rec['recall@10']:.3f}, recall@100 {rec['recall@100']:.3f} vs brute force "

@@ -12,7 +12,7 @@ user_embeddings.npy    [n_users, d] float32, every known user    (personalized m
 weights.npz            tower weights by stable layer name (what the next version warm-starts from)
 query_model/           SavedModel: serving_default(user_id: string[B], history: string[B, L]) -> embedding
 metrics.json           what `recsys evaluate` measured, by split
-index/                 the item index (recsys.retrieval.index) and its measured recall
+index/                 the item index (recsys.retrieval.index), with index.json: its kind and parameters
 recommendations/       batch top-N for every known user (pipelines/batch_recommend.py)
 ```
 A version is written whole under a temporary name and renamed when complete (`fsio.atomic_dir`), with
@@ -35,6 +35,7 @@ from recsys.errors import DataError
 from recsys.models import MODELS, Model
 from recsys.models.base import WarmStart
 from recsys.models.popularity import Popularity
+from recsys.retrieval import index as index_mod
 
 MANIFEST = "manifest.json"
 USERS, ITEMS = "users.txt", "items.txt"
@@ -46,8 +47,9 @@ WEIGHTS = "weights.npz"
 QUERY_MODEL = "query_model"
 METRICS = "metrics.json"
 INDEX = "index"
+INDEX_META = "index.json"   # inside index/: the kind and what its loader needs
 RECOMMENDATIONS = "recommendations"
-# What `write` may put in a version (the manifest lists what it did write, under "files"); the index
+# What `write_parts` may put in a version (the manifest lists what it did write, under "files"); the index
 # and the batch recommendations are added later by their own steps.
 _FILES = (USERS, ITEMS, POPULARITY, SEEN, ITEM_ATTRIBUTES, ITEM_EMBEDDINGS, USER_EMBEDDINGS, WEIGHTS, QUERY_MODEL)
 _ALWAYS = (USERS, ITEMS, POPULARITY, SEEN)
@@ -68,8 +70,7 @@ def version_dir(root: str, version: str) -> str:
     return fsio.child(models_dir(root), version, "version")
 
 
-def index_dir(root: str, version: str) -> str:
-    """Where the version's item index is saved (recsys.retrieval.index.save / load)."""
+def _index_dir(root: str, version: str) -> str:
     return fsio.join(version_dir(root, version), INDEX)
 
 
@@ -189,8 +190,8 @@ def load_warm_start(root: str, version: str) -> WarmStart:
 
 
 # ---- writing -------------------------------------------------------------------------------------
-def save(model: Model, ts, cfg: Config, root: str, dataset=None, extra: dict | None = None,
-         version: str | None = None) -> str:
+def save_fitted(model: Model, ts, cfg: Config, root: str, dataset=None, extra: dict | None = None,
+                version: str | None = None) -> str:
     """Write a fitted model as a new version directory, atomically.
 
     Computes what serving needs beside the model: every known user's vector (with the history a
@@ -234,12 +235,13 @@ def save(model: Model, ts, cfg: Config, root: str, dataset=None, extra: dict | N
     phases["seen_items"] = round(time.time() - t0, 2)
     manifest.update(extra or {})
     manifest["save_phases"] = phases
-    return write(root, model, seen, manifest, attributes, version)
+    return write_parts(root, model, seen, manifest, attributes, version)
 
 
-def write(root: str, model: Model, seen, manifest: dict, item_attributes: bytes | None = None,
-          version: str | None = None) -> str:
-    """Write a model's state as a new version directory, atomically (`save` computes what goes in).
+def write_parts(root: str, model: Model, seen, manifest: dict, item_attributes: bytes | None = None,
+                version: str | None = None) -> str:
+    """Write a model's state as a new version directory, atomically (`save_fitted` computes the parts
+    from a fit; benchmarks and tests give them directly).
 
     Args:
         root: the artifact root.
@@ -414,6 +416,35 @@ def _load(root: str, version: str) -> LoadedVersion:
         return tf.saved_model.load(fsio.join(d, QUERY_MODEL)).signatures["serving_default"]
     model.load_state(users.ids, items.ids, item_emb, user_emb, query_model, int(manifest.get("history_length", 20)))
     return LoadedVersion(root, version, manifest, users, items, model)
+
+
+def save_index(root: str, version: str, idx: "index_mod.Index") -> None:
+    """Save an item index into the version (its files, then index.json, which marks it complete)."""
+    directory = _index_dir(root, version)
+    meta = {"kind": idx.kind, **idx.save(directory)}
+    fsio.atomic_write_text(fsio.join(directory, INDEX_META), json.dumps(meta))
+
+
+def has_index(root: str, version: str) -> bool:
+    """Whether an index was saved in the version."""
+    return fsio.exists(fsio.join(_index_dir(root, version), INDEX_META))
+
+
+def load_index(root: str, version: str, embeddings) -> "index_mod.Index":
+    """The version's saved item index over `embeddings`.
+
+    Raises:
+        DataError: the version has no index, or one of a kind this package does not know.
+    """
+    directory = _index_dir(root, version)
+    if not has_index(root, version):
+        raise DataError(f"index: version {version!r} has no index; run `recsys index {version}`")
+    meta = json.loads(fsio.read_text(fsio.join(directory, INDEX_META)))
+    kind = index_mod.KINDS.get(meta.get("kind"))
+    if kind is None:
+        raise DataError(f"index: version {version!r} has an index of kind {meta.get('kind')!r}, unknown "
+                        f"(known: {', '.join(index_mod.KINDS)})")
+    return kind.load(directory, meta, embeddings)
 
 
 def load_seen(root: str, version: str):

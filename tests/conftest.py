@@ -15,6 +15,7 @@ from recsys.data import trainset
 from recsys.models import create
 from recsys.config import from_dict
 from recsys.data.synthetic import clustered_interactions, clustered_items
+from recsys.evaluation.scorer import validation_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,8 +126,8 @@ def served(tmp_path_factory):
     versions = {}
     for name in ("mf", "two_tower", "popularity"):
         model = create(name, cfg.model)
-        model.fit(ts, (10,), progress=lambda *_: None)
-        versions[name] = version.save(model, ts, cfg, root, ds)
+        model.fit(ts, (10,), progress=lambda *_: None, validate=validation_metrics)
+        versions[name] = version.save_fitted(model, ts, cfg, root, ds)
         jobs.index_version(cfg, root, versions[name], progress=lambda *_: None)
     registry.publish(root, versions["two_tower"])
     return {"root": root, "cfg": cfg, "versions": versions, "dataset": ds, "trainset": ts}

@@ -14,7 +14,8 @@ import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sp
 
-from recsys.data.dataset import ITEM_FIXED_COLUMNS, Dataset
+from recsys.data.dataset import Dataset
+from recsys.schema import ITEM_FIXED_COLUMNS
 from recsys.errors import DataError
 
 PAD = -1  # history padding (no item)

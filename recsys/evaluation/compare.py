@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from recsys.errors import DataError
 from recsys.evaluation.evaluate import EvaluationResult, evaluate_version, evaluation_settings
 from recsys.evaluation import metrics
 from recsys.evaluation.metrics import Evaluation
@@ -64,11 +65,13 @@ class Comparison:
     per_user_delta: np.ndarray
     popularity_metrics: dict = field(default_factory=dict)
     users_total: int = 0      # evaluable users; more than primary.n_users when a sample was evaluated
-    context: dict = field(default_factory=dict)   # what was compared: arms, dataset, samples, bias (report)
+    # (A's, B's) EvaluationResult: the lists and held-out rows the report shows (not in to_dict)
+    results: tuple = field(default=(), repr=False)
 
     def to_dict(self) -> dict:
         """comparison.json: every field as plain data (rows keyed `metric` / `segment` by what they are)."""
-        d = dataclasses.asdict(self)
+        d = dataclasses.asdict(dataclasses.replace(self, results=()))
+        d.pop("results")
         for key, label in (("metrics", "metric"), ("segments", "segment")):
             d[key] = [{label: r.pop("name"), **r} for r in d[key]]
         d["primary"] = {"metric": d["primary"].pop("name"), **d["primary"]}
@@ -210,10 +213,15 @@ def compare(root: str, version_a: str, version_b: str, split: str = "test", data
     # both on B's held-out rows: the candidate's evaluation.target_events decide what counts
     res_a, res_b = _paired_results(root, version_a, version_b, split, dataset_id, ks, results)
     ev_a, ev_b = res_a.evaluation, res_b.evaluation
+    if primary not in ev_a.per_user:
+        raise DataError(f"primary metric {primary!r} is not computed: one of "
+                        f"{', '.join(metrics.METRICS)} at a k of {', '.join(map(str, ks))}")
     k_primary = int(primary.split("@")[1])
     rows = []
     for k in ks:
-        for m in DEFAULT_METRICS + ("novelty",):
+        # the primary metric is always paired, whichever it is; the others shown are the defaults
+        names = DEFAULT_METRICS + tuple(m for m in (primary.split("@")[0],) if m not in DEFAULT_METRICS)
+        for m in names + ("novelty",):
             key = f"{m}@{k}"
             if key in ev_a.per_user:
                 rows.append(_paired_metric(res_a, res_b, key))
@@ -229,8 +237,7 @@ def compare(root: str, version_a: str, version_b: str, split: str = "test", data
         metrics=rows, list_level=list_level, segments=segs,
         verdict=verdict(primary_stats, primary, alpha), primary=primary_stats,
         per_user_delta=ev_b.per_user[primary] - ev_a.per_user[primary],
-        popularity_metrics=res_b.popularity_metrics, users_total=res_b.users_total,
-        context=context(root, res_a, res_b))
+        popularity_metrics=res_b.popularity_metrics, users_total=res_b.users_total, results=(res_a, res_b))
 
 
 def adjust(rows: list) -> list:
@@ -246,87 +253,6 @@ def adjust(rows: list) -> list:
     return out
 
 
-def _arm_context(root: str, version: str, sources: dict) -> dict:
-    """What a reader needs to know about one arm: model, when, key recipe, training curve."""
-    from recsys import registry, version as version_mod
-    m = version_mod.read_manifest(root, version)
-    model_cfg = (m.get("config") or {}).get("model", {})
-    training = m.get("training") or {}
-    curve = [e.get("val_recall@20") for e in (m.get("selection") or {}).get("epochs") or training.get("epochs") or []]
-    created = str(m.get("created_at", ""))[:16].replace("T", " ")
-    alias = "published" if registry.current_version(root) == version else ""
-    return {"version": version, "model": m.get("model"), "created": created, "alias": alias,
-            "label": f"{m.get('model')} ({created}{', published' if alias else ''})",
-            "recipe": {k: model_cfg.get(k) for k in ("dim", "temperature", "batch_size", "learning_rate", "epochs",
-                                                     "history_length") if k in model_cfg}
-            if m.get("model") != "popularity" else {},
-            "best_epoch": (m.get("selection") or training).get("best_epoch"), "curve": [c for c in curve if c is not None],
-            "sources": sources, "refit": "refit" in m}
-
-
-def _deciles(topk: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Share of the listed items in each item-popularity decile (1 = the most popular tenth of the
-    catalog by training interactions)."""
-    order = np.argsort(-counts, kind="stable")
-    decile = np.empty(len(counts), dtype=np.int64)
-    decile[order] = np.arange(len(counts)) * 10 // max(len(counts), 1)
-    items = topk[topk >= 0]
-    return np.bincount(decile[items], minlength=10)[:10] / max(len(items), 1)
-
-
-def context(root: str, res_a: EvaluationResult, res_b: EvaluationResult, n_samples: int = 3, seed: int = 0) -> dict:
-    """The report's "what was compared": both arms, the dataset and its time range, popularity bias
-    of each arm's lists against the held-out items, and a few users' lists side by side (seeded)."""
-    from recsys.data.dataset import Dataset
-    ds = Dataset.open(root, res_b.dataset_id)
-    ev_a, es = res_a.evaluation, res_b.eval_set
-    users = ev_a.users
-    counts = res_b.train_item_counts
-    k = min(20, ev_a.topk.shape[1])
-    held = es.relevant[users].tocsr()
-    times = {}
-    for split in ("train", res_b.split):
-        t = ds.read(split, ["timestamp"])["timestamp"]
-        if len(t):
-            times[split] = [str(np.datetime64(int(t.min()), "s"))[:10], str(np.datetime64(int(t.max()), "s"))[:10]]
-    items = ds.item_features()
-    label = dict(zip(items["item"], items["title"].where(items["title"] != "", items["item"])))
-    from recsys.evaluation.inspect import main_attribute
-    attr = main_attribute(items)
-    if attr:   # "Heat (1995) [Action, Crime, Thriller]": the attribute a reader checks a list against
-        for item, value in zip(items["item"], items[attr]):
-            values = [value] if isinstance(value, str) else ([] if value is None or isinstance(value, float)
-                                                               else list(value))
-            if values:
-                label[item] = f"{label[item]} [{', '.join(map(str, values))}]"
-    ids = ds.items.ids
-    rng = np.random.default_rng(seed)
-    picks = np.sort(rng.choice(len(users), min(n_samples, len(users)), replace=False)) if len(users) else []
-    samples = []
-    for j in picks:
-        row = users[j]
-        held_out = set(es.relevant[row].indices)
-        hist = [label.get(ids[i], ids[i]) for i in es.history[row] if i >= 0][:5]
-        samples.append({"user": str(es.user_ids[row]), "history": hist,
-                        "held_out": [label.get(ids[i], ids[i]) for i in es.relevant[row].indices][:5],
-                        "a": [label.get(ids[i], ids[i]) for i in ev_a.topk[j, :10] if i >= 0],
-                        "b": [label.get(ids[i], ids[i]) for i in res_b.evaluation.topk[j, :10] if i >= 0],
-                        "hits_a": [bool(i in held_out) for i in ev_a.topk[j, :10] if i >= 0],
-                        "hits_b": [bool(i in held_out) for i in res_b.evaluation.topk[j, :10] if i >= 0]})
-    return {
-        "arms": {"a": _arm_context(root, res_a.version, res_a.sources),
-                 "b": _arm_context(root, res_b.version, res_b.sources)},
-        "dataset": {"id": ds.id, "time_range": times, "items": len(ids), "users_evaluated": int(len(users)),
-                    "users_total": res_b.users_total or int(len(users)), "split": res_b.split},
-        "popularity_deciles": {"a": _deciles(ev_a.topk[:, :k], counts).tolist(),
-                               "b": _deciles(res_b.evaluation.topk[:, :k], counts).tolist(),
-                               "held_out": _deciles(held.indices[None, :], counts).tolist(), "k": k},
-        "coverage": {f"{arm}": res.metrics.get(f"coverage@{k}") for arm, res in (("a", res_a), ("b", res_b))},
-        "novelty": {f"{arm}": res.metrics.get(f"novelty@{k}") for arm, res in (("a", res_a), ("b", res_b))},
-        "samples": samples,
-    }
-
-
 def _paired_metric(res_a: EvaluationResult, res_b: EvaluationResult, key: str) -> PairedStats:
     """The paired statistics of one per-user metric of both arms, with the sample they were drawn from."""
     p = paired_stats(res_a.evaluation.per_user[key], res_b.evaluation.per_user[key], name=key)
@@ -338,7 +264,6 @@ def _paired_results(root: str, version_a: str, version_b: str, split: str, datas
     """Both arms on the same users: B's target events and user sample decide for both (a version
     trained under another config would otherwise sample other users); reuses `results` made alike."""
     from recsys import version as version_mod
-    from recsys.errors import DataError
     settings = evaluation_settings(version_mod.read_manifest(root, version_b))
     out = []
     for v in (version_a, version_b):

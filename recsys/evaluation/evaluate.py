@@ -11,14 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recsys import version as version_mod
+from recsys import ranking, version as version_mod
 from recsys.data.dataset import Dataset
-from recsys.data.trainset import EvalSet, csr_from_pairs, eval_sets
+from recsys.data.trainset import EvalSet, eval_sets
 from recsys.errors import DataError
 from recsys.evaluation import metrics
-from recsys.evaluation.scorer import evaluate_model
-from recsys.retrieval.index import popularity_topk
-from recsys.models.base import POPULARITY
+from recsys.evaluation.scorer import evaluate_model, in_model_items, model_inputs
 from recsys.models.popularity import Popularity
 from recsys.version import LoadedVersion
 
@@ -121,7 +119,7 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
     model_ev, sources = evaluate_model(lv.model, ev, ks, train_counts, catalog_ids=dataset.items.ids,
                                        progress=progress)
     users = model_ev.users
-    pop_topk = popularity_topk(baseline.order, max(ks), ev.exclude[users])
+    pop_topk = ranking.popular_rows(baseline.order, max(ks), ev.exclude[users])
     pop_ev = metrics.from_topk(pop_topk, users, ev.relevant, ks, train_counts)
     src = sources[model_ev.users]
     return EvaluationResult(lv.version, lv.model_name, dataset.id, split, model_ev.summary(), pop_ev.summary(),
@@ -171,48 +169,30 @@ def evaluate_through_index(root: str, version: str, split: str = "test", dataset
                            ks=(10, 20, 50), target_events=None, max_users: int | None = None,
                            sample_seed: int | None = None) -> IndexEvaluation:
     """Rank the evaluated users as the service would: each known user's stored vector (or a fresh
-    history's vector, else popularity) searched in the version's index with `search_many`, the
+    history's vector, else popularity) searched in the version's index by `recsys.ranking.rank_rows`, the
     service's over-fetch and seen-item skipping, the items seen before the split's cut excluded.
     Reports the metrics beside exact ranking's (`evaluate_version`, same users).
 
     Raises:
         DataError: as `evaluate_version`; the version has no index (run `recsys index`).
     """
-    from recsys.evaluation.scorer import model_inputs, query_vectors
-    from recsys.retrieval import index as index_mod
     lv = version_mod.load(root, version)
     exact = evaluate_version(root, version, split, dataset_id, ks, lv=lv, target_events=target_events,
                              max_users=max_users, sample_seed=sample_seed)
     ev, users = exact.eval_set, exact.evaluation.users
-    kmax = max(ks)
     if lv.personalized:
-        idx_dir = version_mod.index_dir(root, version)
-        if not index_mod.exists(idx_dir):
-            raise DataError(f"--through-index: version {version} has no index; run `recsys index {version}`")
-        idx = index_mod.load(idx_dir, lv.model.item_embeddings)
+        idx = version_mod.load_index(root, version, lv.model.item_embeddings)
         kind = idx.kind
     else:
         idx, kind = None, "popularity"
     dataset = Dataset.open(root, exact.dataset_id)
     user_idx, cols, history = model_inputs(lv.model, ev, dataset.items.ids)
     user_idx, history = user_idx[users], history[users]
-    known = np.flatnonzero(cols >= 0)
-    to_catalog = np.full(len(lv.items), -1, dtype=np.int64)
-    to_catalog[cols[known]] = known
     # the exclusions, in the version's item space (catalog items it does not know cannot be returned)
-    ex = ev.exclude[users].tocoo()
-    keep = cols[ex.col] >= 0
-    blocked = csr_from_pairs(ex.row[keep], cols[ex.col[keep]], len(users), len(lv.items))
-    vecs, sources = query_vectors(lv.model, user_idx, history)
-    top = np.full((len(users), kmax), -1, dtype=np.int64)
-    by_pop = np.flatnonzero(sources == POPULARITY) if vecs is not None else np.arange(len(users))
-    if len(by_pop):
-        p = index_mod.popularity_topk(lv.popularity.order, kmax, blocked[by_pop])
-        top[by_pop, :p.shape[1]] = p
-    pers = np.setdiff1d(np.arange(len(users)), by_pop)
-    if len(pers):
-        ids, _ = index_mod.search_many(idx, lv.model.item_embeddings, vecs[pers], kmax, blocked[pers])
-        top[pers] = ids
+    blocked, to_catalog = in_model_items(ev.exclude[users], cols, len(lv.items))
+    vecs, sources = ranking.query_vectors(lv.model, user_idx, history)
+    kmax = max(ks)
+    top, _ = ranking.rank_rows(idx, vecs, sources, lv.popularity, kmax, blocked)
     top = np.where(top >= 0, to_catalog[np.maximum(top, 0)], -1)
     approx = metrics.from_topk(top, users, ev.relevant, ks, exact.train_item_counts)
     exact_top = exact.evaluation.topk[:, :kmax]

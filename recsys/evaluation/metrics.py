@@ -13,32 +13,8 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.retrieval.index import in_rows, top_k_rows
-
-METRICS = ("recall", "recall_norm", "ndcg", "hit_rate", "map", "mrr")
-LIST_METRICS = ("coverage", "novelty")
-
-
-def top_k(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None) -> np.ndarray:
-    """Indices of the k best columns per row, best first, -1 where fewer than k are left; `exclude`
-    rows mark items to skip (as does a -inf score).
-
-    Ties are broken by the lower item index, so results are deterministic. `scores` is not modified.
-    """
-    scores = np.array(scores, dtype=np.float32, copy=True)
-    return top_k_inplace(scores, k, exclude)
-
-
-def top_k_inplace(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None) -> np.ndarray:
-    """`top_k` that writes -inf into `scores` (a float32 array the caller owns) at excluded items
-    (`recsys.retrieval.index.top_k_rows` ranks)."""
-    if exclude is not None and exclude.nnz:
-        r = np.repeat(np.arange(exclude.shape[0]), np.diff(exclude.indptr))
-        scores[r, exclude.indices] = -np.inf
-    k = min(k, scores.shape[1])
-    top = top_k_rows(scores, k)
-    # fewer than k items left (a small catalog, many excluded): the rest of the list is empty
-    return np.where(np.take_along_axis(scores, top, 1) == -np.inf, -1, top)
+from recsys.ranking import in_rows, top_k_masked
+from recsys.schema import LIST_METRICS, RANKING_METRICS as METRICS  # noqa: F401 (the names computed here)
 
 
 @dataclass
@@ -100,7 +76,7 @@ def evaluate(score_fn: Callable[[np.ndarray], np.ndarray], users: np.ndarray, re
     tops = []
     for start in range(0, len(users), batch_size):
         rows = users[start:start + batch_size]
-        tops.append(top_k_inplace(np.require(score_fn(rows), np.float32, ["W"]), kmax, exclude[rows]))
+        tops.append(top_k_masked(np.require(score_fn(rows), np.float32, ["W"]), kmax, exclude[rows]))
     topk = np.concatenate(tops) if tops else np.zeros((0, kmax), dtype=np.int64)
     return from_topk(topk, users, relevant, ks, item_popularity)
 

@@ -3,31 +3,23 @@ report.html (the markdown rendered by the `markdown` library, plots inlined as P
 
 Reading order: a title naming both models, one verdict, what was compared, the metric table (with
 p-values adjusted for multiple comparisons), plots, segments, popularity bias, sample lists, and
-for each personalized arm a look at its item embeddings (recsys/evaluation/inspect.py).
+for each personalized arm a look at its item embeddings (recsys/evaluation/inspection.py).
 """
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 
 import numpy as np
 
-from recsys import fsio
+from recsys import fsio, registry, version as version_mod
+from recsys.data.dataset import Dataset
+from recsys.evaluation.compare import ADJUSTMENT, MIN_SEGMENT_USERS, Comparison
+from recsys.evaluation.inspection import inspect_version, main_attribute, map_png
+from recsys.evaluation.plotting import PALETTE, png, pyplot
 
-# Okabe-Ito: distinguishable with the common colour-vision deficiencies
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 A_COLOUR, B_COLOUR, HELD_COLOUR = PALETTE[0], PALETTE[1], PALETTE[2]
-
-
-def png(fig) -> bytes:
-    """A matplotlib figure as PNG bytes (the figure is closed)."""
-    import matplotlib.pyplot as plt
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def fmt_p(p: float | None) -> str:
@@ -45,14 +37,6 @@ def _signed(x: float, digits: int = 4) -> str:
     return f"{x:+.{digits}f}".replace("-", "−")
 
 
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display: nightly jobs, servers)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _forest(ax, rows, xlabel: str):
     y = np.arange(len(rows))[::-1]
     d = np.array([r.delta for r in rows])
@@ -66,7 +50,7 @@ def _forest(ax, rows, xlabel: str):
     ax.grid(axis="x", alpha=0.3)
 
 
-def plots(c) -> dict:
+def plots(c, ctx: dict) -> dict:
     """The figures as PNG bytes, keyed by section."""
     plt = pyplot()
     out = {}
@@ -90,7 +74,6 @@ def plots(c) -> dict:
     ax.set_ylabel("users")
     ax.set_title(f"{(d > 0).sum()} users better with B, {(d < 0).sum()} worse, {(d == 0).sum()} tied", fontsize=9)
     out["deltas"] = png(fig)
-    ctx = c.context
     if ctx.get("popularity_deciles"):
         pd_ = ctx["popularity_deciles"]
         arms = ctx["arms"]
@@ -120,9 +103,9 @@ def plots(c) -> dict:
     return out
 
 
-def title(c) -> str:
+def title(c, ctx: dict) -> str:
     """"two_tower (2026-11-26 10:00) vs popularity (2026-11-26 09:58)": B first, the candidate."""
-    arms = c.context.get("arms")
+    arms = ctx.get("arms")
     if not arms:
         return f"{c.b.model} ({c.b.version}) vs {c.a.model} ({c.a.version})"
     return f"{arms['b']['label']} vs {arms['a']['label']}"
@@ -135,11 +118,9 @@ def _sources(arm: dict) -> str:
     return f"{', '.join(parts)} ({fb / total:.0%} fell back to popularity)"
 
 
-def markdown(c) -> str:
+def markdown(c, ctx: dict) -> str:
     """The report as markdown (report.md; report.html renders it)."""
-    from recsys.evaluation.compare import ADJUSTMENT, MIN_SEGMENT_USERS
-    ctx = c.context
-    lines = [f"# {title(c)}", "", f"**{c.verdict}**", ""]
+    lines = [f"# {title(c, ctx)}", "", f"**{c.verdict}**", ""]
     arms, ds = ctx.get("arms"), ctx.get("dataset")
     if arms and ds:
         times = ds.get("time_range", {})
@@ -213,11 +194,10 @@ def _img(data: bytes, alt: str) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'/>"
 
 
-def html_report(c, md: str, inspections: list | None = None) -> str:
+def html_report(c, ctx: dict, md: str, inspections: list | None = None) -> str:
     """A self-contained HTML page: the markdown report, the plots, and the embedding inspections."""
     import markdown as md_lib
-    from recsys.evaluation import inspect as inspect_mod
-    figs = plots(c)
+    figs = plots(c, ctx)
     body = md_lib.markdown(md, extensions=["tables"])
     # the plots go after the metric table and the segments they illustrate
     fig_html = {key: f"<figure>{_img(figs[key], key)}</figure>" for key in figs}
@@ -230,7 +210,7 @@ def html_report(c, md: str, inspections: list | None = None) -> str:
                  f"<p>Share of an item's {ins.k} nearest neighbours (by the dot product the service ranks with) that "
                  f"share a value of {html.escape(ins.attribute)} with it: <b>{ins.neighbour_agreement:.3f}</b>, against "
                  f"{ins.random_agreement:.3f} for random items ({ins.items} items checked).</p>"
-                 f"<figure>{_img(inspect_mod.map_png(ins), 'embedding map')}</figure>"
+                 f"<figure>{_img(map_png(ins), 'embedding map')}</figure>"
                  "<p>Items whose neighbours disagree most:</p><table><tr><th>item</th><th>title</th>"
                  f"<th>{html.escape(ins.attribute)}</th><th>agreement</th><th>training interactions</th></tr>"
                  + "".join(f"<tr><td>{html.escape(d['item'])}</td><td>{html.escape(str(d['title']))}</td>"
@@ -241,14 +221,13 @@ def html_report(c, md: str, inspections: list | None = None) -> str:
              "margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px}th{background:#f3f3f3}"
              "figure{margin:1em 0}img{max-width:100%}"
              "p strong:first-child{font-size:1.15em}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title(c))}</title>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title(c, ctx))}</title>"
             f"<style>{style}</style></head><body>{body}</body></html>")
 
 
 def arm_inspections(root: str, c) -> list:
     """An embedding inspection for each personalized arm (none for popularity, or without attributes)."""
     from recsys.errors import DataError
-    from recsys.evaluation.inspect import inspect_version
     out = []
     for arm in (c.b, c.a):
         try:
@@ -258,16 +237,98 @@ def arm_inspections(root: str, c) -> list:
     return out
 
 
-def write_report(c, out_dir: str, inspections: list | None = None) -> dict:
-    """comparison.json, report.md, report.html under `out_dir`; returns their paths."""
+def write_report(root: str, c: Comparison, out_dir: str) -> dict:
+    """comparison.json, report.md, report.html under `out_dir` (the context, samples and embedding
+    inspections read from `root`); returns their paths."""
+    ctx = context(root, c)
+    inspections = arm_inspections(root, c)
     fsio.makedirs(out_dir)
-    md = markdown(c)
+    md = markdown(c, ctx)
     paths = {"json": fsio.join(out_dir, "comparison.json"), "md": fsio.join(out_dir, "report.md"),
              "html": fsio.join(out_dir, "report.html")}
-    data = c.to_dict()
+    data = {**c.to_dict(), "context": ctx}
     if inspections:
         data["embeddings"] = [i.to_dict() for i in inspections]
     fsio.atomic_write_text(paths["json"], json.dumps(data, indent=2, default=float))
     fsio.atomic_write_text(paths["md"], md)
-    fsio.atomic_write_text(paths["html"], html_report(c, md, inspections))
+    fsio.atomic_write_text(paths["html"], html_report(c, ctx, md, inspections))
     return paths
+
+
+def _arm_context(root: str, version: str, sources: dict) -> dict:
+    """What a reader needs to know about one arm: model, when, key recipe, training curve."""
+    m = version_mod.read_manifest(root, version)
+    model_cfg = (m.get("config") or {}).get("model", {})
+    training = m.get("training") or {}
+    curve = [e.get("val_recall@20") for e in (m.get("selection") or {}).get("epochs") or training.get("epochs") or []]
+    created = str(m.get("created_at", ""))[:16].replace("T", " ")
+    alias = "published" if registry.current_version(root) == version else ""
+    return {"version": version, "model": m.get("model"), "created": created, "alias": alias,
+            "label": f"{m.get('model')} ({created}{', published' if alias else ''})",
+            "recipe": {k: model_cfg.get(k) for k in ("dim", "temperature", "batch_size", "learning_rate", "epochs",
+                                                     "history_length") if k in model_cfg}
+            if m.get("model") != "popularity" else {},
+            "best_epoch": (m.get("selection") or training).get("best_epoch"), "curve": [c for c in curve if c is not None],
+            "sources": sources, "refit": "refit" in m}
+
+
+def _deciles(topk: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Share of the listed items in each item-popularity decile (1 = the most popular tenth of the
+    catalog by training interactions)."""
+    order = np.argsort(-counts, kind="stable")
+    decile = np.empty(len(counts), dtype=np.int64)
+    decile[order] = np.arange(len(counts)) * 10 // max(len(counts), 1)
+    items = topk[topk >= 0]
+    return np.bincount(decile[items], minlength=10)[:10] / max(len(items), 1)
+
+
+def context(root: str, c: Comparison, n_samples: int = 3, seed: int = 0) -> dict:
+    """The report's "what was compared": both arms, the dataset and its time range, popularity bias
+    of each arm's lists against the held-out items, and a few users' lists side by side (seeded)."""
+    res_a, res_b = c.results
+    ds = Dataset.open(root, res_b.dataset_id)
+    ev_a, es = res_a.evaluation, res_b.eval_set
+    users = ev_a.users
+    counts = res_b.train_item_counts
+    k = min(20, ev_a.topk.shape[1])
+    held = es.relevant[users].tocsr()
+    times = {}
+    for split in ("train", res_b.split):
+        t = ds.read(split, ["timestamp"])["timestamp"]
+        if len(t):
+            times[split] = [str(np.datetime64(int(t.min()), "s"))[:10], str(np.datetime64(int(t.max()), "s"))[:10]]
+    items = ds.item_features()
+    label = dict(zip(items["item"], items["title"].where(items["title"] != "", items["item"])))
+    attr = main_attribute(items)
+    if attr:   # "Heat (1995) [Action, Crime, Thriller]": the attribute a reader checks a list against
+        for item, value in zip(items["item"], items[attr]):
+            values = [value] if isinstance(value, str) else ([] if value is None or isinstance(value, float)
+                                                               else list(value))
+            if values:
+                label[item] = f"{label[item]} [{', '.join(map(str, values))}]"
+    ids = ds.items.ids
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(len(users), min(n_samples, len(users)), replace=False)) if len(users) else []
+    samples = []
+    for j in picks:
+        row = users[j]
+        held_out = set(es.relevant[row].indices)
+        hist = [label.get(ids[i], ids[i]) for i in es.history[row] if i >= 0][:5]
+        samples.append({"user": str(es.user_ids[row]), "history": hist,
+                        "held_out": [label.get(ids[i], ids[i]) for i in es.relevant[row].indices][:5],
+                        "a": [label.get(ids[i], ids[i]) for i in ev_a.topk[j, :10] if i >= 0],
+                        "b": [label.get(ids[i], ids[i]) for i in res_b.evaluation.topk[j, :10] if i >= 0],
+                        "hits_a": [bool(i in held_out) for i in ev_a.topk[j, :10] if i >= 0],
+                        "hits_b": [bool(i in held_out) for i in res_b.evaluation.topk[j, :10] if i >= 0]})
+    return {
+        "arms": {"a": _arm_context(root, res_a.version, res_a.sources),
+                 "b": _arm_context(root, res_b.version, res_b.sources)},
+        "dataset": {"id": ds.id, "time_range": times, "items": len(ids), "users_evaluated": int(len(users)),
+                    "users_total": res_b.users_total or int(len(users)), "split": res_b.split},
+        "popularity_deciles": {"a": _deciles(ev_a.topk[:, :k], counts).tolist(),
+                               "b": _deciles(res_b.evaluation.topk[:, :k], counts).tolist(),
+                               "held_out": _deciles(held.indices[None, :], counts).tolist(), "k": k},
+        "coverage": {f"{arm}": res.metrics.get(f"coverage@{k}") for arm, res in (("a", res_a), ("b", res_b))},
+        "novelty": {f"{arm}": res.metrics.get(f"novelty@{k}") for arm, res in (("a", res_a), ("b", res_b))},
+        "samples": samples,
+    }

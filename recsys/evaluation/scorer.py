@@ -11,8 +11,9 @@ The model and the dataset need not share vocabularies (the nightly gate scores y
 production version on today's split): users and items are matched by ID string, and catalog items
 the model does not know can still be relevant and simply count as misses.
 
-It needs no model class: a model is anything with the attributes of `recsys.models.base.Model` (it
-imports only the source labels from there).
+It needs no model class: a model is anything with the attributes of `recsys.models.base.Model`. The
+ranking itself (query vectors, popularity rows, exclusions, ties) is `recsys.ranking`'s, as it is for
+batch recommendations and the service.
 """
 from __future__ import annotations
 
@@ -20,105 +21,63 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recsys import ranking
+from recsys.data.trainset import csr_from_pairs
 from recsys.evaluation import metrics
-from recsys.models.base import HISTORY, PERSONALIZED, POPULARITY
-from recsys.models.popularity import ranking
 from recsys.progress import Progress
-from recsys.retrieval.index import ExactScann, popularity_topk, search_many
+from recsys.retrieval.index import BruteForceIndex
 
-# catalogs at least this large are ranked with ScaNN's exact scorer (smaller: a matmul and a stable sort)
-EXACT_SCANN_FROM = 4096
+# rows ranked per block: the unit of progress on a long evaluation
+BLOCK_ROWS = 16384
 
 
-def query_vectors(model, user_idx: np.ndarray, history: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-    """Query vectors and sources for rows of (user index in the model or -1, history in model items).
+def rank(model, user_idx: np.ndarray, history: np.ndarray, exclude: sp.csr_matrix, k: int,
+         catalog_cols: np.ndarray | None = None, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's top-k catalog columns, its excluded items skipped, and the source of every row:
+    `recsys.ranking.query_vectors` and `rank_rows` against an exact index of the model's items.
 
     Args:
         model: a fitted or loaded model.
         user_idx: [n] the model's user index per row, -1 for users it does not know.
         history: [n, L] the model's item indices, newest first, -1 padded.
-    Returns:
-        (vectors [n, d] or None for a model without vectors, sources [n]); rows with source
-        POPULARITY have a zero vector.
-    """
-    n = len(user_idx)
-    sources = np.full(n, POPULARITY, dtype=object)
-    if not model.personalized:
-        return None, sources
-    vecs = np.zeros((n, model.item_embeddings.shape[1]), dtype=np.float32)
-    known = user_idx >= 0
-    has_hist = (history >= 0).any(1) if history.size else np.zeros(n, dtype=bool)
-    if known.any():
-        vecs[known] = model.user_vectors(user_idx[known], history[known])
-        sources[known] = PERSONALIZED
-    fresh = ~known & has_hist
-    if fresh.any():
-        vecs[fresh] = model.history_vectors(history[fresh], user_idx[fresh])
-        sources[fresh] = HISTORY
-    return vecs, sources
-
-
-def rank(model, user_idx: np.ndarray, history: np.ndarray, exclude: sp.csr_matrix, k: int,
-         catalog_cols: np.ndarray | None = None, batch_size: int = 1024,
-         progress=None) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's top-k catalog columns, its excluded items skipped, and the source of every row.
-
-    Args:
-        model: a fitted or loaded model.
-        user_idx, history: as in `query_vectors`.
         exclude: [rows, n_catalog] items each row must not be recommended.
         k: list length.
         catalog_cols: the model's item index of each catalog column (-1: unknown to the model; such
-            columns are never recommended to personalized rows and rank last by popularity). None:
-            the catalog is the model's own item list.
-        batch_size: rows per matmul block.
+            columns are never recommended). None: the catalog is the model's own item list.
         progress: receives a users/s and ETA line every 30 s (None: quiet).
     Returns:
         (top-k column indices [rows, k], best first, -1 padded; sources [rows]).
     """
-    pop_model = model.popularity.scores.astype(np.float32)
-    if catalog_cols is None:
-        catalog_cols = np.arange(len(pop_model))
-    known_cols = np.flatnonzero(catalog_cols >= 0)
-    all_known = len(known_cols) == len(catalog_cols)
-    pop = np.full(len(catalog_cols), -np.inf, dtype=np.float32)
-    pop[known_cols] = pop_model[catalog_cols[known_cols]]
-    vecs, sources = query_vectors(model, user_idx, history)
-    k = min(k, len(catalog_cols))
-    out = np.full((len(user_idx), k), -1, dtype=np.int64)
-    by_pop = np.flatnonzero(sources == POPULARITY)
-    if len(by_pop):
-        out[by_pop] = popularity_topk(ranking(pop), k, exclude[by_pop])
-    pers = np.flatnonzero(sources != POPULARITY)
-    if not len(pers):
-        return out, sources
-    identity = all_known and np.array_equal(catalog_cols, np.arange(len(catalog_cols)))
-    items = model.item_embeddings if identity else model.item_embeddings[catalog_cols[known_cols]]
-    if len(items) >= EXACT_SCANN_FROM and len(pers) >= 1024:
-        # ScaNN's exact scorer with the exclusions applied as the service applies seen items
-        # (search_many: over-fetch by each row's excluded count); ~3x a matmul + top_k at 50k items
-        ex = exclude[pers]
-        if not all_known:   # the searcher ranks known columns only: exclusions in its numbering
-            ex = ex[:, known_cols]
-        ex = ex.tocsr()
-        searcher = ExactScann(items)
-        meter = Progress("evaluate", len(pers), "users", progress) if progress else None
-        for start in range(0, len(pers), 16384):
-            part = slice(start, start + 16384)
-            ids, _ = search_many(searcher, items, vecs[pers[part]], k, ex[part])
-            out[pers[part]] = ids if all_known else np.where(ids >= 0, known_cols[np.maximum(ids, 0)], -1)
-            if meter:
-                meter.advance(len(ids))
-        return out, sources
-    for start in range(0, len(pers), batch_size):
-        rows = pers[start:start + batch_size]
-        s = vecs[rows] @ items.T
-        if not all_known:
-            block = np.full((len(s), len(pop)), -np.inf, dtype=np.float32)
-            block[:, known_cols] = s
-            s = block
-        out[rows] = metrics.top_k_inplace(np.require(s, np.float32, ["W"]), k, exclude[rows])
+    n_model = len(model.popularity.counts)
+    vecs, sources = ranking.query_vectors(model, user_idx, history)
+    if catalog_cols is not None:   # ranked in the model's item space, answered in the catalog's
+        exclude, to_catalog = in_model_items(exclude, catalog_cols, n_model)
+    searcher = BruteForceIndex(model.item_embeddings) if vecs is not None else None
+    k = min(k, n_model if catalog_cols is None else len(catalog_cols))
+    out = np.full((len(sources), k), -1, dtype=np.int64)
+    meter = Progress("evaluate", len(sources), "users", progress) if progress else None
+    for start in range(0, len(sources), BLOCK_ROWS):
+        part = slice(start, start + BLOCK_ROWS)
+        ids, _ = ranking.rank_rows(searcher, None if vecs is None else vecs[part], sources[part],
+                                   model.popularity, k, exclude[part])
+        out[part, :ids.shape[1]] = ids
+        if meter:
+            meter.advance(len(ids))
+    if catalog_cols is not None:
+        out = np.where(out >= 0, to_catalog[np.maximum(out, 0)], -1)
     return out, sources
+
+
+def in_model_items(exclude: sp.csr_matrix, catalog_cols: np.ndarray, n_model_items: int):
+    """Exclusions over catalog columns moved into a model's item space (catalog items the model does
+    not know are dropped: it cannot return them), and the catalog column of each model item (-1: not
+    in the catalog) to map its answers back."""
+    known = np.flatnonzero(catalog_cols >= 0)
+    to_catalog = np.full(n_model_items, -1, dtype=np.int64)
+    to_catalog[catalog_cols[known]] = known
+    ex = exclude.tocoo()
+    keep = catalog_cols[ex.col] >= 0
+    return csr_from_pairs(ex.row[keep], catalog_cols[ex.col[keep]], exclude.shape[0], n_model_items), to_catalog
 
 
 def model_inputs(model, ev, catalog_ids: np.ndarray | None = None):
@@ -158,6 +117,12 @@ def evaluate_model(model, ev, ks=(10, 20, 50), item_counts: np.ndarray | None = 
     sources = np.full(len(user_idx), None, dtype=object)   # None: not evaluated
     sources[users] = src
     return metrics.from_topk(topk, users, ev.relevant, ks, item_counts), sources
+
+
+def validation_metrics(model, ev, ks=(10, 20, 50), item_counts: np.ndarray | None = None) -> dict:
+    """The mean metrics of `evaluate_model` (what training's `validate` argument and the manifest's
+    validation_metrics record)."""
+    return evaluate_model(model, ev, ks, item_counts)[0].summary()
 
 
 def lookup_ids(vocab_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -24,9 +24,6 @@ import numpy as np
 
 from recsys.config import ModelConfig
 
-# Where a query vector came from; every answer and every evaluated user carries one.
-PERSONALIZED, HISTORY, POPULARITY = "personalized", "history", "popularity_fallback"
-
 Progress = Callable[[str], None]
 
 
@@ -69,8 +66,8 @@ class Model:
 
     # ---- training ------------------------------------------------------------------------------
     def fit(self, ts, ks=(10, 20, 50), previous: WarmStart | None = None, progress: Progress = print,
-            stop_after: int | None = None, max_seconds: float | None = None) -> FitReport:
-        """Fit on a TrainSet; early-stops on its validation EvalSet when it has one.
+            stop_after: int | None = None, max_seconds: float | None = None, validate=None) -> FitReport:
+        """Fit on a TrainSet; early-stops on its validation EvalSet when it has one and `validate` is given.
 
         Args:
             ts: the TrainSet (recsys.data.trainset).
@@ -79,6 +76,8 @@ class Model:
             progress: receives one line per epoch.
             stop_after: run exactly this many epochs and keep the last weights (the refit).
             max_seconds: stop before an epoch that would end past this budget.
+            validate: `validate(model, eval_set, ks, item_counts) -> {metric: mean}`, the metrics an
+                epoch is chosen by (`recsys.evaluation.scorer.validation_metrics`); None: the loss.
         Returns:
             The FitReport (also kept as `self.report`).
         """

@@ -1,18 +1,14 @@
 """Most-interacted items: the baseline every report shows and the fallback for unknown users.
 
-`Popularity` is the ranking (counts, with the one tie-break rule); `PopularityModel` is the model
+`Popularity` is the ranking (counts, ordered by `recsys.ranking`'s tie rule); `PopularityModel` is the model
 entry `popularity` of `recsys.models.MODELS` built on it.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from recsys import ranking
 from recsys.models.base import FitReport, Model
-
-
-def ranking(scores: np.ndarray) -> np.ndarray:
-    """Item indices by score, best first, ties to the lower index (the tie rule of every top-k here)."""
-    return np.lexsort((np.arange(len(scores)), -np.asarray(scores)))
 
 
 class Popularity:
@@ -53,7 +49,7 @@ class Popularity:
     def order(self) -> np.ndarray:
         """All items, most popular first (ties: lower index first)."""
         if self._order is None:
-            self._order = ranking(self.counts)
+            self._order = ranking.order(self.counts)
         return self._order
 
     def score_rows(self, n_rows: int) -> np.ndarray:
@@ -73,7 +69,8 @@ class PopularityModel(Model):
     name = "popularity"
     personalized = False
 
-    def fit(self, ts, ks=(10, 20, 50), previous=None, progress=print, stop_after=None, max_seconds=None) -> FitReport:
+    def fit(self, ts, ks=(10, 20, 50), previous=None, progress=print, stop_after=None, max_seconds=None,
+            validate=None) -> FitReport:
         """Count interactions per item over the TrainSet (see `Model.fit`)."""
         self.user_ids, self.item_ids = ts.user_ids, ts.item_ids
         self.popularity = fit_popularity(ts, self.config.popularity_window_days)

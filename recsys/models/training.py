@@ -5,8 +5,9 @@ batches; embeddings are looked up with `tf.gather`, so their gradients are `Inde
 updates only the touched rows' moments. Batches are sliced from in-memory index arrays (4 bytes per
 column per interaction), which keeps the input side off the critical path.
 
-Validation during training goes through `recsys.evaluation.scorer`, the scorer `recsys evaluate` uses,
-so the epoch early stopping picks is chosen by the rule that is reported.
+Validation during training is a function the caller passes (`recsys.jobs` passes the offline
+scorer's, the one `recsys evaluate` uses), so the epoch early stopping picks is chosen by the rule that
+is reported and training never imports evaluation.
 """
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from recsys.data.trainset import EvalSet, TrainSet
-from recsys.evaluation.scorer import evaluate_model
+from recsys.data.trainset import TrainSet
 from recsys.models import distribute
 from recsys.models.base import FitReport, WarmStart
 from recsys.models.loss import RetrievalModel
@@ -43,7 +43,7 @@ def tower_outputs(query_tower, user_idx: np.ndarray, history: np.ndarray, dim: i
 
 
 def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None, progress=print,
-        max_seconds: float | None = None, stop_after: int | None = None) -> FitReport:
+        max_seconds: float | None = None, stop_after: int | None = None, validate=None) -> FitReport:
     """Train an embedding model (`model.build_towers`) on `ts`; early-stops on validation recall@eval_k.
 
     Args:
@@ -58,6 +58,9 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
         stop_after: run exactly this many of the `model.epochs` epochs and keep the last weights
             (the refit: no early stopping, and a cosine schedule follows the same path as in the fit
             that chose the count).
+        validate: `validate(model, eval_set, ks, item_counts) -> {metric: mean}` scores an epoch on
+            the validation EvalSet (the caller passes the offline scorer's, so the epoch kept is
+            chosen by the rule that is reported); None: the training loss decides.
     Returns:
         The FitReport.
     """
@@ -136,7 +139,7 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
     if coordinator is None:
         step.get_concrete_function()  # trace once up front: examples/s measures training, not tracing
     rng = np.random.default_rng(mc.seed)
-    val = ts.evals.get("validation")
+    val = ts.evals.get("validation") if validate is not None else None
     if val is not None and len(val.user_ids) > mc.eval_users:
         val = val.sample(mc.eval_users, mc.seed)
     key = f"recall@{mc.eval_k}"
@@ -171,7 +174,7 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
         line = {"epoch": epoch, "loss": loss, "examples_per_second": steps_per_epoch * bs / dt, "seconds": dt}
         if val is not None:
             t1 = time.time()
-            m = evaluate_model(model, val, ks, ts.item_counts)[0].summary()
+            m = validate(model, val, ks, ts.item_counts)
             t_val += time.time() - t1
             line.update({f"val_{k}": v for k, v in m.items() if "@" in k and k.split("@")[0] in ("recall", "ndcg")})
             score = m[key]

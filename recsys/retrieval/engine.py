@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recsys import registry, version as version_mod
-from recsys.data.dataset import ITEM_FIXED_COLUMNS
+from recsys import ranking, registry, version as version_mod
 from recsys.errors import RequestError
-from recsys.models.base import HISTORY, PERSONALIZED, POPULARITY
-from recsys.retrieval import index as index_mod
+from recsys.retrieval.index import BruteForceIndex
+from recsys.schema import ITEM_FIXED_COLUMNS
 from recsys.version import LoadedVersion
 
 # what a filter looks like (the HTTP schema uses it): an attribute of the catalog, then `:value`, or a
@@ -34,6 +33,9 @@ MASK_CACHE_SIZE = 256      # filter-value masks kept (least recently used droppe
 ECHO_IGNORED = 50          # ignored history items echoed back at most, each cut to ECHO_CHARS
 ECHO_CHARS = 64
 _NO_GENRES = frozenset()
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+_POPULAR = np.array([ranking.POPULARITY], dtype=object)
+_PERSONAL = np.array([ranking.PERSONALIZED], dtype=object)
 
 
 @dataclass
@@ -115,9 +117,8 @@ class Engine:
         lv = version_mod.load(root, version)
         idx = None
         if lv.personalized:
-            idx_dir = version_mod.index_dir(root, version)
-            idx = index_mod.load(idx_dir, lv.model.item_embeddings) if index_mod.exists(idx_dir) \
-                else index_mod.BruteForceIndex(lv.model.item_embeddings)
+            idx = version_mod.load_index(root, version, lv.model.item_embeddings) \
+                if version_mod.has_index(root, version) else BruteForceIndex(lv.model.item_embeddings)
         seen = version_mod.load_seen(root, version)
         # one shared frozenset per distinct genre combination: a million per-item sets are a million
         # objects for Python's cyclic garbage collector to walk (seconds-long pauses in the service)
@@ -210,10 +211,11 @@ class Engine:
         return self.seen.indices[self.seen.indptr[user_row]:self.seen.indptr[user_row + 1]]
 
     # ---- scoring -------------------------------------------------------------------------------
-    def _select(self, vector, source, k, include: dict, exclude: dict, blocked_rows: np.ndarray | None):
-        """Top-k by the vector (or popularity) with the request's filters. Item rows to skip (seen
-        items, the history, `item:` excludes) travel as a sorted array, so the common request costs one
-        index search and no pass over the catalog; attribute filters and includes become masks."""
+    def _select(self, vectors, sources, k, include: dict, exclude: dict, blocked_rows: np.ndarray | None):
+        """Top-k by the query vector (or popularity) with the request's filters, by `ranking.rank_rows`.
+        Item rows to skip (seen items, the history, `item:` excludes) travel as a sorted array, so the
+        common request costs one index search and no pass over the catalog; attribute filters and
+        includes become masks."""
         parts = [] if blocked_rows is None else [np.asarray(blocked_rows, dtype=np.int64)]
         if exclude.get("item"):
             items = _rows_of(self.lv.items, list(exclude["item"]))
@@ -228,12 +230,9 @@ class Engine:
                 continue                           # already in `rows`
             cond = self._condition(key, values)
             blocked = cond if blocked is None else blocked | cond
-        if source == POPULARITY or vector is None:
-            ids, scores = index_mod.popular_filtered(self.lv.popularity, k, blocked, allowed, rows)
-            return ids, scores, POPULARITY
-        ids, scores = index_mod.search_filtered(self.index, self.lv.model.item_embeddings, vector, k,
-                                                blocked, allowed, rows)
-        return ids, scores, source
+        ids, scores = ranking.rank_rows(self.index, vectors, sources, self.lv.popularity, k, rows, blocked, allowed)
+        listed = ids[0] >= 0
+        return ids[0][listed], scores[0][listed], sources[0]
 
     def _answer(self, ids, scores, source, ignored=()) -> Recommendations:
         return Recommendations([str(x) for x in self.lv.items.ids[ids]], [float(s) for s in scores], source,
@@ -244,44 +243,36 @@ class Engine:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise RequestError("k", f"{k!r} is out of range: an integer in [1, {MAX_K}]")
 
+    def _query(self, row: int, history: np.ndarray):
+        """The query vector and source of one request (`ranking.query_vectors`: a fresh history ->
+        the model's history vector; else the known user's stored vector; else popularity)."""
+        hist = np.full((1, max(self.lv.history_length, 1, len(history))), -1, dtype=np.int64)
+        hist[0, :len(history)] = history
+        return ranking.query_vectors(self.lv.model, np.array([row], dtype=np.int64), hist,
+                                     fresh=np.array([len(history) > 0]), stored=self.lv.model.user_embeddings)
+
     def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True, include=None, exclude=None,
                   ) -> Recommendations:
         """Top-k for a user ID: their precomputed vector, or popularity if the user is unknown."""
         self._check_k(k)
         inc, exc = self._filters(include, "include"), self._filters(exclude, "exclude")
         row = _row_of(self.lv.users, user_id)
-        source = PERSONALIZED if (row >= 0 and self.lv.personalized) else POPULARITY
-        vector = self.lv.model.user_embeddings[row] if source == PERSONALIZED else None
-        return self._answer(*self._select(vector, source, k, inc, exc, self._seen_rows(row) if exclude_seen else None))
+        vectors, sources = self._query(row, _NO_ROWS)
+        return self._answer(*self._select(vectors, sources, k, inc, exc, self._seen_rows(row) if exclude_seen else None))
 
     def recommend_for_history(self, history: list, user_id: str | None = None, k: int = 10,
                               exclude_seen: bool = True, include=None, exclude=None) -> Recommendations:
         """Top-k from a fresh history (item IDs, newest first). Unknown items are ignored and listed."""
         self._check_k(k)
         inc, exc = self._filters(include, "include"), self._filters(exclude, "exclude")
-        hist_rows = _rows_of(self.lv.items, [str(h) for h in history]) if history else np.zeros(0, np.int64)
+        hist_rows = _rows_of(self.lv.items, [str(h) for h in history]) if history else _NO_ROWS
         # echoed back bounded: a request must not get its own megabytes back
         ignored = [_echo(str(h)) for h, r in zip(history or [], hist_rows) if r < 0][:ECHO_IGNORED]
         known_hist = hist_rows[hist_rows >= 0]
         row = _row_of(self.lv.users, user_id) if user_id is not None else -1
-        vector, source = self._request_vector(row, known_hist)
+        vectors, sources = self._query(row, known_hist)
         seen = np.concatenate([self._seen_rows(row), known_hist]) if exclude_seen else None
-        return self._answer(*self._select(vector, source, k, inc, exc, seen), ignored=ignored)
-
-    def _request_vector(self, row: int, history: np.ndarray):
-        """The request-time rule: fresh history -> the model's history vector (two_tower keeps the
-        known user's ID and features, mf folds the items in); no history -> the known user's
-        precomputed vector; neither -> popularity."""
-        if not self.lv.personalized:
-            return None, POPULARITY
-        if len(history):
-            L = max(self.lv.history_length, 1)
-            hist = np.full((1, max(L, len(history))), -1, dtype=np.int64)
-            hist[0, :len(history)] = history
-            return self.lv.model.history_vectors(hist, np.array([row], dtype=np.int64))[0], HISTORY
-        if row >= 0:
-            return self.lv.model.user_embeddings[row], PERSONALIZED
-        return None, POPULARITY
+        return self._answer(*self._select(vectors, sources, k, inc, exc, seen), ignored=ignored)
 
     def similar_items(self, item_id: str, k: int = 10, include=None, exclude=None) -> Recommendations:
         """Items whose embeddings score highest against this item's (the item itself excluded)."""
@@ -291,17 +282,16 @@ class Engine:
         if row < 0:
             raise RequestError("item_id", f"unknown item {item_id!r}", status=404)
         if not self.lv.personalized:
-            return self._answer(*self._select(None, POPULARITY, k, inc, exc, np.array([row])))
-        return self._answer(*self._select(self.lv.model.item_embeddings[row], PERSONALIZED, k, inc, exc, np.array([row])))
+            return self._answer(*self._select(None, _POPULAR, k, inc, exc, np.array([row])))
+        vector = self.lv.model.item_embeddings[row][None]
+        return self._answer(*self._select(vector, _PERSONAL, k, inc, exc, np.array([row])))
 
     def recommend_users(self, user_rows: np.ndarray, k: int, exclude_seen: bool = True):
         """Top-k for many user rows (the batch job; -1 = unknown user): what `recommend` answers for
-        each, computed in blocks (batched index searches, popularity ranked once).
+        each, ranked as a block by `ranking.rank_rows` (batched index searches, popularity ranked once).
         Returns (ids [n, k], -1 padded; scores [n, k])."""
         rows = np.asarray(user_rows, dtype=np.int64)
         n = len(rows)
-        out_ids = np.full((n, k), -1, dtype=np.int64)
-        out_scores = np.zeros((n, k), dtype=np.float32)
         if self.seen is not None and exclude_seen:
             in_seen = (rows >= 0) & (rows < self.seen.shape[0])
             blocked = self.seen[np.where(in_seen, rows, 0)]
@@ -309,17 +299,10 @@ class Engine:
             blocked.eliminate_zeros()
         else:
             blocked = sp.csr_matrix((n, self.n_items), dtype=np.int8)
-        pers = (rows >= 0) & self.lv.personalized
-        by_pop = np.flatnonzero(~pers)
-        if len(by_pop):
-            order = self.lv.popularity.order
-            top = index_mod.popularity_topk(order, k, blocked[by_pop])
-            out_ids[by_pop, :top.shape[1]] = top
-            out_scores[by_pop, :top.shape[1]] = np.where(
-                top >= 0, self.lv.popularity.counts[np.maximum(top, 0)], 0).astype(np.float32)
-        idx = np.flatnonzero(pers)
-        if len(idx):
-            ids, scores = index_mod.search_many(self.index, self.lv.model.item_embeddings,
-                                                self.lv.model.user_embeddings[rows[idx]], k, blocked[idx])
-            out_ids[idx], out_scores[idx] = ids, scores
-        return out_ids, out_scores
+        vectors, sources = ranking.query_vectors(self.lv.model, rows, np.full((n, 1), -1, dtype=np.int64),
+                                                 stored=self.lv.model.user_embeddings)
+        ids, scores = ranking.rank_rows(self.index, vectors, sources, self.lv.popularity, k, blocked)
+        if ids.shape[1] < k:   # a catalog smaller than k
+            ids = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, k - scores.shape[1])))
+        return ids, scores

@@ -13,6 +13,7 @@ from pipelines import batch_recommend
 from recsys import jobs, version
 from recsys.data import trainset
 from recsys.models import create
+from recsys.evaluation.scorer import validation_metrics
 
 from test_build_dataset import all_files, determinism_input
 
@@ -59,8 +60,8 @@ def test_build_dataset_and_batch_recommendations_are_byte_identical_on_other_run
     root = local.resolve(local.artifacts.root)
     ts = trainset.from_dataset(a, 5)
     model = create("popularity", local.model)
-    model.fit(ts)
-    v = version.save(model, ts, local, root, a)
+    model.fit(ts, validate=validation_metrics)
+    v = version.save_fitted(model, ts, local, root, a)
     jobs.index_version(local, root, v, progress=lambda *_: None)
     out_a = all_files(batch_recommend.run(local, root, v, k=5, progress=lambda *_: None))
     out_b = all_files(batch_recommend.run(other, root, v, k=5, progress=lambda *_: None))

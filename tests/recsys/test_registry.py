@@ -13,7 +13,7 @@ def write_popularity_version(root, vid):
     model = create("popularity")
     model.user_ids, model.item_ids = np.array(["u1"], dtype=object), np.array(["a", "b"], dtype=object)
     model.popularity = Popularity(2, np.array([3, 5]))
-    return version.write(root, model, sp.csr_matrix((1, 2)), {"dataset_id": "d"}, version=vid)
+    return version.write_parts(root, model, sp.csr_matrix((1, 2)), {"dataset_id": "d"}, version=vid)
 
 
 def test_resolve_publish_rollback_prune(tmp_path):

@@ -10,6 +10,7 @@ from recsys.data import trainset
 from recsys.errors import RequestError
 from recsys.models import create
 from recsys.retrieval.engine import Engine
+from recsys.evaluation.scorer import validation_metrics
 from serving.main import create_app
 from serving.settings import Settings
 
@@ -45,8 +46,8 @@ def shop(tmp_path_factory):
     ts = trainset.from_dataset(ds, 5)
     root = cfg.resolve(cfg.artifacts.root)
     model = create("popularity", cfg.model)
-    model.fit(ts)
-    v = version.save(model, ts, cfg, root, ds)
+    model.fit(ts, validate=validation_metrics)
+    v = version.save_fitted(model, ts, cfg, root, ds)
     registry.publish(root, v)
     return root, catalog.set_index("item_id")
 

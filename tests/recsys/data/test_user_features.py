@@ -17,6 +17,7 @@ from recsys.evaluation.scorer import evaluate_model
 from recsys.models import create
 from recsys.data.synthetic import clustered_interactions
 from recsys.data.metadata import read_users
+from recsys.evaluation.scorer import validation_metrics
 
 N_CLUSTERS = 6
 
@@ -149,10 +150,10 @@ def _test_recall(tr, ts):
 def test_user_features_help_users_with_few_interactions(sparse_users):
     tmp, cfg, ds, ts = sparse_users
     with_f = create("two_tower", cfg.model)
-    with_f.fit(ts, (20,), progress=lambda *_: None)
+    with_f.fit(ts, (20,), progress=lambda *_: None, validate=validation_metrics)
     cfg_without = config(tmp, use_user_features=False)
     without = create("two_tower", cfg_without.model)
-    without.fit(ts, (20,), progress=lambda *_: None)
+    without.fit(ts, (20,), progress=lambda *_: None, validate=validation_metrics)
     pop = Popularity(ts.n_items).fit(ts.item_idx)
     ev = ts.evals["test"]
     pop_recall = metrics.evaluate(lambda r: np.array(pop.score_rows(len(r))), np.arange(len(ev.user_ids)),
@@ -162,7 +163,7 @@ def test_user_features_help_users_with_few_interactions(sparse_users):
 
     # the exported version answers with the same embeddings, features included
     root = cfg.resolve(cfg.artifacts.root)
-    lv = version.load(root, version.save(with_f, ts, cfg, root, ds))
+    lv = version.load(root, version.save_fitted(with_f, ts, cfg, root, ds))
     hist = trainset.user_histories(ts, cfg.model.history_length, ds)
     users = np.arange(ts.n_users)
     np.testing.assert_allclose(lv.model.user_vectors(users, hist), lv.model.user_embeddings, rtol=1e-5, atol=1e-5)

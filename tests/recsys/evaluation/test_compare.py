@@ -46,7 +46,7 @@ def test_compare_versions_end_to_end(served, tmp_path):
     names = {s.name for s in planted.segments}
     assert {"light users", "medium users", "heavy users", "new users", "returning users"} <= names
     assert any(n.startswith("head items") for n in names) and any(n.startswith("tail items") for n in names)
-    paths = report.write_report(planted, str(tmp_path / "report"), report.arm_inspections(root, planted))
+    paths = report.write_report(root, planted, str(tmp_path / "report"))
     html = open(paths["html"]).read()
     # a title naming the models, one verdict, every section, every plot
     assert html.count("<h1>") == 1 and "<title>mf (" in html and " vs popularity (" in html
@@ -77,3 +77,28 @@ def test_benjamini_hochberg_adjustment_and_too_few_users_are_left_out():
     assert [round(r.p_adjusted, 4) for r in out[:4]] == [0.04, 0.0533, 0.0533, 0.5]
     assert out[4].p_adjusted is None
     assert report.fmt_p(0.0002) == "< 0.001" and report.fmt_p(0.0234) == "0.023"
+
+
+@pytest.mark.parametrize("metric", ["recall", "recall_norm", "ndcg", "hit_rate", "map", "mrr"])
+def test_every_metric_the_config_accepts_as_primary_is_paired(served, metric):
+    """nightly.primary_metric accepts exactly the per-user ranking metrics, and compare pairs the one
+    chosen whichever it is (mrr@20 used to pass validation and end compare in a StopIteration)."""
+    from recsys.config import from_dict
+    from recsys.schema import RANKING_METRICS
+    assert metric in RANKING_METRICS
+    assert from_dict({"nightly": {"primary_metric": f"{metric}@20"}}).nightly.primary_metric == f"{metric}@20"
+    root, v = served["root"], served["versions"]
+    c = compare.compare(root, v["popularity"], v["mf"], ks=(10, 20), primary=f"{metric}@20")
+    assert c.primary.name == f"{metric}@20" and any(r.name == f"{metric}@20" for r in c.metrics)
+    assert c.primary.delta == pytest.approx(float(np.mean(c.per_user_delta)))
+
+
+def test_a_primary_metric_that_is_not_computed_is_a_config_error_or_a_data_error(served):
+    from recsys.config import from_dict
+    from recsys.errors import ConfigError, DataError
+    for bad in ("coverage@20", "novelty@20", "recall@7", "precision@20"):
+        with pytest.raises(ConfigError, match="nightly.primary_metric"):
+            from_dict({"nightly": {"primary_metric": bad}})
+    with pytest.raises(DataError, match="primary metric 'recall@7' is not computed"):
+        compare.compare(served["root"], served["versions"]["popularity"], served["versions"]["mf"], ks=(10, 20),
+                        primary="recall@7")

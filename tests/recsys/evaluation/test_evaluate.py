@@ -119,8 +119,7 @@ def test_through_a_coarse_scann_index_the_loss_is_measured(served, tmp_path):
     v = served["versions"]["mf"]
     lv = version.load(root, v)
     cfg = from_dict({"index": {"kind": "scann", "num_leaves": 4, "leaves_to_search": 3, "reorder": 1}}).index
-    shutil.rmtree(version.index_dir(root, v), ignore_errors=True)
-    index.build(lv.model.item_embeddings, cfg).save(version.index_dir(root, v))
+    version.save_index(root, v, index.build(lv.model.item_embeddings, cfg))
     r = evaluate.evaluate_through_index(root, v, "test", served["dataset"].id, (10, 20))
     assert r.index_kind == "scann" and r.overlap < 1.0
     loss = r.loss()
@@ -136,6 +135,7 @@ def test_large_catalogs_rank_through_scann_s_exact_scorer_like_the_matmul(monkey
     from recsys.config import from_dict
     from recsys.evaluation import scorer
     from recsys.models import create
+    from recsys.retrieval import index
     from recsys.models.popularity import Popularity
     rng = np.random.default_rng(0)
     n_users, n_items = 1500, 5000
@@ -155,7 +155,7 @@ def test_large_catalogs_rank_through_scann_s_exact_scorer_like_the_matmul(monkey
     users = np.arange(n_users, dtype=np.int64)
     hist = np.full((n_users, 1), -1, np.int32)
     fast, src = scorer.rank(model, users, hist, exclude, 50, catalog_cols)
-    monkeypatch.setattr(scorer, "EXACT_SCANN_FROM", 10 ** 9)
+    monkeypatch.setattr(index, "EXACT_SCANN_FROM_ITEMS", 10 ** 9)
     dense, _ = scorer.rank(model, users, hist, exclude, 50, catalog_cols)
     assert (src == "personalized").all()
     assert (fast == dense).mean() > 0.999            # float summation order may swap a near-tie

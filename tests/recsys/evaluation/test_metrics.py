@@ -11,14 +11,6 @@ def csr(rows, n_items):
     return csr_from_pairs(np.array(r, dtype=np.int64), np.array(c, dtype=np.int64), len(rows), n_items)
 
 
-def test_top_k_excludes_and_breaks_ties_by_index():
-    scores = np.array([[1.0, 3.0, 3.0, 2.0, 0.0]])
-    top = metrics.top_k(scores, 3, csr([[1]], 5))
-    assert top.tolist() == [[2, 3, 0]]   # item 1 excluded; tie 1 vs 2 never arises; then 3 (2.0), 0 (1.0)
-    top = metrics.top_k(np.array([[5.0, 5.0, 5.0, 1.0]]), 2)
-    assert top.tolist() == [[0, 1]]      # ties: lower index first
-
-
 def test_hand_computed_metrics():
     # user 0: ranking [0, 1, 2, 3], relevant {1, 3}; user 1: ranking [3, 2, 1, 0], relevant {0}
     scores = np.array([[4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0]])

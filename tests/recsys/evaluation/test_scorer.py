@@ -9,10 +9,11 @@ from pipelines import build_dataset
 from recsys import cli, version
 from recsys.config import load_config
 from recsys.data.synthetic import clustered_interactions
-from recsys.evaluation.scorer import evaluate_model, query_vectors
+from recsys.evaluation.scorer import evaluate_model
 from recsys.jobs import train_version
 from recsys.models import create
-from recsys.models.base import HISTORY, PERSONALIZED, POPULARITY
+from recsys.ranking import HISTORY, PERSONALIZED, POPULARITY, query_vectors
+from recsys.evaluation.scorer import validation_metrics
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_items_unknown_to_the_model_are_never_recommended_and_count_as_misses(te
     model = create("mf", cfg.model)
     from recsys.data import trainset
     ts = trainset.from_dataset(ds, 5)
-    model.fit(ts, (10,), progress=lambda *_: None)
+    model.fit(ts, (10,), progress=lambda *_: None, validate=validation_metrics)
     ev = ts.evals["test"]
     catalog = ts.item_ids.copy()
     catalog[0] = "brand-new"

@@ -46,17 +46,18 @@ cfg = from_dict({"model": {"gather_candidates": GATHER, "dim": 8, "batch_size": 
 # shard, so its random start differs from one process's): one process's tables after one tiny step
 import copy  # noqa: E402
 from recsys.models.base import WarmStart  # noqa: E402
+from recsys.evaluation.scorer import validation_metrics  # noqa: E402
 seed_cfg = copy.deepcopy(cfg.model)
 seed_cfg.distribute, seed_cfg.epochs, seed_cfg.learning_rate = "none", 1, 1e-9
 seed = create(MODEL, seed_cfg)
 ts0 = data()
-seed.fit(ts0, (10,), progress=lambda *_: None)
+seed.fit(ts0, (10,), progress=lambda *_: None, validate=validation_metrics)
 start = WarmStart("seed", ts0.user_ids, ts0.item_ids, seed.weights())
 model = create(MODEL, cfg.model)
 budget = float(os.environ.get("BUDGET", "0")) or None     # seconds; set on one worker only by a test
 if os.environ.get("FIT_TWICE"):   # a process that trains again (a refit) reuses its cluster connection
-    create(MODEL, cfg.model).fit(data(), (10,), previous=start, progress=lambda *_: None)
-report = model.fit(data(), (10,), previous=start, progress=lambda *_: None, max_seconds=budget)
+    create(MODEL, cfg.model).fit(data(), (10,), previous=start, progress=lambda *_: None, validate=validation_metrics)
+report = model.fit(data(), (10,), previous=start, progress=lambda *_: None, max_seconds=budget, validate=validation_metrics)
 variables = model.query_tower.variables + model.candidate_tower.variables
 # tables in tower order as t0, t1, ...; a table sharded over parameter servers is its shards' rows in order
 tables = {}

@@ -17,6 +17,7 @@ from recsys.evaluation.scorer import evaluate_model
 from recsys.models import MODELS, create
 from recsys.models.base import Model
 from recsys.models.popularity import Popularity
+from recsys.evaluation.scorer import validation_metrics
 
 MODEL = {"dim": 16, "batch_size": 256, "epochs": 12, "patience": 4, "learning_rate": 0.02, "history_length": 5}
 
@@ -56,7 +57,7 @@ def fitted(planted):
         for k, v in recipe.items():
             setattr(mc, k, v)
         model = create(name, mc)
-        model.fit(ts, (20,), progress=lambda *_: None)
+        model.fit(ts, (20,), progress=lambda *_: None, validate=validation_metrics)
         out[key] = model
     return out
 
@@ -65,7 +66,7 @@ def fitted(planted):
 def saved(planted, fitted):
     tmp, cfg, ds, ts = planted
     root = cfg.resolve(cfg.artifacts.root)
-    return {key: version.save(model, ts, cfg, root, ds) for key, model in fitted.items()}
+    return {key: version.save_fitted(model, ts, cfg, root, ds) for key, model in fitted.items()}
 
 
 def popularity_recall(ts, split="test"):
@@ -153,7 +154,7 @@ def test_warm_start_keeps_carried_over_rows(planted, fitted, saved, key, tmp_pat
     assert ts2.n_items > ts.n_items and ts2.n_users > ts.n_users
     old = fitted[key].weights()
     model = create(name, cfg2.model)
-    model.fit(ts2, (20,), previous=version.load_warm_start(root, saved[key]), progress=lambda *_: None)
+    model.fit(ts2, (20,), previous=version.load_warm_start(root, saved[key]), progress=lambda *_: None, validate=validation_metrics)
     new = model.weights()
     assert model.report.warm_started["candidate.item_embedding"] == ts.n_items
     # same IDs, same indices (the vocabulary is extended) -> same rows, up to a 1e-9 learning rate

@@ -11,6 +11,7 @@ from recsys.data import trainset
 from recsys.models import create
 from recsys.models.base import WarmStart
 from recsys.models.loss import RetrievalModel
+from recsys.evaluation.scorer import validation_metrics
 
 MODEL = {"dim": 16, "batch_size": 256, "epochs": 12, "patience": 4, "learning_rate": 0.02, "history_length": 5}
 
@@ -192,7 +193,7 @@ def test_warm_start_matches_feature_rows_by_token_not_position():
     cfg = from_dict({"model": {**MODEL, "epochs": 1, "history_length": 3}})
     ts1 = _featured_trainset(["comedy", "war"], ["drama"], ["a", "b"], ["x", "y", "z"])
     tr1 = create("two_tower", cfg.model)
-    tr1.fit(ts1, (20,), progress=lambda *_: None)
+    tr1.fit(ts1, (20,), progress=lambda *_: None, validate=validation_metrics)
     old = tr1.weights()
     assert old["candidate.token_embedding:names"].tolist() == ["comedy", "war"]
     # the next dataset adds a token that sorts first: every old token moves down one index
@@ -200,7 +201,7 @@ def test_warm_start_matches_feature_rows_by_token_not_position():
     mc = copy.deepcopy(cfg.model)
     mc.learning_rate = 1e-9
     tr2 = create("two_tower", mc)
-    tr2.fit(ts2, (20,), previous=WarmStart("v1", ts1.user_ids, ts1.item_ids, old), progress=lambda *_: None)
+    tr2.fit(ts2, (20,), previous=WarmStart("v1", ts1.user_ids, ts1.item_ids, old), progress=lambda *_: None, validate=validation_metrics)
     new = tr2.weights()
     warm = tr2.report.warm_started
     assert warm["candidate.token_embedding"] == 2 and warm["candidate.genre_embedding"] == 1
@@ -211,7 +212,7 @@ def test_warm_start_matches_feature_rows_by_token_not_position():
     # a previous version without names (written before they were saved) copies no feature rows
     legacy = {k: v for k, v in old.items() if not k.endswith(":names")}
     tr3 = create("two_tower", mc)
-    tr3.fit(ts2, (20,), previous=WarmStart("v1", ts1.user_ids, ts1.item_ids, legacy), progress=lambda *_: None)
+    tr3.fit(ts2, (20,), previous=WarmStart("v1", ts1.user_ids, ts1.item_ids, legacy), progress=lambda *_: None, validate=validation_metrics)
     warm = tr3.report.warm_started
     assert "candidate.token_embedding" not in warm and "candidate.item_embedding" in warm
 
@@ -221,7 +222,7 @@ def test_a_time_budget_stops_before_an_epoch_that_would_end_past_it():
     ts = _featured_trainset(["comedy", "war"], ["drama"], [f"u{i}" for i in range(300)], [f"i{i}" for i in range(50)])
     lines = []
     model = create("mf", cfg.model)
-    report = model.fit(ts, (20,), progress=lines.append, max_seconds=1e-6)
+    report = model.fit(ts, (20,), progress=lines.append, max_seconds=1e-6, validate=validation_metrics)
     assert len(report.epochs) == 1 and any("time budget" in line for line in lines)
-    report = create("mf", cfg.model).fit(ts, (20,), progress=lambda *_: None, max_seconds=None)
+    report = create("mf", cfg.model).fit(ts, (20,), progress=lambda *_: None, max_seconds=None, validate=validation_metrics)
     assert len(report.epochs) == 50

@@ -165,7 +165,7 @@ def inspect_version(root: str, version: str, k: int = 10, attribute: str | None 
 
 def map_png(ins: Inspection, max_legend: int = 8) -> bytes:
     """The 2-D map as PNG: the most frequent values in colour-blind-safe colours, the rest grey."""
-    from recsys.evaluation.report import PALETTE, png, pyplot
+    from recsys.evaluation.plotting import PALETTE, png, pyplot
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 5.5))
     vals = np.asarray(ins.xy_values, dtype=object)
