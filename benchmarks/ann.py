@@ -57,6 +57,7 @@ if REPO not in sys.path:
 
 from recsys.retrieval import index as rindex  # noqa: E402
 from recsys.config import from_dict  # noqa: E402
+from synthetic_version import mixture_clusters, mixture_vectors  # noqa: E402
 
 K = 10
 GOAL_RECALL = 0.95
@@ -68,23 +69,17 @@ BRUTE_SINGLE_MAX = 200          # brute force single-query timing uses at most t
 # Data
 # --------------------------------------------------------------------------------------------------
 
-def normalize(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
 def clustered(n: int, n_queries: int, dim: int, clusters: int, spread: float, seed: int = 0):
-    """n items + n_queries held-out queries from one Gaussian mixture, L2-normalised."""
+    """n items + n_queries held-out queries from one Gaussian mixture, L2-normalised (the mixture of
+    synthetic_version.py, which serving_latency.py's catalog is drawn from)."""
     rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(clusters, dim)).astype(np.float32) / np.sqrt(dim)
-    scale = (spread * rng.uniform(0.5, 1.5, clusters)).astype(np.float32)
+    centers, scale = mixture_clusters(rng, clusters, dim, spread)
     total = n + n_queries
     out = np.empty((total, dim), dtype=np.float32)
     step = 1 << 18
-    for s in range(0, total, step):
+    for s in range(0, total, step):   # each chunk's labels, then its noise: the same data per seed as before
         e = min(total, s + step)
-        c = rng.integers(0, clusters, e - s)
-        noise = rng.standard_normal((e - s, dim), dtype=np.float32) / np.sqrt(dim)
-        out[s:e] = normalize(centers[c] + scale[c, None] * noise)
+        out[s:e] = mixture_vectors(rng, centers, scale, rng.integers(0, clusters, e - s))
     return out[:n], out[n:]
 
 

@@ -8,7 +8,7 @@ Protocol (the test split is read once, at the end):
    (`--validation-fraction`, default 0.1). Each model trains on the rest for up to the recipe's epochs
    (early stopping with its patience, within `max_train_minutes`) with validation recall@20 after
    every epoch; the best epoch is the count used below.
-2. implicit's AlternatingLeastSquares (the bench extra; the config the issue measured as best of six,
+2. implicit's AlternatingLeastSquares (the bench extra; the best of six configs measured on test,
    which favours ALS) is fitted on the same selection split, for a like-for-like validation recall, and
    on the full train split for its test row and fit time.
 3. Time-to-ALS-quality: the wall time (training plus the per-epoch validation) at which a model's

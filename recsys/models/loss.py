@@ -12,7 +12,7 @@ minus each candidate's log sampling probability where logQ applies; accidental h
 Negatives (`RetrievalModel.negatives`): the batch's other positives with logQ (`in_batch`), items drawn
 uniformly and shared by the batch (by each replica's share under tf.distribute), without logQ
 (`uniform`), or both (`mixed`). Uniform-only needs no correction: log(M/N) is the same for every
-negative and cancels. In `mixed` the uniform part also gets none, as issue 16 specified: each uniform
+negative and cancels. In `mixed` the uniform part also gets none, by design (BSL's recipe): each uniform
 draw then counts once while an in-batch candidate counts 1/(B·p(i)); the sampled-softmax correction for
 the mixture would add log(N/M) to the uniform logits (measured only without it, docs/RESULTS.md).
 """

@@ -327,7 +327,7 @@ def test_config_error_is_a_recsys_error():
     assert issubclass(ConfigError, RecsysError)
 
 
-# --- cases that used to be tracebacks (the trust issue) ---------------------------------------------
+# --- cases that used to be tracebacks (now one-line errors) ---------------------------------------------
 
 @pytest.mark.parametrize("name", ["prismrunner", "Prism", "PRISMRUNNER"])
 def test_prism_in_any_case_is_refused(name):

@@ -1,5 +1,5 @@
-"""A broken version never goes live, and no ID reaches outside the artifact root (the trust issue's
-cases, each named after what was found)."""
+"""A broken version never goes live, and no ID reaches outside the artifact root (each case named after
+the failure it guards against)."""
 import json
 import os
 import shutil
