@@ -5,6 +5,9 @@ that learns anything beats popularity by a wide margin, and one that learns noth
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 
@@ -136,3 +139,215 @@ def shop_events(n_events: int, n_users: int, catalog: pd.DataFrame, seed: int = 
                          "item_id": ids[item[rep]],
                          "event_type": np.asarray(FUNNEL, dtype=object)[step],
                          "timestamp": ts.astype("datetime64[s]")})
+
+
+@dataclass
+class ShopLog:
+    """A shop log split at `cut`, with the generator's own purchase probabilities as a ceiling.
+
+    `events`: user_id, item_id, event_type, timestamp (datetime64[s]) of everything before `cut`;
+    `future`: the purchases at or after `cut` (same columns), what a recommender is asked to predict;
+    `log`: the complete generated log (before and after `cut`), e.g. for measuring leaks.
+    """
+    events: pd.DataFrame
+    future: pd.DataFrame
+    log: pd.DataFrame
+    cut: pd.Timestamp
+    _user_ids: np.ndarray = field(repr=False)
+    _item_ids: np.ndarray = field(repr=False)
+    _probs: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+
+    def oracle(self, k: int) -> dict:
+        """For each user with a future purchase, their top-k item ids by the true purchase
+        probability at the cut (taste x popularity, plus the buy-again mass when `repeat` > 0)."""
+        users = pd.unique(self.future["user_id"])
+        index = pd.Index(self._user_ids).get_indexer(users)
+        out = {}
+        k = min(k, len(self._item_ids))
+        for start in range(0, len(index), 512):
+            chunk = index[start:start + 512]
+            p = self._probs(chunk)
+            top = np.argpartition(-p, k - 1, axis=1)[:, :k]
+            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(p, top, 1), axis=1, kind="stable"), 1)
+            for u, row in zip(users[start:start + 512], top):
+                out[u] = list(self._item_ids[row])
+        return out
+
+    def recall_at(self, lists: dict, k: int) -> float:
+        """Mean over users with future purchases of |top-k of their list ∩ their future purchased
+        items| / |their future purchased items| (distinct items; a missing list scores 0)."""
+        truth = self.future.groupby("user_id")["item_id"].agg(lambda s: set(s))
+        if len(truth) == 0:
+            return float("nan")
+        return float(np.mean([len(items & set(lists.get(u, ())[:k])) / len(items) for u, items in truth.items()]))
+
+
+def shop_log(n_users: int, catalog: pd.DataFrame, *, seed: int = 0, days: int = 120,
+             sessions_per_user_mean: float = 12.0, views_per_session: float = 4.0, cart_rate: float = 0.2,
+             purchase_rate: float = 0.4, browse_noise: float = 0.5, main_category_share: float = 0.8,
+             brand_concentration: float = 0.5, zipf: float = 0.8, repeat: float = 0.0,
+             same_item_funnel: bool = False, cut: str | pd.Timestamp | None = None,
+             start: str = "2026-01-01") -> ShopLog:
+    """A session-based shop log (view / cart / purchase) whose future is not already in its history.
+
+    Generative rules:
+
+    - user u has one or two main categories sharing `main_category_share` of the category preference
+      (the rest spread evenly over the other categories), a brand affinity per brand drawn from
+      Gamma(`brand_concentration`) (small = a few favourite brands), and a lognormal activity level;
+      item popularity pop(i) is Zipf(`zipf`) over a random ranking of the items of each category;
+    - the base purchase probability is p_u(i) ∝ pref_u(category_i) * pref_u(brand_i) * pop(i); with
+      `repeat` > 0 each purchase is, with probability `repeat` (if the user bought before), a re-buy of
+      one of the user's earlier purchases picked uniformly ("buy again"), so the true probability at a
+      time is repeat * (share of i in u's past purchases) + (1 - repeat) * p_u(i);
+    - activity comes in sessions: Poisson(`sessions_per_user_mean` * relative activity) sessions
+      starting uniformly over `days` (gaps of hours to days); a session has 1 + Poisson(
+      `views_per_session` - 1) views tens of seconds apart, each drawn from p_u with probability
+      1 - `browse_noise` and else by popularity alone (browsing); each view is carted with
+      `cart_rate` seconds to minutes later; then Poisson(`purchase_rate`) purchases a minute or so
+      after the last view, each drawn from the purchase distribution above, independently of what was
+      viewed (not preceded by a cart of the same item);
+    - with `same_item_funnel=True` every purchase is additionally preceded by a view (20-59 s before)
+      and a cart (1-19 s before) of the same item: the leaky funnel of `shop_events`, kept only to
+      test leak detectors;
+    - `cut` defaults to start + round(0.85 * days) days; `events` is everything before it, `future`
+      the purchases at or after it, drawn from the same distributions, so history predicts them only
+      through taste, popularity and repeats. `ShopLog.oracle(k)` ranks by the true probability at
+      the cut (base p_u mixed with the user's purchases before the cut when `repeat` > 0).
+
+    User ids are "c0", "c1", ...; item ids come from `catalog` (e.g. `shop_catalog`).
+    """
+    rng = np.random.default_rng(seed)
+    item_ids = catalog["item_id"].to_numpy()
+    n_items = len(catalog)
+    category, _ = pd.factorize(catalog["category"])
+    brand, _ = pd.factorize(catalog["brand"])
+    n_cat, n_brand = category.max() + 1, brand.max() + 1
+    brand_cat = np.zeros(n_brand, dtype=np.int64)
+    brand_cat[brand] = category          # brands nest in categories (as in `shop_catalog`)
+
+    # popularity: Zipf over a random ranking within each category
+    rank = np.empty(n_items)
+    perm = rng.permutation(n_items)
+    cat_sorted = perm[np.argsort(category[perm], kind="stable")]
+    first = np.searchsorted(category[cat_sorted], np.arange(n_cat))
+    rank[cat_sorted] = np.arange(n_items) - first[category[cat_sorted]]
+    pop = 1.0 / (rank + 1.0) ** zipf
+    # items sorted by brand: an item "within brand b" is one searchsorted into a contiguous range
+    order = np.argsort(brand, kind="stable")
+    cum = np.cumsum(pop[order])
+    edges = np.r_[0.0, cum]
+    bstart = np.searchsorted(brand[order], np.arange(n_brand))
+    bend = np.searchsorted(brand[order], np.arange(n_brand), "right")
+    b_lo, b_hi = edges[bstart], edges[bend]
+    brand_mass = b_hi - b_lo
+
+    # user tastes
+    main = rng.integers(0, n_cat, (n_users, 2))
+    two = rng.random(n_users) < 0.5
+    rest = (1 - main_category_share) / max(n_cat - 1, 1)
+    pref_cat = np.full((n_users, n_cat), rest)
+    pref_cat[np.arange(n_users), main[:, 0]] = 0.0
+    pref_cat[two, main[two, 1]] = 0.0
+    share = np.where(two & (main[:, 0] != main[:, 1]), main_category_share / 2, main_category_share)
+    pref_cat[np.arange(n_users), main[:, 0]] += share
+    pref_cat[two, main[two, 1]] += share[two]
+    pref_brand = rng.gamma(brand_concentration, 1.0, (n_users, n_brand))
+    w = pref_cat[:, brand_cat] * pref_brand * brand_mass          # P(brand | user), unnormalized
+    w /= w.sum(1, keepdims=True)
+    wcum = np.cumsum(w, 1)
+    wcum[:, -1] = 1.0
+    flat = (wcum + np.arange(n_users)[:, None]).ravel()
+
+    def draw_user(users: np.ndarray) -> np.ndarray:
+        """Items from p_u: a brand by the user's brand weights, then an item by popularity in it."""
+        b = np.searchsorted(flat, users + rng.random(len(users)), "right") - users * n_brand
+        b = np.clip(b, 0, n_brand - 1)
+        r = b_lo[b] + rng.random(len(users)) * brand_mass[b]
+        return order[np.minimum(np.searchsorted(cum, r, "right"), n_items - 1)]
+
+    def draw_popular(n: int) -> np.ndarray:
+        return order[np.minimum(np.searchsorted(cum, rng.random(n) * cum[-1], "right"), n_items - 1)]
+
+    # sessions
+    activity = rng.lognormal(0.0, 1.0, n_users)
+    n_sess = rng.poisson(sessions_per_user_mean * activity / activity.mean())
+    s_user = np.repeat(np.arange(n_users), n_sess)
+    span = days * 86400
+    s_start = rng.integers(0, max(span - 3600, 1), len(s_user))
+    # views
+    n_views = 1 + rng.poisson(max(views_per_session - 1, 0), len(s_user))
+    v_sess = np.repeat(np.arange(len(s_user)), n_views)
+    gap = rng.exponential(45.0, len(v_sess)).astype(np.int64) + 1
+    csum = np.cumsum(gap)
+    v_t = s_start[v_sess] + csum - np.repeat(csum[np.cumsum(n_views) - n_views], n_views)
+    v_user = s_user[v_sess]
+    noisy = rng.random(len(v_sess)) < browse_noise
+    v_item = draw_user(v_user)
+    v_item[noisy] = draw_popular(int(noisy.sum()))
+    # carts of viewed items
+    carted = rng.random(len(v_sess)) < cart_rate
+    c_user, c_item = v_user[carted], v_item[carted]
+    c_t = v_t[carted] + rng.integers(5, 300, int(carted.sum()))
+    # purchases after the session's last view, independent of the views
+    s_end = np.zeros(len(s_user), dtype=np.int64)
+    s_end[v_sess] = v_t                       # last write per session wins: v_t is increasing in it
+    n_buy = rng.poisson(purchase_rate, len(s_user))
+    p_sess = np.repeat(np.arange(len(s_user)), n_buy)
+    p_user = s_user[p_sess]
+    p_t = s_end[p_sess] + 60 + (np.arange(len(p_sess)) - np.repeat(np.cumsum(n_buy) - n_buy, n_buy)) * 90 \
+        + rng.integers(0, 60, len(p_sess))
+    p_item = draw_user(p_user)
+    # buy again: a purchase re-buys a uniformly chosen earlier purchase of the same user
+    o = np.lexsort((p_t, p_user))
+    p_user, p_t, p_item = p_user[o], p_t[o], p_item[o]
+    n_p = np.bincount(p_user, minlength=n_users)
+    u_first = np.cumsum(n_p) - n_p
+    prior = np.arange(len(p_user)) - u_first[p_user]          # purchases the user made before this one
+    again = (rng.random(len(p_user)) < repeat) & (prior > 0)
+    parent = np.arange(len(p_user))
+    parent[again] = u_first[p_user[again]] + (rng.random(int(again.sum())) * prior[again]).astype(np.int64)
+    while True:
+        nxt = parent[parent]
+        if np.array_equal(nxt, parent):
+            break
+        parent = nxt
+    p_item = p_item[parent]
+
+    parts = [(v_user, v_item, 0, v_t), (c_user, c_item, 1, c_t), (p_user, p_item, 2, p_t)]
+    if same_item_funnel:
+        parts += [(p_user, p_item, 0, p_t - rng.integers(20, 60, len(p_t))),
+                  (p_user, p_item, 1, p_t - rng.integers(1, 20, len(p_t)))]
+    u = np.concatenate([x[0] for x in parts])
+    it = np.concatenate([x[1] for x in parts])
+    et = np.concatenate([np.full(len(x[0]), x[2]) for x in parts])
+    t0 = np.datetime64(start, "s").astype(np.int64)
+    ts = t0 + np.concatenate([x[3] for x in parts])
+    o = np.lexsort((et, ts, u))
+    user_ids = np.char.add("c", np.arange(n_users).astype(str)).astype(object)
+    log = pd.DataFrame({"user_id": user_ids[u[o]], "item_id": item_ids[it[o]],
+                        "event_type": np.asarray(FUNNEL, dtype=object)[et[o]],
+                        "timestamp": ts[o].astype("datetime64[s]")})
+    cut_ts = (pd.Timestamp(start) + pd.Timedelta(days=round(0.85 * days))) if cut is None else pd.Timestamp(cut)
+    before = (log["timestamp"] < cut_ts).to_numpy()
+    events = log[before].reset_index(drop=True)
+    future = log[~before & (log["event_type"] == "purchase").to_numpy()].reset_index(drop=True)
+
+    # the true purchase probability at the cut
+    cut_s = int(cut_ts.to_datetime64().astype("datetime64[s]").astype(np.int64)) - t0
+    past = p_t < cut_s
+    past_counts = pd.Series(1.0, index=pd.MultiIndex.from_arrays([p_user[past], p_item[past]])).groupby(level=[0, 1]).sum()
+    item_in_brand = pop / brand_mass[brand]
+
+    def probs(users: np.ndarray) -> np.ndarray:
+        p = w[users][:, brand] * item_in_brand[None, :]
+        if repeat > 0 and len(past_counts):
+            bought = np.zeros_like(p)
+            sub = past_counts[past_counts.index.get_level_values(0).isin(users)]
+            row = pd.Index(users).get_indexer(sub.index.get_level_values(0))
+            bought[row, sub.index.get_level_values(1)] = sub.to_numpy()
+            n = bought.sum(1, keepdims=True)
+            p = np.where(n > 0, repeat * bought / np.maximum(n, 1) + (1 - repeat) * p, p)
+        return p
+
+    return ShopLog(events, future, log, cut_ts, user_ids, item_ids, probs)
