@@ -6,7 +6,8 @@ One module owns it, at the bottom of the layers (numpy and scipy only), so that 
 
 - the source labels every answer and every evaluated user carries;
 - the one tie rule (equal scores: the lower item index first) and the top-k / membership primitives;
-- the query-vector rule (`query_vectors`): known user, else history, else popularity;
+- the query-vector rule (`query_source`, applied by `query_vectors` / `query_vector`): a fresh or
+  unknown user's history, else a known user's vector, else popularity;
 - popularity's top-k, for one row with filters (`popular_row`) or a block (`popular_rows`);
 - a searcher's top-k with exclusions and over-fetch, for one row with filters (`search_row`) or a
   block (`search_rows`);
@@ -113,16 +114,34 @@ def fetch_sizes(n_items: int, k, n_blocked) -> np.ndarray:
 
 
 # ---- the query vector --------------------------------------------------------------------------
-def query_vectors(model, user_idx: np.ndarray, history: np.ndarray, fresh: np.ndarray | None = None,
-                  stored: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
-    """The query vector and source of every row: the one rule of the scorer, batch and the service.
+def query_source(personalized: bool, known: bool, has_history: bool, fresh: bool) -> str:
+    """Where one row's query vector comes from: the rule, written once.
 
     - a model that is not personalized: popularity for everyone -> POPULARITY;
-    - a fresh history (items given at request time, `fresh` true), or a user the model does not
-      know with a history of items it knows: `model.history_vectors(history, user)` -> HISTORY;
-    - a user the model knows: their `stored` vector (the version's precomputed user vectors, so a
-      request costs no model call) or, without one, `model.user_vectors(user, history)` -> PERSONALIZED;
-    - anyone else: popularity -> POPULARITY (a zero vector).
+    - a fresh history (items given at request time), or a user the model does not know with a history
+      of items it knows: the model's history vector -> HISTORY;
+    - a user the model knows: their vector -> PERSONALIZED;
+    - anyone else: popularity -> POPULARITY.
+    """
+    if not personalized:
+        return POPULARITY
+    if has_history and (fresh or not known):
+        return HISTORY
+    return PERSONALIZED if known else POPULARITY
+
+
+# `query_source` for every (known, has_history, fresh), indexed by known * 4 + has_history * 2 + fresh
+_SOURCE_TABLE = np.array([query_source(True, bool(k), bool(h), bool(f)) for k in (0, 1) for h in (0, 1)
+                          for f in (0, 1)], dtype=object)
+
+
+def query_vectors(model, user_idx: np.ndarray, history: np.ndarray, fresh: np.ndarray | None = None,
+                  stored: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    """The query vector and source of every row (`query_source`), for a block of rows.
+
+    A PERSONALIZED row gets the user's `stored` vector (the version's precomputed user vectors, so a
+    request costs no model call) or, without one, `model.user_vectors(user, history)`; a HISTORY row
+    gets `model.history_vectors(history, user)`; a POPULARITY row a zero vector.
 
     Args:
         model: anything with the attributes of `recsys.models.base.Model`.
@@ -135,22 +154,43 @@ def query_vectors(model, user_idx: np.ndarray, history: np.ndarray, fresh: np.nd
     """
     user_idx = np.asarray(user_idx, dtype=np.int64)
     n = len(user_idx)
-    sources = np.full(n, POPULARITY, dtype=object)
     if not model.personalized:
-        return None, sources
-    vecs = np.zeros((n, model.item_embeddings.shape[1]), dtype=np.float32)
+        return None, np.full(n, POPULARITY, dtype=object)
     known = user_idx >= 0
     has_hist = (history >= 0).any(1) if history.size else np.zeros(n, dtype=bool)
-    by_history = has_hist & (~known if fresh is None else (~known | fresh))
-    by_user = known & ~by_history
+    code = known * 4 + has_hist * 2 + (0 if fresh is None else np.asarray(fresh, dtype=bool))
+    sources = _SOURCE_TABLE[code]
+    vecs = np.zeros((n, model.item_embeddings.shape[1]), dtype=np.float32)
+    by_user = sources == PERSONALIZED
     if by_user.any():
         vecs[by_user] = stored[user_idx[by_user]] if stored is not None else \
             model.user_vectors(user_idx[by_user], history[by_user])
-        sources[by_user] = PERSONALIZED
+    by_history = sources == HISTORY
     if by_history.any():
         vecs[by_history] = model.history_vectors(history[by_history], user_idx[by_history])
-        sources[by_history] = HISTORY
     return vecs, sources
+
+
+def query_vector(model, user: int, history: np.ndarray, fresh: bool,
+                 stored: np.ndarray | None = None) -> tuple[np.ndarray | None, str]:
+    """`query_vectors` for one request (the service's path: scalars, no block set-up).
+
+    Args:
+        model, stored: as in `query_vectors`.
+        user: the model's user index, -1 if unknown.
+        history: [L] the model's item indices, newest first, -1 padded.
+        fresh: whether the history was given at request time.
+    Returns:
+        (vector [d] or None, source).
+    """
+    source = query_source(model.personalized, user >= 0, bool(len(history)) and history[0] >= 0, fresh)
+    if source == PERSONALIZED:
+        if stored is not None:
+            return stored[user], source
+        return model.user_vectors(np.array([user]), history[None])[0], source
+    if source == HISTORY:
+        return model.history_vectors(history[None], np.array([user]))[0], source
+    return None, source
 
 
 # ---- popularity --------------------------------------------------------------------------------

@@ -34,8 +34,8 @@ ECHO_IGNORED = 50          # ignored history items echoed back at most, each cut
 ECHO_CHARS = 64
 _NO_GENRES = frozenset()
 _NO_ROWS = np.zeros(0, dtype=np.int64)
-_POPULAR = np.array([ranking.POPULARITY], dtype=object)
-_PERSONAL = np.array([ranking.PERSONALIZED], dtype=object)
+_SOURCE_ROWS = {s: np.array([s], dtype=object) for s in (ranking.PERSONALIZED, ranking.HISTORY, ranking.POPULARITY)}
+_POPULAR, _PERSONAL = _SOURCE_ROWS[ranking.POPULARITY], _SOURCE_ROWS[ranking.PERSONALIZED]
 
 
 @dataclass
@@ -96,6 +96,8 @@ class Engine:
         """`categorical`: filter key (genre, category, ...) -> a frozenset of values per item row;
         `numeric`: filter key -> float array over item rows (NaN: unknown)."""
         self.lv, self.index, self.seen = lv, idx, seen
+        # the stored user vectors as a plain array view: indexing a memmap costs ~7 us a request
+        self._stored = None if lv.model.user_embeddings is None else np.asarray(lv.model.user_embeddings)
         self.version = lv.version
         self.n_items = len(lv.items)
         self.categorical = {"genre": [_NO_GENRES] * self.n_items, **(categorical or {})}
@@ -244,12 +246,12 @@ class Engine:
             raise RequestError("k", f"{k!r} is out of range: an integer in [1, {MAX_K}]")
 
     def _query(self, row: int, history: np.ndarray):
-        """The query vector and source of one request (`ranking.query_vectors`: a fresh history ->
-        the model's history vector; else the known user's stored vector; else popularity)."""
-        hist = np.full((1, max(self.lv.history_length, 1, len(history))), -1, dtype=np.int64)
-        hist[0, :len(history)] = history
-        return ranking.query_vectors(self.lv.model, np.array([row], dtype=np.int64), hist,
-                                     fresh=np.array([len(history) > 0]), stored=self.lv.model.user_embeddings)
+        """The query vector and source of one request (`ranking.query_vector`: a fresh history -> the
+        model's history vector; else the known user's stored vector; else popularity), as rows."""
+        hist = np.full(max(self.lv.history_length, 1, len(history)), -1, dtype=np.int64)
+        hist[:len(history)] = history
+        vector, source = ranking.query_vector(self.lv.model, row, hist, len(history) > 0, self._stored)
+        return (None if vector is None else vector[None]), _SOURCE_ROWS[source]
 
     def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True, include=None, exclude=None,
                   ) -> Recommendations:
@@ -300,7 +302,7 @@ class Engine:
         else:
             blocked = sp.csr_matrix((n, self.n_items), dtype=np.int8)
         vectors, sources = ranking.query_vectors(self.lv.model, rows, np.full((n, 1), -1, dtype=np.int64),
-                                                 stored=self.lv.model.user_embeddings)
+                                                 stored=self._stored)
         ids, scores = ranking.rank_rows(self.index, vectors, sources, self.lv.popularity, k, blocked)
         if ids.shape[1] < k:   # a catalog smaller than k
             ids = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)

@@ -139,3 +139,29 @@ def test_the_scorer_through_index_evaluation_batch_and_service_give_the_same_lis
         offline, sources = scorer.rank(lv.model, known, np.full((len(known), 1), -1), engine.seen[known], k)
         np.testing.assert_array_equal(offline, batch[:len(known)])
         assert set(sources) == ({"personalized"} if model == "mf" else {"popularity_fallback"})
+
+
+def test_one_request_and_a_block_choose_query_vectors_by_the_same_rule():
+    """`query_vector` (a request) and `query_vectors` (a block) agree on every combination of known
+    user, history and fresh history, with stored vectors and without."""
+    class Toy:
+        personalized = True
+        item_embeddings = np.eye(3, dtype=np.float32)
+
+        def user_vectors(self, user_idx, history):
+            return self.item_embeddings[user_idx] * 2
+
+        def history_vectors(self, history, user_idx):
+            return self.item_embeddings[history[:, 0]] + (user_idx[:, None] >= 0)
+
+    stored = np.arange(6, dtype=np.float32).reshape(2, 3)
+    cases = [(u, h, f) for u in (-1, 1) for h in ([-1, -1], [2, -1]) for f in (False, True)]
+    for kept in (None, stored):
+        vecs, sources = ranking.query_vectors(Toy(), np.array([c[0] for c in cases]),
+                                              np.array([c[1] for c in cases]), np.array([c[2] for c in cases]), kept)
+        for (u, h, f), vec, src in zip(cases, vecs, sources):
+            one, one_src = ranking.query_vector(Toy(), u, np.array(h), f, kept)
+            assert one_src == src == ranking.query_source(True, u >= 0, h[0] >= 0, f)
+            np.testing.assert_array_equal(np.zeros(3) if one is None else one, vec)
+    assert sources.tolist() == [ranking.POPULARITY, ranking.POPULARITY, ranking.HISTORY, ranking.HISTORY,
+                                ranking.PERSONALIZED, ranking.PERSONALIZED, ranking.PERSONALIZED, ranking.HISTORY]
