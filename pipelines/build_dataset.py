@@ -4,7 +4,7 @@ Stages (each a labelled composite transform):
   ReadAndValidate   files -> blocks -> (valid frames, rejected frames); blocks are parsed with Arrow and
                     valid rows split by a stable hash of the user ID (the user bucket)
   BucketByUser      shuffle frames by user bucket; dedupe; keep positives
-  GlobalStep        one step on integer codes of every bucket's interactions: the iterative k-core, the
+  KCoreAndVocabulary one step on integer codes of every bucket's interactions: the iterative k-core, the
                     temporal cut, the train split of the surviving rows and the vocabularies (the
                     previous dataset's with the new train users/items appended)
   WriteSplits       per bucket: drop what the k-core removed, split (global temporal cut or leave-last-N
@@ -13,36 +13,31 @@ Stages (each a labelled composite transform):
 
 Elements are pandas frames (one per block or bucket), never single rows: per-row Python in Beam is the
 slow path on the DirectRunner (see docs/DECISIONS.md). Their ID columns stay Arrow-backed from parsing to
-the Parquet shards (`ingest.STRING`), so frames cross stage boundaries through FrameCoder (Arrow IPC)
+the Parquet shards (`readers.STRING`), so frames cross stage boundaries through FrameCoder (Arrow IPC)
 without converting strings; transforms that emit frames declare it with `.with_output_types(...)` so
 Beam picks that coder. Every stage boundary costs fixed runner time, so the vocabularies come from the
 global step rather than from a combine over the split buckets.
 """
 from __future__ import annotations
 
-import io
-import json
 import logging
 import pickle
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
-from json.encoder import encode_basestring
-from typing import NamedTuple, Tuple
+from typing import Tuple
 
 import apache_beam as beam
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
 
 from recsys import fsio
 from recsys.config import Config, item_attributes
 from recsys.data import dataset as ds
-from recsys.data import ingest, interactions, metadata
+from recsys.data import ingest, interactions, metadata, readers
 from recsys.data.interactions import SPLITS
 from recsys.data.vocab import Vocabulary
 from recsys.errors import DataError
@@ -74,7 +69,7 @@ class FrameCoder(beam.coders.Coder):
         if data[:1] == self._PICKLE:
             return pickle.loads(data[1:])
         with pa.ipc.open_stream(pa.py_buffer(data)[1:]) as reader:
-            return ingest.arrow_frame(reader.read_all(), split_blocks=True)
+            return readers.arrow_frame(reader.read_all(), split_blocks=True)
 
     def estimate_size(self, df: pd.DataFrame) -> int:
         # Beam samples element sizes for its metrics; the default would encode the whole frame to measure it.
@@ -105,77 +100,28 @@ def merge_counts(dicts) -> dict:
     return out
 
 
-class ByteRange(NamedTuple):
-    """Where a block is in its (uncompressed) file, and the CRC-32 of its bytes to check the re-read
-    against: a file rewritten with content of the same size would otherwise mix old and new rows."""
-    offset: int
-    size: int
-    crc32: int
-
-
-def _readline(fh) -> bytes:
-    """One line, at most ingest.MAX_HEADER_BYTES of it (Beam's compressed files take no limit)."""
-    try:
-        return fh.readline(ingest.MAX_HEADER_BYTES)
-    except TypeError:
-        return fh.readline()
-
-
 class ReadBlocksFn(beam.DoFn):
     """A file -> ((file, block number), (source, first line, names, block)) work units of about
-    `block_bytes` each, keyed for SpreadBlocks.
+    `block_bytes` each, keyed for SpreadBlocks (`readers.blocks`).
 
-    The file is read here to cut blocks on line boundaries and number their lines. For an uncompressed
-    file the block is a ByteRange that ParseValidate reads again: a few numbers cross the shuffle instead
-    of the data (moving bytes between stages costs more than reading them twice). Compressed streams
-    cannot seek cheaply, so their blocks go as bytes."""
+    For an uncompressed file the block is a ByteRange that ParseValidate reads again: a few numbers cross
+    the shuffle instead of the data (moving bytes between stages costs more than reading them twice).
+    Compressed streams cannot seek cheaply, so their blocks go as bytes."""
 
-    def __init__(self, layout: ingest.Layout, block_bytes: int):
+    def __init__(self, layout: readers.Layout, block_bytes: int):
         self.layout, self.block_bytes = layout, block_bytes
 
     def process(self, path):
-        with fsio.open_read(path) as fh:
-            if self.layout.kind == "parquet":
-                pf = pq.ParquetFile(fh)
-                ingest.check_columns(pf.schema_arrow.names, self.layout, path)
-                first = 1
-                for k, batch in enumerate(pf.iter_batches(batch_size=262144)):
-                    yield (path, k), (path, first, None, batch)
-                    first += batch.num_rows
-                return
-            names, first_line = None, 1
-            # A byte order mark or UTF-16 would turn every row into a dead letter: check before reading.
-            skip = ingest.text_start(fh.read(4096), path)
-            fh.seek(0)
-            fh.read(skip)
-            if self.layout.kind == "jsonl":
-                ingest.check_first_line(_readline(fh), path, header=False)
-                fh.seek(0)
-                fh.read(skip)
-            if self.layout.kind == "delimited":
-                if self.layout.header:
-                    header = _readline(fh)
-                    ingest.check_first_line(header, path, header=True)
-                    names = ingest.header_names(header, self.layout)
-                    ingest.check_columns(names, self.layout, path)
-                    first_line = 2
-                else:
-                    names = list(self.layout.names) if self.layout.names else None
-                    if names is None:
-                        raise DataError(f"source.header: false needs source.format with fixed columns ({path})")
-            by_range = CompressionTypes.detect_compression_type(path) == CompressionTypes.UNCOMPRESSED
-            offset = fh.tell()
-            for k, (line_no, block) in enumerate(ingest.iter_blocks(fh, self.block_bytes)):
-                unit = ByteRange(offset, len(block), zlib.crc32(block)) if by_range else block
-                yield (path, k), (path, first_line + line_no - 1, names, unit)
-                offset += len(block)
+        by_range = CompressionTypes.detect_compression_type(path) == CompressionTypes.UNCOMPRESSED
+        for k, (first, names, block) in enumerate(readers.blocks(path, self.layout, self.block_bytes, by_range)):
+            yield (path, k), (path, first, names, block)
 
 
 class ParseValidateFn(beam.DoFn):
     """Parse and validate blocks. Main output: (user bucket, valid frame), one per bucket present in a
     block; tagged 'rejected': (dead-letter shard, rejected frame), and 'counts'."""
 
-    def __init__(self, cfg: Config, layout: ingest.Layout):
+    def __init__(self, cfg: Config, layout: readers.Layout):
         self.cfg, self.layout, self.n = cfg, layout, cfg.runner.shuffle_buckets
         self.rows_read = Metrics.counter("recsys", "rows_read")
         self.rows_rejected = Metrics.counter("recsys", "rows_rejected")
@@ -189,16 +135,9 @@ class ParseValidateFn(beam.DoFn):
             yield from self._block(*unit)
 
     def _block(self, source, first, names, block):
-        if isinstance(block, ByteRange):
-            block = _read_range(source, block)
-        if self.layout.kind == "parquet":
-            raw, rej0 = ingest.parse_arrow_batch(block, first, self.layout, source)
-            valid, rejected = ingest.validate(raw, self.cfg, source)
-            rejected = pd.concat([rej0, rejected], ignore_index=True) if len(rej0) else rejected
-            read = block.num_rows
-        else:
-            valid, rejected = ingest.parse_and_validate(block, first, self.layout, names, self.cfg, source)
-            read = ingest.count_lines(block)
+        parsed = readers.parse(block, first, self.layout, names, source)
+        valid, rejected = ingest.validate_parsed(parsed, self.cfg, source)
+        read = parsed.rows
         # Reconciliation per block: a row is either accepted or rejected, never lost.
         assert read == len(valid) + len(rejected), (source, first, read, len(valid), len(rejected))
         self.rows_read.inc(read)
@@ -216,15 +155,6 @@ class ParseValidateFn(beam.DoFn):
                 yield int(b), part
 
 
-def _read_range(path: str, where: ByteRange) -> bytes:
-    with fsio.open_read(path) as fh:
-        fh.seek(where.offset)
-        data = fh.read(where.size)
-    if len(data) != where.size or zlib.crc32(data) != where.crc32:
-        raise DataError(f"{path} changed while the pipeline was reading it")
-    return data
-
-
 class ReadAndValidate(beam.PTransform):
     """Interaction files -> (user bucket, valid frame) (main), (shard, rejected frame), counters.
 
@@ -236,7 +166,7 @@ class ReadAndValidate(beam.PTransform):
         self.cfg = cfg
 
     def expand(self, files):
-        layout = ingest.layout_for(self.cfg.source)
+        layout = readers.layout_for(self.cfg.source)
         return (files
                 | "ReadBlocks" >> beam.ParDo(ReadBlocksFn(layout, self.cfg.runner.block_size_mb << 20))
                 | "SpreadBlocks" >> beam.GroupByKey()
@@ -256,7 +186,7 @@ def _dedupe_bucket(kv):
 
 class BucketByUser(beam.PTransform):
     """(bucket, valid frame) -> (bucket, frame of positives) with every interaction of a user in one
-    bucket; tagged 'edges' (the bucket's codes for GlobalStep) and 'counts'."""
+    bucket; tagged 'edges' (the bucket's codes for KCoreAndVocabulary) and 'counts'."""
 
     def expand(self, frames):
         return (frames
@@ -267,7 +197,7 @@ class BucketByUser(beam.PTransform):
 
 def _codes(col: pd.Series) -> tuple[np.ndarray, pa.Array]:
     """(int32 code per row, the distinct IDs) of an ID column."""
-    enc = pc.dictionary_encode(ingest.arrow_strings(col))
+    enc = pc.dictionary_encode(readers.arrow_strings(col))
     return enc.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False), enc.dictionary
 
 
@@ -333,7 +263,7 @@ def _global_step(edges: list, cfg: Config, prev_users: Vocabulary, prev_items: V
             "item_ids": pa.array(items_vocab.ids, pa.string())}
 
 
-class GlobalStep(beam.PTransform):
+class KCoreAndVocabulary(beam.PTransform):
     """Every bucket's edges -> one dict: the iterative k-core (rounds: items under the item minimum by
     global counts, then light users), the temporal cut and the vocabularies.
 
@@ -364,7 +294,7 @@ def _assign_split(user_rank, item_rank, timestamp, cfg: Config, cuts) -> np.ndar
 def _tie_keys(df: pd.DataFrame, rows: np.ndarray) -> list:
     """Value, event and weight of `rows`: what can still tell apart rows equal on user, timestamp and
     item (dedupe dropped the rows equal on all of them)."""
-    event = pc.dictionary_encode(ingest.arrow_strings(df["event"]).take(rows))
+    event = pc.dictionary_encode(readers.arrow_strings(df["event"]).take(rows))
     # A null event (index -1) takes the -1 appended to the ranks: it orders before every event.
     event_rank = np.append(interactions.id_ranks(event.dictionary), -1)[
         event.indices.fill_null(-1).to_numpy(zero_copy_only=False)]
@@ -386,13 +316,6 @@ class _VocabLookup:
 
     def __call__(self, ids: pa.Array) -> np.ndarray:
         return self._index.get_indexer(ids.to_numpy(zero_copy_only=False)).astype(np.int32)
-
-
-# Shards carry the pandas metadata that `pa.Table.from_pandas` writes for object string columns, whatever
-# the in-memory string type, so a shard's bytes depend on its rows alone.
-_SPLIT_SCHEMA = ds.SPLIT_SCHEMA.with_metadata(pa.Table.from_pandas(
-    pd.DataFrame({f.name: pd.Series(dtype=f.type.to_pandas_dtype()) for f in ds.SPLIT_SCHEMA}),
-    schema=ds.SPLIT_SCHEMA, preserve_index=False).schema.metadata)
 
 
 class WriteShardFn(beam.DoFn):
@@ -462,7 +385,7 @@ class WriteShardFn(beam.DoFn):
         user_lookup, item_lookup = self._vocab_lookups(result)
         user_vocab, item_vocab = user_lookup(user_ids), item_lookup(item_ids)
         columns = {"timestamp": timestamp, "value": df["value"].to_numpy(), "weight": df["weight"].to_numpy(),
-                   "event": ingest.arrow_strings(df["event"])}   # Arrow all the way: no Python str per row
+                   "event": readers.arrow_strings(df["event"])}   # Arrow all the way: no Python str per row
         for code, name in enumerate(SPLITS):
             part = rows[split == code]
             # Evaluation ranks the training catalog, so a held-out item never seen in training cannot be
@@ -473,10 +396,8 @@ class WriteShardFn(beam.DoFn):
             arrays = {"user": user_ids.take(u), "item": item_ids.take(i), "user_idx": user_vocab[u],
                       "item_idx": item_vocab[i],
                       **{c: (v.take(pa.array(part)) if isinstance(v, pa.Array) else v[part]) for c, v in columns.items()}}
-            table = pa.Table.from_arrays([pa.array(arrays[f.name], type=f.type) for f in _SPLIT_SCHEMA],
-                                         schema=_SPLIT_SCHEMA)
             self._pending.append(self._writer.submit(
-                _write_parquet, table, fsio.join(self.out_dir, ds.shard_name(name, bucket, self.n))))
+                ds.write_shard, self.out_dir, name, bucket, self.n, ds.shard_table(arrays)))
             in_part = np.bincount(u, minlength=len(user_ids)) > 0
             item_counts = np.bincount(i, minlength=len(item_ids))
             present = np.flatnonzero(item_counts)
@@ -489,35 +410,9 @@ class WriteShardFn(beam.DoFn):
                    "train_item_counts": (item_ids.take(present), item_counts[present]) if code == 0 else None}
 
 
-def _write_parquet(table: pa.Table, path: str):
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    fsio.write_bytes(path, sink.getvalue())
-
-
 def _write_rejected(kv, out_dir: str, n: int):
     key, frames = kv
-    df = pd.concat(list(frames), ignore_index=True).sort_values(["source", "line"], kind="stable")
-    fsio.write_bytes(fsio.join(out_dir, ds.REJECTED, f"part-{key:05d}-of-{n:05d}.jsonl"),
-                     _json_lines(df).encode("utf-8"))
-    yield len(df)
-
-
-def _json_lines(df: pd.DataFrame) -> str:
-    """`"".join(json.dumps(r, ensure_ascii=False) + "\n" for r in df.to_dict("records"))` for columns of
-    strings and integers, built a column at a time (each distinct string encoded once)."""
-    encoded = []
-    for c in df.columns:
-        if pd.api.types.is_integer_dtype(df[c].dtype):
-            encoded.append([str(v) for v in df[c].tolist()])
-            continue
-        codes, uniques = pd.factorize(df[c], use_na_sentinel=False)
-        # encode_basestring is what json.dumps(ensure_ascii=False) writes for a str, without its overhead.
-        texts = [encode_basestring(v) if v is not None else "null"
-                 for v in pa.array(uniques, type=pa.string(), from_pandas=True).to_pylist()]
-        encoded.append([texts[k] for k in codes.tolist()])
-    template = "{" + ", ".join(json.dumps(c, ensure_ascii=False).replace("%", "%%") + ": %s" for c in df.columns) + "}\n"
-    return "".join(template % row for row in zip(*encoded))
+    yield ds.write_rejected(out_dir, key, n, pd.concat(list(frames), ignore_index=True))
 
 
 def _train_counts(split_rows, item_ids: pa.Array) -> np.ndarray:
@@ -531,17 +426,6 @@ def _train_counts(split_rows, item_ids: pa.Array) -> np.ndarray:
                         minlength=len(enc.dictionary)).astype(np.int64)
     idx = pc.index_in(item_ids, value_set=enc.dictionary).fill_null(-1).to_numpy(zero_copy_only=False)
     return np.where(idx >= 0, total[idx], 0).astype(np.int64)
-
-
-def _write_empty_shards(out_dir: str, n: int, present: set):
-    """Buckets with no users still get (empty) shards so every split has exactly n files."""
-    for b in range(n):
-        if b in present:
-            continue
-        sink = io.BytesIO()
-        pq.write_table(ds.SPLIT_SCHEMA.empty_table(), sink, compression="zstd")
-        for split in SPLITS:
-            fsio.write_bytes(fsio.join(out_dir, ds.shard_name(split, b, n)), sink.getvalue())
 
 
 class FinalizeFn(beam.DoFn):
@@ -561,37 +445,17 @@ class FinalizeFn(beam.DoFn):
             raise DataError(f"k-core filter did not converge in filters.max_rounds={self.cfg.filters.max_rounds} "
                             f"rounds ({result['violations']} users/items still under the minimum); "
                             f"raise filters.max_rounds")
-        _write_empty_shards(self.out_dir, self.n, {r["bucket"] for r in split_rows})
+        ds.write_empty_shards(self.out_dir, self.n, {r["bucket"] for r in split_rows})
         users, items = Vocabulary(result["user_ids"].to_pylist()), Vocabulary(result["item_ids"].to_pylist())
-        users.save(fsio.join(self.out_dir, *ds.USERS_VOCAB.split("/")))
-        items.save(fsio.join(self.out_dir, *ds.ITEMS_VOCAB.split("/")))
+        ds.write_vocabularies(self.out_dir, users, items)
         meta, meta_rejected = self._item_metadata()
-        feats = pd.DataFrame({"item": items.ids, "item_idx": np.arange(len(items), dtype=np.int32)})
-        feats = feats.merge(meta, on="item", how="left")
-        feats["title"] = feats["title"].fillna("")
-        feats["year"] = feats["year"].fillna(0).astype(np.int32)
-        # One shared empty list, not one per item: allocating ~10k lists can set off a full garbage
-        # collection of the whole heap (0.1 s), and this frame is only converted to Arrow.
-        no_genres: list = []
-        feats["genres"] = [g if isinstance(g, list) else no_genres for g in feats["genres"].tolist()]
-        attributes = {n: a for n, a in item_attributes(self.cfg.source).items() if n in feats}
-        for name, attr in attributes.items():
-            if attr.kind == "multi":
-                feats[name] = [v if isinstance(v, list) else no_genres for v in feats[name].tolist()]
-            elif attr.kind in ("categorical", "text"):
-                feats[name] = feats[name].astype(object).where(feats[name].notna(), None)
-        feats["train_count"] = _train_counts(split_rows, pa.array(feats["item"], pa.string()))
-        sink = io.BytesIO()
-        table = ds.with_attribute_kinds(pa.Table.from_pandas(feats, preserve_index=False),
-                                        {n: a.kind for n, a in attributes.items()})
-        pq.write_table(table, sink, compression="zstd")
-        fsio.write_bytes(fsio.join(self.out_dir, ds.ITEMS_FILE), sink.getvalue())
+        kinds = {n: a.kind for n, a in item_attributes(self.cfg.source).items()}
+        ds.write_items(self.out_dir, items, meta, kinds, _train_counts(split_rows, pa.array(items.ids, pa.string())))
         user_stats = self._user_metadata(users)
         stats = self._stats(c, split_rows, users, items, result["cuts"], len(meta), meta_rejected)
         if user_stats is not None:
             stats["users_metadata"] = user_stats
-        # stats.json last: its presence marks the dataset complete (what Dataset.open checks).
-        fsio.write_bytes(fsio.join(self.out_dir, ds.STATS), json.dumps(stats, indent=2, sort_keys=True).encode())
+        ds.write_stats(self.out_dir, stats)   # last: its presence marks the dataset complete
         yield stats
 
     def _user_metadata(self, users: Vocabulary) -> dict | None:
@@ -602,12 +466,7 @@ class FinalizeFn(beam.DoFn):
             return None
         meta, n_rejected = self._read_metadata("users_path", metadata.read_users, "user")
         user_idx = users.lookup(meta["user"]).astype(np.int32)
-        table = pa.table({"user": pa.array(meta["user"], pa.string()),
-                          "user_idx": pa.array(user_idx),
-                          "features": pa.array(meta["features"].tolist(), pa.list_(pa.string()))})
-        sink = io.BytesIO()
-        pq.write_table(table, sink, compression="zstd")
-        fsio.write_bytes(fsio.join(self.out_dir, ds.USERS_FILE), sink.getvalue())
+        ds.write_users(self.out_dir, meta, user_idx)
         return {"rows": len(meta), "rejected": n_rejected, "matched": int((user_idx >= 0).sum())}
 
     def _item_metadata(self):
@@ -628,8 +487,7 @@ class FinalizeFn(beam.DoFn):
             raise DataError(f"source.{path_key}={pattern!r} matches no file")
         rej = pd.concat(rejected, ignore_index=True)
         if len(rej):
-            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rej.to_dict("records"))
-            fsio.write_bytes(fsio.join(self.out_dir, ds.REJECTED, f"{id_column}s.jsonl"), text.encode("utf-8"))
+            ds.write_metadata_rejected(self.out_dir, id_column, rej)
         meta = pd.concat(frames, ignore_index=True).drop_duplicates(id_column, keep="last")
         return meta, len(rej)
 
@@ -671,7 +529,7 @@ def build(p: beam.Pipeline, cfg: Config, files: list[str], out_dir: str,
     n = cfg.runner.shuffle_buckets
     parsed = p | "Files" >> beam.Create(files) | "ReadAndValidate" >> ReadAndValidate(cfg)
     bucketed = parsed.valid | "BucketByUser" >> BucketByUser()
-    result = beam.pvalue.AsSingleton(bucketed.edges | "GlobalStep" >> GlobalStep(cfg, prev_users, prev_items))
+    result = beam.pvalue.AsSingleton(bucketed.edges | "KCoreAndVocabulary" >> KCoreAndVocabulary(cfg, prev_users, prev_items))
     rows = bucketed.buckets | "WriteSplits" >> beam.ParDo(WriteShardFn(cfg, out_dir, n), result)
     rejected_written = (parsed.rejected
                         | "GroupRejected" >> beam.GroupByKey()
@@ -733,6 +591,10 @@ def run(cfg: Config, dataset_id: str | None = None, previous: str | None = "late
         cause = exc
         while cause is not None and not isinstance(cause, DataError):
             cause = cause.__cause__ or cause.__context__
+        # Beam raises a copy with " [while running '<step>']" appended, in the context of the original.
+        while isinstance(cause, DataError) and isinstance(cause.__context__, DataError) \
+                and str(cause).startswith(str(cause.__context__)):
+            cause = cause.__context__
         if cause is not None:
             raise DataError(str(cause)) from None
         for line in str(exc).splitlines():
@@ -742,7 +604,7 @@ def run(cfg: Config, dataset_id: str | None = None, previous: str | None = "late
     dataset = ds.Dataset(final)
     st = dataset.stats
     _check_accepted(cfg, dataset, st, root)
-    fsio.atomic_write_text(fsio.join(ds.datasets_dir(root), ds.LATEST), dataset_id + "\n")
+    ds.write_latest(root, dataset_id)
     progress(f"build-dataset: {dataset_id} in {time.time() - t0:.1f}s: read {st['rows_read']}, "
              f"accepted {st['accepted']}, rejected {st['rejected']}; "
              + ", ".join(f"{k} {v['interactions']} ({v['users']} users, {v['items']} items)"

@@ -462,8 +462,12 @@ def main(argv=None) -> int:
         logging.getLogger().removeFilter(recsys._quiet_import_warnings)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verbose:
-        for name in ("apache_beam", "tensorflow", "absl"):
+        for name in ("tensorflow", "absl"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        # Beam logs the exception of a failing step with its traceback (apache_beam.runners.common, at
+        # ERROR) before raising it here, where it is reported: one line for a RecsysError (a UTF-16 file,
+        # a header without the configured columns), Python's traceback for anything else. -v shows both.
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     try:
         return args.func(args)
     except RecsysError as exc:

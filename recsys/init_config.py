@@ -7,16 +7,14 @@ What it could not decide is said, not guessed silently.
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from recsys import fsio
+from recsys.data import readers
 from recsys.errors import DataError
 
 SAMPLE_ROWS = 20_000
@@ -34,8 +32,6 @@ _NAMES = {
 _EVENT_WEIGHTS = {"view": 1.0, "click": 1.0, "detail": 1.0, "play": 1.0, "like": 2.0, "cart": 2.0,
                   "add_to_cart": 2.0, "addtocart": 2.0, "wishlist": 2.0, "purchase": 3.0, "order": 3.0,
                   "buy": 3.0, "transaction": 3.0, "checkout": 3.0}
-_FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
-            ".json": "jsonl", ".ndjson": "jsonl"}
 
 
 @dataclass
@@ -43,30 +39,6 @@ class Inferred:
     """What `infer` found: the config mapping and the notes a human should read."""
     config: dict
     notes: list = field(default_factory=list)
-
-
-def _format(path: str) -> str:
-    ext = os.path.splitext(path.lower().removesuffix(".gz"))[1]
-    if ext not in _FORMATS:
-        raise DataError(f"{path}: cannot tell the format from {ext!r} (known: {', '.join(sorted(_FORMATS))})")
-    return _FORMATS[ext]
-
-
-def _sample(path: str) -> tuple[pd.DataFrame, str, pa.Schema | None]:
-    fmt = _format(path)
-    files = fsio.match(path)
-    if not files:
-        raise DataError(f"{path}: no such file")
-    with fsio.open_read(files[0]) as fh:
-        if fmt == "parquet":
-            pf = pq.ParquetFile(fh)
-            batch = next(pf.iter_batches(batch_size=SAMPLE_ROWS), None)
-            table = pa.Table.from_batches([batch]) if batch is not None else pf.schema_arrow.empty_table()
-            return table.to_pandas(), fmt, pf.schema_arrow
-        if fmt == "jsonl":
-            return pd.read_json(fh, lines=True, nrows=SAMPLE_ROWS, dtype=False), fmt, None
-        sep = "\t" if files[0].lower().removesuffix(".gz").endswith(".tsv") else ","
-        return pd.read_csv(fh, sep=sep, nrows=SAMPLE_ROWS, dtype=str, keep_default_na=False), fmt, None
 
 
 def _pick(columns, field_name: str) -> str | None:
@@ -147,7 +119,7 @@ def infer(events: str, items: str | None = None, root: str = "artifacts") -> Inf
     Raises:
         DataError: a file cannot be read, or a required column (user, item, time) cannot be found.
     """
-    df, fmt, schema = _sample(events)
+    df, fmt, schema = readers.sample(events, SAMPLE_ROWS)
     notes = [f"events: {events} ({fmt}, {len(df)} sample rows; columns: {', '.join(map(str, df.columns))})"]
     cols = {f: _pick(df.columns, f) for f in _NAMES}
     for f in ("user", "item", "timestamp"):
@@ -186,7 +158,7 @@ def infer(events: str, items: str | None = None, root: str = "artifacts") -> Inf
         notes.append(f"models train on every event and are measured on {', '.join(purchase)} "
                      f"(evaluation.target_events)")
     if items:
-        cat, cat_fmt, _ = _sample(items)
+        cat, cat_fmt, _ = readers.sample(items, SAMPLE_ROWS)
         item_col = _pick(cat.columns, "item") or cols["item"]
         if item_col not in cat.columns:
             raise DataError(f"{items}: no column looks like the item ID (columns: {', '.join(map(str, cat.columns))})")

@@ -1,4 +1,4 @@
-"""The dataset artifact: layout under `<root>/datasets/<id>/` and reading it back.
+"""The dataset artifact: layout under `<root>/datasets/<id>/`, writing its files and reading them back.
 
 ```
 train/ validation/ test/   part-NNNNN-of-MMMMM.parquet (user, item, user_idx, item_idx, timestamp, value, weight)
@@ -11,13 +11,19 @@ stats.json
 ```
 Splits are Parquet, not TFRecord: Arrow reads them in column chunks straight into numpy (and from there
 into `tf.data`) far faster than per-row `tf.train.Example` parsing.
+
+The writers (`write_*`, `shard_table`) are what the dataset build (pipelines/build_dataset.py) calls: the
+names and formats of these files live here only.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
+from json.encoder import encode_basestring
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,16 +32,16 @@ from recsys import fsio
 from recsys.errors import DataError
 from recsys.data.interactions import SPLITS
 from recsys.data.vocab import Vocabulary
+from recsys.schema import ITEM_FIXED_COLUMNS
 
 LATEST = "LATEST"
-# The dataset directory's file names: this module and the pipeline that writes them use these.
+# The dataset directory's file names (the writers below and the readers use these).
 STATS = "stats.json"
 USERS_VOCAB, ITEMS_VOCAB = "vocab/users.txt", "vocab/items.txt"
 ITEMS_FILE, USERS_FILE = "items.parquet", "users.parquet"
 REJECTED = "rejected"
 # items.parquet's own columns; every other column there is a catalog attribute
 # (source.item_columns.attributes), and "genres" is the MovieLens one
-ITEM_FIXED_COLUMNS = ("item", "item_idx", "title", "year", "genres", "train_count")
 # items.parquet records each attribute's kind (config.ATTRIBUTE_KINDS) in its Arrow field metadata, so
 # the engine and the trainer tell a text column from a categorical one without the config.
 KIND_KEY = b"recsys.kind"
@@ -122,6 +128,126 @@ def prune_datasets(root: str, keep: int, protected=()) -> list[str]:
 def shard_name(split: str, shard: int, n_shards: int) -> str:
     """The relative path of one Parquet shard of a split."""
     return f"{split}/part-{shard:05d}-of-{n_shards:05d}.parquet"
+
+
+# ---- writing (the dataset build) ---------------------------------------------------------------
+
+# Shards carry the pandas metadata that `pa.Table.from_pandas` writes for object string columns, whatever
+# the in-memory string type, so a shard's bytes depend on its rows alone.
+_SHARD_SCHEMA = SPLIT_SCHEMA.with_metadata(pa.Table.from_pandas(
+    pd.DataFrame({f.name: pd.Series(dtype=f.type.to_pandas_dtype()) for f in SPLIT_SCHEMA}),
+    schema=SPLIT_SCHEMA, preserve_index=False).schema.metadata)
+
+
+def _write_parquet(table: pa.Table, path: str) -> None:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    fsio.write_bytes(path, sink.getvalue())
+
+
+def shard_table(columns: dict) -> pa.Table:
+    """One shard's rows as the table `write_shard` takes: `columns` maps every SPLIT_SCHEMA column to an
+    Arrow or numpy array."""
+    return pa.Table.from_arrays([pa.array(columns[f.name], type=f.type) for f in _SHARD_SCHEMA],
+                                schema=_SHARD_SCHEMA)
+
+
+def write_shard(out_dir: str, split: str, shard: int, n_shards: int, table: pa.Table) -> None:
+    """One Parquet shard of a split (a `shard_table`)."""
+    _write_parquet(table, fsio.join(out_dir, shard_name(split, shard, n_shards)))
+
+
+def write_empty_shards(out_dir: str, n_shards: int, present: set) -> None:
+    """Shards with no rows for the shard numbers not in `present`, so every split has exactly n files."""
+    for b in range(n_shards):
+        if b in present:
+            continue
+        sink = io.BytesIO()
+        pq.write_table(SPLIT_SCHEMA.empty_table(), sink, compression="zstd")
+        for split in SPLITS:
+            fsio.write_bytes(fsio.join(out_dir, shard_name(split, b, n_shards)), sink.getvalue())
+
+
+def write_rejected(out_dir: str, shard: int, n_shards: int, rows: pd.DataFrame) -> int:
+    """One dead-letter file of interaction rows (source, line, reason, raw), in file and line order.
+    Returns the number of rows written."""
+    rows = rows.sort_values(["source", "line"], kind="stable")
+    fsio.write_bytes(fsio.join(out_dir, REJECTED, f"part-{shard:05d}-of-{n_shards:05d}.jsonl"),
+                     _json_lines(rows).encode("utf-8"))
+    return len(rows)
+
+
+def _json_lines(df: pd.DataFrame) -> str:
+    """`"".join(json.dumps(r, ensure_ascii=False) + "\n" for r in df.to_dict("records"))` for columns of
+    strings and integers, built a column at a time (each distinct string encoded once)."""
+    encoded = []
+    for c in df.columns:
+        if pd.api.types.is_integer_dtype(df[c].dtype):
+            encoded.append([str(v) for v in df[c].tolist()])
+            continue
+        codes, uniques = pd.factorize(df[c], use_na_sentinel=False)
+        # encode_basestring is what json.dumps(ensure_ascii=False) writes for a str, without its overhead.
+        texts = [encode_basestring(v) if v is not None else "null"
+                 for v in pa.array(uniques, type=pa.string(), from_pandas=True).to_pylist()]
+        encoded.append([texts[k] for k in codes.tolist()])
+    template = "{" + ", ".join(json.dumps(c, ensure_ascii=False).replace("%", "%%") + ": %s" for c in df.columns) + "}\n"
+    return "".join(template % row for row in zip(*encoded))
+
+
+def write_metadata_rejected(out_dir: str, id_column: str, rows: pd.DataFrame) -> None:
+    """The dead letters of the item or user tables: rejected/<id_column>s.jsonl."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.to_dict("records"))
+    fsio.write_bytes(fsio.join(out_dir, REJECTED, f"{id_column}s.jsonl"), text.encode("utf-8"))
+
+
+def write_vocabularies(out_dir: str, users: Vocabulary, items: Vocabulary) -> None:
+    """vocab/users.txt and vocab/items.txt."""
+    users.save(fsio.join(out_dir, *USERS_VOCAB.split("/")))
+    items.save(fsio.join(out_dir, *ITEMS_VOCAB.split("/")))
+
+
+def write_items(out_dir: str, items: Vocabulary, meta: pd.DataFrame, kinds: dict[str, str],
+                train_count: np.ndarray) -> None:
+    """items.parquet: a row per item of the vocabulary (in its order) with its metadata (`meta`: item,
+    title, year, genres and attribute columns, one row per item at most; missing: empty), the attributes'
+    `kinds` (config.ATTRIBUTE_KINDS, by column) and its train interactions (`train_count`, in vocabulary
+    order)."""
+    feats = pd.DataFrame({"item": items.ids, "item_idx": np.arange(len(items), dtype=np.int32)})
+    feats = feats.merge(meta, on="item", how="left")
+    feats["title"] = feats["title"].fillna("")
+    feats["year"] = feats["year"].fillna(0).astype(np.int32)
+    # One shared empty list, not one per item: allocating ~10k lists can set off a full garbage
+    # collection of the whole heap (0.1 s), and this frame is only converted to Arrow.
+    no_genres: list = []
+    feats["genres"] = [g if isinstance(g, list) else no_genres for g in feats["genres"].tolist()]
+    kinds = {n: k for n, k in kinds.items() if n in feats}
+    for name, kind in kinds.items():
+        if kind == "multi":
+            feats[name] = [v if isinstance(v, list) else no_genres for v in feats[name].tolist()]
+        elif kind in ("categorical", "text"):
+            feats[name] = feats[name].astype(object).where(feats[name].notna(), None)
+    feats["train_count"] = train_count
+    table = with_attribute_kinds(pa.Table.from_pandas(feats, preserve_index=False), kinds)
+    _write_parquet(table, fsio.join(out_dir, ITEMS_FILE))
+
+
+def write_users(out_dir: str, users: pd.DataFrame, user_idx: np.ndarray) -> None:
+    """users.parquet: `users` (user, features: lists of 'col=value') with their index in the user
+    vocabulary (`user_idx`, int32; -1 for a user without interactions in this dataset)."""
+    table = pa.table({"user": pa.array(users["user"], pa.string()),
+                      "user_idx": pa.array(user_idx),
+                      "features": pa.array(users["features"].tolist(), pa.list_(pa.string()))})
+    _write_parquet(table, fsio.join(out_dir, USERS_FILE))
+
+
+def write_stats(out_dir: str, stats: dict) -> None:
+    """stats.json. Write it last: its presence marks the dataset complete (what `Dataset.open` checks)."""
+    fsio.write_bytes(fsio.join(out_dir, STATS), json.dumps(stats, indent=2, sort_keys=True).encode())
+
+
+def write_latest(root: str, dataset_id: str) -> None:
+    """Point `datasets/LATEST` at `dataset_id` (atomically)."""
+    fsio.atomic_write_text(fsio.join(datasets_dir(root), LATEST), dataset_id + "\n")
 
 
 class Dataset:

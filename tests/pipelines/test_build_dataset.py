@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import build_dataset as pipeline
-from recsys.data import ingest
+from recsys.data import dataset as ds
+from recsys.data import ingest, readers
 from recsys.data import interactions
 from recsys.config import from_dict, load_config
 from recsys.errors import DataError
@@ -225,21 +226,21 @@ def test_compressed_input_gives_the_same_dataset(write_file, make_config, build_
 def test_a_block_read_again_must_be_the_one_that_was_cut(tmp_path):
     path = tmp_path / "in.csv"
     path.write_bytes(b"a,1\nb,2\n")
-    cut = pipeline.ByteRange(4, 4, zlib.crc32(b"b,2\n"))
-    assert pipeline._read_range(str(path), cut) == b"b,2\n"
+    cut = readers.ByteRange(4, 4, zlib.crc32(b"b,2\n"))
+    assert readers._read_range(str(path), cut) == b"b,2\n"
     path.write_bytes(b"a,1\nb,2,3\n")  # the input changed under the pipeline
     with pytest.raises(DataError, match=re.escape(f"{path} changed")):
-        pipeline._read_range(str(path), cut)
+        readers._read_range(str(path), cut)
     path.write_bytes(b"a,1\nc,9\n")  # same size, same line count, other rows
     with pytest.raises(DataError, match=re.escape(f"{path} changed")):
-        pipeline._read_range(str(path), cut)
+        readers._read_range(str(path), cut)
 
 
 def test_a_failed_shard_write_fails_the_build(write_file, make_config, build_dataset, monkeypatch, tmp_path):
     # Shards are written by a thread: its error must still fail the pipeline, and leave no dataset.
     def full_disk(table, path):
         raise OSError("disk full")
-    monkeypatch.setattr(pipeline, "_write_parquet", full_disk)
+    patch_shard_writes(monkeypatch, full_disk)
     write_file("in.csv", ["user_id,item_id,rating,timestamp", f"u1,i1,4.0,{BASE_TS}"])
     cfg = make_config({"source": {"path": "in.csv", "format": "csv", "columns": {"value": "rating"}}})
     with pytest.raises(Exception, match="disk full"):
@@ -252,9 +253,9 @@ def test_dead_letter_lines_are_exactly_json_dumps_of_each_row():
                          "reason": [ingest.BAD_RATING, ingest.MISSING_USER, ingest.BAD_RATING, ingest.CONTROL_CHARS],
                          "raw": ['u,"i",5', "\u00e9\u4e2d\\x", "", "u\x07,i\t,\u2028"]})
     expected = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.to_dict("records"))
-    assert pipeline._json_lines(rows) == expected
-    arrow_backed = rows.astype({c: ingest.STRING for c in ("source", "reason", "raw")})
-    assert pipeline._json_lines(arrow_backed) == expected
+    assert ds._json_lines(rows) == expected
+    arrow_backed = rows.astype({c: readers.STRING for c in ("source", "reason", "raw")})
+    assert ds._json_lines(arrow_backed) == expected
 
 
 def test_unknown_event_type_and_unparseable_json_are_rejected(write_file, make_config, build_dataset,
@@ -480,16 +481,22 @@ def test_leave_last_n_split(write_file, make_config, build_dataset):
     assert_indices_consistent(d, pd.concat(parts.values()))
 
 
+def patch_shard_writes(monkeypatch, write) -> None:
+    """Shards go to `write(table, path)` instead of the file system (path: out_dir/split/part-...)."""
+    monkeypatch.setattr(ds, "write_shard", lambda out_dir, split, shard, n, table: write(
+        table, os.path.join(out_dir, ds.shard_name(split, shard, n))))
+
+
 def bucket_frame(rows) -> pd.DataFrame:
     """A valid frame as ParseValidate emits it, from (user, item, timestamp, value, event) tuples."""
     users, items, ts, values, events = zip(*rows)
-    return pd.DataFrame({"user": pd.Series(users, dtype=ingest.STRING), "item": pd.Series(items, dtype=ingest.STRING),
+    return pd.DataFrame({"user": pd.Series(users, dtype=readers.STRING), "item": pd.Series(items, dtype=readers.STRING),
                          "timestamp": np.asarray(ts, dtype=np.int64), "value": np.asarray(values, dtype=np.float32),
-                         "event": pd.Series(events, dtype=ingest.STRING), "weight": np.ones(len(rows), np.float32)})
+                         "event": pd.Series(events, dtype=readers.STRING), "weight": np.ones(len(rows), np.float32)})
 
 
 def split_inputs(frames_by_bucket: dict, cfg) -> tuple[list, dict]:
-    """{bucket: GroupBuckets' frames} -> (WriteSplits' elements, GlobalStep's result), run in process."""
+    """{bucket: GroupBuckets' frames} -> (WriteSplits' elements, KCoreAndVocabulary's result), run in process."""
     out = [o for b, frames in frames_by_bucket.items() for o in pipeline._dedupe_bucket((b, frames))]
     edges = [o.value for o in out if getattr(o, "tag", None) == "edges"]
     return ([o for o in out if not hasattr(o, "tag")],
@@ -497,10 +504,10 @@ def split_inputs(frames_by_bucket: dict, cfg) -> tuple[list, dict]:
 
 
 def write_bucket(frames, cfg, monkeypatch) -> dict:
-    """GroupBuckets' frames of bucket 0 -> {shard name: table} through DedupePositives, GlobalStep and
+    """GroupBuckets' frames of bucket 0 -> {shard name: table} through DedupePositives, KCoreAndVocabulary and
     WriteSplits, run in process."""
     written = {}
-    monkeypatch.setattr(pipeline, "_write_parquet", lambda table, path: written.__setitem__(os.path.relpath(path, "out"), table))
+    patch_shard_writes(monkeypatch, lambda table, path: written.__setitem__(os.path.relpath(path, "out"), table))
     buckets, result = split_inputs({0: frames}, cfg)
     fn = pipeline.WriteShardFn(cfg, "out", 1)
     fn.setup()
@@ -540,7 +547,7 @@ def two_buckets():
 
 def started_shard_writer(monkeypatch, write):
     """A WriteShardFn in an open bundle over `two_buckets()`, writing through `write(table, path)`."""
-    monkeypatch.setattr(pipeline, "_write_parquet", write)
+    patch_shard_writes(monkeypatch, write)
     buckets, result, cfg = two_buckets()
     fn = pipeline.WriteShardFn(cfg, "out", 2)
     fn.setup()
@@ -588,7 +595,7 @@ def test_a_failed_shard_write_still_waits_for_the_other_writes(monkeypatch):
 def test_the_vocabulary_lookup_is_built_once_per_side_input(monkeypatch):
     # Hashing a vocabulary of millions of IDs for each bucket cost more than the bucket's own work.
     built, hashed_vocab, written = [], [], {}
-    monkeypatch.setattr(pipeline, "_write_parquet", lambda table, path: written.__setitem__(path, table))
+    patch_shard_writes(monkeypatch, lambda table, path: written.__setitem__(path, table))
     init = pipeline._VocabLookup.__init__
     monkeypatch.setattr(pipeline._VocabLookup, "__init__", lambda self, vocab: (built.append(vocab), init(self, vocab))[1])
     index_in = pipeline.pc.index_in

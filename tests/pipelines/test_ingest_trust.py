@@ -1,6 +1,9 @@
 """No input is silently lost: encodings, headers and line endings that used to dead-letter every row
 (or crash) stop the build with one line, and a build that accepts too little never becomes LATEST."""
 import codecs
+import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -11,6 +14,7 @@ from recsys.data import dataset as ds
 from recsys.errors import ConfigError, DataError
 
 ROWS = ["user_id,item_id,rating,timestamp"] + [f"u{u},i{i},4.0,{1000 + 10 * u + i}" for u in range(6) for i in range(5)]
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COLUMNS = {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "value": "rating"}
 
 
@@ -100,6 +104,50 @@ def test_the_cli_prints_the_refusal_as_one_line(write_file, tmp_path, capsys):
     assert cli.main(["build-dataset", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not a column" in err
+
+
+REFUSED = {   # a file the build refuses before reading rows -> what its one line says
+    "u16.csv": ("\n".join(ROWS).encode("utf-16"),
+                "the file is UTF-16 (byte order mark fffe); interaction files are read as UTF-8"),
+    "renamed.csv": ("\n".join(["user,item,rating,timestamp"] + ROWS[1:]).encode() + b"\n",
+                    "source.columns.user='user_id' is not a column of the file (its columns: 'user', 'item', "),
+    "mac.csv": ("\r".join(ROWS).encode() + b"\r", "lines end with a bare carriage return (\\r)"),
+}
+
+
+def run_cli(args: list[str]) -> subprocess.CompletedProcess:
+    """The real command in a fresh process (Beam's own logging included), without -v from the environment."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RECSYS_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
+    return subprocess.run([sys.executable, "-m", "recsys.cli", *args], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=REPO)
+
+
+def refused_config(write_file, tmp_path, name: str) -> str:
+    path = write_file(name, REFUSED[name][0])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"source:\n  path: {path}\n  format: csv\n  items_format: none\n"
+                   f"  columns: {{user: user_id, item: item_id, timestamp: timestamp, value: rating}}\n"
+                   f"artifacts:\n  root: {tmp_path / 'art'}\n")
+    return str(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_the_command_refuses_a_bad_file_with_one_line_and_no_traceback(name, write_file, tmp_path):
+    # Beam logs a failing step's exception with its traceback before raising it: without -v the
+    # person at the terminal sees the one line only.
+    out = run_cli(["build-dataset", "--config", refused_config(write_file, tmp_path, name)])
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"error: {tmp_path / name}: {REFUSED[name][1]}"), out.stderr
+    assert out.stderr.count("\n") == 1 and "while running" not in out.stderr   # nor Beam's step name
+    assert ds.latest_dataset_id(str(tmp_path / "art")) is None
+
+
+@pytest.mark.slow
+def test_the_command_shows_the_traceback_with_verbose(write_file, tmp_path):
+    out = run_cli(["-v", "build-dataset", "--config", refused_config(write_file, tmp_path, "mac.csv")])
+    assert out.returncode != 0 and "Traceback" in out.stderr and "bare carriage return" in out.stderr
 
 
 @pytest.mark.parametrize("arrow_type,unit", [(("us", "UTC"), "s"), (("ms", None), "ms"), (("s", None), "iso"),

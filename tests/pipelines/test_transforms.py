@@ -82,7 +82,7 @@ def test_global_step_runs_the_k_core_and_builds_the_vocabularies(cfg_for, write_
                        "timestamp": [1, 2, 3, 1, 2, 3, 1, 2], "value": 4.0, "event": "", "weight": 1.0})
     edges = [pipeline._edges(0, df)]
     with BeamPipeline(runner=make_runner(cfg)) as p:
-        result = p | beam.Create(edges) | pipeline.GlobalStep(cfg, Vocabulary([]), Vocabulary([]))
+        result = p | beam.Create(edges) | pipeline.KCoreAndVocabulary(cfg, Vocabulary([]), Vocabulary([]))
         summary = result | beam.Map(lambda r: (r["kept"], r["user_ids"].to_pylist(), r["item_ids"].to_pylist(),
                                                r["removed_items"].to_pylist()))
         # leave-last-1: each user's last item is test and the one before validation; the vocabularies

@@ -1,11 +1,11 @@
-"""recsys/data/ingest.py: parsing and validating raw interaction rows, block by block.
+"""recsys/data/ingest.py: validating raw interaction rows, block by block (parsed by recsys/data/readers.py,
+whose own tests are in test_readers.py).
 
 The invariant everywhere: every non-blank input line comes back either as a valid row or as a
 rejected row carrying the source, its 1-based line number, a reason and the original text.
 """
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from recsys.data import ingest
+from recsys.data import ingest, readers
 from recsys.config import from_dict
 
 NAMES = ["user_id", "item_id", "rating", "timestamp"]
@@ -29,10 +29,10 @@ def csv_config(**source):
 def run_block(lines, cfg=None, first_line=2, names=NAMES, source="in.csv"):
     """parse_and_validate a block built from `lines` (bytes or str); checks reconciliation."""
     cfg = cfg or csv_config()
-    layout = ingest.layout_for(cfg.source)
+    layout = readers.layout_for(cfg.source)
     block = b"".join((ln.encode() if isinstance(ln, str) else ln) + b"\n" for ln in lines)
     valid, rejected = ingest.parse_and_validate(block, first_line, layout, names, cfg, source)
-    n_read = len(ingest.split_lines(block, first_line)[0])
+    n_read = len(readers.split_lines(block, first_line)[0])
     assert len(valid) + len(rejected) == n_read
     return valid, rejected
 
@@ -68,65 +68,6 @@ BAD_CSV_ROWS = [
     ("u1,i1,0.4,1000000000", ingest.RATING_OUT_OF_RANGE),
     ("u1,i1,inf,1000000000", ingest.RATING_OUT_OF_RANGE),
 ]
-
-
-# --- block reading ----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("block_bytes", [1, 3, 7, 16, 1 << 20])
-@pytest.mark.parametrize("trailing_newline", [True, False])
-def test_iter_blocks_cuts_on_line_boundaries_with_exact_line_numbers(block_bytes, trailing_newline):
-    lines = [f"line-{i}-" + "x" * (i % 5) for i in range(1, 24)]
-    lines[5] = ""  # a blank line still counts for numbering
-    data = "\n".join(lines).encode() + (b"\n" if trailing_newline else b"")
-    seen = {}
-    rebuilt = b""
-    for first, block in ingest.iter_blocks(io.BytesIO(data), block_bytes):
-        rebuilt += block
-        for offset, text in enumerate(block.split(b"\n")[:-1] if block.endswith(b"\n") else block.split(b"\n")):
-            seen[first + offset] = text.decode()
-    assert rebuilt == data
-    assert seen == {i + 1: text for i, text in enumerate(lines)}
-
-
-def test_iter_blocks_empty_file():
-    assert list(ingest.iter_blocks(io.BytesIO(b""), 16)) == []
-
-
-def test_split_lines_skips_blank_lines_and_keeps_numbers():
-    lines, numbers = ingest.split_lines(b"a\r\n\r\n  \t \nb\n\nc", 10)
-    assert lines == [b"a", b"b", b"c"]
-    assert numbers.tolist() == [10, 13, 15]
-
-
-def test_header_names():
-    layout = ingest.layout_for(csv_config().source)
-    assert ingest.header_names(b'user_id, "item_id",rating,timestamp\r\n', layout) == NAMES
-    tab = ingest.layout_for(csv_config(delimiter="\t").source)
-    assert ingest.header_names(b"a\tb c\td\n", tab) == ["a", "b c", "d"]
-    ml = ingest.layout_for(from_dict({"source": {"format": "movielens_1m"}}).source)
-    assert ingest.header_names(b"ignored", ml) == ["user", "item", "rating", "timestamp"]
-
-
-@pytest.mark.parametrize("fmt,kind,delim,header", [
-    ("movielens_csv", "delimited", ",", True),
-    ("movielens_100k", "delimited", "\t", False),
-    ("movielens_1m", "delimited", "::", False),
-])
-def test_layout_for_movielens(fmt, kind, delim, header):
-    layout = ingest.layout_for(from_dict({"source": {"format": fmt}}).source)
-    assert (layout.kind, layout.delimiter, layout.header) == (kind, delim, header)
-    assert set(layout.mapping) == {"user", "item", "timestamp", "value"}
-
-
-def test_layout_for_generic_formats_uses_the_column_mapping():
-    cfg = from_dict({"source": {"format": "parquet", "columns": {"user": "u", "item": "s", "timestamp": "t",
-                                                                 "value": "", "event": "kind"}},
-                     "feedback": {"mode": "event"}})
-    layout = ingest.layout_for(cfg.source)
-    assert layout.kind == "parquet"
-    assert layout.mapping == {"user": "u", "item": "s", "timestamp": "t", "event": "kind"}
-    csv = ingest.layout_for(csv_config(delimiter=";", header=True).source)
-    assert (csv.kind, csv.delimiter, csv.header) == ("delimited", ";", True)
 
 
 # --- delimited rows: each rejection reason ----------------------------------------------------------
@@ -208,7 +149,7 @@ def test_quoted_fields_and_whitespace():
 
 def test_crlf_line_endings():
     cfg = csv_config()
-    layout = ingest.layout_for(cfg.source)
+    layout = readers.layout_for(cfg.source)
     block = b"u1,i1,4,1000000000\r\nu2,i2,9,1000000001\r\n"
     valid, rejected = ingest.parse_and_validate(block, 2, layout, NAMES, cfg, "f")
     assert valid["timestamp"].tolist() == [1000000000]
@@ -335,7 +276,7 @@ def jsonl_config(**extra):
 
 def test_jsonl_rows_and_rejections():
     cfg = jsonl_config()
-    layout = ingest.layout_for(cfg.source)
+    layout = readers.layout_for(cfg.source)
     lines = [
         json.dumps({"u": 1, "i": "a", "t": 1000000000, "r": 4.5}),
         "not json",
@@ -367,7 +308,7 @@ def test_jsonl_lone_surrogate_is_unparseable_not_a_crash():
              b'{"u": "x", "i": {"k": "\\ud800"}, "t": 1000000000, "r": 4}',
              b'{"u": "\\ud83d\\ude00", "i": "a", "t": 1000000000, "r": 4}']
     block = b"".join(ln + b"\n" for ln in lines)
-    valid, rejected = ingest.parse_and_validate(block, 1, ingest.layout_for(cfg.source), None, cfg, "f.jsonl")
+    valid, rejected = ingest.parse_and_validate(block, 1, readers.layout_for(cfg.source), None, cfg, "f.jsonl")
     assert valid["user"].tolist() == ["ok", "x", "\U0001f600"]  # unmapped or non-string fields do not matter
     assert reasons_by_line(rejected) == {1: ingest.UNPARSEABLE}
     assert rejected["raw"].tolist() == [lines[0].decode()]
@@ -382,7 +323,7 @@ def parquet_config():
 
 def test_parquet_batch_casts_types_and_numbers_rows_from_first_row():
     cfg = parquet_config()
-    layout = ingest.layout_for(cfg.source)
+    layout = readers.layout_for(cfg.source)
     batch = pa.RecordBatch.from_pydict({
         "uid": pa.array([1, 2, None, 4], pa.int64()),
         "sku": ["a", "b", "c", ""],
@@ -390,7 +331,7 @@ def test_parquet_batch_casts_types_and_numbers_rows_from_first_row():
         "stars": pa.array([4.0, 6.0, 4.0, 4.0], pa.float32()),
         "other": [1, 2, 3, 4],
     })
-    raw, rej0 = ingest.parse_arrow_batch(batch, 101, layout, "f.parquet")
+    raw, rej0 = readers.parse_arrow_batch(batch, 101, layout, "f.parquet")
     assert len(rej0) == 0
     assert raw["_line"].tolist() == [101, 102, 103, 104]
     valid, rejected = ingest.validate(raw, cfg, "f.parquet")
@@ -404,7 +345,7 @@ def test_parquet_batch_casts_types_and_numbers_rows_from_first_row():
 
 def test_parquet_batch_binary_ids_that_are_not_utf8_are_rejected_per_row():
     cfg = parquet_config()
-    layout = ingest.layout_for(cfg.source)
+    layout = readers.layout_for(cfg.source)
     batch = pa.RecordBatch.from_pydict({
         "uid": pa.array([b"u1", b"u\xff", None, b"\xc3\xa9"], pa.binary()),
         "sku": pa.array([b"a", b"b", b"c", b"\xe2\x82"], pa.large_binary()),
@@ -412,7 +353,7 @@ def test_parquet_batch_binary_ids_that_are_not_utf8_are_rejected_per_row():
         "stars": pa.array([4.0] * 4, pa.float32()),
         "other": pa.array([b"\xff"] * 4, pa.binary()),  # not mapped: never looked at
     })
-    raw, rej0 = ingest.parse_arrow_batch(batch, 11, layout, "f.parquet")
+    raw, rej0 = readers.parse_arrow_batch(batch, 11, layout, "f.parquet")
     assert raw["_line"].tolist() == [11, 13]
     assert raw["user"].tolist()[0] == "u1" and raw["item"].tolist() == ["a", "c"]
     assert reasons_by_line(rej0) == {12: ingest.UNPARSEABLE, 14: ingest.UNPARSEABLE}
@@ -424,9 +365,9 @@ def test_parquet_batch_binary_ids_that_are_not_utf8_are_rejected_per_row():
 
 def test_parquet_batch_missing_column_rejects_every_row():
     cfg = parquet_config()
-    layout = ingest.layout_for(cfg.source)
+    layout = readers.layout_for(cfg.source)
     batch = pa.RecordBatch.from_pydict({"uid": [1, 2], "sku": ["a", "b"], "ts": [1000000000, 1000000001]})
-    raw, rejected = ingest.parse_arrow_batch(batch, 1, layout, "f.parquet")
+    raw, rejected = readers.parse_arrow_batch(batch, 1, layout, "f.parquet")
     assert len(raw) == 0
     assert rejected["reason"].tolist() == [ingest.WRONG_COLUMN_COUNT] * 2
     assert rejected["line"].tolist() == [1, 2]
@@ -438,7 +379,7 @@ def test_parquet_batch_missing_column_rejects_every_row():
 @pytest.mark.parametrize("fmt,sep", [("movielens_100k", "\t"), ("movielens_1m", "::")])
 def test_headerless_movielens_layouts(fmt, sep):
     cfg = from_dict({"source": {"format": fmt}})
-    layout = ingest.layout_for(cfg.source)
+    layout = readers.layout_for(cfg.source)
     lines = [sep.join(["1", "10", "4", "881250949"]), sep.join(["2", "20", "6", "881250950"]),
              sep.join(["3", "30", "4"]), sep.join(["4", "4\x1f0", "4", "881250951"])]
     block = "".join(ln + "\n" for ln in lines).encode()
@@ -452,7 +393,7 @@ def test_headerless_movielens_layouts(fmt, sep):
 
 def test_movielens_1m_slow_path_keeps_the_original_text():
     cfg = from_dict({"source": {"format": "movielens_1m"}})
-    layout = ingest.layout_for(cfg.source)
+    layout = readers.layout_for(cfg.source)
     lines = [b"1::10::4::881250949", b"2::2\xff0::4::881250950", b"3::30::4", b"4::40::5::881250951"]
     block = b"".join(ln + b"\n" for ln in lines)
     valid, rejected = ingest.parse_and_validate(block, 1, layout, list(layout.names), cfg, "ratings.dat")
@@ -472,7 +413,7 @@ def test_missing_optional_value_is_the_same_in_csv_and_jsonl():
                         "feedback": {"mode": "event", "event_weights": weights}})
     block = (json.dumps({"user_id": "u", "item_id": "a", "e": "view", "v": None, "timestamp": 1000000000}) + "\n"
              + json.dumps({"user_id": "u", "item_id": "b", "e": "view", "timestamp": 1000000001}) + "\n").encode()
-    valid, rejected = ingest.parse_and_validate(block, 1, ingest.layout_for(jl_cfg.source), None, jl_cfg, "f")
+    valid, rejected = ingest.parse_and_validate(block, 1, readers.layout_for(jl_cfg.source), None, jl_cfg, "f")
     assert len(rejected) == 0 and valid["value"].isna().all()
 
 
@@ -481,7 +422,7 @@ def test_absurd_numbers_are_rejected_not_a_crash():
     from recsys.data import ingest
     from recsys.config import from_dict
     cfg = from_dict({"source": {"format": "movielens_csv", "items_format": "none"}})
-    layout = ingest.layout_for(cfg.source)
+    layout = readers.layout_for(cfg.source)
     block = b"1,2,1e399999999999999999999,964982703\n1,3,4.0,1e399999999999999999999\n1,4,4.0,964982703\n"
     valid, rejected = ingest.parse_and_validate(block, 2, layout, ["userId", "movieId", "rating", "timestamp"],
                                                 cfg, "f.csv")
