@@ -384,6 +384,7 @@ class WriteShardFn(beam.DoFn):
         split = _assign_split(user_rank[order], item_rank[order], timestamp[rows], self.cfg, result["cuts"])
         user_lookup, item_lookup = self._vocab_lookups(result)
         user_vocab, item_vocab = user_lookup(user_ids), item_lookup(item_ids)
+        leaks = self._leaks(df, rows, users, items, timestamp, split, item_vocab)
         columns = {"timestamp": timestamp, "value": df["value"].to_numpy(), "weight": df["weight"].to_numpy(),
                    "event": readers.arrow_strings(df["event"])}   # Arrow all the way: no Python str per row
         for code, name in enumerate(SPLITS):
@@ -407,7 +408,22 @@ class WriteShardFn(beam.DoFn):
                    "items": item_ids.take(present),
                    "min_ts": int(timestamp[part].min()) if len(part) else None,
                    "max_ts": int(timestamp[part].max()) if len(part) else None,
-                   "train_item_counts": (item_ids.take(present), item_counts[present]) if code == 0 else None}
+                   "train_item_counts": (item_ids.take(present), item_counts[present]) if code == 0 else None,
+                   "leak": leaks.get(code, (0, 0))}
+
+    def _leaks(self, df, rows, users, items, timestamp, split, item_vocab) -> dict:
+        """The leak detector's counts for this bucket (`interactions.leak_counts`): held-out target rows
+        (evaluation.target_events, all rows without them) of items evaluation can rank."""
+        targets = self.cfg.evaluation.target_events
+        if targets:
+            event = readers.arrow_strings(df["event"]).take(pa.array(rows))
+            is_target = pc.fill_null(pc.is_in(event, value_set=pa.array(list(targets), pa.string())), False)
+            is_target = is_target.to_numpy(zero_copy_only=False)
+        else:
+            is_target = np.ones(len(rows), dtype=bool)
+        is_target &= item_vocab[items[rows]] >= 0
+        return interactions.leak_counts(users[rows], items[rows], timestamp[rows], split, is_target,
+                                        self.cfg.split.session_gap_minutes * 60)
 
 
 def _write_rejected(kv, out_dir: str, n: int):
@@ -505,6 +521,11 @@ class FinalizeFn(beam.DoFn):
                              "dropped_unknown_item": sum(r["dropped_unknown_item"] for r in rows),
                              "density": n / (nu * its) if nu and its else 0.0,
                              "time_range": [min(mins), max(maxs)] if mins else None}
+        leak = {"window_minutes": self.cfg.split.session_gap_minutes,
+                "target_events": list(self.cfg.evaluation.target_events)}
+        for split in SPLITS[1:]:
+            held, leaked = (sum(r["leak"][j] for r in split_rows if r["split"] == split) for j in (0, 1))
+            leak[split] = {"targets": held, "leaked": leaked, "share": leaked / held if held else 0.0}
         kept = c.get("positives", 0) - c.get("kcore_removed", 0)
         split_total = sum(s["interactions"] + s["dropped_unknown_item"] for s in splits.values())
         if kept != split_total:
@@ -517,7 +538,7 @@ class FinalizeFn(beam.DoFn):
             "interactions": kept, "splits": splits,
             "vocab": {"users": len(users), "items": len(items)},
             "items_metadata": {"rows": n_meta, "rejected": meta_rejected},
-            "split_strategy": self.cfg.split.strategy,
+            "split_strategy": self.cfg.split.strategy, "leak": leak,
             "temporal_cuts": {"validation_start": cuts[0], "test_start": cuts[1]} if cuts else None,
             "config": self.cfg.to_dict(),
         }
@@ -610,4 +631,8 @@ def run(cfg: Config, dataset_id: str | None = None, previous: str | None = "late
              + ", ".join(f"{k} {v['interactions']} ({v['users']} users, {v['items']} items)"
                          for k, v in ((s, st["splits"][s]) for s in SPLITS))
              + f"; vocab {st['vocab']['users']} users, {st['vocab']['items']} items -> {final}")
+    warning = ds.leak_warning(st)
+    if warning:
+        progress(warning)
     return dataset
+

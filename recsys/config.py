@@ -22,7 +22,7 @@ ITEM_FORMATS = ("none", "movielens_movies", "csv", "parquet", "jsonl")
 USER_FORMATS = ("none", "movielens_users", "csv", "parquet", "jsonl")
 TIMESTAMP_UNITS = ("s", "ms", "iso")
 FEEDBACK_MODES = ("rating", "event", "implicit")
-SPLIT_STRATEGIES = ("temporal", "leave_last_n")
+SPLIT_STRATEGIES = ("temporal", "last_session", "leave_last_n")
 # Beam runners that work here or on a cluster (the PrismRunner downloads a binary at start).
 RUNNERS = ("DirectRunner", "FnApiRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner")
 
@@ -125,6 +125,9 @@ class SplitConfig:
     test_fraction: float = 0.1
     validation_fraction: float = 0.1
     leave_last_n: int = 1
+    # last_session: a session ends after a gap of more than this many minutes; the leak detector counts
+    # a held-out target touched (same user, same item) this recently before, in the query history
+    session_gap_minutes: float = 30.0
 
 
 @dataclass
@@ -304,6 +307,8 @@ def validate(cfg: Config) -> Config:
     _check(sp.test_fraction + sp.validation_fraction < 1, "split.validation_fraction",
            sp.validation_fraction, "test_fraction + validation_fraction must be < 1")
     _check(sp.leave_last_n >= 1, "split.leave_last_n", sp.leave_last_n, ">= 1")
+    _check(0 < sp.session_gap_minutes <= 7 * 24 * 60, "split.session_gap_minutes", sp.session_gap_minutes,
+           "more than 0 and at most a week (10080)")
     ru = cfg.runner
     refused = {"prism": "PrismRunner downloads a binary at start (fails offline)",
                "dask": "DaskRunner has no Impulse translation and mixes tagged outputs (silently wrong results)",

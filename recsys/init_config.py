@@ -10,11 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from recsys import fsio
+from recsys.config import SplitConfig
 from recsys.data import readers
+from recsys.data.interactions import sessions
 from recsys.errors import DataError
 
 SAMPLE_ROWS = 20_000
@@ -47,6 +50,44 @@ def _pick(columns, field_name: str) -> str | None:
         if name in lower:
             return lower[name]
     return None
+
+
+def _seconds(col: pd.Series, unit: str) -> np.ndarray:
+    """Epoch seconds of a sampled time column written in `unit` (NaN where unreadable)."""
+    if unit == "iso" or pd.api.types.is_datetime64_any_dtype(col):
+        parsed = pd.to_datetime(col, errors="coerce", utc=True, format="ISO8601" if unit == "iso" else None)
+        return (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
+    num = pd.to_numeric(col, errors="coerce").to_numpy(np.float64)
+    return num / 1000 if unit == "ms" else num
+
+
+# last_session needs users who came back: below this share (or count) of the sample's users with two
+# or more sessions, the held-out sessions would measure too few users and a temporal cut is written
+_MIN_RETURNING_SHARE, _MIN_RETURNING_USERS = 0.1, 50
+
+
+def _split(df: pd.DataFrame, cols: dict, unit: str, events: bool) -> tuple[dict, str]:
+    """The split a written config starts with, and the note saying why."""
+    if not events:
+        return ({"strategy": "leave_last_n", "leave_last_n": 2},
+                "split: each user's last 2 positives are test and the 2 before validation (leave_last_n: a "
+                "rating log has no funnel to leak)")
+    gap = SplitConfig().session_gap_minutes
+    frame = pd.DataFrame({"user": df[cols["user"]].astype(str).to_numpy(),
+                          "t": _seconds(df[cols["timestamp"]], unit)}).dropna().sort_values(["user", "t"])
+    session = sessions(frame["user"].to_numpy(), frame["t"].to_numpy(), gap * 60)
+    per_user = pd.Series(session).groupby(frame["user"].to_numpy()).nunique()
+    returning = int((per_user >= 2).sum())
+    share = returning / max(len(per_user), 1)
+    seen = f"{returning} of {len(per_user)} sampled users ({share:.0%}) have 2+ sessions ({gap:g}-minute gaps)"
+    if returning >= _MIN_RETURNING_USERS and share >= _MIN_RETURNING_SHARE:
+        return ({"strategy": "last_session", "session_gap_minutes": gap},
+                f"split: each user's last session is test, the one before validation (last_session): the "
+                f"history a model is queried with ends before the visit, so a purchase's own view is not in "
+                f"it; {seen}")
+    return ({"strategy": "temporal", "test_fraction": 0.1, "validation_fraction": 0.1},
+            f"split: the last 10% of time is test, the 10% before validation (temporal): only {seen}, "
+            f"too few for last_session")
 
 
 def _timestamp_unit(col: pd.Series, schema_type) -> tuple[str, str]:
@@ -176,12 +217,12 @@ def infer(events: str, items: str | None = None, root: str = "artifacts") -> Inf
                  f"so the nightly fits a night's window at any log size; once a version exists, the next night "
                  f"trains {_WARM_EPOCHS} epochs from it instead of searching again (model.warm_start_epochs; "
                  f"0: always search)")
+    split, why = _split(df, cols, unit, bool(cols["event"]))
+    notes.append(why)
     config = {"source": source, "feedback": feedback,
               "filters": {"min_user_interactions": 2, "min_item_interactions": 2},
               "model": {"max_train_minutes": _TRAIN_MINUTES, "warm_start_epochs": _WARM_EPOCHS},
-              # each user's last 2 positives are test and the 2 before validation: every active user
-              # is measured, whatever the date range of the log
-              "split": {"strategy": "leave_last_n", "leave_last_n": 2},
+              "split": split,
               "artifacts": {"root": root}}
     if evaluation:
         config["evaluation"] = evaluation

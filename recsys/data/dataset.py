@@ -339,3 +339,20 @@ class Dataset:
                 pf = pq.ParquetFile(fh)
                 for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
                     yield {c: batch.column(c).to_numpy(zero_copy_only=False) for c in columns}
+
+
+LEAK_WARNING_SHARE = 0.05
+
+
+def leak_warning(stats: dict) -> str | None:
+    """A warning line when more than 5% of the test targets were touched by the same user shortly before
+    and that touch sits in the history the model is queried with (stats.json "leak"), else None."""
+    leak = (stats.get("leak") or {}).get("test") or {}
+    if leak.get("share", 0.0) <= LEAK_WARNING_SHARE:
+        return None
+    what = "/".join(stats["leak"].get("target_events") or []) or "held-out rows"
+    fix = "split.strategy: last_session" if stats.get("split_strategy") != "last_session" \
+        else "a larger split.session_gap_minutes"
+    return (f"warning: {leak['share']:.0%} of test {what} ({leak['leaked']} of {leak['targets']}) were touched by "
+            f"the same user within {stats['leak']['window_minutes']:g} minutes before, in the history the model "
+            f"is queried with: offline metrics measure that, not the future; use {fix}")

@@ -80,15 +80,25 @@ def temporal_cuts(timestamps: np.ndarray, cfg: Config) -> tuple[int, int]:
 
 
 def assign_split(df: pd.DataFrame, cfg: Config, cuts: tuple[int, int] | None) -> np.ndarray:
-    """Split name per row: 0 train, 1 validation, 2 test."""
+    """Split name per row: 0 train, 1 validation, 2 test.
+
+    - temporal: one cut time for everyone (`cuts`);
+    - last_session: per user, the last session held out whole (test), the one before it validation
+      (`_last_sessions_split`), so no event of the held-out visit is in the history;
+    - leave_last_n: per user, the last N rows test and the N before validation (rating-style logs).
+    """
     if cfg.split.strategy == "temporal":
         val_start, test_start = cuts
         ts = df["timestamp"].to_numpy()
         return np.where(ts >= test_start, 2, np.where(ts >= val_start, 1, 0)).astype(np.int8)
+    order = df.sort_values(["user", "timestamp", "item"], kind="stable")
+    if cfg.split.strategy == "last_session":
+        split = _last_sessions_split(order["user"].to_numpy(), order["timestamp"].to_numpy(),
+                                     cfg.split.session_gap_minutes * 60)
+        return pd.Series(split, index=order.index).reindex(df.index).to_numpy().astype(np.int8)
     # leave-last-N per user: the N most recent go to test, the N before to validation, when the user
     # has enough interactions left for training (at least one).
     n = cfg.split.leave_last_n
-    order = df.sort_values(["user", "timestamp", "item"], kind="stable")
     rank_from_end = order.groupby("user", sort=False).cumcount(ascending=False).to_numpy()
     size = order.groupby("user", sort=False)["item"].transform("size").to_numpy()
     split = np.zeros(len(order), dtype=np.int8)
@@ -96,6 +106,69 @@ def assign_split(df: pd.DataFrame, cfg: Config, cuts: tuple[int, int] | None) ->
     split[(rank_from_end >= n) & (rank_from_end < 2 * n) & (size > 2 * n)] = 1
     out = pd.Series(split, index=order.index).reindex(df.index).to_numpy()
     return out.astype(np.int8)
+
+
+def sessions(user: np.ndarray, timestamp: np.ndarray, gap_seconds: float) -> np.ndarray:
+    """Session number per row, for rows sorted by (user, time): a new session starts with a user's
+    first row and after every gap of more than `gap_seconds`. Numbers count from 0 over all users."""
+    if not len(user):
+        return np.zeros(0, dtype=np.int64)
+    new = np.ones(len(user), dtype=bool)
+    new[1:] = (user[1:] != user[:-1]) | (np.diff(timestamp) > gap_seconds)
+    return np.cumsum(new) - 1
+
+
+def _last_sessions_split(user: np.ndarray, timestamp: np.ndarray, gap_seconds: float) -> np.ndarray:
+    """For rows sorted by (user, time): 2 for the user's last session, 1 for the one before, 0 before
+    that; a user keeps at least one session for training (2 sessions: train + test; 3+: all three)."""
+    session = sessions(user, timestamp, gap_seconds)
+    first = np.ones(len(user), dtype=bool)
+    first[1:] = user[1:] != user[:-1]
+    # per row: the user's first and last session number
+    user_no = np.cumsum(first) - 1
+    first_session = session[first][user_no]
+    last = np.r_[first[1:], True]
+    last_session = session[last][user_no]
+    n_sessions = last_session - first_session + 1
+    from_end = last_session - session                    # 0: the last session
+    split = np.zeros(len(user), dtype=np.int8)
+    split[(from_end == 0) & (n_sessions >= 2)] = 2
+    split[(from_end == 1) & (n_sessions >= 3)] = 1
+    return split
+
+
+def leak_counts(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, split: np.ndarray,
+                is_target: np.ndarray, gap_seconds: float) -> dict:
+    """The leak detector: for each held-out split (1 validation, 2 test), its target rows and how many
+    of them the same user touched (any event on the same item) within `gap_seconds` before, in a row
+    that sits in the history that split is queried with (an earlier split). A purchase whose view of
+    the same item seconds earlier is in the history is "predicted" by the history, not by taste.
+
+    Args:
+        user, item: integer codes per row (any order).
+        timestamp: epoch seconds per row.
+        split: 0 train, 1 validation, 2 test per row.
+        is_target: rows of the target events (evaluation.target_events; all rows when none are set).
+        gap_seconds: how recent a touch counts (split.session_gap_minutes).
+    Returns:
+        {1: (targets, leaked), 2: (targets, leaked)}.
+    """
+    order = np.lexsort((timestamp, item, user))
+    u, i, t, s, tg = user[order], item[order], np.asarray(timestamp, np.float64)[order], split[order], is_target[order]
+    group = np.cumsum(np.r_[True, (u[1:] != u[:-1]) | (i[1:] != i[:-1])]) if len(u) else np.zeros(0, np.int64)
+    out = {}
+    for held in (1, 2):
+        candidates = tg & (s == held)
+        if not candidates.any():
+            out[held] = (0, 0)
+            continue
+        # the latest history touch at or before each row of the same (user, item): rows are in time
+        # order within a group, so it is the running maximum of the history rows' timestamps
+        in_history = np.where(s < held, t, -np.inf)
+        latest = pd.Series(in_history).groupby(group).cummax().to_numpy()
+        leaked = candidates & (t - latest <= gap_seconds)
+        out[held] = (int(candidates.sum()), int(leaked.sum()))
+    return out
 
 
 def id_ranks(ids: pa.Array) -> np.ndarray:

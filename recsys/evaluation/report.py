@@ -14,7 +14,7 @@ import json
 import numpy as np
 
 from recsys import fsio, registry, version as version_mod
-from recsys.data.dataset import Dataset
+from recsys.data.dataset import Dataset, leak_warning
 from recsys.evaluation.compare import ADJUSTMENT, MIN_SEGMENT_USERS, Comparison
 from recsys.evaluation.inspection import inspect_version, main_attribute, map_png
 from recsys.evaluation.plotting import PALETTE, png, pyplot
@@ -118,6 +118,17 @@ def _sources(arm: dict) -> str:
     return f"{', '.join(parts)} ({fb / total:.0%} fell back to popularity)"
 
 
+def _leak_lines(ds: dict) -> list:
+    """The split and the leak detector's share (stats.json "leak"), with its warning when above 5%."""
+    leak = ds.get("leak")
+    if not leak or not leak.get("targets"):
+        return []
+    line = (f"- Split `{ds.get('strategy')}`: {leak['share']:.1%} of the held-out targets ({leak['leaked']} of "
+            f"{leak['targets']}) were touched by the same user shortly before, in the history the models are "
+            f"queried with (the leak detector).")
+    return [line] + ([f"- **{ds['leak_warning']}**"] if ds.get("leak_warning") else [])
+
+
 def markdown(c, ctx: dict) -> str:
     """The report as markdown (report.md; report.html renders it)."""
     lines = [f"# {title(c, ctx)}", "", f"**{c.verdict}**", ""]
@@ -129,6 +140,7 @@ def markdown(c, ctx: dict) -> str:
         lines += ["## What was compared", "",
                   f"- Dataset `{ds['id']}` ({span}), {ds['items']} items; held-out split `{ds['split']}`: "
                   f"{ds['users_evaluated']} users{sample}, full-catalog ranking, items seen before the split excluded.",
+                  *_leak_lines(ds),
                   f"- A: **{arms['a']['label']}**, version `{arms['a']['version']}`; users by source: {_sources(arms['a'])}.",
                   f"- B: **{arms['b']['label']}**, version `{arms['b']['version']}`; users by source: {_sources(arms['b'])}."]
         for key in ("a", "b"):
@@ -324,7 +336,9 @@ def context(root: str, c: Comparison, n_samples: int = 3, seed: int = 0) -> dict
         "arms": {"a": _arm_context(root, res_a.version, res_a.sources),
                  "b": _arm_context(root, res_b.version, res_b.sources)},
         "dataset": {"id": ds.id, "time_range": times, "items": len(ids), "users_evaluated": int(len(users)),
-                    "users_total": res_b.users_total or int(len(users)), "split": res_b.split},
+                    "users_total": res_b.users_total or int(len(users)), "split": res_b.split,
+                    "strategy": ds.stats.get("split_strategy"), "leak": (ds.stats.get("leak") or {}).get(res_b.split),
+                    "leak_warning": leak_warning(ds.stats) if res_b.split == "test" else None},
         "popularity_deciles": {"a": _deciles(ev_a.topk[:, :k], counts).tolist(),
                                "b": _deciles(res_b.evaluation.topk[:, :k], counts).tolist(),
                                "held_out": _deciles(held.indices[None, :], counts).tolist(), "k": k},
