@@ -1,7 +1,9 @@
-"""recsys/data/readers.py: every input format is read by its entry there, and nothing else names one.
+"""recsys/data/readers.py: every input format is read by its entry there, and nothing else names one (not
+even recsys/data/parsing.py, whose block, line and header functions are tested here too).
 
-Adding a format means its reader in readers.py, its name in config.py's format list, and a writer here:
-the contract tests below run over config.py's lists, so a format without a case here fails them.
+Adding a format means its reader in readers.py (for a new kind of file, with its row parser in parsing.py),
+its name in config.py's format list, and a writer here: the contract tests below run over config.py's
+lists, so a format without a case here fails them.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys.config import INTERACTION_FORMATS, ITEM_FORMATS, USER_FORMATS, from_dict
-from recsys.data import ingest, metadata, readers
+from recsys.data import ingest, metadata, parsing, readers
 from recsys.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -256,7 +258,7 @@ def test_only_the_readers_and_the_config_name_an_input_format():
     assert not found, "\n".join(found)
 
 
-# --- block reading ----------------------------------------------------------------------------------
+# --- blocks, lines and headers (parsing.py) ----------------------------------------------------------
 
 @pytest.mark.parametrize("block_bytes", [1, 3, 7, 16, 1 << 20])
 @pytest.mark.parametrize("trailing_newline", [True, False])
@@ -266,7 +268,7 @@ def test_iter_blocks_cuts_on_line_boundaries_with_exact_line_numbers(block_bytes
     data = "\n".join(lines).encode() + (b"\n" if trailing_newline else b"")
     seen = {}
     rebuilt = b""
-    for first, block in readers.iter_blocks(io.BytesIO(data), block_bytes):
+    for first, block in parsing.iter_blocks(io.BytesIO(data), block_bytes):
         rebuilt += block
         for offset, text in enumerate(block.split(b"\n")[:-1] if block.endswith(b"\n") else block.split(b"\n")):
             seen[first + offset] = text.decode()
@@ -275,22 +277,22 @@ def test_iter_blocks_cuts_on_line_boundaries_with_exact_line_numbers(block_bytes
 
 
 def test_iter_blocks_empty_file():
-    assert list(readers.iter_blocks(io.BytesIO(b""), 16)) == []
+    assert list(parsing.iter_blocks(io.BytesIO(b""), 16)) == []
 
 
 def test_split_lines_skips_blank_lines_and_keeps_numbers():
-    lines, numbers = readers.split_lines(b"a\r\n\r\n  \t \nb\n\nc", 10)
+    lines, numbers = parsing.split_lines(b"a\r\n\r\n  \t \nb\n\nc", 10)
     assert lines == [b"a", b"b", b"c"]
     assert numbers.tolist() == [10, 13, 15]
 
 
 def test_header_names():
     layout = readers.layout_for(csv_config().source)
-    assert readers.header_names(b'user_id, "item_id",rating,timestamp\r\n', layout) == NAMES
+    assert parsing.header_names(b'user_id, "item_id",rating,timestamp\r\n', layout) == NAMES
     tab = readers.layout_for(csv_config(delimiter="\t").source)
-    assert readers.header_names(b"a\tb c\td\n", tab) == ["a", "b c", "d"]
+    assert parsing.header_names(b"a\tb c\td\n", tab) == ["a", "b c", "d"]
     ml = readers.layout_for(from_dict({"source": {"format": "movielens_1m"}}).source)
-    assert readers.header_names(b"ignored", ml) == ["user", "item", "rating", "timestamp"]
+    assert parsing.header_names(b"ignored", ml) == ["user", "item", "rating", "timestamp"]
 
 
 @pytest.mark.parametrize("fmt,kind,delim,header", [
