@@ -23,6 +23,7 @@ USER_FORMATS = ("none", "movielens_users", "csv", "parquet", "jsonl")
 TIMESTAMP_UNITS = ("s", "ms", "iso")
 FEEDBACK_MODES = ("rating", "event", "implicit")
 SPLIT_STRATEGIES = ("temporal", "last_session", "leave_last_n")
+EXCLUSIONS = ("auto", "seen", "bought", "none")
 # Beam runners that work here or on a cluster (the PrismRunner downloads a binary at start).
 RUNNERS = ("DirectRunner", "FnApiRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner")
 
@@ -155,6 +156,10 @@ class Config:
     evaluation: "EvaluationConfig" = field(default_factory=lambda: EvaluationConfig())
     index: "IndexConfig" = field(default_factory=lambda: IndexConfig())
     nightly: "NightlyConfig" = field(default_factory=lambda: NightlyConfig())
+    # what a user is never recommended, served and offline alike: seen (every item they interacted
+    # with) | bought (items of evaluation.target_events: a shop whose users rarely rebuy) | none (a
+    # grocery's repeat purchases) | auto (bought with target_events, else seen)
+    exclusion: str = "auto"
     base_dir: str = "."
 
     def resolve(self, path: str) -> str:
@@ -387,7 +392,17 @@ def validate(cfg: Config) -> Config:
     _check(1 <= nc.batch_top_n <= 1000, "nightly.batch_top_n", nc.batch_top_n, "between 1 and 1000")
     _check(nc.batch_users_per_bundle >= 1, "nightly.batch_users_per_bundle", nc.batch_users_per_bundle, ">= 1")
     _check(bool(cfg.artifacts.root), "artifacts.root", cfg.artifacts.root, "a directory or URL is required")
+    _one_of("exclusion", cfg.exclusion, EXCLUSIONS)
+    _check(cfg.exclusion != "bought" or bool(cfg.evaluation.target_events), "exclusion", cfg.exclusion,
+           "bought needs evaluation.target_events (the events that are purchases)")
     return cfg
+
+
+def exclusion_rule(exclusion: str, target_events) -> str:
+    """The exclusion in force: `auto` is bought with target events, else seen."""
+    if exclusion == "auto":
+        return "bought" if target_events else "seen"
+    return exclusion
 
 
 def from_dict(data: dict | None, base_dir: str = ".") -> Config:
@@ -480,6 +495,9 @@ class ModelConfig:
     eval_k: int = 20
     seed: int = 0
     popularity_window_days: int = 0
+    # attribute_popularity: the catalog attribute whose values a user's taste is counted in ("": genres
+    # when the catalog has them, else its first categorical attribute); `recsys init` writes one
+    rule_attribute: str = ""
     eval_users: int = 5000          # validation users sampled for the per-epoch early-stopping check
 
 

@@ -6,7 +6,7 @@ import time
 import numpy as np
 
 from recsys import registry, version as version_mod
-from recsys.config import Config
+from recsys.config import Config, exclusion_rule
 from recsys.data import trainset
 from recsys.data.dataset import Dataset
 from recsys.errors import DataError
@@ -41,14 +41,15 @@ def pick_warm_start(root: str, model_name: str, warm_start: str | None) -> str |
 def training_sets(cfg: Config, dataset: Dataset) -> tuple[trainset.TrainSet, trainset.TrainSet | None]:
     """The dataset's train TrainSet and, when the config refits (`model.refit` and a validation split),
     its train + validation TrainSet (None otherwise); both measured on `evaluation.target_events`."""
-    ts = trainset.from_dataset(dataset, cfg.model.history_length,
-                               target_events=tuple(cfg.evaluation.target_events))
+    ts = trainset.from_dataset(dataset, cfg.model.history_length, target_events=tuple(cfg.evaluation.target_events),
+                               exclusion=exclusion_rule(cfg.exclusion, cfg.evaluation.target_events))
     return ts, (_train_plus_validation(cfg, dataset) if cfg.model.refit and "validation" in ts.evals else None)
 
 
 def _train_plus_validation(cfg: Config, dataset: Dataset) -> trainset.TrainSet:
     return trainset.from_dataset(dataset, cfg.model.history_length, include_validation=True,
-                                 target_events=tuple(cfg.evaluation.target_events))
+                                 target_events=tuple(cfg.evaluation.target_events),
+                                 exclusion=exclusion_rule(cfg.exclusion, cfg.evaluation.target_events))
 
 
 def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, warm_start: str | None = "auto",

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recsys import __version__, fsio
-from recsys.config import Config
+from recsys.config import Config, exclusion_rule
 from recsys.data.dataset import read_items
 from recsys.data.vocab import Vocabulary
 from recsys.errors import DataError
@@ -231,7 +231,8 @@ def save_fitted(model: Model, ts, cfg: Config, root: str, dataset=None, extra: d
     if dataset is not None and fsio.exists(dataset.item_features_path):
         attributes = fsio.read_bytes(dataset.item_features_path)
     t0 = time.time()
-    seen = seen_items(ts, dataset)
+    targets = cfg.evaluation.target_events
+    seen = seen_items(ts, dataset, exclusion_rule(cfg.exclusion, targets), targets)
     phases["seen_items"] = round(time.time() - t0, 2)
     manifest.update(extra or {})
     manifest["save_phases"] = phases

@@ -108,6 +108,7 @@ class TrainSet:
     dataset_id: str = ""
     includes_validation: bool = False           # the validation split is part of the training rows
     timestamp: np.ndarray | None = None         # per row (epoch seconds); None for data without time
+    item_table: pd.DataFrame | None = None      # items.parquet (item_idx, attributes) for rules; None without
 
     def __post_init__(self):
         if self.item_counts is None:
@@ -270,19 +271,30 @@ def item_features_from_frame(feats: pd.DataFrame, n_items: int, max_tokens: int 
                         np.asarray(list(genre_index), dtype=str), np.asarray(list(token_index), dtype=str))
 
 
+def excluded_rows(frame: pd.DataFrame, exclusion: str, target_events=()) -> np.ndarray:
+    """Which rows of a user's known interactions exclude their item from what they are recommended
+    (`config.exclusion_rule`): seen -> all; bought -> rows of `target_events`; none -> no row."""
+    if exclusion == "none":
+        return np.zeros(len(frame), dtype=bool)
+    if exclusion == "bought" and target_events:
+        return frame["event"].isin(list(target_events)).to_numpy()
+    return np.ones(len(frame), dtype=bool)
+
+
 def _eval_set(df: pd.DataFrame, seen: pd.DataFrame, users, items_n: int, history_len: int,
-              target_events=()) -> EvalSet:
+              target_events=(), exclusion: str | None = None) -> EvalSet:
     """Build an EvalSet from held-out rows `df` and earlier rows `seen` (train, + validation).
 
-    With `target_events`, only earlier rows of those events are excluded from the ranking: an item the
-    user viewed or carted is what a shop wants them to buy, so it stays rankable for a purchase."""
+    `exclusion` (None: bought with `target_events`, else seen) decides which earlier items are excluded
+    from the ranking (`excluded_rows`): with bought, an item the user viewed or carted stays rankable
+    for a purchase, as the service ranks it."""
     ids = np.asarray(sorted(df["user"].unique()), dtype=object)
     row_of = pd.Index(ids)
     rel_rows = row_of.get_indexer(df["user"])
     relevant = csr_from_pairs(rel_rows, df["item_idx"].to_numpy(), len(ids), items_n)
     seen = seen[seen["user"].isin(row_of)].sort_values(["timestamp"], kind="stable")
     seen_rows = row_of.get_indexer(seen["user"])
-    done = seen["event"].isin(list(target_events)).to_numpy() if target_events else np.ones(len(seen), bool)
+    done = excluded_rows(seen, exclusion or ("bought" if target_events else "seen"), target_events)
     exclude = csr_from_pairs(seen_rows[done], seen["item_idx"].to_numpy()[done], len(ids), items_n)
     history = last_items(seen_rows, seen["item_idx"].to_numpy(), len(ids), history_len)
     return EvalSet(ids, users.lookup(ids), relevant, exclude, history)
@@ -318,7 +330,7 @@ def _targets(frame: pd.DataFrame, target_events) -> pd.DataFrame:
 
 
 def eval_sets(dataset: Dataset, history_len: int = 20, train: pd.DataFrame | None = None,
-              target_events=()) -> dict:
+              target_events=(), exclusion: str | None = None) -> dict:
     """Validation and test EvalSets of a built dataset (test excludes train and validation items).
 
     Args:
@@ -327,6 +339,8 @@ def eval_sets(dataset: Dataset, history_len: int = 20, train: pd.DataFrame | Non
         train: the train rows, when the caller has read them.
         target_events: event types whose held-out rows are relevant (e.g. ["purchase"]: models train on
             every event and are measured on purchases); empty: every held-out row.
+        exclusion: seen | bought | none, the items excluded from each user's ranking (`excluded_rows`;
+            None: bought with target events, else seen).
     """
     if train is None:
         train = _read(dataset, "train", target_events)
@@ -336,16 +350,16 @@ def eval_sets(dataset: Dataset, history_len: int = 20, train: pd.DataFrame | Non
     val_targets = _targets(val, target_events)
     if len(val_targets):
         out["validation"] = _eval_set(val_targets, train, dataset.users, len(dataset.items), history_len,
-                                      target_events)
+                                      target_events, exclusion)
     test_targets = _targets(test, target_events)
     if len(test_targets):
         out["test"] = _eval_set(test_targets, pd.concat([train[val.columns], val], ignore_index=True),
-                                dataset.users, len(dataset.items), history_len, target_events)
+                                dataset.users, len(dataset.items), history_len, target_events, exclusion)
     return out
 
 
 def from_dataset(dataset: Dataset, history_len: int = 20, include_validation: bool = False,
-                 target_events=()) -> TrainSet:
+                 target_events=(), exclusion: str | None = None) -> TrainSet:
     """Train arrays, item features and validation/test EvalSets from a built dataset.
 
     `include_validation`: train on train + validation (the refit after early stopping has chosen the
@@ -367,17 +381,19 @@ def from_dataset(dataset: Dataset, history_len: int = 20, include_validation: bo
     u = train["user_idx"].to_numpy(np.int64)
     i = train["item_idx"].to_numpy(np.int64)
     n_users, n_items = len(users), len(dataset.items)
-    feats = item_features_from_frame(dataset.item_features(), n_items)
+    table = dataset.item_features()
+    feats = item_features_from_frame(table, n_items)
     ts = TrainSet(u, i, train["weight"].to_numpy(np.float32), PrecedingItems(u, i, history_len, len(users)),
                   n_users, n_items, users.ids, dataset.items.ids, feats,
                   user_features_from_frame(dataset.user_features(), users), dataset_id=dataset.id,
-                  includes_validation=include_validation, timestamp=train["timestamp"].to_numpy(np.int64))
+                  includes_validation=include_validation, timestamp=train["timestamp"].to_numpy(np.int64),
+                  item_table=table if len(table) else None)
     if include_validation:
         test = _targets(_read(dataset, "test", target_events), target_events)
         if len(test):
-            ts.evals["test"] = _eval_set(test, train, users, n_items, history_len, target_events)
+            ts.evals["test"] = _eval_set(test, train, users, n_items, history_len, target_events, exclusion)
     else:
-        ts.evals = eval_sets(dataset, history_len, train, target_events)
+        ts.evals = eval_sets(dataset, history_len, train, target_events, exclusion)
     return ts
 
 
@@ -444,14 +460,25 @@ def user_histories(ts: TrainSet, length: int, dataset: Dataset | None = None) ->
     return last_items(users, items, ts.n_users, length)
 
 
-def seen_items(ts: TrainSet, dataset: Dataset | None) -> sp.csr_matrix:
-    """Known users x items they interacted with in any split (what the service excludes as seen)."""
-    rows, cols = [ts.user_idx], [ts.item_idx]
-    if dataset is not None:
-        for split in ("validation", "test"):
-            df = _split_rows(ts, dataset, split, ["user", "item_idx"])
+def seen_items(ts: TrainSet, dataset: Dataset | None, exclusion: str = "seen", target_events=()) -> sp.csr_matrix:
+    """Known users x the items the service excludes for them, from every split: with `exclusion` seen,
+    every item they interacted with; bought, the items of `target_events`; none, nothing."""
+    if exclusion == "none":
+        return sp.csr_matrix((ts.n_users, ts.n_items), dtype=np.int8)
+    if exclusion == "bought" and target_events and dataset is not None:
+        rows, cols = [], []
+        for split in ("train", "validation", "test"):
+            df = _split_rows(ts, dataset, split, ["user", "item_idx", "event"])
+            df = df[excluded_rows(df, exclusion, target_events)]
             rows.append(df["user_idx"].to_numpy(np.int64))
             cols.append(df["item_idx"].to_numpy(np.int64))
+    else:
+        rows, cols = [ts.user_idx], [ts.item_idx]
+        if dataset is not None:
+            for split in ("validation", "test"):
+                df = _split_rows(ts, dataset, split, ["user", "item_idx"])
+                rows.append(df["user_idx"].to_numpy(np.int64))
+                cols.append(df["item_idx"].to_numpy(np.int64))
     r, c = np.concatenate(rows), np.concatenate(cols)
     m = sp.csr_matrix((np.ones(len(r), np.int8), (r, c)), shape=(ts.n_users, ts.n_items))
     m.sum_duplicates()

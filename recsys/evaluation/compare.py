@@ -96,6 +96,8 @@ class GateDecision:
     p_value: float | None = None
     verdict: str | None = None
     popularity_score: float | None = None
+    best_rule: str | None = None            # the best rule among the candidates (popularity, ...)
+    best_rule_score: float | None = None
 
 
 def paired_stats(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, n_perm: int = 5000, seed: int = 0,
@@ -270,7 +272,7 @@ def _paired_results(root: str, version_a: str, version_b: str, split: str, datas
         r = (results or {}).get(v)
         if r is None or (r.split, r.dataset_id, r.settings) != (split, dataset_id, settings):
             r = evaluate_version(root, v, split, dataset_id, ks, target_events=settings[0], max_users=settings[1],
-                                 sample_seed=settings[2])
+                                 sample_seed=settings[2], exclusion=settings[3])
         out.append(r)
     if not np.array_equal(out[0].eval_set.user_ids[out[0].evaluation.users],
                           out[1].eval_set.user_ids[out[1].evaluation.users]):
@@ -292,9 +294,10 @@ def gate(root: str, candidates: dict, production: str | None, popularity_score: 
          ks, metric: str, tolerance: float, results: dict | None = None) -> GateDecision:
     """Which candidate to publish, if any.
 
-    The best candidate by `metric` is published only if it is not worse than production (a paired
+    The best candidate by `metric`, rules included (so a model is published only where it beats every
+    rule the nightly trained), is published only if it is not worse than production (a paired
     comparison on the same users) beyond `tolerance`; on a first run (no production), if it beats the
-    popularity baseline, or is the popularity model itself.
+    popularity baseline, or is a rule itself.
 
     Args:
         root: the artifact root.
@@ -308,19 +311,26 @@ def gate(root: str, candidates: dict, production: str | None, popularity_score: 
         results: version -> EvaluationResult on the test split of `dataset_id` (the nightly's own
             evaluations: nothing is evaluated twice); missing ones are evaluated here.
     """
+    from recsys.models import MODELS
+    # the best of all candidates, rules included: a model is published only where it beats every rule
     best = max(candidates, key=lambda k: candidates[k]["metrics"][metric])
     best_v = candidates[best]["version"]
     score = candidates[best]["metrics"][metric]
+    rules = [k for k in candidates if k in MODELS and MODELS[k].rule]
+    best_rule = max(rules, key=lambda k: candidates[k]["metrics"][metric]) if rules else None
+    rule_score = candidates[best_rule]["metrics"][metric] if best_rule else None
+    against_rules = "" if best_rule is None or best_rule == best else \
+        f"; best rule {best_rule} {rule_score:.4f}"
     if production:
         p, verdict_line = primary_comparison(root, production, best_v, dataset_id, ks, metric, results)
         return GateDecision(metric, tolerance, best, best_v, score,
                             publish=best_v != production and p.delta >= -tolerance,
                             reason=f"{best} {score:.4f} vs production {p.a:.4f} (delta {p.delta:+.4f}, "
-                                   f"tolerance {tolerance})",
+                                   f"tolerance {tolerance}){against_rules}",
                             production=production, production_score=p.a, delta=p.delta,
-                            ci=[p.ci_low, p.ci_high], p_value=p.p_value, verdict=verdict_line)
-    from recsys.models import MODELS
+                            ci=[p.ci_low, p.ci_high], p_value=p.p_value, verdict=verdict_line,
+                            best_rule=best_rule, best_rule_score=rule_score)
     return GateDecision(metric, tolerance, best, best_v, score,
-                        publish=score > popularity_score or not MODELS[best].personalized,
-                        reason=f"first run: {best} {score:.4f} vs popularity {popularity_score:.4f}",
-                        popularity_score=popularity_score)
+                        publish=score > popularity_score or MODELS[best].rule,
+                        reason=f"first run: {best} {score:.4f} vs popularity {popularity_score:.4f}{against_rules}",
+                        popularity_score=popularity_score, best_rule=best_rule, best_rule_score=rule_score)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from recsys import ranking, version as version_mod
+from recsys.config import exclusion_rule
 from recsys.data.dataset import Dataset
 from recsys.data.trainset import EvalSet, eval_sets
 from recsys.errors import DataError
@@ -51,22 +52,24 @@ class EvaluationResult:
 
 
 def evaluation_settings(manifest: dict, target_events=None, max_users: int | None = None,
-                        sample_seed: int | None = None) -> tuple:
-    """(target events, max users, sample seed) a version is evaluated with: the values given, else the
-    version's own `evaluation` config. Versions evaluated with equal settings get the same users."""
+                        sample_seed: int | None = None, exclusion: str | None = None) -> tuple:
+    """(target events, max users, sample seed, exclusion) a version is evaluated with: the values given,
+    else the version's own config. Versions evaluated with equal settings get the same users and rules."""
     if target_events is None:
         target_events = version_mod.setting(manifest, "evaluation", "target_events", ())
     if max_users is None:
         max_users = version_mod.setting(manifest, "evaluation", "max_users", 100_000)
     if sample_seed is None:
         sample_seed = version_mod.setting(manifest, "evaluation", "sample_seed", 0)
-    return tuple(target_events), int(max_users), int(sample_seed)
+    if exclusion is None:
+        exclusion = exclusion_rule((manifest.get("config") or {}).get("exclusion", "auto"), target_events)
+    return tuple(target_events), int(max_users), int(sample_seed), exclusion
 
 
 def evaluate_version(root: str, version: str, split: str = "test", dataset_id: str | None = None,
                      ks=(10, 20, 50), lv: LoadedVersion | None = None, target_events=None,
                      max_users: int | None = None, sample_seed: int | None = None,
-                     progress=None) -> EvaluationResult:
+                     progress=None, exclusion: str | None = None) -> EvaluationResult:
     """Full-catalog metrics of `version` and of the dataset's popularity baseline.
 
     Args:
@@ -82,6 +85,8 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
             (None: the version's own evaluation.max_users / sample_seed; 0: everyone). Versions
             evaluated on the same split with the same values get the same users.
         progress: receives users/s and ETA lines every 30 s of a long evaluation (None: quiet).
+        exclusion: seen | bought | none (None: the version's own `exclusion`), what each user's
+            ranking leaves out, as the service does.
     Returns:
         The EvaluationResult.
     Raises:
@@ -95,9 +100,9 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
         raise DataError(f"--split={split!r}: version {lv.version} was refit on train + validation, so only "
                         f"test measures it{before}")
     dataset = Dataset.open(root, dataset_id or lv.manifest.get("dataset_id"))
-    settings = evaluation_settings(lv.manifest, target_events, max_users, sample_seed)
-    target_events, max_users, sample_seed = settings
-    evals = eval_sets(dataset, lv.history_length, target_events=target_events)
+    settings = evaluation_settings(lv.manifest, target_events, max_users, sample_seed, exclusion)
+    target_events, max_users, sample_seed, exclusion = settings
+    evals = eval_sets(dataset, lv.history_length, target_events=target_events, exclusion=exclusion)
     if split not in evals:
         raise DataError(f"--split={split!r}: dataset {dataset.id} has no such non-empty split "
                         f"(available: {', '.join(evals) or 'none'})")

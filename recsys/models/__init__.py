@@ -4,8 +4,10 @@ from recsys.errors import ConfigError, DataError
 from recsys.models.base import Model
 from recsys.models.embedding import MF, TwoTower
 from recsys.models.popularity import PopularityModel
+from recsys.models.rules import AttributePopularity
 
-MODELS: dict[str, type[Model]] = {"two_tower": TwoTower, "mf": MF, "popularity": PopularityModel}
+MODELS: dict[str, type[Model]] = {"two_tower": TwoTower, "mf": MF, "popularity": PopularityModel,
+                                  "attribute_popularity": AttributePopularity}
 
 
 def create(name: str, config=None) -> Model:

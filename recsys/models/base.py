@@ -54,6 +54,7 @@ class Model:
     name: ClassVar[str] = ""
     personalized: ClassVar[bool] = True     # False: no vectors, popularity order for everyone
     uses_history: ClassVar[bool] = False    # the query vector depends on the user's recent items
+    rule: ClassVar[bool] = False            # a rule (no training, no weights): what a model must beat
 
     def __init__(self, config: ModelConfig | None = None):
         self.config = config or ModelConfig()

@@ -68,6 +68,7 @@ class PopularityModel(Model):
 
     name = "popularity"
     personalized = False
+    rule = True
 
     def fit(self, ts, ks=(10, 20, 50), previous=None, progress=print, stop_after=None, max_seconds=None,
             validate=None) -> FitReport:

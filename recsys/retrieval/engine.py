@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys import ranking, registry, version as version_mod
+from recsys.config import exclusion_rule
 from recsys.errors import RequestError
 from recsys.retrieval.index import BruteForceIndex
 from recsys.schema import ITEM_FIXED_COLUMNS
@@ -96,6 +97,11 @@ class Engine:
         """`categorical`: filter key (genre, category, ...) -> a frozenset of values per item row;
         `numeric`: filter key -> float array over item rows (NaN: unknown)."""
         self.lv, self.index, self.seen = lv, idx, seen
+        # the version's exclusion rule: `seen` also leaves out the items of a fresh history; with bought
+        # or none a viewed item stays rankable (seen.npz already holds what the rule excludes)
+        config = lv.manifest.get("config") or {}
+        self.exclusion = exclusion_rule(config.get("exclusion", "auto"),
+                                        (config.get("evaluation") or {}).get("target_events") or ())
         # the stored user vectors as a plain array view: indexing a memmap costs ~7 us a request
         self._stored = None if lv.model.user_embeddings is None else np.asarray(lv.model.user_embeddings)
         self.version = lv.version
@@ -273,7 +279,8 @@ class Engine:
         known_hist = hist_rows[hist_rows >= 0]
         row = _row_of(self.lv.users, user_id) if user_id is not None else -1
         vectors, sources = self._query(row, known_hist)
-        seen = np.concatenate([self._seen_rows(row), known_hist]) if exclude_seen else None
+        seen = None if not exclude_seen else self._seen_rows(row) if self.exclusion != "seen" else \
+            np.concatenate([self._seen_rows(row), known_hist])
         return self._answer(*self._select(vectors, sources, k, inc, exc, seen), ignored=ignored)
 
     def similar_items(self, item_id: str, k: int = 10, include=None, exclude=None) -> Recommendations:

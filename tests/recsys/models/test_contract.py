@@ -11,7 +11,7 @@ from pipelines import build_dataset
 from recsys import version
 from recsys.config import from_dict
 from recsys.data import trainset
-from recsys.data.synthetic import clustered_interactions
+from recsys.data.synthetic import clustered_interactions, clustered_items
 from recsys.evaluation import metrics
 from recsys.evaluation.scorer import evaluate_model
 from recsys.models import MODELS, create
@@ -27,8 +27,11 @@ VARIANTS["two_tower/candidate"] = ("two_tower", {"history_items": "candidate"})
 
 
 def make_config(tmp_path, csv, **model):
+    # the catalog's genre is the planted cluster (plus one genre every item has): what a rule can use
+    clustered_items(300, 6).to_csv(tmp_path / "items.csv", index=False)
     return from_dict({
-        "source": {"path": csv, "format": "csv", "items_format": "none",
+        "source": {"path": csv, "format": "csv", "items_path": str(tmp_path / "items.csv"), "items_format": "csv",
+                   "item_columns": {"item": "item_id", "title": "title", "genres": "genres"},
                    "columns": {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "value": "rating"}},
         "filters": {"min_user_interactions": 3, "min_item_interactions": 1, "max_rounds": 3},
         "split": {"strategy": "leave_last_n", "leave_last_n": 3},
@@ -77,7 +80,7 @@ def popularity_recall(ts, split="test"):
 
 
 def test_models_is_a_plain_dict_of_model_classes():
-    assert set(MODELS) == {"two_tower", "mf", "popularity"}
+    assert set(MODELS) == {"two_tower", "mf", "popularity", "attribute_popularity"}
     for name, cls in MODELS.items():
         assert issubclass(cls, Model) and cls.name == name
 
@@ -90,7 +93,7 @@ def test_fit_beats_popularity_where_it_should(planted, fitted, key):
     got = evaluate_model(model, ts.evals["test"], (20,), ts.item_counts)[0].summary()["recall@20"]
     if model.personalized:
         assert got > 1.5 * pop, (key, got, pop)
-        assert model.report.epochs and model.report.best_epoch >= 1
+        assert model.rule or (model.report.epochs and model.report.best_epoch >= 1)
     else:
         assert got == pytest.approx(pop)
 
@@ -139,7 +142,8 @@ def test_fresh_history_query_agrees_between_memory_and_disk(planted, fitted, sav
                                    model.user_vectors(ts.user_idx[rows], hist), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("key", [k for k, (name, _) in VARIANTS.items() if MODELS[name].personalized])
+@pytest.mark.parametrize("key", [k for k, (name, _) in VARIANTS.items()
+                                 if MODELS[name].personalized and not MODELS[name].rule])
 def test_warm_start_keeps_carried_over_rows(planted, fitted, saved, key, tmp_path):
     tmp, cfg, ds, ts = planted
     root = cfg.resolve(cfg.artifacts.root)

@@ -1,0 +1,136 @@
+"""Rules a model must beat, as models: what a practitioner tries before a recommender.
+
+- `attribute_popularity` ("popular in the user's categories"): each user's share of interactions per
+  value of one catalog attribute (`model.rule_attribute`, e.g. category), times each item's popularity
+  within its value. Written as vectors so the index, the scorer, batch and the service rank it like any
+  model: item vector = [popularity within each of its values ..., global popularity share], user
+  vector = [the user's share of each value ..., FALLBACK]. The dot product is share(value of the item) x
+  popularity within that value (the shape of a shop's taste: which categories, then what sells there),
+  plus a FALLBACK x global share term that ranks the rest of the catalog by popularity, after them.
+  A user with no history gets the popularity order.
+
+A rule has no training (`fit` counts), no weights to warm-start from and no epochs; `rule = True` tells
+the gate and the report which candidates are rules.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys.errors import DataError
+from recsys.models.base import FitReport, Model
+from recsys.models.popularity import fit_popularity
+
+# weight of the global-popularity dimension: small enough that every item of the user's values ranks
+# before the rest (a value share of 1 / (number of interactions) times a within-value share is far larger)
+FALLBACK = 1e-4
+# at most this many distinct values get a dimension of their own (the rest share one): vectors stay small
+MAX_VALUES = 256
+
+
+def attribute_values(item_table, n_items: int, attribute: str) -> tuple[list, list]:
+    """Per item index, the codes of its values of `attribute` (a list), and the value names.
+
+    Args:
+        item_table: items.parquet as a frame (`item_idx` and the attribute columns), or None.
+        n_items: the item vocabulary size.
+        attribute: a categorical or multi-valued column ("" picks genres when present, else the first
+            categorical attribute).
+    Raises:
+        DataError: the catalog has no such column.
+    """
+    if item_table is None:
+        raise DataError(f"model.rule_attribute={attribute!r}: the dataset has no catalog "
+                        "(attribute_popularity needs source.items_path with a categorical column)")
+    kinds = item_table.attrs.get("kinds", {})
+    if not attribute:
+        has_genres = "genres" in item_table and any(len(g) for g in item_table["genres"])
+        attribute = "genres" if has_genres else next(
+            (c for c, k in kinds.items() if k in ("categorical", "multi")), "")
+    if attribute not in item_table.columns:
+        choices = [c for c, k in kinds.items() if k in ("categorical", "multi")]
+        raise DataError(f"model.rule_attribute={attribute!r} is invalid: the catalog's categorical columns are "
+                        f"{', '.join(choices) or 'none'}")
+    per_item: list = [[] for _ in range(n_items)]
+    raw = item_table[attribute].tolist()
+    rows = item_table["item_idx"].to_numpy()
+    names: dict = {}
+    for r, v in zip(rows, raw):
+        if r < 0 or r >= n_items or v is None or (isinstance(v, float) and np.isnan(v)):
+            continue
+        values = [v] if isinstance(v, str) else list(v)
+        per_item[r] = [names.setdefault(str(x), len(names)) for x in values if str(x) != ""]
+    return per_item, list(names)
+
+
+class AttributePopularity(Model):
+    """Popular in the user's values of a catalog attribute (see the module docstring)."""
+
+    name = "attribute_popularity"
+    rule = True
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self._user_values: sp.csr_matrix | None = None   # fitted: users x value dims, weighted counts
+
+    def fit(self, ts, ks=(10, 20, 50), previous=None, progress=print, stop_after=None, max_seconds=None,
+            validate=None) -> FitReport:
+        """Count interactions per item, per value, and per user and value (see `Model.fit`)."""
+        import time
+        t0 = time.time()
+        self.user_ids, self.item_ids = ts.user_ids, ts.item_ids
+        self.popularity = fit_popularity(ts, self.config.popularity_window_days)
+        per_item, names = attribute_values(getattr(ts, "item_table", None), ts.n_items, self.config.rule_attribute)
+        # the most frequent values by interactions get a dimension each; the rest share the last one
+        counts = self.popularity.counts
+        value_rows = np.repeat(np.arange(ts.n_items), [len(v) for v in per_item])
+        value_cols = np.fromiter((c for v in per_item for c in v), dtype=np.int64, count=len(value_rows))
+        by_value = np.bincount(value_cols, weights=counts[value_rows], minlength=len(names))
+        top = np.argsort(-by_value, kind="stable")[:MAX_VALUES - 1]
+        dim_of = np.full(len(names), min(len(top), MAX_VALUES - 1), dtype=np.int64)
+        dim_of[top] = np.arange(len(top))
+        n_dims = min(len(names), MAX_VALUES)
+        item_values = sp.csr_matrix((np.ones(len(value_rows)), (value_rows, dim_of[value_cols])),
+                                    shape=(ts.n_items, n_dims))
+        item_values.data[:] = 1.0                     # an item counts once per dimension
+        item_values = sp.diags(1.0 / np.maximum(item_values.sum(1).A1, 1)) @ item_values   # multi: split
+        within = np.asarray(item_values.multiply(counts[:, None]).sum(0)).ravel()
+        emb = np.zeros((ts.n_items, n_dims + 1), dtype=np.float32)
+        emb[:, :n_dims] = item_values.multiply(counts[:, None]).multiply(1.0 / np.maximum(within, 1)[None, :]).toarray()
+        emb[:, n_dims] = counts / max(counts.sum(), 1)
+        self.item_embeddings = emb
+        self._user_values = sp.csr_matrix((ts.weight.astype(np.float64), (ts.user_idx, ts.item_idx)),
+                                          shape=(ts.n_users, ts.n_items)) @ sp.csr_matrix((emb[:, :n_dims] > 0).astype(np.float64))
+        self.report = FitReport(seconds=time.time() - t0)
+        progress(f"{self.name}: {n_dims} value dimensions of {self.config.rule_attribute or 'the default attribute'} "
+                 f"({len(names)} values) in {self.report.seconds:.1f}s")
+        return self.report
+
+    @staticmethod
+    def _vectors(value_counts: np.ndarray) -> np.ndarray:
+        """User vectors from per-value counts: the shares, then the fallback weight."""
+        totals = value_counts.sum(1, keepdims=True)
+        shares = np.divide(value_counts, totals, out=np.zeros_like(value_counts), where=totals > 0)
+        return np.hstack([shares, np.full((len(shares), 1), FALLBACK)]).astype(np.float32)
+
+    def user_vectors(self, user_idx: np.ndarray, history: np.ndarray) -> np.ndarray:
+        """Known users: from every training interaction (fitted) or the stored vectors (loaded)."""
+        user_idx = np.asarray(user_idx, dtype=np.int64)
+        if self._user_values is not None:
+            return self._vectors(self._user_values[user_idx].toarray())
+        return np.asarray(self.user_embeddings[user_idx], dtype=np.float32)
+
+    def history_vectors(self, history: np.ndarray, user_idx: np.ndarray | None = None) -> np.ndarray:
+        """From the values of the history's items (-1 pads); an empty history ranks by popularity."""
+        history = np.asarray(history)
+        rows, cols = np.nonzero(history >= 0)
+        # only the history's items are read: a request costs its length, not the catalog's size
+        marks = (np.asarray(self.item_embeddings[history[rows, cols], :-1]) > 0).astype(np.float64)
+        counts = np.zeros((len(history), self.item_embeddings.shape[1] - 1))
+        np.add.at(counts, rows, marks)
+        return self._vectors(counts)
+
+    def load_state(self, user_ids, item_ids, item_embeddings, user_embeddings, query_model, history_length):
+        """See `Model.load_state`: the saved item and user vectors are the whole rule."""
+        super().load_state(user_ids, item_ids, item_embeddings, user_embeddings, query_model, history_length)
+        self._user_values = None
