@@ -42,6 +42,14 @@ def tower_outputs(query_tower, user_idx: np.ndarray, history: np.ndarray, dim: i
     return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
 
+def auto_batch_size(n_examples: int, min_steps: int = 256, low: int = 256, high: int = 2048) -> int:
+    """`model.batch_size: 0`: the largest power of two that still gives `min_steps` steps an epoch,
+    within [low, high]. A small log at a large batch trains a few dozen steps an epoch and early
+    stopping ends it before the models learn what a popularity rule already knows."""
+    fit = max(1, n_examples // min_steps)
+    return int(min(high, max(low, 1 << (fit.bit_length() - 1))))
+
+
 def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None, progress=print,
         max_seconds: float | None = None, stop_after: int | None = None, validate=None) -> FitReport:
     """Train an embedding model (`model.build_towers`) on `ts`; early-stops on validation recall@eval_k.
@@ -72,7 +80,7 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
     model.user_embeddings = None
     strategy = distribute.make_strategy(mc.distribute)
     n = len(ts.user_idx)
-    bs = min(mc.batch_size, n)
+    bs = min(mc.batch_size or auto_batch_size(n), n)
     replicas = strategy.num_replicas_in_sync if strategy and not distribute.is_parameter_server(strategy) else 1
     bs -= bs % replicas                 # every replica gets the same share of the global batch
     steps_per_epoch = n // max(1, bs)   # full batches only (see the epoch loop)
