@@ -38,6 +38,29 @@ def pick_warm_start(root: str, model_name: str, warm_start: str | None) -> str |
     return same[-1] if same else None
 
 
+# a warm-started model whose validation recall falls below this share of the previous version's is
+# rejected (a warm start is meant to save epochs, not to cost quality)
+WARM_START_MIN_SHARE = 0.9
+
+
+def _warm_start_worse(cfg: Config, root: str, prev_version: str, model, ts, fit_on, ks) -> str | None:
+    """Why a warm-started model is worse than the version it started from, or None.
+
+    Compares validation recall@eval_k with what the previous version recorded for its own validation
+    split (`validation_metrics`). When the warm fit trained on train + validation its figure is, if
+    anything, optimistic: falling short even so is a failed warm start. Without a validation split or
+    a recorded figure nothing is compared."""
+    key = f"recall@{cfg.model.eval_k}"
+    before = (version_mod.read_manifest(root, prev_version).get("validation_metrics") or {}).get(key)
+    if not before or "validation" not in ts.evals:
+        return None
+    now = validation_metrics(model, ts.evals["validation"], ks, fit_on.item_counts).get(key, 0.0)
+    if now >= WARM_START_MIN_SHARE * before:
+        return None
+    return (f"{cfg.model.warm_start_epochs} warm epochs from {prev_version} reach validation {key} {now:.4f}, "
+            f"below {WARM_START_MIN_SHARE:.0%} of its {before:.4f}")
+
+
 def training_sets(cfg: Config, dataset: Dataset) -> tuple[trainset.TrainSet, trainset.TrainSet | None]:
     """The dataset's train TrainSet and, when the config refits (`model.refit` and a validation split),
     its train + validation TrainSet (None otherwise); both measured on `evaluation.target_events`."""
@@ -110,14 +133,25 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         if refit:   # trained on validation rows: marked like a refit (evaluated on test only)
             extra["refit"] = {"epochs": report.best_epoch, "interactions": int(len(fit_on.user_idx)),
                               "users": int(fit_on.n_users), "seconds": round(report.seconds, 1), "warm": True}
-        ts, refit = fit_on, False
-    else:
+        ts_warm = fit_on
+        worse = _warm_start_worse(cfg, root, prev_version, model, ts, fit_on, ks)
+        if worse:
+            # the warm start lost too much against what the previous version measured: say so, and
+            # search the epoch count from a cold start instead (what the warm start was to save)
+            progress(f"train {model_name}: warning: {worse}; training from a cold start instead")
+            model = create(model_name, cfg.model)
+            warm_epochs, select_from, previous = 0, None, None
+        else:
+            ts, refit = ts_warm, False
+    if not warm_epochs:
         budget = cfg.model.max_train_minutes * 60 / (2 if refit else 1) or None
         report = model.fit(ts, ks, select_from, progress, max_seconds=budget, validate=validation_metrics)
         val = {}
         if "validation" in ts.evals:
             val = validation_metrics(model, ts.evals["validation"], ks, ts.item_counts)
-        extra = {"warm_started_from": prev_version, "validation_metrics": val}
+        extra = {"warm_started_from": prev_version if previous is not None else None, "validation_metrics": val}
+        if prev_version and previous is None:
+            extra["warm_start_rejected"] = {"from": prev_version, "why": worse}
     if refit:
         best_epoch = report.best_epoch
         extra["selection"] = {"best_epoch": best_epoch, "seconds": round(report.seconds, 1), "epochs": report.epochs,

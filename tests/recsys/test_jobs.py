@@ -160,3 +160,25 @@ def test_warm_start_epochs_train_that_many_epochs_from_the_previous_version(temp
     # without a previous version the epoch search runs as usual
     first = train_version(warm_cfg, "mf", ds.id, "none", lambda *_: None)
     assert "warm_epochs" not in version.read_manifest(warm_cfg.resolve(warm_cfg.artifacts.root), first)
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_a_warm_start_that_loses_quality_says_so_and_trains_cold(temporal, refit):
+    """A warm start from a good version that lands far below it on validation (here: a learning rate
+    that wrecks the carried-over weights) is reported and replaced by the cold epoch search."""
+    tmp, cfg, ds = temporal[:3]
+    cold = train_version(make_config(tmp, tmp / "events.csv", refit=refit), "mf", ds.id, "none", lambda *_: None)
+    root = cfg.resolve(cfg.artifacts.root)
+    before = version.read_manifest(root, cold)["validation_metrics"]["recall@20"]
+    lines = []
+    wrecked = make_config(tmp, tmp / "events.csv", refit=refit, warm_start_epochs=1, learning_rate=9.0)
+    v = train_version(wrecked, "mf", ds.id, cold, lines.append)
+    m = version.read_manifest(root, v)
+    warning = [line for line in lines if "warning:" in line]
+    assert warning and "training from a cold start instead" in warning[0] and f"{before:.4f}" in warning[0]
+    assert m["warm_start_rejected"]["from"] == cold and "warm_epochs" not in m
+    assert m["warm_started_from"] is None and ("selection" in m) is refit
+    # a warm start that keeps its quality is kept, without a warning
+    kept = train_version(make_config(tmp, tmp / "events.csv", refit=refit, warm_start_epochs=2), "mf", ds.id, cold,
+                         lines.append)
+    assert version.read_manifest(root, kept)["warm_epochs"] == 2
