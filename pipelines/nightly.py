@@ -252,7 +252,7 @@ def _gate(cfg, root, out, progress, results: dict):
                             ev.get("production", {}).get("version"),
                             ev["popularity_baseline"]["metrics"][cfg.nightly.primary_metric], out["dataset_id"],
                             tuple(cfg.evaluation.ks), cfg.nightly.primary_metric, cfg.nightly.tolerance,
-                            results=results)
+                            results=results, gate_config=cfg.gate)
     out["gate"] = dataclasses.asdict(decision)
     results.clear()   # the evaluations' per-user arrays are not needed past the gate
     progress(f"  gate: {'PUBLISH' if decision.publish else 'KEEP PRODUCTION'} {decision.candidate}: {decision.reason}")

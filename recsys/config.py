@@ -156,6 +156,7 @@ class Config:
     evaluation: "EvaluationConfig" = field(default_factory=lambda: EvaluationConfig())
     index: "IndexConfig" = field(default_factory=lambda: IndexConfig())
     nightly: "NightlyConfig" = field(default_factory=lambda: NightlyConfig())
+    gate: "GateConfig" = field(default_factory=lambda: GateConfig())
     # what a user is never recommended, served and offline alike: seen (every item they interacted
     # with) | bought (items of evaluation.target_events: a shop whose users rarely rebuy) | none (a
     # grocery's repeat purchases) | auto (bought with target_events, else seen)
@@ -394,6 +395,10 @@ def validate(cfg: Config) -> Config:
     _check(nc.batch_users_per_bundle >= 1, "nightly.batch_users_per_bundle", nc.batch_users_per_bundle, ">= 1")
     _check(bool(cfg.artifacts.root), "artifacts.root", cfg.artifacts.root, "a directory or URL is required")
     _one_of("exclusion", cfg.exclusion, EXCLUSIONS)
+    g = cfg.gate
+    _check(0 <= g.max_slice_loss <= 1, "gate.max_slice_loss", g.max_slice_loss, "between 0 and 1 (0: no slice guard)")
+    _check(g.new_item_days >= 0, "gate.new_item_days", g.new_item_days, ">= 0")
+    _check(g.short_history >= 0, "gate.short_history", g.short_history, ">= 0")
     _check(cfg.exclusion != "bought" or bool(cfg.evaluation.target_events), "exclusion", cfg.exclusion,
            "bought needs evaluation.target_events (the events that are purchases)")
     return cfg
@@ -530,6 +535,16 @@ class IndexConfig:
     training_sample_size: int = 250000
     recall_sample_users: int = 1000
     min_recall_at_10: float = 0.9
+
+
+@dataclass
+class GateConfig:
+    """Slices the nightly gate guards beside the primary metric (recsys.evaluation.compare.slice_losses)."""
+    # a candidate that loses more than this share of production's primary metric on a slice is held,
+    # when the loss is significant (its 95% CI below 0) and the slice has enough users; 0 disables
+    max_slice_loss: float = 0.2
+    new_item_days: int = 14          # "new items": first seen within this many days before the test period
+    short_history: int = 5           # "short histories": users with at most this many known interactions
 
 
 @dataclass

@@ -98,6 +98,7 @@ class GateDecision:
     popularity_score: float | None = None
     best_rule: str | None = None            # the best rule among the candidates (popularity, ...)
     best_rule_score: float | None = None
+    slices: list = field(default_factory=list)   # per guarded slice: production vs candidate (slice_losses)
 
 
 def paired_stats(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, n_perm: int = 5000, seed: int = 0,
@@ -281,23 +282,42 @@ def _paired_results(root: str, version_a: str, version_b: str, split: str, datas
     return out[0], out[1]
 
 
-def primary_comparison(root: str, version_a: str, version_b: str, dataset_id: str, ks, metric: str,
-                       results: dict | None = None) -> tuple[PairedStats, str]:
-    """Only the primary metric of `compare` (what the gate decides on): its paired statistics and
-    the verdict line, without the other metrics and segments."""
-    res_a, res_b = _paired_results(root, version_a, version_b, "test", dataset_id, ks, results)
-    p = _paired_metric(res_a, res_b, metric)
-    return p, verdict(p, metric)
+def slice_losses(res_a: EvaluationResult, res_b: EvaluationResult, metric: str, new_item_days: int,
+                 short_history: int) -> list[PairedStats]:
+    """B against A (production) on the slices the gate guards: held-out items first seen within
+    `new_item_days` before the held-out period (recall@k on those items only), and users with at most
+    `short_history` known interactions (the primary metric)."""
+    ev_a, ev_b, es = res_a.evaluation, res_b.evaluation, res_b.eval_set
+    users = ev_b.users
+    k = int(metric.split("@")[1])
+    out = []
+    known = np.asarray(es.exclude[users].sum(1)).ravel() if len(users) else np.zeros(0)
+    short = known <= short_history
+    out.append(paired_stats(ev_a.per_user[metric][short], ev_b.per_user[metric][short], n_boot=500, n_perm=1000,
+                            name=f"short histories (<= {short_history} items)"))
+    first_seen = res_b.item_first_seen
+    if first_seen is not None and np.isfinite(first_seen).any():
+        # relative to the newest interaction the models could know
+        cut = res_b.history_end
+        new = np.isfinite(first_seen) & (first_seen >= cut - new_item_days * 86400)
+        ra, has_a = group_recall(ev_a, es.relevant, new, k)
+        rb, has_b = group_recall(ev_b, es.relevant, new, k)
+        has = has_a & has_b
+        out.append(paired_stats(ra[has], rb[has], n_boot=500, n_perm=1000,
+                                name=f"new items (first seen in the last {new_item_days} days, recall@{k})"))
+    return out
 
 
 def gate(root: str, candidates: dict, production: str | None, popularity_score: float, dataset_id: str,
-         ks, metric: str, tolerance: float, results: dict | None = None) -> GateDecision:
+         ks, metric: str, tolerance: float, results: dict | None = None, gate_config=None) -> GateDecision:
     """Which candidate to publish, if any.
 
     The best candidate by `metric`, rules included (so a model is published only where it beats every
     rule the nightly trained), is published only if it is not worse than production (a paired
     comparison on the same users) beyond `tolerance`; on a first run (no production), if it beats the
-    popularity baseline, or is a rule itself.
+    popularity baseline, or is a rule itself. With `gate_config` (the config's `gate:`), a candidate that
+    loses significantly more than `max_slice_loss` of production's figure on a guarded slice (new items,
+    short histories: `slice_losses`) is held, and the reason names the slice.
 
     Args:
         root: the artifact root.
@@ -322,14 +342,26 @@ def gate(root: str, candidates: dict, production: str | None, popularity_score: 
     against_rules = "" if best_rule is None or best_rule == best else \
         f"; best rule {best_rule} {rule_score:.4f}"
     if production:
-        p, verdict_line = primary_comparison(root, production, best_v, dataset_id, ks, metric, results)
-        return GateDecision(metric, tolerance, best, best_v, score,
-                            publish=best_v != production and p.delta >= -tolerance,
-                            reason=f"{best} {score:.4f} vs production {p.a:.4f} (delta {p.delta:+.4f}, "
-                                   f"tolerance {tolerance}){against_rules}",
+        res_a, res_b = _paired_results(root, production, best_v, "test", dataset_id, ks, results)
+        p = _paired_metric(res_a, res_b, metric)
+        publish = best_v != production and p.delta >= -tolerance
+        reason = f"{best} {score:.4f} vs production {p.a:.4f} (delta {p.delta:+.4f}, tolerance {tolerance}){against_rules}"
+        slices, lost = [], []
+        if gate_config is not None and gate_config.max_slice_loss > 0 and best_v != production:
+            slices = slice_losses(res_a, res_b, metric, gate_config.new_item_days, gate_config.short_history)
+            lost = [s for s in slices if s.n_users >= MIN_SEGMENT_USERS and s.a > 0 and s.ci_high < 0
+                    and (s.a - s.b) / s.a > gate_config.max_slice_loss]
+        if publish and lost:
+            publish = False
+            reason += "; held: " + "; ".join(f"{s.name} {s.a:.4f} -> {s.b:.4f} ({(s.b - s.a) / s.a:+.0%}, "
+                                            f"{s.n_users} users; gate.max_slice_loss {gate_config.max_slice_loss:.0%})"
+                                            for s in lost)
+        return GateDecision(metric, tolerance, best, best_v, score, publish=publish, reason=reason,
                             production=production, production_score=p.a, delta=p.delta,
-                            ci=[p.ci_low, p.ci_high], p_value=p.p_value, verdict=verdict_line,
-                            best_rule=best_rule, best_rule_score=rule_score)
+                            ci=[p.ci_low, p.ci_high], p_value=p.p_value, verdict=verdict(p, metric),
+                            best_rule=best_rule, best_rule_score=rule_score,
+                            slices=[{"name": s.name, "production": s.a, "candidate": s.b, "users": s.n_users,
+                                     "ci": [s.ci_low, s.ci_high]} for s in slices])
     return GateDecision(metric, tolerance, best, best_v, score,
                         publish=score > popularity_score or MODELS[best].rule,
                         reason=f"first run: {best} {score:.4f} vs popularity {popularity_score:.4f}{against_rules}",

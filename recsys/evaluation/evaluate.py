@@ -38,7 +38,9 @@ class EvaluationResult:
     eval_set: EvalSet
     train_item_counts: np.ndarray  # training interactions per catalog item
     users_total: int = 0           # evaluable users before sampling (= metrics["users"] when not sampled)
-    settings: tuple = ()           # (target events, max users, sample seed): results to pair must share them
+    settings: tuple = ()           # (target events, max users, sample seed, exclusion): to pair, share them
+    item_first_seen: np.ndarray | None = None   # per catalog item: its first known interaction (s; inf: none)
+    history_end: float = 0.0       # the newest interaction the models could know (the slices' "now")
 
     @property
     def sampled(self) -> bool:
@@ -118,6 +120,9 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
     # recent window (model.popularity_window_days).
     known = (pd.concat([train_rows, dataset.read("validation", ["item_idx", "timestamp"])], ignore_index=True)
              if split == "test" else train_rows)
+    first_seen = np.full(n_items, np.inf)
+    np.minimum.at(first_seen, known["item_idx"].to_numpy(), known["timestamp"].to_numpy(np.float64))
+    history_end = float(known["timestamp"].max()) if len(known) else 0.0
     window_days = int(version_mod.setting(lv.manifest, "model", "popularity_window_days", 0))
     baseline = Popularity(n_items).fit(known["item_idx"].to_numpy(), known["timestamp"].to_numpy(np.int64),
                                        window_days)
@@ -129,7 +134,7 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
     src = sources[model_ev.users]
     return EvaluationResult(lv.version, lv.model_name, dataset.id, split, model_ev.summary(), pop_ev.summary(),
                             {s: int((src == s).sum()) for s in np.unique(src)}, src, model_ev, pop_ev, ev,
-                            train_counts, users_total, settings)
+                            train_counts, users_total, settings, first_seen, history_end)
 
 
 def format_table(result: EvaluationResult, ks=(10, 20, 50)) -> str:

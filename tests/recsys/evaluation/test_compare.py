@@ -101,3 +101,19 @@ def test_a_primary_metric_that_is_not_computed_is_a_config_error_or_a_data_error
     with pytest.raises(DataError, match="primary metric 'recall@7' is not computed"):
         compare.compare(served["root"], served["versions"]["popularity"], served["versions"]["mf"], ks=(10, 20),
                         primary="recall@7")
+
+
+def test_the_gate_holds_a_candidate_that_loses_a_guarded_slice(served):
+    """With the overall check waved through (tolerance 1), popularity against production mf still loses
+    most of mf's recall on short histories and new items (here: every user and item): the slice guard
+    holds it and says why; without the guard it would be published."""
+    from recsys.config import GateConfig
+    root, v = served["root"], served["versions"]
+    candidates = {"popularity": {"version": v["popularity"], "metrics": {"recall@20": 1.0}}}
+    args = (root, candidates, v["mf"], 0.0, served["dataset"].id, (10, 20), "recall@20", 1.0)
+    held = compare.gate(*args, gate_config=GateConfig(max_slice_loss=0.2, new_item_days=10_000, short_history=10_000))
+    assert not held.publish and "held: short histories" in held.reason, held.reason
+    assert {s["name"].split(" (")[0] for s in held.slices} == {"short histories", "new items"}
+    assert all(s["candidate"] < 0.8 * s["production"] for s in held.slices)
+    free = compare.gate(*args, gate_config=GateConfig(max_slice_loss=0.0))
+    assert free.publish and free.slices == []
