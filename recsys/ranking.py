@@ -371,9 +371,38 @@ def search_rows(searcher, queries: np.ndarray, k: int,
 
 
 # ---- a block of rows ---------------------------------------------------------------------------
+def put_first(ids: np.ndarray, scores: np.ndarray, first: sp.csr_matrix, exclude, blocked=None,
+              allowed=None) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's `first` items (nonzero values; highest value first, ties: the lower index) ahead of its
+    ranked list, minus its excluded and filtered items, the rest of the list after them without
+    duplicates: "buy again" in front of another ranking. `exclude` as in `rank_rows`."""
+    first = first.tocsr()
+    k = ids.shape[1]
+    for r in np.flatnonzero(np.diff(first.indptr)):
+        items = first.indices[first.indptr[r]:first.indptr[r + 1]]
+        values = first.data[first.indptr[r]:first.indptr[r + 1]]
+        gone = exclude if not sp.issparse(exclude) else exclude.indices[exclude.indptr[r]:exclude.indptr[r + 1]]
+        keep = not_in(items, np.unique(np.asarray(gone, dtype=np.int64)))
+        if blocked is not None:
+            keep &= ~blocked[items]
+        if allowed is not None:
+            keep &= allowed[items]
+        items, values = items[keep], values[keep]
+        best = np.lexsort((items, -values))[:k]
+        pinned, pinned_scores = items[best], values[best]
+        rest = ids[r][(ids[r] >= 0) & not_in(ids[r], np.sort(pinned))]
+        rest_scores = scores[r][(ids[r] >= 0) & not_in(ids[r], np.sort(pinned))]
+        merged = np.r_[pinned, rest][:k]
+        ids[r] = -1
+        scores[r] = 0
+        ids[r, :len(merged)] = merged
+        scores[r, :len(merged)] = np.r_[pinned_scores, rest_scores][:k]
+    return ids, scores
+
+
 def rank_rows(searcher, vectors: np.ndarray | None, sources: np.ndarray, popularity, k: int,
               exclude: sp.csr_matrix | np.ndarray, blocked: np.ndarray | None = None,
-              allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+              allowed: np.ndarray | None = None, first: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Every row's top-k: popularity rows by the popularity order, the others by their query vector
     against `searcher`, each skipping its own excluded items and the items the filters remove.
 
@@ -391,6 +420,8 @@ def rank_rows(searcher, vectors: np.ndarray | None, sources: np.ndarray, popular
         exclude: [n, n_items] CSR, the items each row must not get; for a single row its item
             indices may be given as an array instead (a request spares building a matrix).
         blocked, allowed: boolean masks over items that apply to every row (a request's filters).
+        first: [n, n_items] items each row gets ahead of the ranking, by value (a model's `own_items`:
+            "buy again"), or None.
     Returns:
         (item indices [n, k], best first, -1 padded; scores [n, k]: the dot product, or the
         interaction count for popularity rows; 0 where padded).
@@ -410,7 +441,7 @@ def rank_rows(searcher, vectors: np.ndarray | None, sources: np.ndarray, popular
             else:
                 got, sc = search_row(searcher, vectors[r], k, blocked, allowed, rows)
             ids[r, :len(got)], scores[r, :len(got)] = got, sc
-        return ids, scores
+        return (ids, scores) if first is None else put_first(ids, scores, first, exclude, blocked, allowed)
     by_pop = np.flatnonzero(sources == POPULARITY)
     if len(by_pop):
         top = popular_rows(popularity.order, k, exclude[by_pop])
@@ -420,4 +451,4 @@ def rank_rows(searcher, vectors: np.ndarray | None, sources: np.ndarray, popular
     if len(pers):
         got, sc = searcher.search_many(vectors[pers], k, exclude[pers])
         ids[pers], scores[pers] = got, sc
-    return ids, scores
+    return (ids, scores) if first is None else put_first(ids, scores, first, exclude)

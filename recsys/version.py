@@ -6,6 +6,7 @@ manifest.json          model, config, dataset_id, metrics, training, package ver
 users.txt items.txt    ID lists (row i of every array below stands for line i)
 popularity.npy         training interaction count per item (fallback and baseline)
 seen.npz               known users x items they interacted with (excluded from their answers)
+own_items.npz          known users x their own items by frequency + recency (the `repeat` rule only)
 items.parquet          item attributes for filters (copied from the dataset)
 item_embeddings.npy    [n_items, d] float32                     (personalized models)
 user_embeddings.npy    [n_users, d] float32, every known user    (personalized models)
@@ -41,6 +42,7 @@ MANIFEST = "manifest.json"
 USERS, ITEMS = "users.txt", "items.txt"
 POPULARITY = "popularity.npy"
 SEEN = "seen.npz"
+OWN_ITEMS = "own_items.npz"
 ITEM_ATTRIBUTES = "items.parquet"
 ITEM_EMBEDDINGS, USER_EMBEDDINGS = "item_embeddings.npy", "user_embeddings.npy"
 WEIGHTS = "weights.npz"
@@ -51,7 +53,8 @@ INDEX_META = "index.json"   # inside index/: the kind and what its loader needs
 RECOMMENDATIONS = "recommendations"
 # What `write_parts` may put in a version (the manifest lists what it did write, under "files"); the index
 # and the batch recommendations are added later by their own steps.
-_FILES = (USERS, ITEMS, POPULARITY, SEEN, ITEM_ATTRIBUTES, ITEM_EMBEDDINGS, USER_EMBEDDINGS, WEIGHTS, QUERY_MODEL)
+_FILES = (USERS, ITEMS, POPULARITY, SEEN, OWN_ITEMS, ITEM_ATTRIBUTES, ITEM_EMBEDDINGS, USER_EMBEDDINGS, WEIGHTS,
+          QUERY_MODEL)
 _ALWAYS = (USERS, ITEMS, POPULARITY, SEEN)
 
 
@@ -272,6 +275,10 @@ def write_parts(root: str, model: Model, seen, manifest: dict, item_attributes: 
         fsio.write_bytes(fsio.join(d, SEEN), buf.getvalue())
         if item_attributes is not None:
             fsio.write_bytes(fsio.join(d, ITEM_ATTRIBUTES), item_attributes)
+        if getattr(model, "own", None) is not None:
+            buf = io.BytesIO()
+            sp.save_npz(buf, model.own.tocsr())
+            fsio.write_bytes(fsio.join(d, OWN_ITEMS), buf.getvalue())
         if model.personalized:
             manifest["dim"] = int(model.item_embeddings.shape[1])
             _save_npy(fsio.join(d, ITEM_EMBEDDINGS), model.item_embeddings.astype(np.float32))
@@ -416,6 +423,9 @@ def _load(root: str, version: str) -> LoadedVersion:
         import tensorflow as tf
         return tf.saved_model.load(fsio.join(d, QUERY_MODEL)).signatures["serving_default"]
     model.load_state(users.ids, items.ids, item_emb, user_emb, query_model, int(manifest.get("history_length", 20)))
+    if OWN_ITEMS in manifest.get("files", ()):
+        import scipy.sparse as sp
+        model.own = sp.load_npz(io.BytesIO(fsio.read_bytes(fsio.join(d, OWN_ITEMS)))).tocsr()
     return LoadedVersion(root, version, manifest, users, items, model)
 
 

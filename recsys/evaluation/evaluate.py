@@ -202,7 +202,8 @@ def evaluate_through_index(root: str, version: str, split: str = "test", dataset
     blocked, to_catalog = in_model_items(ev.exclude[users], cols, len(lv.items))
     vecs, sources = ranking.query_vectors(lv.model, user_idx, history)
     kmax = max(ks)
-    top, _ = ranking.rank_rows(idx, vecs, sources, lv.popularity, kmax, blocked)
+    top, _ = ranking.rank_rows(idx, vecs, sources, lv.popularity, kmax, blocked,
+                               first=lv.model.own_items(user_idx, history))
     top = np.where(top >= 0, to_catalog[np.maximum(top, 0)], -1)
     approx = metrics.from_topk(top, users, ev.relevant, ks, exact.train_item_counts)
     exact_top = exact.evaluation.topk[:, :kmax]

@@ -53,13 +53,14 @@ def rank(model, user_idx: np.ndarray, history: np.ndarray, exclude: sp.csr_matri
     if catalog_cols is not None:   # ranked in the model's item space, answered in the catalog's
         exclude, to_catalog = in_model_items(exclude, catalog_cols, n_model)
     searcher = BruteForceIndex(model.item_embeddings) if vecs is not None else None
+    first = model.own_items(user_idx, history)   # "buy again": the rows' own items ahead (None: none)
     k = min(k, n_model if catalog_cols is None else len(catalog_cols))
     out = np.full((len(sources), k), -1, dtype=np.int64)
     meter = Progress("evaluate", len(sources), "users", progress) if progress else None
     for start in range(0, len(sources), BLOCK_ROWS):
         part = slice(start, start + BLOCK_ROWS)
         ids, _ = ranking.rank_rows(searcher, None if vecs is None else vecs[part], sources[part],
-                                   model.popularity, k, exclude[part])
+                                   model.popularity, k, exclude[part], first=None if first is None else first[part])
         out[part, :ids.shape[1]] = ids
         if meter:
             meter.advance(len(ids))

@@ -4,10 +4,10 @@ from recsys.errors import ConfigError, DataError
 from recsys.models.base import Model
 from recsys.models.embedding import MF, TwoTower
 from recsys.models.popularity import PopularityModel
-from recsys.models.rules import AttributePopularity
+from recsys.models.rules import AttributePopularity, Repeat
 
 MODELS: dict[str, type[Model]] = {"two_tower": TwoTower, "mf": MF, "popularity": PopularityModel,
-                                  "attribute_popularity": AttributePopularity}
+                                  "attribute_popularity": AttributePopularity, "repeat": Repeat}
 
 
 def create(name: str, config=None) -> Model:

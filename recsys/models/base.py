@@ -93,6 +93,13 @@ class Model:
         """Query vectors [n, d] from item histories [n, L] (-1 pads); `user_idx` -1 for unknown users."""
         raise NotImplementedError(f"{self.name} has no history vectors")
 
+    def own_items(self, user_idx: np.ndarray, history: np.ndarray, fresh: bool = False):
+        """Items each row gets ahead of the ranking, by value (a sparse [n, n_items] matrix), or None:
+        "buy again" puts a user's own items first. `user_idx` -1 for unknown users; `history` [n, L]
+        of item indices (-1 pads), counted for unknown users, and for known ones when `fresh` (given
+        at request time)."""
+        return None
+
     # ---- saving --------------------------------------------------------------------------------
     def weights(self) -> dict:
         """{name: array} a later version warm-starts from (empty: nothing to carry over)."""

@@ -9,6 +9,11 @@
   plus a FALLBACK x global share term that ranks the rest of the catalog by popularity, after them.
   A user with no history gets the popularity order.
 
+- `repeat` ("buy again"): the user's own items first, by how often they had them and then how recently,
+  then popularity (`own_items`, which `recsys.ranking.put_first` places ahead of the popularity order).
+  Meaningful only where users' own items stay recommendable (`exclusion: none`, or `bought` for viewed
+  items); with `exclusion: seen` it is popularity.
+
 A rule has no training (`fit` counts), no weights to warm-start from and no epochs; `rule = True` tells
 the gate and the report which candidates are rules.
 """
@@ -134,3 +139,66 @@ class AttributePopularity(Model):
         """See `Model.load_state`: the saved item and user vectors are the whole rule."""
         super().load_state(user_ids, item_ids, item_embeddings, user_embeddings, query_model, history_length)
         self._user_values = None
+
+
+def _own_scores(users: np.ndarray, items: np.ndarray, weights: np.ndarray, order: np.ndarray, n_users: int,
+                n_items: int) -> sp.csr_matrix:
+    """users x items: the summed weight of each (user, item) plus a recency fraction below 1 (the later
+    its last interaction among the user's, the larger), so frequency decides first, then recency."""
+    m = sp.csr_matrix((weights.astype(np.float64), (users, items)), shape=(n_users, n_items))
+    m.sum_duplicates()
+    last = sp.csr_matrix((order.astype(np.float64) + 1, (users, items)), shape=(n_users, n_items))
+    last = last.tocoo()
+    # the latest position of each pair: duplicates keep their maximum
+    latest = sp.csr_matrix((n_users, n_items))
+    if last.nnz:
+        frame = np.lexsort((last.data, last.col, last.row))
+        r, c, d = last.row[frame], last.col[frame], last.data[frame]
+        end = np.r_[(r[1:] != r[:-1]) | (c[1:] != c[:-1]), True]
+        latest = sp.csr_matrix((d[end], (r[end], c[end])), shape=(n_users, n_items))
+    top = np.maximum(np.asarray(latest.max(1).toarray()).ravel(), 1)
+    recency = sp.diags(1.0 / (top + 1)) @ latest          # in (0, 1)
+    out = (m + recency).tocsr()
+    out.eliminate_zeros()
+    return out
+
+
+class Repeat(Model):
+    """Buy again: the user's own items first (frequency, then recency), then popularity."""
+
+    name = "repeat"
+    rule = True
+    personalized = False
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.own: sp.csr_matrix | None = None     # users x items: frequency + recency fraction
+
+    def fit(self, ts, ks=(10, 20, 50), previous=None, progress=print, stop_after=None, max_seconds=None,
+            validate=None) -> FitReport:
+        """Count each user's interactions per item (see `Model.fit`)."""
+        self.user_ids, self.item_ids = ts.user_ids, ts.item_ids
+        self.popularity = fit_popularity(ts, self.config.popularity_window_days)
+        order = np.arange(len(ts.user_idx))   # rows are in time order per user (TrainSet)
+        self.own = _own_scores(ts.user_idx, ts.item_idx, ts.weight, order, ts.n_users, ts.n_items)
+        self.report = FitReport()
+        return self.report
+
+    def own_items(self, user_idx: np.ndarray, history: np.ndarray, fresh: bool = False) -> sp.csr_matrix:
+        """Known users: their own items (plus the history's when it is `fresh`, given at request time);
+        unknown ones: the history's items (the rule `recsys.ranking.query_source` applies to vectors)."""
+        user_idx = np.asarray(user_idx, dtype=np.int64)
+        n_items = len(self.item_ids)
+        known = np.where(user_idx >= 0, user_idx, 0)
+        base = self.own[known] if self.own is not None else sp.csr_matrix((len(user_idx), n_items))
+        base = sp.diags((user_idx >= 0).astype(np.float64)) @ base
+        history = np.asarray(history)
+        if not fresh and history.size:
+            history = np.where((user_idx >= 0)[:, None], -1, history)   # a known user's history is in `own`
+        if history.size:
+            rows, cols = np.nonzero(history >= 0)
+            # newest first in a history: position 0 is the most recent
+            recent = (history.shape[1] - cols).astype(np.float64)
+            fresh = _own_scores(rows, history[rows, cols], np.ones(len(rows)), recent, len(user_idx), n_items)
+            base = base + fresh
+        return sp.csr_matrix(base)

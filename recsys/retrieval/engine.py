@@ -35,6 +35,7 @@ ECHO_IGNORED = 50          # ignored history items echoed back at most, each cut
 ECHO_CHARS = 64
 _NO_GENRES = frozenset()
 _NO_ROWS = np.zeros(0, dtype=np.int64)
+_NO_HISTORY = np.zeros((1, 0), dtype=np.int64)
 _SOURCE_ROWS = {s: np.array([s], dtype=object) for s in (ranking.PERSONALIZED, ranking.HISTORY, ranking.POPULARITY)}
 _POPULAR, _PERSONAL = _SOURCE_ROWS[ranking.POPULARITY], _SOURCE_ROWS[ranking.PERSONALIZED]
 
@@ -219,7 +220,8 @@ class Engine:
         return self.seen.indices[self.seen.indptr[user_row]:self.seen.indptr[user_row + 1]]
 
     # ---- scoring -------------------------------------------------------------------------------
-    def _select(self, vectors, sources, k, include: dict, exclude: dict, blocked_rows: np.ndarray | None):
+    def _select(self, vectors, sources, k, include: dict, exclude: dict, blocked_rows: np.ndarray | None,
+                first=None):
         """Top-k by the query vector (or popularity) with the request's filters, by `ranking.rank_rows`.
         Item rows to skip (seen items, the history, `item:` excludes) travel as a sorted array, so the
         common request costs one index search and no pass over the catalog; attribute filters and
@@ -238,7 +240,8 @@ class Engine:
                 continue                           # already in `rows`
             cond = self._condition(key, values)
             blocked = cond if blocked is None else blocked | cond
-        ids, scores = ranking.rank_rows(self.index, vectors, sources, self.lv.popularity, k, rows, blocked, allowed)
+        ids, scores = ranking.rank_rows(self.index, vectors, sources, self.lv.popularity, k, rows, blocked, allowed,
+                                        first)
         listed = ids[0] >= 0
         return ids[0][listed], scores[0][listed], sources[0]
 
@@ -266,7 +269,9 @@ class Engine:
         inc, exc = self._filters(include, "include"), self._filters(exclude, "exclude")
         row = _row_of(self.lv.users, user_id)
         vectors, sources = self._query(row, _NO_ROWS)
-        return self._answer(*self._select(vectors, sources, k, inc, exc, self._seen_rows(row) if exclude_seen else None))
+        first = self.lv.model.own_items(np.array([row]), _NO_HISTORY)
+        return self._answer(*self._select(vectors, sources, k, inc, exc, self._seen_rows(row) if exclude_seen else None,
+                                          first))
 
     def recommend_for_history(self, history: list, user_id: str | None = None, k: int = 10,
                               exclude_seen: bool = True, include=None, exclude=None) -> Recommendations:
@@ -281,7 +286,8 @@ class Engine:
         vectors, sources = self._query(row, known_hist)
         seen = None if not exclude_seen else self._seen_rows(row) if self.exclusion != "seen" else \
             np.concatenate([self._seen_rows(row), known_hist])
-        return self._answer(*self._select(vectors, sources, k, inc, exc, seen), ignored=ignored)
+        first = self.lv.model.own_items(np.array([row]), known_hist[None], fresh=True)
+        return self._answer(*self._select(vectors, sources, k, inc, exc, seen, first), ignored=ignored)
 
     def similar_items(self, item_id: str, k: int = 10, include=None, exclude=None) -> Recommendations:
         """Items whose embeddings score highest against this item's (the item itself excluded)."""
@@ -310,7 +316,8 @@ class Engine:
             blocked = sp.csr_matrix((n, self.n_items), dtype=np.int8)
         vectors, sources = ranking.query_vectors(self.lv.model, rows, np.full((n, 1), -1, dtype=np.int64),
                                                  stored=self._stored)
-        ids, scores = ranking.rank_rows(self.index, vectors, sources, self.lv.popularity, k, blocked)
+        ids, scores = ranking.rank_rows(self.index, vectors, sources, self.lv.popularity, k, blocked,
+                                        first=self.lv.model.own_items(rows, np.full((n, 1), -1)))
         if ids.shape[1] < k:   # a catalog smaller than k
             ids = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)
             scores = np.pad(scores, ((0, 0), (0, k - scores.shape[1])))

@@ -80,7 +80,7 @@ def popularity_recall(ts, split="test"):
 
 
 def test_models_is_a_plain_dict_of_model_classes():
-    assert set(MODELS) == {"two_tower", "mf", "popularity", "attribute_popularity"}
+    assert set(MODELS) == {"two_tower", "mf", "popularity", "attribute_popularity", "repeat"}
     for name, cls in MODELS.items():
         assert issubclass(cls, Model) and cls.name == name
 
