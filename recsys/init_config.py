@@ -251,12 +251,19 @@ def infer(events: str, items: str | None = None, root: str = "artifacts") -> Inf
     notes.append(why)
     model = {"max_train_minutes": _TRAIN_MINUTES, "warm_start_epochs": _WARM_EPOCHS}
     nightly = {}
+    models = ["two_tower", "mf", "popularity"]
     if items and rule_attribute:
         model["rule_attribute"] = rule_attribute
-        nightly["models"] = ["two_tower", "mf", "popularity", "attribute_popularity"]
+        models.append("attribute_popularity")
         notes.append(f"the nightly also fits the rule attribute_popularity (popular items in each user's most "
                      f"frequent {rule_attribute} values, model.rule_attribute): a model is published only "
                      f"where it beats every rule")
+    if exclusion == "none":
+        models.append("repeat")
+        notes.append("the nightly also fits the rule repeat (buy again: each user's own items by frequency, then "
+                     "recency, then popularity), since users come back to their items")
+    if len(models) > 3:
+        nightly["models"] = models
     config = {"source": source, "feedback": feedback, "exclusion": exclusion,
               "filters": {"min_user_interactions": 2, "min_item_interactions": 2},
               "model": model,
