@@ -16,6 +16,7 @@ import numpy as np
 from recsys import fsio, registry, version as version_mod
 from recsys.data.dataset import Dataset, leak_warning
 from recsys.evaluation.compare import ADJUSTMENT, MIN_SEGMENT_USERS, Comparison
+from recsys.models import MODELS
 from recsys.evaluation.inspection import inspect_version, main_attribute, map_png
 from recsys.evaluation.plotting import PALETTE, png, pyplot
 
@@ -118,6 +119,10 @@ def _sources(arm: dict) -> str:
     return f"{', '.join(parts)} ({fb / total:.0%} fell back to popularity)"
 
 
+_EXCLUDED = {"seen": "items seen before the split excluded", "bought": "items bought before the split excluded",
+             "none": "nothing excluded (users' own items stay recommendable: exclusion none)"}
+
+
 def _leak_lines(ds: dict) -> list:
     """The split and the leak detector's share (stats.json "leak"), with its warning when above 5%."""
     leak = ds.get("leak")
@@ -139,13 +144,17 @@ def markdown(c, ctx: dict) -> str:
         sample = f" (a seeded sample of {ds['users_total']})" if ds["users_total"] > ds["users_evaluated"] else ""
         lines += ["## What was compared", "",
                   f"- Dataset `{ds['id']}` ({span}), {ds['items']} items; held-out split `{ds['split']}`: "
-                  f"{ds['users_evaluated']} users{sample}, full-catalog ranking, items seen before the split excluded.",
+                  f"{ds['users_evaluated']} users{sample}, full-catalog ranking, {_EXCLUDED[ds.get('exclusion', 'seen')]}.",
                   *_leak_lines(ds),
                   f"- A: **{arms['a']['label']}**, version `{arms['a']['version']}`; users by source: {_sources(arms['a'])}.",
                   f"- B: **{arms['b']['label']}**, version `{arms['b']['version']}`; users by source: {_sources(arms['b'])}."]
         for key in ("a", "b"):
             arm = arms[key]
-            if arm["recipe"]:
+            if arm.get("rule"):
+                counted = arm["recipe"].get("rule on")
+                lines.append(f"- {key.upper()} is a rule (no training" + (f"; taste counted in {counted}" if counted else "")
+                             + ").")
+            elif arm["recipe"]:
                 recipe = ", ".join(f"{k} {v}" for k, v in arm["recipe"].items())
                 curve = " ".join(f"{x:.3f}" for x in arm["curve"])
                 lines.append(f"- {key.upper()} recipe: {recipe}; best epoch {arm['best_epoch']}"
@@ -277,11 +286,22 @@ def _arm_context(root: str, version: str, sources: dict) -> dict:
     alias = "published" if registry.current_version(root) == version else ""
     return {"version": version, "model": m.get("model"), "created": created, "alias": alias,
             "label": f"{m.get('model')} ({created}{', published' if alias else ''})",
-            "recipe": {k: model_cfg.get(k) for k in ("dim", "temperature", "batch_size", "learning_rate", "epochs",
-                                                     "history_length") if k in model_cfg}
-            if m.get("model") != "popularity" else {},
+            "recipe": _recipe(m.get("model"), model_cfg),
+            "rule": bool(m.get("model") in MODELS and MODELS[m.get("model")].rule),
             "best_epoch": (m.get("selection") or training).get("best_epoch"), "curve": [c for c in curve if c is not None],
             "sources": sources, "refit": "refit" in m}
+
+
+def _recipe(model: str, model_cfg: dict) -> dict:
+    """The settings a reader compares two trained arms by; a rule's is what it counts, if anything."""
+    if model in MODELS and MODELS[model].rule:
+        return {"rule on": model_cfg.get("rule_attribute") or "the default attribute"} \
+            if model == "attribute_popularity" else {}
+    recipe = {k: model_cfg.get(k) for k in ("dim", "temperature", "batch_size", "learning_rate", "epochs",
+                                            "history_length") if k in model_cfg}
+    if recipe.get("batch_size") == 0:
+        recipe["batch_size"] = "auto"
+    return recipe
 
 
 def _deciles(topk: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -337,6 +357,7 @@ def context(root: str, c: Comparison, n_samples: int = 3, seed: int = 0) -> dict
                  "b": _arm_context(root, res_b.version, res_b.sources)},
         "dataset": {"id": ds.id, "time_range": times, "items": len(ids), "users_evaluated": int(len(users)),
                     "users_total": res_b.users_total or int(len(users)), "split": res_b.split,
+                    "exclusion": res_b.settings[3] if len(res_b.settings) > 3 else "seen",
                     "strategy": ds.stats.get("split_strategy"), "leak": (ds.stats.get("leak") or {}).get(res_b.split),
                     "leak_warning": leak_warning(ds.stats) if res_b.split == "test" else None},
         "popularity_deciles": {"a": _deciles(ev_a.topk[:, :k], counts).tolist(),
