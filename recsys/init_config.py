@@ -253,11 +253,11 @@ def infer(events: str, items: str | None = None, root: str = "artifacts") -> Inf
     nightly = {}
     models = ["two_tower", "mf", "popularity"]
     if items and rule_attribute:
-        model["rule_attribute"] = rule_attribute
         models.append("attribute_popularity")
         notes.append(f"the nightly also fits the rule attribute_popularity (popular items in each user's most "
-                     f"frequent {rule_attribute} values, model.rule_attribute): a model is published only "
-                     f"where it beats every rule")
+                     f"frequent values of a catalog column: {rule_attribute} are tried and the best on "
+                     f"validation kept; model.rule_attribute fixes one): a model is published only where it "
+                     f"beats every rule")
     if exclusion == "none":
         models.append("repeat")
         notes.append("the nightly also fits the rule repeat (buy again: each user's own items by frequency, then "
@@ -277,11 +277,10 @@ def infer(events: str, items: str | None = None, root: str = "artifacts") -> Inf
 
 
 def _rule_attribute(catalog: pd.DataFrame, attrs: dict) -> str:
-    """The categorical attribute a user's taste is counted in (attribute_popularity): the one with the
-    fewest distinct values that still has at least 2 (a category before a brand), or ""."""
+    """The categorical columns the rule attribute_popularity can count taste in (those with 2 or more
+    values, fewest first), as text for the config's comments, or "" without one."""
     spans = {a: catalog[a].nunique() for a, k in attrs.items() if _kind(k) == "categorical" and a in catalog}
-    spans = {a: n for a, n in spans.items() if n >= 2}
-    return min(spans, key=lambda a: (spans[a], a)) if spans else ""
+    return ", ".join(sorted((a for a, n in spans.items() if n >= 2), key=lambda a: (spans[a], a)))
 
 
 def write(inferred: Inferred, path: str) -> None:

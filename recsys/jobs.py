@@ -1,6 +1,7 @@
 """What the CLI and the nightly share: train a version, index a version."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -155,14 +156,17 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
     if refit:
         best_epoch = report.best_epoch
         extra["selection"] = {"best_epoch": best_epoch, "seconds": round(report.seconds, 1), "epochs": report.epochs,
-                              "warm_started": select_from is not None, "phases": report.phases}
+                              "warm_started": select_from is not None, "phases": report.phases,
+                              **({"chosen": report.chosen} if report.chosen else {})}
         t_refit = time.time()
         full = full_ts or _train_plus_validation(cfg, dataset)
         t_refit_loaded = time.time()
         progress(f"train {model_name}: refit on train + validation ({len(full.user_idx)} interactions, "
                  f"{full.n_users} users)" + (f" for the {best_epoch} epochs validation chose" if best_epoch else ""))
-        model = create(model_name, cfg.model)
+        # what the selection fit chose on validation carries over (the refit has no validation)
+        model = create(model_name, dataclasses.replace(cfg.model, **model.chosen_config()))
         report = model.fit(full, ks, previous, progress, stop_after=best_epoch, validate=validation_metrics)
+        report.chosen = extra["selection"].get("chosen") or report.chosen   # with the validation figures
         extra["refit"] = {"epochs": report.best_epoch, "interactions": int(len(full.user_idx)),
                           "users": int(full.n_users), "seconds": round(report.seconds, 1)}
         report.seconds += extra["selection"]["seconds"]   # the manifest's training time: both fits

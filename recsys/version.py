@@ -229,7 +229,7 @@ def save_fitted(model: Model, ts, cfg: Config, root: str, dataset=None, extra: d
                          "training": {"seconds": round(r.seconds, 1), "best_epoch": r.best_epoch,
                                       "examples_per_second": round(r.examples_per_second),
                                       "epochs": r.epochs, "warm_started_rows": r.warm_started,
-                                      "phases": r.phases}})
+                                      "phases": r.phases, **({"chosen": r.chosen} if r.chosen else {})}})
     attributes = None
     if dataset is not None and fsio.exists(dataset.item_features_path):
         attributes = fsio.read_bytes(dataset.item_features_path)

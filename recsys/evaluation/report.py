@@ -286,7 +286,8 @@ def _arm_context(root: str, version: str, sources: dict) -> dict:
     alias = "published" if registry.current_version(root) == version else ""
     return {"version": version, "model": m.get("model"), "created": created, "alias": alias,
             "label": f"{m.get('model')} ({created}{', published' if alias else ''})",
-            "recipe": _recipe(m.get("model"), model_cfg),
+            "recipe": _recipe(m.get("model"), {**model_cfg, **((training.get("chosen") or {}) and
+                                                              {"rule_attribute": training["chosen"].get("attribute")})}),
             "rule": bool(m.get("model") in MODELS and MODELS[m.get("model")].rule),
             "best_epoch": (m.get("selection") or training).get("best_epoch"), "curve": [c for c in curve if c is not None],
             "sources": sources, "refit": "refit" in m}

@@ -36,6 +36,7 @@ class FitReport:
     best_epoch: int = 0
     warm_started: dict = field(default_factory=dict)  # table name -> rows carried over
     phases: dict = field(default_factory=dict)        # seconds by part: setup, epochs, validation, ...
+    chosen: dict = field(default_factory=dict)        # what a rule chose on validation (its attribute, ...)
 
 
 @dataclass
@@ -92,6 +93,11 @@ class Model:
     def history_vectors(self, history: np.ndarray, user_idx: np.ndarray | None = None) -> np.ndarray:
         """Query vectors [n, d] from item histories [n, L] (-1 pads); `user_idx` -1 for unknown users."""
         raise NotImplementedError(f"{self.name} has no history vectors")
+
+    def chosen_config(self) -> dict:
+        """Model settings this fit chose on validation, for the refit on train + validation (which has
+        no validation to choose on): e.g. the rule attribute_popularity's attribute."""
+        return {}
 
     def own_items(self, user_idx: np.ndarray, history: np.ndarray, fresh: bool = False):
         """Items each row gets ahead of the ranking, by value (a sparse [n, n_items] matrix), or None:

@@ -1,7 +1,8 @@
 """Rules a model must beat, as models: what a practitioner tries before a recommender.
 
 - `attribute_popularity` ("popular in the user's categories"): each user's share of interactions per
-  value of one catalog attribute (`model.rule_attribute`, e.g. category), times each item's popularity
+  value of one catalog attribute (`model.rule_attribute`, e.g. category; "": each categorical column is
+  tried and the best on validation kept), times each item's popularity
   within its value. Written as vectors so the index, the scorer, batch and the service rank it like any
   model: item vector = [popularity within each of its values ..., global popularity share], user
   vector = [the user's share of each value ..., FALLBACK]. The dot product is share(value of the item) x
@@ -68,6 +69,28 @@ def attribute_values(item_table, n_items: int, attribute: str) -> tuple[list, li
     return per_item, list(names)
 
 
+# at most this many catalog columns are tried for the rule when model.rule_attribute is "" (auto)
+MAX_CANDIDATES = 6
+
+
+def candidate_attributes(item_table) -> list:
+    """The catalog columns the rule can count taste in: genres when items have them, then the
+    categorical and multi-valued attributes with 2 or more values, fewest values first."""
+    if item_table is None:
+        return []
+    out = []
+    if "genres" in item_table and any(len(g) for g in item_table["genres"]):
+        out.append("genres")
+    kinds = item_table.attrs.get("kinds", {})
+    spans = {}
+    for col, kind in kinds.items():
+        if kind in ("categorical", "multi") and col in item_table and col != "genres":
+            values = item_table[col].explode() if kind == "multi" else item_table[col]
+            spans[col] = values.nunique()
+    out += sorted((c for c, n in spans.items() if n >= 2), key=lambda c: (spans[c], c))
+    return out[:MAX_CANDIDATES]
+
+
 class AttributePopularity(Model):
     """Popular in the user's values of a catalog attribute (see the module docstring)."""
 
@@ -77,6 +100,7 @@ class AttributePopularity(Model):
     def __init__(self, config=None):
         super().__init__(config)
         self._user_values: sp.csr_matrix | None = None   # fitted: users x value dims, weighted counts
+        self.attribute = ""
 
     def fit(self, ts, ks=(10, 20, 50), previous=None, progress=print, stop_after=None, max_seconds=None,
             validate=None) -> FitReport:
@@ -85,7 +109,37 @@ class AttributePopularity(Model):
         t0 = time.time()
         self.user_ids, self.item_ids = ts.user_ids, ts.item_ids
         self.popularity = fit_popularity(ts, self.config.popularity_window_days)
-        per_item, names = attribute_values(getattr(ts, "item_table", None), ts.n_items, self.config.rule_attribute)
+        table = getattr(ts, "item_table", None)
+        candidates = [self.config.rule_attribute] if self.config.rule_attribute else candidate_attributes(table)
+        if not candidates:
+            candidates = [""]   # attribute_values names what the catalog lacks
+        val = ts.evals.get("validation") if validate is not None and len(candidates) > 1 else None
+        key = f"recall@{self.config.eval_k}"
+        tried = []
+        for attribute in candidates:
+            self._fit_attribute(ts, table, attribute)
+            score = validate(self, val, sorted(set(ks) | {self.config.eval_k}), ts.item_counts)[key] \
+                if val is not None else None
+            tried.append({"attribute": attribute, f"val_{key}": score})
+            if val is None:
+                break
+        best = max(tried, key=lambda t: t[f"val_{key}"]) if val is not None else tried[0]
+        if best is not tried[-1]:
+            self._fit_attribute(ts, table, best["attribute"])
+        self.attribute = best["attribute"]
+        self.report = FitReport(seconds=time.time() - t0, chosen={"attribute": self.attribute, "tried": tried})
+        progress(f"{self.name}: popular in the user's {self.attribute} values"
+                 + (" (chosen on validation: " + ", ".join(f"{t['attribute']} {t[f'val_{key}']:.4f}" for t in tried) + ")"
+                    if len(tried) > 1 else "") + f" in {self.report.seconds:.1f}s")
+        return self.report
+
+    def chosen_config(self) -> dict:
+        """The attribute chosen on validation (see `Model.chosen_config`)."""
+        return {"rule_attribute": self.attribute} if self.attribute else {}
+
+    def _fit_attribute(self, ts, table, attribute: str) -> None:
+        """Item vectors and per-user value counts for one attribute (see the module docstring)."""
+        per_item, names = attribute_values(table, ts.n_items, attribute)
         # the most frequent values by interactions get a dimension each; the rest share the last one
         counts = self.popularity.counts
         value_rows = np.repeat(np.arange(ts.n_items), [len(v) for v in per_item])
@@ -106,10 +160,7 @@ class AttributePopularity(Model):
         self.item_embeddings = emb
         self._user_values = sp.csr_matrix((ts.weight.astype(np.float64), (ts.user_idx, ts.item_idx)),
                                           shape=(ts.n_users, ts.n_items)) @ sp.csr_matrix((emb[:, :n_dims] > 0).astype(np.float64))
-        self.report = FitReport(seconds=time.time() - t0)
-        progress(f"{self.name}: {n_dims} value dimensions of {self.config.rule_attribute or 'the default attribute'} "
-                 f"({len(names)} values) in {self.report.seconds:.1f}s")
-        return self.report
+        self.attribute = attribute
 
     @staticmethod
     def _vectors(value_counts: np.ndarray) -> np.ndarray:

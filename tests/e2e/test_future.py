@@ -31,7 +31,7 @@ def published(tmp_path_factory):
 def test_init_writes_an_honest_protocol_for_a_shop(published):
     cfg, *_ = published
     assert cfg.split.strategy == "last_session"
-    assert "attribute_popularity" in cfg.nightly.models and cfg.model.rule_attribute == "category"
+    assert "attribute_popularity" in cfg.nightly.models and cfg.model.rule_attribute == ""   # chosen on validation
     assert cfg.exclusion == "none"   # the generator's taste alone makes ~8% of purchases repeats
 
 
@@ -45,6 +45,10 @@ def test_the_offline_figure_of_the_published_version_predicts_its_future(publish
     assert abs(served - offline) <= 0.1 * offline, (manifest["model"], offline, served)
     # what is published beats the rules or is a rule: on this log the category rule is close to the
     # models at the recipe init writes, and the gate publishes the best of them all
+    rule = version.read_manifest(root, summary["candidates"]["attribute_popularity"]["version"])
+    tried = rule["training"]["chosen"]["tried"]
+    assert [t["attribute"] for t in tried] == ["tags", "category", "brand"]   # fewest values first
+    assert rule["training"]["chosen"]["attribute"] == max(tried, key=lambda t: t["val_recall@20"])["attribute"]
     gate = summary["gate"]
     assert gate["candidate"] == current
     assert MODELS[manifest["model"]].rule or gate["candidate_score"] > gate["best_rule_score"]
