@@ -390,8 +390,8 @@ def put_first(ids: np.ndarray, scores: np.ndarray, first: sp.csr_matrix, exclude
         items, values = items[keep], values[keep]
         best = np.lexsort((items, -values))[:k]
         pinned, pinned_scores = items[best], values[best]
-        rest = ids[r][(ids[r] >= 0) & not_in(ids[r], np.sort(pinned))]
-        rest_scores = scores[r][(ids[r] >= 0) & not_in(ids[r], np.sort(pinned))]
+        later = (ids[r] >= 0) & not_in(ids[r], np.sort(pinned))
+        rest, rest_scores = ids[r][later], scores[r][later]
         merged = np.r_[pinned, rest][:k]
         ids[r] = -1
         scores[r] = 0
