@@ -156,7 +156,7 @@ def _profile_calls(fn, n: int, name: str) -> None:
 
 def engine_baseline(root: str, users: list[str], histories: list[list[str]], n: int, profile: bool) -> dict:
     """Step 2: Engine.load(root) here, then n calls of each endpoint's Engine method, one at a time."""
-    from recsys.retrieval.engine import Engine
+    from recsys.engine import Engine
     t = time.perf_counter()
     engine = Engine.load(root)
     load_s = time.perf_counter() - t

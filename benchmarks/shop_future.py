@@ -39,7 +39,7 @@ from recsys import registry, version as version_mod  # noqa: E402
 from recsys.config import load_config  # noqa: E402
 from recsys.data.synthetic import shop_catalog, shop_log  # noqa: E402
 from recsys.init_config import infer, write  # noqa: E402
-from recsys.retrieval.engine import Engine  # noqa: E402
+from recsys.engine import Engine  # noqa: E402
 
 K = 20
 

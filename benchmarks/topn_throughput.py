@@ -91,7 +91,7 @@ def main() -> int:
     from recsys.models import create
     from recsys.models.popularity import Popularity
     from recsys.config import from_dict
-    from recsys.retrieval.engine import Engine
+    from recsys.engine import Engine
     print(f"{'path':<28}{'items':>8}{'users/s':>12}{'naive users/s':>15}{'speed-up':>10}")
     for n_items in [int(x) for x in args.items.split(",")]:
         users, items, seen, relevant = make_data(args.users, n_items)

@@ -32,7 +32,7 @@ class ScoreUsersFn(beam.DoFn):
 
     def setup(self):
         from recsys.progress import Progress, to_stderr
-        from recsys.retrieval.engine import Engine
+        from recsys.engine import Engine
         self.engine = Engine.load(self.root, self.version)
         # this worker's users/s and ETA every 30 s on stderr (as if it scored every user alone)
         self.progress = Progress("batch-recommend", len(self.engine.lv.users), "users", to_stderr)

@@ -200,7 +200,7 @@ def _versions(args) -> int:
 
 def _recommend(args) -> int:
     from recsys import registry, version
-    from recsys.retrieval.engine import Engine
+    from recsys.engine import Engine
     cfg = _config(args)
     root = _root(cfg)
     if args.user is None and not args.history:
@@ -304,7 +304,7 @@ def _print_samples(root: str, current: str, dataset_id: str, n_users: int = 3, k
     import numpy as np
     from recsys import version
     from recsys.data.dataset import Dataset
-    from recsys.retrieval.engine import Engine
+    from recsys.engine import Engine
     engine = Engine.load(root, current)
     items = version.load_item_attributes(root, current, ["item", "title"])
     titles = dict(zip(items["item"], items["title"])) if items is not None else {}

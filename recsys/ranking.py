@@ -2,7 +2,7 @@
 
 One module owns it, at the bottom of the layers (numpy and scipy only), so that the offline scorer
 (`recsys.evaluation.scorer`), the through-index evaluation, batch recommendations and the service
-(`recsys.retrieval.engine`) rank by the same code and their numbers cannot drift apart:
+(`recsys.engine`) rank by the same code and their numbers cannot drift apart:
 
 - the source labels every answer and every evaluated user carries;
 - the one tie rule (equal scores: the lower item index first) and the top-k / membership primitives;

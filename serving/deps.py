@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi import HTTPException, Request
 
-from recsys.retrieval.engine import Engine
+from recsys.engine import Engine
 
 
 def get_engine(request: Request) -> Engine:

@@ -15,7 +15,7 @@ import threading
 
 from recsys import registry, version as version_mod
 from recsys.errors import DataError
-from recsys.retrieval.engine import Engine
+from recsys.engine import Engine
 
 from serving import prometheus
 

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from recsys.errors import RequestError
 from recsys.fsio import PLAIN_NAME_PATTERN
 from recsys.ranking import POPULARITY
-from recsys.retrieval.engine import MAX_K, Engine
+from recsys.engine import MAX_K, Engine
 
 from serving import prometheus
 from serving.deps import get_engine

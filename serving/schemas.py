@@ -5,7 +5,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
-from recsys.retrieval.engine import FILTER_PATTERN, MAX_K
+from recsys.engine import FILTER_PATTERN, MAX_K
 
 # A filter `key:value` (genre:Drama, item:123) and an ID, as the schema documents them.
 Filter = Annotated[str, StringConstraints(pattern=FILTER_PATTERN, max_length=512)]

@@ -94,7 +94,7 @@ def test_version_aliases_published_latest_and_latest_of_a_model(served):
 
 def test_recommend_verb_prints_what_the_service_answers_and_json(served, served_config, capsys):
     import json
-    from recsys.retrieval.engine import Engine
+    from recsys.engine import Engine
     user = str(served["trainset"].user_ids[0])
     want = Engine.load(served["root"], served["versions"]["mf"]).recommend(user, 5)
     code, out, _ = run(["recommend", user, "-k", "5", "--version", "latest:mf", "--config", served_config, "--json"],
@@ -129,7 +129,7 @@ def test_no_tensorflow_or_beam_noise_in_normal_output(served, served_config):
 
 def test_demo_samples_show_three_users_history_and_titled_recommendations(served, capsys):
     from recsys import cli
-    from recsys.retrieval.engine import Engine
+    from recsys.engine import Engine
     root, current = served["root"], served["versions"]["two_tower"]
     users = cli._print_samples(root, current, served["dataset"].id)
     out = capsys.readouterr().out.splitlines()

@@ -10,7 +10,7 @@ from recsys.config import load_config
 from recsys.data.synthetic import shop_catalog, shop_log
 from recsys.init_config import infer, write
 from recsys.models import MODELS
-from recsys.retrieval.engine import Engine
+from recsys.engine import Engine
 
 
 @pytest.fixture(scope="module")

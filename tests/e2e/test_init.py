@@ -9,7 +9,7 @@ import pytest
 from recsys import cli, registry
 from recsys.config import load_config
 from recsys.errors import RequestError
-from recsys.retrieval.engine import Engine
+from recsys.engine import Engine
 
 
 def write_shop(tmp, n_users=150, n_items=80, seed=0):

@@ -9,7 +9,7 @@ from pipelines import batch_recommend, nightly
 from recsys import registry
 from recsys import version as version_mod
 from tests.conftest import config_for
-from recsys.retrieval.engine import Engine
+from recsys.engine import Engine
 from recsys.data.synthetic import clustered_interactions, clustered_items
 
 

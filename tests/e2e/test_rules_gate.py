@@ -2,7 +2,6 @@
 where the models lose (on planted data, so either outcome can fail)."""
 import numpy as np
 import pandas as pd
-import pytest
 
 from pipelines import nightly
 from recsys import registry, version

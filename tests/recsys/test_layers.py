@@ -21,7 +21,7 @@ LAYERS = [
     ("scoring", ["recsys.evaluation", "recsys.evaluation.metrics", "recsys.evaluation.scorer"]),
     ("version", ["recsys.version"]),
     ("registry", ["recsys.registry"]),
-    ("engine and evaluation", ["recsys.retrieval.engine", "recsys.evaluation.evaluate"]),
+    ("engine and evaluation", ["recsys.engine", "recsys.evaluation.evaluate"]),
     ("comparison", ["recsys.evaluation.compare", "recsys.evaluation.plotting", "recsys.evaluation.inspection"]),
     ("report", ["recsys.evaluation.report"]),
     ("jobs", ["recsys.jobs"]),

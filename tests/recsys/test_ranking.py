@@ -114,7 +114,7 @@ def test_the_scorer_through_index_evaluation_batch_and_service_give_the_same_lis
     vectors and exclusions (popularity rows and unknown users included)."""
     from recsys import version
     from recsys.evaluation import evaluate, scorer
-    from recsys.retrieval.engine import Engine
+    from recsys.engine import Engine
     root, v = served["root"], served["versions"][model]
     engine = Engine.load(root, v)
     assert engine.index is None or engine.index.kind == "brute_force"

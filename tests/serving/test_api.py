@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from recsys import registry, version
-from recsys.retrieval.engine import Engine
+from recsys.engine import Engine
 from serving.holder import EngineHolder
 from serving.main import create_app
 from serving.settings import Settings

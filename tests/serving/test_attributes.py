@@ -9,7 +9,7 @@ from recsys.config import from_dict
 from recsys.data import trainset
 from recsys.errors import RequestError
 from recsys.models import create
-from recsys.retrieval.engine import Engine
+from recsys.engine import Engine
 from recsys.evaluation.scorer import validation_metrics
 from serving.main import create_app
 from serving.settings import Settings

@@ -134,7 +134,7 @@ def test_ids_cannot_escape_the_artifact_root(root, argv, capsys, tmp_path):
 
 # ---- unbounded memory ------------------------------------------------------------------------------
 def test_distinct_genre_filters_keep_a_bounded_number_of_masks(served):
-    from recsys.retrieval.engine import Engine
+    from recsys.engine import Engine
     engine = Engine.load(served["root"], served["versions"]["mf"], mask_cache_size=3)
     for g in range(100):
         engine.recommend("u1", 5, include=[f"genre:g{g % 5}"])

@@ -10,7 +10,7 @@ from recsys.config import from_dict
 from recsys.data import trainset
 from recsys.evaluation import scorer
 from recsys.models import create
-from recsys.retrieval.engine import Engine
+from recsys.engine import Engine
 
 DAY = 86400
 
