@@ -165,3 +165,18 @@ def test_one_request_and_a_block_choose_query_vectors_by_the_same_rule():
             np.testing.assert_array_equal(np.zeros(3) if one is None else one, vec)
     assert sources.tolist() == [ranking.POPULARITY, ranking.POPULARITY, ranking.HISTORY, ranking.HISTORY,
                                 ranking.PERSONALIZED, ranking.PERSONALIZED, ranking.PERSONALIZED, ranking.HISTORY]
+
+
+def test_put_first_places_each_rows_own_items_ahead_minus_exclusions_and_filters():
+    ids = np.array([[5, 4, 3, 2], [0, 1, 2, 3]])
+    scores = np.array([[9, 8, 7, 6], [9, 8, 7, 6]], dtype=np.float32)
+    first = sp.csr_matrix(np.array([[0, 3.5, 0, 2.2, 0, 0], [0, 0, 0, 0, 0, 0.0]]))   # row 0: item 1, then 3
+    out, sc = ranking.put_first(ids.copy(), scores.copy(), first, csr([[], []], 6))
+    assert out.tolist() == [[1, 3, 5, 4], [0, 1, 2, 3]] and sc[0, :2].tolist() == pytest.approx([3.5, 2.2])
+    # an excluded or filtered-out own item is not put first
+    out, _ = ranking.put_first(ids.copy(), scores.copy(), first, csr([[1], []], 6))
+    assert out[0].tolist() == [3, 5, 4, 2]
+    allowed = np.ones(6, bool)
+    allowed[3] = False
+    out, _ = ranking.put_first(ids[:1].copy(), scores[:1].copy(), first[:1], np.zeros(0, np.int64), allowed=allowed)
+    assert out[0].tolist() == [1, 5, 4, 3]   # 3 is not put first (the ranking itself applied the filters)
