@@ -126,15 +126,20 @@ def describe_versions(root: str) -> list[dict]:
 
 
 def format_versions(root: str) -> str:
-    """The `recsys versions` table."""
-    lines = [f"{'':2}{'version':<34}{'model':<11}{'created':<27}{'dataset':<18}{'recall@20':>10}{'ndcg@20':>9}"]
-    for d in describe_versions(root):
+    """The `recsys versions` table (columns as wide as their longest value)."""
+    rows = describe_versions(root)
+    wv = max([len("version")] + [len(d["version"]) for d in rows]) + 2
+    wm = max([len("model")] + [len(d.get("model") or "") for d in rows]) + 2
+    wc = max([len("created")] + [len(d.get("created_at") or "") for d in rows]) + 2
+    wd = max([len("dataset")] + [len(d.get("dataset_id") or "") for d in rows]) + 2
+    lines = [f"{'':2}{'version':<{wv}}{'model':<{wm}}{'created':<{wc}}{'dataset':<{wd}}{'recall@20':>10}{'ndcg@20':>9}"]
+    for d in rows:
         mark, v = ("* " if d["published"] else "  "), d["version"]
         if "error" in d:
-            lines.append(f"{mark}{v:<34}(unreadable: {d['error'].split(': ', 1)[-1]})")
+            lines.append(f"{mark}{v:<{wv}}(unreadable: {d['error'].split(': ', 1)[-1]})")
             continue
         met = d["test_metrics"] or d["validation_metrics"] or {}
-        lines.append(f"{mark}{v:<34}{d['model'] or '':<11}{d['created_at'] or '':<27}{d['dataset_id'] or '':<18}"
+        lines.append(f"{mark}{v:<{wv}}{d['model'] or '':<{wm}}{d['created_at'] or '':<{wc}}{d['dataset_id'] or '':<{wd}}"
                      f"{met.get('recall@20', float('nan')):>10.4f}{met.get('ndcg@20', float('nan')):>9.4f}")
     lines.append("(* = published; metrics: test split when evaluated, else validation)")
     return "\n".join(lines)
