@@ -44,22 +44,24 @@ def pick_warm_start(root: str, model_name: str, warm_start: str | None) -> str |
 WARM_START_MIN_SHARE = 0.9
 
 
-def _warm_start_worse(cfg: Config, root: str, prev_version: str, model, ts, fit_on, ks) -> str | None:
-    """Why a warm-started model is worse than the version it started from, or None.
+def _warm_start_worse(cfg: Config, root: str, prev_version: str, model, ts, fit_on, ks) -> tuple[str | None, dict]:
+    """(Why a warm-started model is worse than the version it started from, or None; its validation figure).
 
     Compares validation recall@eval_k with what the previous version recorded for its own validation
     split (`validation_metrics`). When the warm fit trained on train + validation its figure is, if
     anything, optimistic: falling short even so is a failed warm start. Without a validation split or
     a recorded figure nothing is compared."""
     key = f"recall@{cfg.model.eval_k}"
-    before = (version_mod.read_manifest(root, prev_version).get("validation_metrics") or {}).get(key)
-    if not before or "validation" not in ts.evals:
-        return None
+    previous = version_mod.read_manifest(root, prev_version)
+    # a warm version trained on validation records the guard's figure instead (`warm_validation`)
+    before = (previous.get("validation_metrics") or previous.get("warm_validation") or {}).get(key)
+    if "validation" not in ts.evals:
+        return None, {}
     now = validation_metrics(model, ts.evals["validation"], ks, fit_on.item_counts).get(key, 0.0)
-    if now >= WARM_START_MIN_SHARE * before:
-        return None
+    if not before or now >= WARM_START_MIN_SHARE * before:
+        return None, {key: now}
     return (f"{cfg.model.warm_start_epochs} warm epochs from {prev_version} reach validation {key} {now:.4f}, "
-            f"below {WARM_START_MIN_SHARE:.0%} of its {before:.4f}")
+            f"below {WARM_START_MIN_SHARE:.0%} of its {before:.4f}"), {key: now}
 
 
 def training_sets(cfg: Config, dataset: Dataset) -> tuple[trainset.TrainSet, trainset.TrainSet | None]:
@@ -110,8 +112,9 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
     refit = cfg.model.refit and "validation" in ts.evals
     progress(f"train {model_name}: dataset {dataset.id}: {len(ts.user_idx)} interactions, "
              f"{ts.n_users} users, {ts.n_items} items")
-    # Models without vectors (popularity) have nothing to carry over.
-    prev_version = pick_warm_start(root, model_name, warm_start) if model.personalized else None
+    # Models without vectors (popularity) and rules (counted afresh, their choices made on validation)
+    # have nothing to carry over.
+    prev_version = pick_warm_start(root, model_name, warm_start) if model.personalized and not model.rule else None
     previous = version_mod.load_warm_start(root, prev_version) if prev_version else None
     # A refit version has trained on rows that can sit in today's validation split (the days before its
     # test cut; an inactive user's leave-last-N row). Starting the epoch-choosing fit from it would
@@ -135,7 +138,10 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
             extra["refit"] = {"epochs": report.best_epoch, "interactions": int(len(fit_on.user_idx)),
                               "users": int(fit_on.n_users), "seconds": round(report.seconds, 1), "warm": True}
         ts_warm = fit_on
-        worse = _warm_start_worse(cfg, root, prev_version, model, ts, fit_on, ks)
+        worse, figure = _warm_start_worse(cfg, root, prev_version, model, ts, fit_on, ks)
+        if refit and figure:
+            # measured on rows the fit saw (optimistic): what the next night's guard compares with
+            extra["warm_validation"] = figure
         if worse:
             # the warm start lost too much against what the previous version measured: say so, and
             # search the epoch count from a cold start instead (what the warm start was to save)

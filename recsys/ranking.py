@@ -255,8 +255,12 @@ def exact_subset(embeddings: np.ndarray, query: np.ndarray, candidates: np.ndarr
     """Exact top-k of `query` among the item indices `candidates` (ties: the lower index)."""
     scores = embeddings[candidates] @ query
     k = min(k, len(candidates))
-    part = np.argpartition(-scores, k - 1)[:k]
-    best = np.lexsort((candidates[part], -scores[part]))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    # every candidate tied with the k-th score competes, so ties go to the lower index as everywhere
+    kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
+    part = np.flatnonzero(scores >= kth)
+    best = np.lexsort((candidates[part], -scores[part]))[:k]
     return candidates[part][best].astype(np.int64), scores[part][best].astype(np.float32)
 
 

@@ -291,7 +291,8 @@ def slice_losses(res_a: EvaluationResult, res_b: EvaluationResult, metric: str, 
     users = ev_b.users
     k = int(metric.split("@")[1])
     out = []
-    known = np.asarray(es.exclude[users].sum(1)).ravel() if len(users) else np.zeros(0)
+    # known interactions (the history the split is queried with, up to its length), whatever the exclusion
+    known = (np.asarray(es.history)[users] >= 0).sum(1) if len(users) else np.zeros(0)
     short = known <= short_history
     out.append(paired_stats(ev_a.per_user[metric][short], ev_b.per_user[metric][short], n_boot=500, n_perm=1000,
                             name=f"short histories (<= {short_history} items)"))

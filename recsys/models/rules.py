@@ -27,8 +27,9 @@ from recsys.errors import DataError
 from recsys.models.base import FitReport, Model
 from recsys.models.popularity import fit_popularity
 
-# weight of the global-popularity dimension: small enough that every item of the user's values ranks
-# before the rest (a value share of 1 / (number of interactions) times a within-value share is far larger)
+# weight of the global-popularity dimension: small, so the items of the user's values rank before the
+# rest except where a value the user barely touched holds an item almost nobody had (share x
+# within-value share below 1e-4 x global share); then popularity decides, which is what it should
 FALLBACK = 1e-4
 # at most this many distinct values get a dimension of their own (the rest share one): vectors stay small
 MAX_VALUES = 256

@@ -182,3 +182,20 @@ def test_a_warm_start_that_loses_quality_says_so_and_trains_cold(temporal, refit
     kept = train_version(make_config(tmp, tmp / "events.csv", refit=refit, warm_start_epochs=2), "mf", ds.id, cold,
                          lines.append)
     assert version.read_manifest(root, kept)["warm_epochs"] == 2
+
+
+def test_the_warm_start_guard_holds_night_after_night(temporal):
+    """A warm start with refit records the figure its guard measured, so the next night's warm start is
+    compared with it (not with nothing, as a refit version has no validation metrics)."""
+    tmp, cfg, ds = temporal[:3]
+    root = cfg.resolve(cfg.artifacts.root)
+    cold = train_version(make_config(tmp, tmp / "events.csv"), "mf", ds.id, "none", lambda *_: None)
+    warm_cfg = make_config(tmp, tmp / "events.csv", warm_start_epochs=1)
+    night2 = train_version(warm_cfg, "mf", ds.id, cold, lambda *_: None)
+    figure = version.read_manifest(root, night2)["warm_validation"]["recall@20"]
+    assert figure > 0
+    lines = []
+    wrecked = make_config(tmp, tmp / "events.csv", warm_start_epochs=1, learning_rate=9.0)
+    night3 = train_version(wrecked, "mf", ds.id, night2, lines.append)
+    assert version.read_manifest(root, night3)["warm_start_rejected"]["from"] == night2
+    assert any(f"{figure:.4f}" in line for line in lines if "warning:" in line)

@@ -180,3 +180,15 @@ def test_put_first_places_each_rows_own_items_ahead_minus_exclusions_and_filters
     allowed[3] = False
     out, _ = ranking.put_first(ids[:1].copy(), scores[:1].copy(), first[:1], np.zeros(0, np.int64), allowed=allowed)
     assert out[0].tolist() == [1, 5, 4, 3]   # 3 is not put first (the ranking itself applied the filters)
+
+
+def test_exact_scoring_of_a_filtered_remainder_keeps_the_tie_rule():
+    """When the filters leave a small share of the catalog, a request scores the survivors exactly:
+    tied items still come lower index first, as the block path (a masked matmul) ranks them."""
+    emb = np.tile(np.eye(4, dtype=np.float32), (50, 1))      # 200 items, 4 distinct vectors: many ties
+    ix = index.BruteForceIndex(emb)
+    query = np.array([1.0, 0.5, 0.0, 0.0], dtype=np.float32)
+    rows = np.sort(np.random.default_rng(0).choice(200, 170, replace=False))
+    one, _ = ranking.search_row(ix, query, 10, blocked_rows=rows)
+    block, _ = ix.search_many(query[None], 10, csr([rows], 200))
+    assert one.tolist() == block[0].tolist()
