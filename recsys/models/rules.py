@@ -199,9 +199,8 @@ def _own_scores(users: np.ndarray, items: np.ndarray, weights: np.ndarray, order
     its last interaction among the user's, the larger), so frequency decides first, then recency."""
     m = sp.csr_matrix((weights.astype(np.float64), (users, items)), shape=(n_users, n_items))
     m.sum_duplicates()
-    last = sp.csr_matrix((order.astype(np.float64) + 1, (users, items)), shape=(n_users, n_items))
-    last = last.tocoo()
-    # the latest position of each pair: duplicates keep their maximum
+    # the latest position of each pair (COO keeps duplicates; CSR would sum them): their maximum
+    last = sp.coo_matrix((order.astype(np.float64) + 1, (users, items)), shape=(n_users, n_items))
     latest = sp.csr_matrix((n_users, n_items))
     if last.nnz:
         frame = np.lexsort((last.data, last.col, last.row))
@@ -251,6 +250,6 @@ class Repeat(Model):
             rows, cols = np.nonzero(history >= 0)
             # newest first in a history: position 0 is the most recent
             recent = (history.shape[1] - cols).astype(np.float64)
-            fresh = _own_scores(rows, history[rows, cols], np.ones(len(rows)), recent, len(user_idx), n_items)
-            base = base + fresh
+            given = _own_scores(rows, history[rows, cols], np.ones(len(rows)), recent, len(user_idx), n_items)
+            base = base + given
         return sp.csr_matrix(base)

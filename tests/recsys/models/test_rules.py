@@ -68,3 +68,11 @@ def test_repeat_answers_the_same_offline_in_batch_and_served(bought_again):
     np.testing.assert_array_equal(offline, batch)
     # in memory and from disk: the same own items
     np.testing.assert_allclose(lv.model.own.toarray(), model.own.toarray())
+
+
+def test_own_items_break_frequency_ties_by_the_latest_time_not_the_sum_of_times():
+    from recsys.models.rules import _own_scores
+    # one user: a at positions 0 and 9, b at 7 and 8: both twice; a is the more recent
+    users, items = np.zeros(4, np.int64), np.array([0, 1, 1, 0])
+    scores = _own_scores(users, items, np.ones(4), np.array([0, 7, 8, 9]), 1, 2).toarray()[0]
+    assert scores[0] > scores[1] and 2 < scores[1] < scores[0] < 3
