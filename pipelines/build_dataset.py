@@ -384,9 +384,9 @@ class WriteShardFn(beam.DoFn):
         split = _assign_split(user_rank[order], item_rank[order], timestamp[rows], self.cfg, result["cuts"])
         user_lookup, item_lookup = self._vocab_lookups(result)
         user_vocab, item_vocab = user_lookup(user_ids), item_lookup(item_ids)
-        leaks = self._leaks(df, rows, users, items, timestamp, split, item_vocab)
         columns = {"timestamp": timestamp, "value": df["value"].to_numpy(), "weight": df["weight"].to_numpy(),
                    "event": readers.arrow_strings(df["event"])}   # Arrow all the way: no Python str per row
+        leaks = self._leaks(columns["event"], rows, users, items, timestamp, split, item_vocab)
         for code, name in enumerate(SPLITS):
             part = rows[split == code]
             # Evaluation ranks the training catalog, so a held-out item never seen in training cannot be
@@ -411,13 +411,12 @@ class WriteShardFn(beam.DoFn):
                    "train_item_counts": (item_ids.take(present), item_counts[present]) if code == 0 else None,
                    "leak": leaks.get(code, (0, 0))}
 
-    def _leaks(self, df, rows, users, items, timestamp, split, item_vocab) -> dict:
+    def _leaks(self, event: pa.Array, rows, users, items, timestamp, split, item_vocab) -> dict:
         """The leak detector's counts for this bucket (`interactions.leak_counts`): held-out target rows
         (evaluation.target_events, all rows without them) of items evaluation can rank."""
         targets = self.cfg.evaluation.target_events
         if targets:
-            event = readers.arrow_strings(df["event"]).take(pa.array(rows))
-            is_target = pc.fill_null(pc.is_in(event, value_set=pa.array(list(targets), pa.string())), False)
+            is_target = pc.fill_null(pc.is_in(event.take(pa.array(rows)), value_set=pa.array(list(targets), pa.string())), False)
             is_target = is_target.to_numpy(zero_copy_only=False)
         else:
             is_target = np.ones(len(rows), dtype=bool)

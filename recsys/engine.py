@@ -19,7 +19,6 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys import ranking, registry, version as version_mod
-from recsys.config import exclusion_rule
 from recsys.errors import RequestError
 from recsys.retrieval.index import BruteForceIndex
 from recsys.schema import ITEM_FIXED_COLUMNS
@@ -100,9 +99,7 @@ class Engine:
         self.lv, self.index, self.seen = lv, idx, seen
         # the version's exclusion rule: `seen` also leaves out the items of a fresh history; with bought
         # or none a viewed item stays rankable (seen.npz already holds what the rule excludes)
-        config = lv.manifest.get("config") or {}
-        self.exclusion = exclusion_rule(config.get("exclusion", "auto"),
-                                        (config.get("evaluation") or {}).get("target_events") or ())
+        self.exclusion = version_mod.exclusion(lv.manifest)
         # the stored user vectors as a plain array view: indexing a memmap costs ~7 us a request
         self._stored = None if lv.model.user_embeddings is None else np.asarray(lv.model.user_embeddings)
         self.version = lv.version

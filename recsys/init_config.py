@@ -61,6 +61,11 @@ def _seconds(col: pd.Series, unit: str) -> np.ndarray:
     return num / 1000 if unit == "ms" else num
 
 
+def _user_times(df: pd.DataFrame, cols: dict, unit: str) -> pd.DataFrame:
+    """The sample's user IDs (as strings) and times (epoch seconds), row for row."""
+    return pd.DataFrame({"user": df[cols["user"]].astype(str).to_numpy(), "t": _seconds(df[cols["timestamp"]], unit)})
+
+
 # last_session needs users who came back: below this share (or count) of the sample's users with two
 # or more sessions, the held-out sessions would measure too few users and a temporal cut is written
 _MIN_RETURNING_SHARE, _MIN_RETURNING_USERS = 0.1, 50
@@ -73,8 +78,7 @@ def _split(df: pd.DataFrame, cols: dict, unit: str, events: bool) -> tuple[dict,
                 "split: each user's last 2 positives are test and the 2 before validation (leave_last_n: a "
                 "rating log has no funnel to leak)")
     gap = SplitConfig().session_gap_minutes
-    frame = pd.DataFrame({"user": df[cols["user"]].astype(str).to_numpy(),
-                          "t": _seconds(df[cols["timestamp"]], unit)}).dropna().sort_values(["user", "t"])
+    frame = _user_times(df, cols, unit).dropna().sort_values(["user", "t"])
     session = sessions(frame["user"].to_numpy(), frame["t"].to_numpy(), gap * 60)
     per_user = pd.Series(session).groupby(frame["user"].to_numpy()).nunique()
     returning = int((per_user >= 2).sum())
@@ -100,8 +104,7 @@ _REPEAT_SHARE = 0.03
 def _exclusion(df: pd.DataFrame, cols: dict, unit: str, purchase: list) -> tuple[str, str]:
     """What users are never recommended, from the sample's repeat share: `none` when they come back to
     items they had (groceries, music), else `bought` (purchases are the target) or `seen`."""
-    frame = pd.DataFrame({"user": df[cols["user"]].astype(str).to_numpy(), "item": df[cols["item"]].astype(str).to_numpy(),
-                          "t": _seconds(df[cols["timestamp"]], unit)})
+    frame = _user_times(df, cols, unit).assign(item=df[cols["item"]].astype(str).to_numpy())
     what = "interactions"
     if purchase:
         frame = frame[df[cols["event"]].astype(str).isin(purchase).to_numpy()]

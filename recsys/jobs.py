@@ -44,8 +44,9 @@ def pick_warm_start(root: str, model_name: str, warm_start: str | None) -> str |
 WARM_START_MIN_SHARE = 0.9
 
 
-def _warm_start_worse(cfg: Config, root: str, prev_version: str, model, ts, fit_on, ks) -> tuple[str | None, dict]:
-    """(Why a warm-started model is worse than the version it started from, or None; its validation figure).
+def _warm_start_worse(cfg: Config, root: str, prev_version: str, now: float | None) -> str | None:
+    """Why a warm-started model, whose validation recall@eval_k is `now`, is worse than the version it
+    started from, or None.
 
     Compares validation recall@eval_k with what the previous version recorded for its own validation
     split (`validation_metrics`). When the warm fit trained on train + validation its figure is, if
@@ -55,13 +56,10 @@ def _warm_start_worse(cfg: Config, root: str, prev_version: str, model, ts, fit_
     previous = version_mod.read_manifest(root, prev_version)
     # a warm version trained on validation records the guard's figure instead (`warm_validation`)
     before = (previous.get("validation_metrics") or previous.get("warm_validation") or {}).get(key)
-    if "validation" not in ts.evals:
-        return None, {}
-    now = validation_metrics(model, ts.evals["validation"], ks, fit_on.item_counts).get(key, 0.0)
-    if not before or now >= WARM_START_MIN_SHARE * before:
-        return None, {key: now}
+    if now is None or not before or now >= WARM_START_MIN_SHARE * before:
+        return None
     return (f"{cfg.model.warm_start_epochs} warm epochs from {prev_version} reach validation {key} {now:.4f}, "
-            f"below {WARM_START_MIN_SHARE:.0%} of its {before:.4f}"), {key: now}
+            f"below {WARM_START_MIN_SHARE:.0%} of its {before:.4f}")
 
 
 def training_sets(cfg: Config, dataset: Dataset) -> tuple[trainset.TrainSet, trainset.TrainSet | None]:
@@ -131,17 +129,19 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
                  f"{'train + validation' if refit else 'train'}")
         report = model.fit(fit_on, ks, previous, progress, stop_after=warm_epochs, validate=validation_metrics,
                            max_seconds=cfg.model.max_train_minutes * 60 or None)
-        val = {} if refit or "validation" not in ts.evals else \
-            validation_metrics(model, ts.evals["validation"], ks, ts.item_counts)
-        extra = {"warm_started_from": prev_version, "validation_metrics": val, "warm_epochs": warm_epochs}
+        # measured once: the manifest's figure (unless the fit saw validation) and the guard's
+        measured = validation_metrics(model, ts.evals["validation"], ks, ts.item_counts) \
+            if "validation" in ts.evals else {}
+        extra = {"warm_started_from": prev_version, "validation_metrics": {} if refit else measured,
+                 "warm_epochs": warm_epochs}
         if refit:   # trained on validation rows: marked like a refit (evaluated on test only)
             extra["refit"] = {"epochs": report.best_epoch, "interactions": int(len(fit_on.user_idx)),
                               "users": int(fit_on.n_users), "seconds": round(report.seconds, 1), "warm": True}
-        ts_warm = fit_on
-        worse, figure = _warm_start_worse(cfg, root, prev_version, model, ts, fit_on, ks)
-        if refit and figure:
+        key = f"recall@{cfg.model.eval_k}"
+        worse = _warm_start_worse(cfg, root, prev_version, measured.get(key))
+        if refit and key in measured:
             # measured on rows the fit saw (optimistic): what the next night's guard compares with
-            extra["warm_validation"] = figure
+            extra["warm_validation"] = {key: measured[key]}
         if worse:
             # the warm start lost too much against what the previous version measured: say so, and
             # search the epoch count from a cold start instead (what the warm start was to save)
@@ -149,7 +149,7 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
             model = create(model_name, cfg.model)
             warm_epochs, select_from, previous = 0, None, None
         else:
-            ts, refit = ts_warm, False
+            ts, refit = fit_on, False
     if not warm_epochs:
         budget = cfg.model.max_train_minutes * 60 / (2 if refit else 1) or None
         report = model.fit(ts, ks, select_from, progress, max_seconds=budget, validate=validation_metrics)
@@ -199,6 +199,7 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
     if report.epochs:
         details.append(f"{report.examples_per_second:,.0f} examples/s, best epoch "
                        f"{extra['selection']['best_epoch'] if refit else report.best_epoch}")
+    val = extra["validation_metrics"]
     if val:
         details.append(f"validation recall@{cfg.model.eval_k} {val.get(f'recall@{cfg.model.eval_k}', float('nan')):.4f}")
     if refit:

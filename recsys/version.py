@@ -136,6 +136,14 @@ def setting(manifest: dict, section: str, key: str, default=None):
     return default if value is None else value
 
 
+def exclusion(manifest: dict, target_events=None) -> str:
+    """The exclusion rule a version serves and is evaluated with (`config.exclusion_rule` of its config;
+    `target_events` None: its own evaluation.target_events)."""
+    if target_events is None:
+        target_events = setting(manifest, "evaluation", "target_events", ())
+    return exclusion_rule((manifest.get("config") or {}).get("exclusion", "auto"), target_events)
+
+
 def update_manifest(root: str, version: str, **fields) -> dict:
     """Merge `fields` into the manifest (atomic rewrite); returns the new manifest."""
     m = read_manifest(root, version)

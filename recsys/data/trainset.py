@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sp
 
+from recsys.config import exclusion_rule
 from recsys.data.dataset import Dataset
 from recsys.schema import ITEM_FIXED_COLUMNS
 from recsys.errors import DataError
@@ -294,7 +295,7 @@ def _eval_set(df: pd.DataFrame, seen: pd.DataFrame, users, items_n: int, history
     relevant = csr_from_pairs(rel_rows, df["item_idx"].to_numpy(), len(ids), items_n)
     seen = seen[seen["user"].isin(row_of)].sort_values(["timestamp"], kind="stable")
     seen_rows = row_of.get_indexer(seen["user"])
-    done = excluded_rows(seen, exclusion or ("bought" if target_events else "seen"), target_events)
+    done = excluded_rows(seen, exclusion or exclusion_rule("auto", target_events), target_events)
     exclude = csr_from_pairs(seen_rows[done], seen["item_idx"].to_numpy()[done], len(ids), items_n)
     history = last_items(seen_rows, seen["item_idx"].to_numpy(), len(ids), history_len)
     return EvalSet(ids, users.lookup(ids), relevant, exclude, history)

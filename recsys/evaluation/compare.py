@@ -221,10 +221,11 @@ def compare(root: str, version_a: str, version_b: str, split: str = "test", data
                         f"{', '.join(metrics.METRICS)} at a k of {', '.join(map(str, ks))}")
     k_primary = int(primary.split("@")[1])
     rows = []
+    # the primary metric is always paired, whichever it is; the others shown are the defaults
+    name = primary.split("@")[0]
+    names = DEFAULT_METRICS + (() if name in DEFAULT_METRICS else (name,)) + ("novelty",)
     for k in ks:
-        # the primary metric is always paired, whichever it is; the others shown are the defaults
-        names = DEFAULT_METRICS + tuple(m for m in (primary.split("@")[0],) if m not in DEFAULT_METRICS)
-        for m in names + ("novelty",):
+        for m in names:
             key = f"{m}@{k}"
             if key in ev_a.per_user:
                 rows.append(_paired_metric(res_a, res_b, key))

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 
 from recsys import ranking, version as version_mod
-from recsys.config import exclusion_rule
 from recsys.data.dataset import Dataset
 from recsys.data.trainset import EvalSet, eval_sets
 from recsys.errors import DataError
@@ -64,7 +63,7 @@ def evaluation_settings(manifest: dict, target_events=None, max_users: int | Non
     if sample_seed is None:
         sample_seed = version_mod.setting(manifest, "evaluation", "sample_seed", 0)
     if exclusion is None:
-        exclusion = exclusion_rule((manifest.get("config") or {}).get("exclusion", "auto"), target_events)
+        exclusion = version_mod.exclusion(manifest, target_events)
     return tuple(target_events), int(max_users), int(sample_seed), exclusion
 
 
@@ -121,7 +120,8 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
     known = (pd.concat([train_rows, dataset.read("validation", ["item_idx", "timestamp"])], ignore_index=True)
              if split == "test" else train_rows)
     first_seen = np.full(n_items, np.inf)
-    np.minimum.at(first_seen, known["item_idx"].to_numpy(), known["timestamp"].to_numpy(np.float64))
+    by_item = known.groupby("item_idx")["timestamp"].min()   # ufunc.at is ~10x slower on millions of rows
+    first_seen[by_item.index.to_numpy()] = by_item.to_numpy(np.float64)
     history_end = float(known["timestamp"].max()) if len(known) else 0.0
     window_days = int(version_mod.setting(lv.manifest, "model", "popularity_window_days", 0))
     baseline = Popularity(n_items).fit(known["item_idx"].to_numpy(), known["timestamp"].to_numpy(np.int64),
