@@ -12,10 +12,13 @@ purchases.
    user's known items excluded as the service excludes them) scored on the future purchases.
 4. Rules computed straight from the log, beside them: global purchase popularity (with and without the
    user's bought items), "popular in the user's two most viewed categories", buy-again then popularity,
-   the oracle, and random.
+   the Bayes ceiling (`ShopLog.best_from_history`: the generator's own model with the user's tastes
+   estimated from their events before the cut, the best any recommender that sees the log can do), the
+   oracle (tastes known), and random.
 
     .venv/bin/python benchmarks/shop_future.py --users 3000
     .venv/bin/python benchmarks/shop_future.py --users 3000 --set model.batch_size=256
+    .venv/bin/python benchmarks/shop_future.py --users 3000 --hide brand   # tastes the catalog does not name
 
 Prints one table (offline recall@20 on the held-out split beside recall@20 on the future) and the load.
 """
@@ -92,6 +95,10 @@ def main(argv=None) -> int:
     ap.add_argument("--items", type=int, default=2400)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=float, default=0.0, help="shop_log's buy-again share")
+    ap.add_argument("--hide", default="", help="catalog columns to leave out of what recsys sees, comma "
+                    "separated (e.g. brand: a taste the catalog does not describe; the generator still uses it)")
+    ap.add_argument("--eval-users", type=int, default=0,
+                    help="score the future on a seeded sample of this many users (0: all)")
     ap.add_argument("--set", action="append", default=[], help="config override, e.g. model.batch_size=256")
     ap.add_argument("--root", default=None, help="keep the artifacts here (default: a temp dir)")
     ap.add_argument("--json", default=None)
@@ -103,7 +110,8 @@ def main(argv=None) -> int:
     catalog = shop_catalog(args.items, n_categories=8, brands_per_category=3, seed=args.seed)
     log = shop_log(args.users, catalog, seed=args.seed, repeat=args.repeat)
     log.events.to_parquet(os.path.join(work, "events.parquet"))
-    catalog.to_csv(os.path.join(work, "catalog.csv"), index=False)
+    hidden = [c for c in args.hide.split(",") if c]
+    catalog.drop(columns=hidden).to_csv(os.path.join(work, "catalog.csv"), index=False)
     print(f"log: {len(log.events):,} events before the cut {log.cut}, {len(log.future):,} future purchases "
           f"by {log.future['user_id'].nunique():,} users ({time.time() - t0:.1f}s)")
     inferred = infer(os.path.join(work, "events.parquet"), os.path.join(work, "catalog.csv"),
@@ -120,6 +128,9 @@ def main(argv=None) -> int:
     print(f"nightly: {time.time() - t0:.0f}s; published {summary.get('published') or summary.get('current')}")
     root = cfg.resolve(cfg.artifacts.root)
     users = sorted(log.future["user_id"].unique())
+    if args.eval_users and len(users) > args.eval_users:
+        users = sorted(np.random.default_rng(args.seed).choice(users, args.eval_users, replace=False))
+        log.future = log.future[log.future["user_id"].isin(set(users))]
     rows = []
     for name, version in sorted((m["model"], v) for v, m in
                                 ((v, version_mod.read_manifest(root, v)) for v in registry.list_versions(root))):
@@ -132,6 +143,9 @@ def main(argv=None) -> int:
                      "published" if version == registry.current_version(root) else ""))
     for name, lists in rule_lists(log, catalog, users).items():
         rows.append((name, None, None, log.recall_at(lists, K), "rule from the log"))
+    if args.repeat == 0:
+        rows.append(("best from the history (Bayes, true model)", None, None,
+                     log.recall_at(log.best_from_history(K), K), "ceiling for any recommender"))
     rows.append(("oracle (true purchase probability)", None, None, log.recall_at(log.oracle(K), K), "ceiling"))
     fmt = lambda x: "" if x is None else f"{x:.4f}"   # noqa: E731
     print(f"\n{'what answered':<50}{'validation':>12}{'offline test':>14}{'future':>10}")

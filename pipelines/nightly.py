@@ -3,6 +3,10 @@
 Each step records its outputs in `<root>/runs/<run_id>/state.json` when it completes, so `--resume`
 continues the same run from the first step not yet done. A failure leaves CURRENT (and so the running
 service) untouched: publishing is the last step and a single atomic rename.
+
+With `nightly.isolate_steps` (the default) every heavy step runs in a spawned process of its own
+(`pipelines/isolated.py`), each model's training in a separate one, the gate in the evaluate step's:
+the steps hand each other only files and this state, and the run's peak memory is its largest step's.
 """
 from __future__ import annotations
 
@@ -151,18 +155,12 @@ def _run(cfg: Config, root: str, resume: bool, progress) -> dict:
     else:
         progress(f"nightly: resuming run {state['run_id']} after {', '.join(state['done']) or 'no step'}")
     out = state["outputs"]
-    # EvaluationResults of this process's evaluate step, which the gate reuses (a resumed run
-    # evaluates again what it needs)
+    if cfg.nightly.isolate_steps:
+        progress("nightly: each step runs in a process of its own (nightly.isolate_steps)")
+    # EvaluationResults of the evaluate step, which the gate reuses in the same process (a resumed
+    # run evaluates again what it needs)
     results: dict = {}
-    steps = {
-        "build_dataset": lambda: _build_dataset(cfg, out, progress),
-        "train": lambda: _train(cfg, root, out, progress),
-        "evaluate": lambda: _evaluate(cfg, root, out, progress, results),
-        "gate": lambda: _gate(cfg, root, out, progress, results),
-        "index": lambda: _index(cfg, root, out, progress),
-        "batch_recommendations": lambda: _batch(cfg, root, out, progress),
-        "publish": lambda: _publish(cfg, root, out, progress),
-    }
+    steps = _steps(cfg, root, out, progress, results)
     for i, step in enumerate(STEPS, 1):
         if step in state["done"]:
             continue
@@ -173,16 +171,16 @@ def _run(cfg: Config, root: str, resume: bool, progress) -> dict:
             continue
         progress(f"[{i}/{len(STEPS)}] {step} ...")
         try:
-            with Meter() as meter:
-                steps[step]()
+            if cfg.nightly.isolate_steps and step in ISOLATED:
+                _isolated(step, cfg, root, state, progress)
+            else:
+                with Meter() as meter:
+                    steps[step]()
+                _record(state, step, meter.use.to_dict())
         except Exception as exc:  # noqa: BLE001 - reported as one line naming the step
             state["failed"] = {"step": step, "error": f"{type(exc).__name__}: {exc}"[:2000]}
             _save(root, state)
             raise StepFailed(step, exc) from exc
-        state["durations"][step] = round(meter.use.seconds, 2)
-        state.setdefault("stages", {})[step] = meter.use.to_dict()
-        state["done"].append(step)
-        state.pop("failed", None)
         _save(root, state)
     try:
         _retain(cfg, root, out, progress)
@@ -196,6 +194,81 @@ def _run(cfg: Config, root: str, resume: bool, progress) -> dict:
     return summary
 
 
+# the steps that run in a process of their own when nightly.isolate_steps is on (publish is a rename)
+# (the gate runs in the evaluate step's process, which has the evaluations' per-user arrays in memory;
+# alone only when a run is resumed between the two)
+ISOLATED = ("build_dataset", "train", "evaluate", "gate", "index", "batch_recommendations")
+
+
+def _steps(cfg, root, out, progress, results: dict) -> dict:
+    """Step name -> a call running it here, on `out` (the run's outputs so far, updated in place)."""
+    return {
+        "build_dataset": lambda: _build_dataset(cfg, out, progress),
+        "train": lambda: _train(cfg, root, out, progress),
+        "evaluate": lambda: _evaluate(cfg, root, out, progress, results),
+        "gate": lambda: _gate(cfg, root, out, progress, results),
+        "index": lambda: _index(cfg, root, out, progress),
+        "batch_recommendations": lambda: _batch(cfg, root, out, progress),
+        "publish": lambda: _publish(cfg, root, out, progress),
+    }
+
+
+def _record(state: dict, step: str, use: dict, done: bool = True) -> None:
+    """What a step cost into the run's state (and the step as done)."""
+    state["durations"][step] = round(use["seconds"], 2)
+    state.setdefault("stages", {})[step] = use
+    if done:
+        state["done"].append(step)
+        state.pop("failed", None)
+
+
+def _in_child(names: tuple, cfg, root: str, out: dict, models: list | None, progress) -> tuple[dict, dict]:
+    """A child's work (`pipelines.isolated.call`): the named steps run in order, here; returns the
+    updated outputs and what each step cost. `models`: train only these (one model a process)."""
+    results: dict = {}
+    steps = _steps(cfg, root, out, progress, results)
+    if models is not None:
+        steps["train"] = lambda: _train(cfg, root, out, progress, only=models)
+    uses = {}
+    for name in names:
+        with Meter() as meter:
+            steps[name]()
+        uses[name] = meter.use.to_dict()
+    return out, uses
+
+
+def _isolated(step: str, cfg, root: str, state: dict, progress) -> None:
+    """Run `step` in processes of its own: train one per model (each saved in the state as it ends, so a
+    resume skips it), evaluate with the gate (which needs the evaluations' per-user arrays)."""
+    from pipelines import isolated
+    out = state["outputs"]
+    pids = state.setdefault("processes", {})
+    if step == "train":
+        total = {"seconds": 0.0, "cpu_seconds": 0.0, "peak_rss_mb": 0.0, "peak_is_own": True}
+        for name in cfg.nightly.models:
+            if name in out.get("candidates", {}):
+                continue   # resumed: this one finished before
+            (new, uses), _, pid = isolated.call(_in_child, (("train",), cfg, root, out, [name]), progress, f"train {name}")
+            out.update(new)
+            state.setdefault("stages", {})[f"train:{name}"] = uses["train"]
+            pids[f"train:{name}"] = pid
+            _save(root, state)
+        for name in cfg.nightly.models:
+            use = state.get("stages", {}).get(f"train:{name}")
+            if use:
+                total["seconds"] += use["seconds"]
+                total["cpu_seconds"] += use["cpu_seconds"]
+                total["peak_rss_mb"] = max(total["peak_rss_mb"], use["peak_rss_mb"])
+        _record(state, "train", {k: round(v, 2) if isinstance(v, float) else v for k, v in total.items()})
+        return
+    names = ("evaluate", "gate") if step == "evaluate" else (step,)
+    (new, uses), _, pid = isolated.call(_in_child, (names, cfg, root, out, None), progress, step)
+    out.update(new)
+    for name in names:
+        _record(state, name, uses[name])
+        pids[name] = pid
+
+
 def _build_dataset(cfg, out, progress):
     from pipelines import build_dataset
     ds = build_dataset.run(cfg, previous="latest", progress=progress)
@@ -203,7 +276,7 @@ def _build_dataset(cfg, out, progress):
     out["dataset_stats"] = {k: v for k, v in ds.stats.items() if k != "config"}
 
 
-def _train(cfg, root, out, progress):
+def _train(cfg, root, out, progress, only: list | None = None):
     from recsys import jobs
     if cfg.model.distribute == "multi_worker_mirrored":
         raise DataError("model.distribute=multi_worker_mirrored: the nightly runs its steps in one process; "
@@ -214,7 +287,7 @@ def _train(cfg, root, out, progress):
     out.setdefault("counts", {})["train_sets_seconds"] = round(time.time() - t0, 1)
     progress(f"  training sets (train, train + validation) read in {time.time() - t0:.1f}s")
     out.setdefault("candidates", {})
-    for name in cfg.nightly.models:
+    for name in (only if only is not None else cfg.nightly.models):
         if name in out["candidates"]:
             continue  # resumed: this one finished before
         out["candidates"][name] = jobs.train_version(cfg, name, out["dataset_id"], "auto", progress, ts=ts, full_ts=full)

@@ -478,6 +478,14 @@ class ModelConfig:
     uniform_negatives: int = 0
     margin: float = 0.0             # subtracted from the positive's cosine before the temperature
     use_item_features: bool = True
+    # a learned per-item bias added to the score (an extra column of the item vectors, 1 in the query
+    # vectors): popularity need not be squeezed into the directions of normalized vectors. Off: on the
+    # generated 3,000-user shop log it lowered validation recall@20 (two_tower 0.2661 -> 0.2505, mf
+    # 0.2510 -> 0.2224; benchmarks/shop_future.py --set model.item_bias=true, docs/RESULTS.md)
+    item_bias: bool = False
+    # two_tower: a user ID embedding beside the pooled history (without: validation recall@20 0.2661 ->
+    # 0.2367 on the generated 3,000-user shop log, where the history alone looks most like the rule)
+    use_user_id: bool = True
     use_user_features: bool = True  # two_tower: categorical user features from source.users_path, if any
     history_length: int = 20
     history_items: str = "own"      # two_tower history table: own | candidate (the item tower's, no gradient)
@@ -557,3 +565,7 @@ class NightlyConfig:
     batch_users_per_bundle: int = 2000
     keep_datasets: int = 6          # prune older datasets beyond this (never LATEST or a kept version's)
     lock_stale_hours: float = 12.0  # a nightly lock older than this is taken over (see pipelines/nightly.py)
+    # run each step (build, each model's training, evaluate + gate, index, batch) in a process of its
+    # own: what a step allocated goes back to the OS when it ends, so the run's peak memory is its
+    # largest step's, not their sum, and the nightly's own process never loads TensorFlow
+    isolate_steps: bool = True

@@ -422,6 +422,8 @@ def _load(root: str, version: str) -> LoadedVersion:
     d = version_dir(root, version)
     users, items = load_vocabs(root, version)
     model = MODELS[name]()
+    # what the query side needs to know of how the vectors were built (mf's fold-in skips the bias column)
+    model.config.item_bias = bool(((manifest.get("config") or {}).get("model") or {}).get("item_bias", False))
     model.popularity = Popularity(len(items), _load_npy(fsio.join(d, POPULARITY)))
     item_emb = user_emb = None
     if model.personalized:

@@ -109,7 +109,7 @@ def config_for(tmp, model: dict | None = None, nightly: dict | None = None, **mo
         "artifacts": {"root": str(tmp / "artifacts")},
         "model": {"dim": 16, "batch_size": 256, "epochs": 4, "learning_rate": 0.02, "history_length": 5,
                   **(model or {}), **model_kw},
-        "nightly": nightly or {},
+        "nightly": {"isolate_steps": False, **(nightly or {})},
     }, base_dir=str(tmp))
 
 

@@ -156,17 +156,37 @@ class ShopLog:
     _user_ids: np.ndarray = field(repr=False)
     _item_ids: np.ndarray = field(repr=False)
     _probs: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    _posterior: Callable[[np.ndarray, int, int], np.ndarray] | None = field(default=None, repr=False)
 
     def oracle(self, k: int) -> dict:
         """For each user with a future purchase, their top-k item ids by the true purchase
         probability at the cut (taste x popularity, plus the buy-again mass when `repeat` > 0)."""
+        return self._top(self._probs, k)
+
+    def best_from_history(self, k: int, samples: int = 4000, seed: int = 0) -> dict:
+        """For each user with a future purchase, their top-k by the posterior mean purchase probability
+        given their events before the cut, under the generator's own model (its popularity, brands,
+        category shares and priors known; only the user's tastes estimated, from their views and
+        purchases). This is the Bayes ceiling of any recommender that sees the same log: the oracle
+        knows the tastes, a model has to estimate them from a few dozen events.
+
+        Computed by importance sampling: per user, `samples` brand-weight vectors from a Dirichlet
+        centred on their counts, weighted by prior x likelihood / proposal (the prior is the
+        generator's mixture over main categories of scaled Dirichlets). Only for `repeat` = 0 and
+        without `same_item_funnel` (raises ValueError otherwise).
+        """
+        if self._posterior is None:
+            raise ValueError("best_from_history needs a log generated with repeat=0 and same_item_funnel=False")
+        return self._top(lambda chunk: self._posterior(chunk, samples, seed), k)
+
+    def _top(self, probs: Callable[[np.ndarray], np.ndarray], k: int) -> dict:
         users = pd.unique(self.future["user_id"])
         index = pd.Index(self._user_ids).get_indexer(users)
         out = {}
         k = min(k, len(self._item_ids))
         for start in range(0, len(index), 512):
             chunk = index[start:start + 512]
-            p = self._probs(chunk)
+            p = probs(chunk)
             top = np.argpartition(-p, k - 1, axis=1)[:, :k]
             top = np.take_along_axis(top, np.argsort(-np.take_along_axis(p, top, 1), axis=1, kind="stable"), 1)
             for u, row in zip(users[start:start + 512], top):
@@ -350,4 +370,67 @@ def shop_log(n_users: int, catalog: pd.DataFrame, *, seed: int = 0, days: int = 
             p = np.where(n > 0, repeat * bought / np.maximum(n, 1) + (1 - repeat) * p, p)
         return p
 
-    return ShopLog(events, future, log, cut_ts, user_ids, item_ids, probs)
+    posterior = None
+    if repeat == 0 and not same_item_funnel:
+        posterior = _brand_posterior(
+            views=np.bincount(v_user[v_t < cut_s] * n_brand + brand[v_item[v_t < cut_s]],
+                              minlength=n_users * n_brand).reshape(n_users, n_brand),
+            buys=np.bincount(p_user[past] * n_brand + brand[p_item[past]],
+                             minlength=n_users * n_brand).reshape(n_users, n_brand),
+            brand_cat=brand_cat, brand_mass=brand_mass, n_cat=n_cat, share=main_category_share,
+            concentration=brand_concentration, noise=browse_noise, item_brand=brand, item_in_brand=item_in_brand)
+    return ShopLog(events, future, log, cut_ts, user_ids, item_ids, probs, posterior)
+
+
+def _brand_posterior(views, buys, brand_cat, brand_mass, n_cat, share, concentration, noise, item_brand,
+                     item_in_brand):
+    """`shop_log`'s Bayes estimate: users -> [len(users), n_items] posterior mean purchase probability.
+
+    A user's tastes enter the log only through their brand weights w (P(brand b | user)): a purchase
+    falls in brand b with probability w_b, a view with (1 - noise) w_b + noise m_b (m_b: b's share of
+    popularity, a browsing view), and within a brand both pick by popularity, which carries no
+    information about the user. So the per-brand counts of views and purchases are sufficient. The
+    prior on w: main categories (one, or two with probability 1/2, uniform) fix a_b = category share x
+    brand mass, then w = a*g / sum(a*g) with g_b ~ Gamma(concentration): a scaled Dirichlet, whose
+    density is Gamma(sum alpha) / prod Gamma(alpha) * prod (w_b^(alpha-1) / a_b^alpha) /
+    (sum_b w_b / a_b)^(sum alpha).
+    """
+    from scipy.special import gammaln
+    n_brand = len(brand_mass)
+    m = brand_mass / brand_mass.sum()
+    rest = (1 - share) / max(n_cat - 1, 1)
+    configs, prior = [], []
+    for c in range(n_cat):
+        pc = np.full(n_cat, rest)
+        pc[c] = share
+        configs.append(pc)
+        prior.append(0.5 / n_cat + 0.5 / n_cat ** 2)
+        for d in range(c + 1, n_cat):
+            pc = np.full(n_cat, rest)
+            pc[[c, d]] = share / 2
+            configs.append(pc)
+            prior.append(0.5 * 2 / n_cat ** 2)
+    a = np.array(configs)[:, brand_cat] * brand_mass[None, :]          # [configs, brands]
+    log_prior_config = np.log(np.array(prior))
+    alpha = concentration
+    const = gammaln(alpha * n_brand) - n_brand * gammaln(alpha) - alpha * np.log(a).sum(1)   # [configs]
+
+    def posterior(users: np.ndarray, samples: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        out = np.zeros((len(users), n_brand))
+        for r, u in enumerate(users):
+            beta = alpha + buys[u] + (1 - noise) * views[u]
+            w = np.maximum(rng.dirichlet(beta, samples), 1e-300)                         # [S, B]
+            logw = np.log(w)
+            # prior: a mixture over the main-category configurations of scaled Dirichlets
+            lp = (const[None, :] + (alpha - 1) * logw.sum(1, keepdims=True)
+                  - alpha * n_brand * np.log(w @ (1.0 / a).T) + log_prior_config[None, :])   # [S, configs]
+            log_prior = np.logaddexp.reduce(lp, axis=1)
+            log_lik = logw @ buys[u] + np.log((1 - noise) * w + noise * m[None, :]) @ views[u]
+            log_q = gammaln(beta.sum()) - gammaln(beta).sum() + logw @ (beta - 1)
+            lw = log_prior + log_lik - log_q
+            weight = np.exp(lw - lw.max())
+            out[r] = weight @ w / weight.sum()
+        return out[:, item_brand] * item_in_brand[None, :]
+
+    return posterior

@@ -19,7 +19,7 @@ import numpy as np
 from recsys.models.base import FitReport, Model, WarmStart
 
 
-def fold_in(item_embeddings: np.ndarray, items: np.ndarray, reg: float = 0.1) -> np.ndarray:
+def fold_in(item_embeddings: np.ndarray, items: np.ndarray, reg: float = 0.1, bias_column: bool = False) -> np.ndarray:
     """Least-squares user vector u minimizing sum_i (1 - u.v_i)^2 + reg |u|^2 over the history items.
 
     This is ALS's user step with implicit positives of weight 1 (implicit's `recalculate_user`).
@@ -28,14 +28,22 @@ def fold_in(item_embeddings: np.ndarray, items: np.ndarray, reg: float = 0.1) ->
         item_embeddings: [n_items, d].
         items: item indices of the history (no -1).
         reg: the L2 regularization.
+        bias_column: the last column is the item bias (`model.item_bias`): u's last entry is fixed
+            at 1 and the rest minimizes sum_i (1 - b_i - u.v_i)^2 + reg |u|^2.
     Returns:
-        The vector [d] (zeros for an empty history).
+        The vector [d] (zeros for an empty history, but for the bias entry).
     """
+    d = item_embeddings.shape[1] - (1 if bias_column else 0)
+    out = np.zeros(item_embeddings.shape[1], dtype=np.float32)
+    if bias_column:
+        out[-1] = 1.0
     if len(items) == 0:
-        return np.zeros(item_embeddings.shape[1], dtype=np.float32)
-    V = item_embeddings[items].astype(np.float64)
-    A = V.T @ V + reg * np.eye(V.shape[1])
-    return np.linalg.solve(A, V.sum(0)).astype(np.float32)
+        return out
+    V = item_embeddings[items, :d].astype(np.float64)
+    target = 1.0 - (item_embeddings[items, -1].astype(np.float64) if bias_column else 0.0)
+    A = V.T @ V + reg * np.eye(d)
+    out[:d] = np.linalg.solve(A, V.T @ np.broadcast_to(target, (len(items),)))
+    return out
 
 
 def _query_module(tower, user_ids: np.ndarray, item_ids: np.ndarray, history_length: int):
@@ -136,10 +144,11 @@ class TwoTower(EmbeddingModel):
         """Query tower (user ID, user features, pooled history) and candidate tower (item ID, item features)."""
         from recsys.models.towers import CandidateTower, QueryTower
         mc = self.config
-        ct = CandidateTower(ts.n_items, mc.dim, ts.item_features if mc.use_item_features else None, mc.normalize)
+        ct = CandidateTower(ts.n_items, mc.dim, ts.item_features if mc.use_item_features else None, mc.normalize,
+                            item_bias=mc.item_bias)
         shared = ct.item_embedding if mc.history_items == "candidate" else None
-        qt = QueryTower(ts.n_users, ts.n_items, mc.dim, mc.normalize, candidate_items=shared,
-                        user_features=ts.user_features if mc.use_user_features else None)
+        qt = QueryTower(ts.n_users, ts.n_items, mc.dim, mc.normalize, use_user_id=mc.use_user_id, candidate_items=shared,
+                        user_features=ts.user_features if mc.use_user_features else None, bias_column=mc.item_bias)
         return qt, ct
 
     def user_vectors(self, user_idx, history):
@@ -168,7 +177,8 @@ class MF(EmbeddingModel):
         """A user ID table and an item ID table."""
         from recsys.models.towers import IdCandidateTower, IdQueryTower
         mc = self.config
-        return IdQueryTower(ts.n_users, mc.dim, mc.normalize), IdCandidateTower(ts.n_items, mc.dim, mc.normalize)
+        return (IdQueryTower(ts.n_users, mc.dim, mc.normalize, bias_column=mc.item_bias),
+                IdCandidateTower(ts.n_items, mc.dim, mc.normalize, item_bias=mc.item_bias))
 
     def user_vectors(self, user_idx, history=None):
         """The user's row of the user table (the history is not used)."""
@@ -182,5 +192,5 @@ class MF(EmbeddingModel):
         out = np.zeros((len(history), self.dim), dtype=np.float32)
         for r, h in enumerate(history):
             h = np.asarray(h)
-            out[r] = fold_in(self.item_embeddings, h[h >= 0].astype(np.int64))
+            out[r] = fold_in(self.item_embeddings, h[h >= 0].astype(np.int64), bias_column=self.config.item_bias)
         return out

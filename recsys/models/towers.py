@@ -23,6 +23,19 @@ def _with_unknown_row(m: np.ndarray) -> np.ndarray:
     return np.vstack([np.full((1,) + m.shape[1:], -1, m.dtype), m])
 
 
+def _finish(e, normalize: bool, bias=None):
+    """The tower's output: `e` (L2-normalized if `normalize`), then a bias column when the model has an
+    item bias (`model.item_bias`): the item's learned bias on the candidate side, 1 on the query side,
+    so q . c = cosine + bias and the index, the scorer and the service rank by it with no change."""
+    e = tf.math.l2_normalize(e, axis=-1) if normalize else e
+    return e if bias is None else tf.concat([e, tf.cast(bias, e.dtype)], axis=-1)
+
+
+def _item_bias(n_items: int):
+    """A learned per-item scalar (row 0: unknown items), zero at the start."""
+    return tf.keras.layers.Embedding(n_items + 1, 1, embeddings_initializer="zeros")
+
+
 def _masked_mean(emb, idx):
     mask = tf.cast(tf.expand_dims(idx >= 0, -1), emb.dtype)
     return tf.reduce_sum(emb * mask, axis=-2) / tf.maximum(tf.reduce_sum(mask, axis=-2), 1.0)
@@ -31,29 +44,34 @@ def _masked_mean(emb, idx):
 class IdQueryTower(tf.keras.Model):
     """MF query side: a user ID embedding (row 0 is the out-of-vocabulary bucket)."""
 
-    def __init__(self, n_users: int, dim: int, normalize: bool = True, init_scale: float = 0.1):
+    def __init__(self, n_users: int, dim: int, normalize: bool = True, init_scale: float = 0.1,
+                 bias_column: bool = False):
         super().__init__()
-        self.normalize = normalize
+        self.normalize, self.bias_column = normalize, bias_column
         self.user_embedding = tf.keras.layers.Embedding(
             n_users + 1, dim, embeddings_initializer=_init(init_scale))
 
     def call(self, inputs):
         e = self.user_embedding(_shift(inputs["user_idx"]))
-        return tf.math.l2_normalize(e, axis=-1) if self.normalize else e
+        return _finish(e, self.normalize, tf.ones_like(e[..., :1]) if self.bias_column else None)
 
 
 class IdCandidateTower(tf.keras.Model):
     """MF candidate side: an item ID embedding."""
 
-    def __init__(self, n_items: int, dim: int, normalize: bool = True, init_scale: float = 0.1):
+    def __init__(self, n_items: int, dim: int, normalize: bool = True, init_scale: float = 0.1,
+                 item_bias: bool = False):
         super().__init__()
         self.normalize = normalize
         self.item_embedding = tf.keras.layers.Embedding(
             n_items + 1, dim, embeddings_initializer=_init(init_scale))
+        if item_bias:
+            self.item_bias = _item_bias(n_items)
 
     def call(self, item_idx):
-        e = self.item_embedding(_shift(item_idx))
-        return tf.math.l2_normalize(e, axis=-1) if self.normalize else e
+        row = _shift(item_idx)
+        return _finish(self.item_embedding(row), self.normalize,
+                       self.item_bias(row) if hasattr(self, "item_bias") else None)
 
 
 class QueryTower(tf.keras.Model):
@@ -69,14 +87,16 @@ class QueryTower(tf.keras.Model):
     """
 
     def __init__(self, n_users: int, n_items: int, dim: int, normalize: bool = True, init_scale: float = 0.1,
-                 use_user_id: bool = True, candidate_items=None, user_features=None):
+                 use_user_id: bool = True, candidate_items=None, user_features=None, bias_column: bool = False):
         """`candidate_items`: the candidate tower's item Embedding layer to pool the history from, read
         without gradient (the candidate side trains it). None: the query tower owns a history table.
         `user_features` (trainset.UserFeatures): categorical tokens per known user, looked up by user
-        index like the item features (constants in the tower), mean-pooled and added."""
+        index like the item features (constants in the tower), mean-pooled and added.
+        `bias_column`: append a column of ones (the candidate tower has an item bias)."""
         super().__init__()
-        self.normalize, self.use_user_id = normalize, use_user_id
-        self.user_embedding = tf.keras.layers.Embedding(n_users + 1, dim, embeddings_initializer=_init(init_scale))
+        self.normalize, self.use_user_id, self.bias_column = normalize, use_user_id, bias_column
+        if use_user_id:
+            self.user_embedding = tf.keras.layers.Embedding(n_users + 1, dim, embeddings_initializer=_init(init_scale))
         self.has_user_features = user_features is not None
         if self.has_user_features:
             self.user_feature_values = tf.constant(_with_unknown_row(user_features.values))
@@ -99,7 +119,7 @@ class QueryTower(tf.keras.Model):
         if self.has_user_features:
             f = tf.gather(self.user_feature_values, _shift(inputs["user_idx"]))
             e = e + _masked_mean(self.user_feature_embedding(f + 1), f)
-        return tf.math.l2_normalize(e, axis=-1) if self.normalize else e
+        return _finish(e, self.normalize, tf.ones_like(e[..., :1]) if self.bias_column else None)
 
 
 class CandidateTower(tf.keras.Model):
@@ -109,10 +129,13 @@ class CandidateTower(tf.keras.Model):
     Items with few interactions get most of their embedding from shared features (cold items).
     """
 
-    def __init__(self, n_items: int, dim: int, features=None, normalize: bool = True, init_scale: float = 0.1):
+    def __init__(self, n_items: int, dim: int, features=None, normalize: bool = True, init_scale: float = 0.1,
+                 item_bias: bool = False):
         super().__init__()
         self.normalize = normalize
         self.item_embedding = tf.keras.layers.Embedding(n_items + 1, dim, embeddings_initializer=_init(init_scale))
+        if item_bias:
+            self.item_bias = _item_bias(n_items)
         self.has_features = features is not None
         if self.has_features:
             self.genres = tf.constant(_with_unknown_row(features.genres))
@@ -130,4 +153,4 @@ class CandidateTower(tf.keras.Model):
             t = tf.gather(self.tokens, row)
             e = (e + _masked_mean(self.genre_embedding(g + 1), g) + _masked_mean(self.token_embedding(t + 1), t)
                  + self.year_embedding(tf.gather(self.year, row)))
-        return tf.math.l2_normalize(e, axis=-1) if self.normalize else e
+        return _finish(e, self.normalize, self.item_bias(row) if hasattr(self, "item_bias") else None)

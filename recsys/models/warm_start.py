@@ -13,8 +13,8 @@ import pandas as pd
 from recsys.models.base import WarmStart
 
 LAYERS = ("user_embedding", "history_embedding", "item_embedding", "genre_embedding", "token_embedding",
-          "year_embedding", "user_feature_embedding")
-_ROWS_BY = {"user_embedding": "user", "history_embedding": "item", "item_embedding": "item",
+          "year_embedding", "user_feature_embedding", "item_bias")
+_ROWS_BY = {"user_embedding": "user", "history_embedding": "item", "item_embedding": "item", "item_bias": "item",
             "genre_embedding": "genre", "token_embedding": "token", "user_feature_embedding": "user_feature"}
 
 

@@ -191,3 +191,73 @@ def test_batch_recommend_verb_writes_the_published_versions_recommendations(work
     assert cli.main(["batch-recommend", "published", "-k", "3", "--config", path]) == 0
     recs = batch_recommend.read(cfg.resolve(cfg.artifacts.root), published)
     assert len(recs) and recs.groupby("user_id").size().max() == 3
+
+
+ISOLATION_SCRIPT = r"""
+import json, os, sys
+from pathlib import Path
+from recsys.config import from_dict
+from recsys.data.synthetic import clustered_interactions, clustered_items
+from pipelines import nightly
+tmp = Path(sys.argv[1])
+clustered_interactions(n_users=150, n_items=120, n_clusters=4, per_user=20, seed=5).to_csv(tmp / "events.csv", index=False)
+clustered_items(120, 4).to_csv(tmp / "items.csv", index=False)
+# (not tests.conftest: it imports Beam and TensorFlow into this process)
+cfg = from_dict({"source": {"path": str(tmp / "events.csv"), "format": "csv", "items_path": str(tmp / "items.csv"), "items_format": "csv",
+                            "columns": {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "value": "rating"},
+                            "item_columns": {"item": "item_id", "title": "title", "genres": "genres"}},
+                 "split": {"strategy": "leave_last_n", "leave_last_n": 2}, "artifacts": {"root": str(tmp / "artifacts")},
+                 "model": {"dim": 16, "batch_size": 256, "epochs": 3},
+                 "nightly": {"models": ["mf", "popularity"], "isolate_steps": True, "batch_top_n": 10}},
+                base_dir=str(tmp))
+summary = nightly.run(cfg, progress=lambda line: None)
+state = json.load(open(tmp / "artifacts" / "runs" / summary["run_id"] / "state.json"))
+print(json.dumps({"parent": os.getpid(), "processes": state["processes"], "stages": state["stages"],
+                  "published": summary["published"],
+                  "heavy": sorted(m for m in ("tensorflow", "apache_beam", "scann") if m in sys.modules)}))
+"""
+
+
+def test_isolated_steps_run_in_their_own_processes_and_the_parent_never_loads_tensorflow(tmp_path):
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-c", ISOLATION_SCRIPT, str(tmp_path)], cwd=repo, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    pids = report["processes"]
+    assert set(pids) == {"build_dataset", "train:mf", "train:popularity", "evaluate", "gate", "index",
+                         "batch_recommendations"}
+    assert pids["evaluate"] == pids["gate"]           # the gate reads the evaluations in memory
+    distinct = {p for k, p in pids.items() if k != "gate"}
+    assert len(distinct) == 6 and report["parent"] not in distinct
+    assert report["heavy"] == []                        # no TensorFlow, Beam or ScaNN in the parent
+    assert report["published"]
+    # each step's cost is measured in its own process, and train's is the models' (max of their peaks)
+    stages = report["stages"]
+    assert stages["train"]["peak_rss_mb"] == max(stages["train:mf"]["peak_rss_mb"],
+                                                 stages["train:popularity"]["peak_rss_mb"])
+
+
+def test_a_step_process_killed_mid_way_fails_the_step_and_the_run_resumes(workdir):
+    import multiprocessing
+    import signal
+    cfg = make_cfg(workdir, isolate_steps=True)
+    root = cfg.resolve(cfg.artifacts.root)
+    killed = []
+
+    def kill_the_training(line: str):
+        # the first line the train step's process prints: kill it like the out-of-memory killer would
+        if "training sets" in line and not killed:
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGKILL)
+                killed.append(child.pid)
+    with pytest.raises(nightly.StepFailed, match="step train failed: ChildDied: .*killed by signal 9"):
+        nightly.run(cfg, progress=kill_the_training)
+    assert killed and registry.current_version(root) is None
+    state = nightly.last_unfinished_run(root)
+    assert state["failed"]["step"] == "train" and "build_dataset" in state["done"]
+    summary = nightly.run(cfg, resume=True, progress=quiet)
+    assert summary["published"] == registry.current_version(root)
+    assert set(summary["steps"]) == set(nightly.STEPS)
