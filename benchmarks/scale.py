@@ -3,15 +3,21 @@
     .venv/bin/python benchmarks/scale.py --events 47000 --users 3000 --items 2400          # a minute
     .venv/bin/python benchmarks/scale.py --events 10000000 --users 1000000 --items 200000 --json scale-10m.json
 
-1. Generates the log with `recsys.data.synthetic` (users with lognormal activity and one or two
-   preferred categories, Zipf item popularity within categories, a favourite brand, view -> cart ->
-   purchase funnels over four months, native Parquet timestamps) and a catalog CSV (category, brand,
-   price, tags, description), in chunks of users so generation memory stays flat.
+1. Generates the log with `recsys.data.synthetic.shop_log` (users with lognormal activity, one or two
+   preferred categories and brand affinities, Zipf item popularity within categories, sessions of
+   views, carts and purchases; a purchase is drawn from the user's taste, not from the session's views,
+   so the held-out sessions are not already in the history) and a catalog CSV (category, brand, price,
+   tags, description), in chunks of users that share the item popularity, so generation memory stays
+   flat. The sessions per user are set so the log before the cut has about `--events` events.
 2. `recsys init` on those files, as a new team would (the config is used as written).
 3. `recsys nightly --json` in a child process: build_dataset, train (every model of nightly.models),
-   evaluate, gate, index, batch_recommendations, publish. The nightly records each step's wall seconds,
-   CPU seconds and peak resident memory (`recsys.progress.Meter`); this script adds the child's own
-   peak RSS (wait4), the evaluation and batch rates in users/s, and prints a table.
+   evaluate, gate, index, batch_recommendations, publish, each step in a process of its own
+   (`nightly.isolate_steps`). The nightly records each step's wall seconds, CPU seconds and its own
+   peak resident memory (`recsys.progress.Meter`, in the step's process); this script adds the whole
+   run's peak RSS (wait4: the largest of the nightly's processes), rows/s of the build, users/s of
+   evaluation and batch, and per model its training time, share of the run and examples/s.
+   The quality printed is the protocol `recsys init` writes (`last_session`: each user's last session
+   held out, its purchases the targets).
 
 The reference for "how fast should this be" is the stage itself at another size (rates should stay
 flat as the log grows) and the probe figures in docs/RESULTS.md. Say the machine's load beside any
@@ -31,30 +37,36 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recsys.data.synthetic import shop_catalog, shop_events  # noqa: E402
+from recsys.data.synthetic import shop_catalog, shop_log  # noqa: E402
 
 RECSYS = os.path.join(os.path.dirname(sys.executable), "recsys")
 STAGES = ("build_dataset", "train", "evaluate", "gate", "index", "batch_recommendations", "publish")
 
 
-def generate(out: str, n_events: int, n_users: int, n_items: int, seed: int, chunk_users: int = 200_000) -> dict:
-    """events.parquet and catalog.csv under `out`; returns what was written."""
+# events before the cut per user and session: 4 views, 0.8 carts, 0.4 purchases, 85% of the days
+EVENTS_PER_SESSION = 5.2 * 0.85
+
+
+def generate(out: str, n_events: int, n_users: int, n_items: int, seed: int, chunk_users: int = 100_000) -> dict:
+    """events.parquet (the log before the cut) and catalog.csv under `out`; returns what was written."""
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
     catalog = shop_catalog(n_items, seed=seed)
     catalog.to_csv(os.path.join(out, "catalog.csv"), index=False)
     path = os.path.join(out, "events.parquet")
+    sessions = max(n_events / n_users / EVENTS_PER_SESSION, 1.0)
     writer, written = None, 0
     for i, first in enumerate(range(0, n_users, chunk_users)):
         users = min(chunk_users, n_users - first)
-        events = shop_events(int(round(n_events * users / n_users)), users, catalog, seed=seed + i, first_user=first)
+        events = shop_log(users, catalog, seed=seed, users_seed=i, first_user=first,
+                          sessions_per_user_mean=sessions).events
         table = pa.Table.from_pandas(events, preserve_index=False)
         writer = writer or pq.ParquetWriter(path, table.schema, compression="zstd")
         writer.write_table(table, row_group_size=1_000_000)
         written += len(events)
     writer.close()
     return {"events": written, "users": n_users, "items": n_items, "seconds": round(time.perf_counter() - t0, 1),
-            "bytes": os.path.getsize(path)}
+            "bytes": os.path.getsize(path), "sessions_per_user": round(sessions, 2)}
 
 
 def run_child(argv: list[str], log_path: str) -> tuple[int, float, float, str]:
@@ -114,18 +126,39 @@ def main() -> int:
         if stage in stages and counts.get(key):
             stages[stage]["users_per_second"] = round(counts[key] / max(stages[stage]["seconds"], 1e-9), 1)
     ds = summary.get("dataset_stats") or {}
+    if "build_dataset" in stages and ds.get("rows_read"):
+        stages["build_dataset"]["rows_per_second"] = round(ds["rows_read"] / max(stages["build_dataset"]["seconds"], 1e-9))
+    models = {}
+    root = os.path.join(work, "artifacts")
+    for name, c in (summary.get("candidates") or {}).items():
+        if name in ("production", "popularity_baseline") or not c.get("version"):
+            continue
+        manifest = json.load(open(os.path.join(root, "models", c["version"], "manifest.json")))
+        t = manifest.get("training") or {}
+        use = stages.get(f"train:{name}") or {}
+        models[name] = {"train_seconds": use.get("seconds"), "peak_rss_mb": use.get("peak_rss_mb"),
+                        "share_of_run": round(use.get("seconds", 0) / wall, 3) if use else None,
+                        "examples_per_second": t.get("examples_per_second"),
+                        "epochs": len(t["epochs"]) if isinstance(t.get("epochs"), list) else t.get("epochs"),
+                        "best_epoch": t.get("best_epoch")}
     result = {"events": gen["events"], "users": gen["users"], "items": gen["items"],
               "train_interactions": ds.get("splits", {}).get("train", {}).get("interactions"),
               "init_seconds": round(init_s, 1), "total_seconds": round(wall, 1), "peak_rss_mb": round(peak, 1),
-              "stages": stages, "counts": counts, "published": summary.get("published"),
+              "stages": stages, "counts": counts, "models": models, "published": summary.get("published"),
               "metrics": {k: v["metrics"] for k, v in (summary.get("candidates") or {}).items()}}
     print(f"init {init_s:.1f}s; nightly {wall:.1f}s, peak RSS {peak:,.0f} MB")
     print(f"{'stage':<22} {'wall s':>8} {'cpu s':>8} {'peak MB':>9}  rate")
     for stage in STAGES:
         if stage in stages:
             s = stages[stage]
-            rate = f"{s['users_per_second']:,.0f} users/s" if "users_per_second" in s else ""
+            rate = (f"{s['users_per_second']:,.0f} users/s" if "users_per_second" in s
+                    else f"{s['rows_per_second']:,.0f} rows/s" if "rows_per_second" in s else "")
             print(f"{stage:<22} {s['seconds']:>8.1f} {s['cpu_seconds']:>8.1f} {s['peak_rss_mb']:>9,.0f}  {rate}")
+    print(f"{'model':<22} {'train s':>8} {'share':>8} {'peak MB':>9}  examples/s  epochs (best)")
+    for name, m in models.items():
+        share = f"{100 * m['share_of_run']:.0f}%" if m["share_of_run"] is not None else ""
+        print(f"{name:<22} {m['train_seconds'] or 0:>8.1f} {share:>8} {m['peak_rss_mb'] or 0:>9,.0f}  "
+              f"{m['examples_per_second'] or '':>10}  {m['epochs'] or ''} ({m['best_epoch'] or ''})")
     for name, m in result["metrics"].items():
         print(f"  {name:<20} recall@20 {m.get('recall@20', float('nan')):.4f}  ndcg@20 {m.get('ndcg@20', float('nan')):.4f}")
     print(f"published: {result['published']}")

@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/warm_start.py                         # 300k events, two models
     .venv/bin/python benchmarks/warm_start.py --events 1000000 --users 100000 --items 20000
 
-Day 1: a generated shop log (recsys.data.synthetic, as benchmarks/scale.py); build the dataset and
-train each model cold with early stopping (`refit: false`, so the version has seen only day 1's train
-split). Day 2: the same log plus `--new` (3%) more events from the same users over the next three days;
+Day 1: a generated shop log (`recsys.data.synthetic.shop_log`, as benchmarks/scale.py: purchases drawn
+from taste, not from the session's views) up to a date; build the dataset and train each model cold
+with early stopping (`refit: false`, so the version has seen only day 1's train split). Day 2: the same
+log up to the date at which it has `--new` (3%) more events (the same users' next sessions);
 build the dataset again (same vocabulary, new IDs appended) and train each model twice with early
 stopping on day 2's validation split: cold, and warm-started from day 1's version. Printed per model:
 the validation recall@20 after every epoch of both, the best epoch and its recall, and the first warm
@@ -42,14 +43,17 @@ def main() -> int:
     from pipelines import build_dataset
     from recsys import jobs, version
     from recsys.config import load_config
-    from recsys.data.synthetic import shop_catalog, shop_events
+    from recsys.data.synthetic import shop_catalog, shop_log
     from recsys.init_config import infer, write
     work = tempfile.mkdtemp(prefix="recsys-warm-")
     catalog = shop_catalog(args.items)
     catalog.to_csv(os.path.join(work, "catalog.csv"), index=False)
-    day1 = shop_events(args.events, args.users, catalog, seed=0)
-    # overnight: the same users' next picks over three more days (lognormal activity again)
-    extra = shop_events(int(args.events * args.new), args.users, catalog, seed=1, days=3, start="2026-05-01")
+    # events before the cut per user and session: 4 views, 0.8 carts, 0.4 purchases, 85% of the days
+    log = shop_log(args.users, catalog, seed=0, sessions_per_user_mean=max(args.events / args.users / (5.2 * 0.85), 1.0))
+    day1 = log.events
+    # overnight: the same users' next sessions, up to the time the log has grown by --new
+    after = log.log[log.log["timestamp"] >= log.cut].sort_values("timestamp", kind="stable")
+    extra = after.iloc[:int(len(day1) * args.new)]
     day2 = pd.concat([day1, extra], ignore_index=True)
     os.makedirs(os.path.join(work, "d1"))
     os.makedirs(os.path.join(work, "d2"))

@@ -207,7 +207,7 @@ def shop_log(n_users: int, catalog: pd.DataFrame, *, seed: int = 0, days: int = 
              purchase_rate: float = 0.4, browse_noise: float = 0.5, main_category_share: float = 0.8,
              brand_concentration: float = 0.5, zipf: float = 0.8, repeat: float = 0.0,
              same_item_funnel: bool = False, cut: str | pd.Timestamp | None = None,
-             start: str = "2026-01-01") -> ShopLog:
+             start: str = "2026-01-01", users_seed: int | None = None, first_user: int = 0) -> ShopLog:
     """A session-based shop log (view / cart / purchase) whose future is not already in its history.
 
     Generative rules:
@@ -235,7 +235,10 @@ def shop_log(n_users: int, catalog: pd.DataFrame, *, seed: int = 0, days: int = 
       through taste, popularity and repeats. `ShopLog.oracle(k)` ranks by the true probability at
       the cut (base p_u mixed with the user's purchases before the cut when `repeat` > 0).
 
-    User ids are "c0", "c1", ...; item ids come from `catalog` (e.g. `shop_catalog`).
+    User ids are "c0", "c1", ... (from "c<first_user>"); item ids come from `catalog` (e.g. `shop_catalog`).
+    A large log is generated in chunks of users that share the catalog's popularity: the same `seed`
+    (popularity), a different `users_seed` (tastes and activity; None: drawn on from `seed`) and
+    `first_user` per chunk.
     """
     rng = np.random.default_rng(seed)
     item_ids = catalog["item_id"].to_numpy()
@@ -263,6 +266,8 @@ def shop_log(n_users: int, catalog: pd.DataFrame, *, seed: int = 0, days: int = 
     brand_mass = b_hi - b_lo
 
     # user tastes
+    if users_seed is not None:
+        rng = np.random.default_rng([seed, users_seed])
     main = rng.integers(0, n_cat, (n_users, 2))
     two = rng.random(n_users) < 0.5
     rest = (1 - main_category_share) / max(n_cat - 1, 1)
@@ -344,7 +349,7 @@ def shop_log(n_users: int, catalog: pd.DataFrame, *, seed: int = 0, days: int = 
     t0 = np.datetime64(start, "s").astype(np.int64)
     ts = t0 + np.concatenate([x[3] for x in parts])
     o = np.lexsort((et, ts, u))
-    user_ids = np.char.add("c", np.arange(n_users).astype(str)).astype(object)
+    user_ids = np.char.add("c", np.arange(first_user, first_user + n_users).astype(str)).astype(object)
     log = pd.DataFrame({"user_id": user_ids[u[o]], "item_id": item_ids[it[o]],
                         "event_type": np.asarray(FUNNEL, dtype=object)[et[o]],
                         "timestamp": ts[o].astype("datetime64[s]")})

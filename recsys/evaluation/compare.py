@@ -169,8 +169,11 @@ def segments(res_a: EvaluationResult, res_b: EvaluationResult, k: int, primary: 
     es = res_b.eval_set
     users = ev_b.users
     counts = res_b.train_item_counts
-    # activity: the user's seen (train [+ validation]) interactions, cut at tertiles
-    activity = np.asarray(es.exclude[users].sum(1)).ravel()
+    # activity: the user's known items, cut at tertiles. The excluded items count them under
+    # `exclusion: seen`; under bought / none they are purchases or nothing, so the query history (up to
+    # its length) counts too, whatever the exclusion rule
+    activity = np.maximum(np.asarray(es.exclude[users].sum(1)).ravel(),
+                          (np.asarray(es.history)[users] >= 0).sum(1) if len(users) else 0)
     out = []
     a_vals, b_vals = ev_a.per_user[primary], ev_b.per_user[primary]
     if len(users):

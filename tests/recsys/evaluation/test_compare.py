@@ -117,3 +117,26 @@ def test_the_gate_holds_a_candidate_that_loses_a_guarded_slice(served):
     assert all(s["candidate"] < 0.8 * s["production"] for s in held.slices)
     free = compare.gate(*args, gate_config=GateConfig(max_slice_loss=0.0))
     assert free.publish and free.slices == []
+
+
+def test_activity_segments_count_the_history_when_nothing_is_excluded():
+    """Under `exclusion: none` the excluded items are empty; light / heavy users are still told apart
+    by what they did (the query history), not by row order."""
+    from types import SimpleNamespace
+    import numpy as np
+    import scipy.sparse as sp
+    n, n_items = 30, 10
+    history = np.full((n, 20), -1)
+    for u in range(n):
+        history[u, :20 - (u // 10) * 9] = u % n_items     # users 0-9: 20 items, 10-19: 11, 20-29: 2
+    relevant = sp.csr_matrix((np.ones(n), (np.arange(n), np.arange(n) % n_items)), shape=(n, n_items))
+    es = SimpleNamespace(exclude=sp.csr_matrix((n, n_items)), history=history, relevant=relevant,
+                         user_idx=np.arange(n))
+    topk = np.tile(np.arange(n_items), (n, 1))
+
+    def result(per_user):
+        ev = SimpleNamespace(users=np.arange(n), per_user={"recall@20": per_user}, topk=topk)
+        return SimpleNamespace(evaluation=ev, eval_set=es, train_item_counts=np.ones(n_items))
+    heavy_better = (np.arange(n) < 10).astype(float)
+    segs = {s.name: s for s in compare.segments(result(np.zeros(n)), result(heavy_better), 20, "recall@20")}
+    assert segs["heavy users"].delta == 1.0 and segs["light users"].delta == 0.0
