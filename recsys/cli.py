@@ -1,5 +1,8 @@
 """The `recsys` command line. Errors a user can cause print one line and exit 2; no tracebacks.
 
+A reader that closes the pipe early (`recsys versions --json | head`) ends the command quietly with
+exit code 141, what a tool killed by SIGPIPE reports.
+
 This module parses arguments and calls `recsys` functions. Commands import their implementation
 lazily, so `recsys --help` stays fast. The Beam jobs (`pipelines/`) and the HTTP service (`serving/`)
 depend on `recsys`, not the reverse: `_outside` is the one door through which recsys reaches them.
@@ -339,6 +342,16 @@ _port = _int_in(1, 65535, "a TCP port (1-65535)")
 _positive = _int_in(1, float("inf"), "a positive integer")
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in --help, but not "(default: None)" nor a second default after one the help states."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or "(default:" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every `recsys` command."""
     from recsys import __version__
@@ -351,7 +364,7 @@ def parser() -> argparse.ArgumentParser:
                         help="show library logs (TensorFlow, Beam) and tracebacks")
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _Defaults
     versions_help = ("a version id, or an alias: published (what CURRENT names), latest (the newest), "
                      "latest:<model> (the newest of one model)")
 
@@ -470,6 +483,11 @@ def main(argv=None) -> int:
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # the reader went away (`recsys versions --json | head`): stop quietly, like a tool killed by
+        # SIGPIPE; stdout goes to /dev/null so the interpreter's final flush cannot complain again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except RecsysError as exc:
         if args.verbose:
             raise

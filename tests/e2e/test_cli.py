@@ -166,3 +166,28 @@ def test_inspect_reports_neighbour_agreement_against_random_and_writes_the_map(s
     assert body["attribute"] == "genres" and body["neighbour_agreement"] > 2 * body["random_agreement"]
     code, out, _ = run(["inspect", "latest:popularity", "--config", served_config], capsys)
     assert code != 0 and "no item embeddings" in out + _
+
+
+def test_a_reader_that_goes_away_is_quiet(served, tmp_path):
+    """`recsys versions --json | head -1`: the reader closes the pipe; no "error: Broken pipe", exit 141
+    (what a tool killed by SIGPIPE reports)."""
+    import subprocess
+    import sys
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"artifacts:\n  root: {served['root']}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "recsys.cli", "versions", "--json", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()            # gone before the command writes a byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert err.strip() == "", err
+
+
+def test_help_states_each_default_once_and_never_none(capsys):
+    import re
+    for verb in ("build-dataset", "init", "evaluate", "compare", "batch-recommend"):
+        with pytest.raises(SystemExit):
+            cli.main([verb, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: None)" not in text, verb
+        assert not re.search(r"\(default: [^()]*\) \(default:", text), verb     # "(default: x) (default: y)"
