@@ -268,3 +268,16 @@ def test_the_api_docs_load_without_internet(client):
         src = page.text.split(asset)[0].rsplit('"', 1)[1] + asset
         assert client.get(src).status_code == 200, src
     assert client.get("/redoc").status_code == 200
+
+
+def test_ids_given_as_json_integers_are_the_same_ids_as_strings(client):
+    """`{"user_id": 17}` is the user "17" (a 422 before); booleans and floats are not IDs."""
+    for body in ({"user_id": 17, "k": 5}, {"history": [3, 4], "k": 5}):
+        as_text = {k: (str(v) if k == "user_id" else [str(x) for x in v]) if k != "k" else v for k, v in body.items()}
+        a, b = client.post("/v1/recommendations", json=body), client.post("/v1/recommendations", json=as_text)
+        assert a.status_code == 200, a.text
+        assert a.json()["items"] == b.json()["items"]
+    for bad in ({"user_id": True}, {"user_id": 1.5}, {"history": [False]}):
+        assert client.post("/v1/recommendations", json=bad).status_code == 422
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["HistoryRequest"]["properties"]
+    assert {"type": "integer"} in schema["user_id"]["anyOf"][0].get("anyOf", schema["user_id"]["anyOf"])
