@@ -5,8 +5,8 @@
     engine.recommend_for_history(["1", "50"], k=10)    # fresh history at request time
     engine.similar_items("1", k=10)
 
-Every answer carries the model version, the scores and its `source` (personalized, history or
-popularity_fallback).
+Every answer carries the model version, the scores and its `source` (personalized, history,
+popularity_fallback, or popularity: the answer of a model that is not personalized, not a fallback).
 """
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ ECHO_CHARS = 64
 _NO_GENRES = frozenset()
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 _NO_HISTORY = np.zeros((1, 0), dtype=np.int64)
-_SOURCE_ROWS = {s: np.array([s], dtype=object) for s in (ranking.PERSONALIZED, ranking.HISTORY, ranking.POPULARITY)}
+_SOURCE_ROWS = {s: np.array([s], dtype=object) for s in (ranking.PERSONALIZED, ranking.HISTORY, ranking.POPULARITY,
+                                                           ranking.MODEL_POPULARITY)}
 _POPULAR, _PERSONAL = _SOURCE_ROWS[ranking.POPULARITY], _SOURCE_ROWS[ranking.PERSONALIZED]
 
 

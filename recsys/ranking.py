@@ -21,8 +21,11 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-# Where a query vector came from; every answer and every evaluated user carries one.
+# Where a query vector came from; every answer and every evaluated user carries one. POPULARITY is a
+# fallback (a personalized model with nothing to go on); MODEL_POPULARITY is the answer of a model that
+# is not personalized (popularity, repeat): its own answer, not a fallback.
 PERSONALIZED, HISTORY, POPULARITY = "personalized", "history", "popularity_fallback"
+MODEL_POPULARITY = "popularity"
 
 # score matrices at least this wide go through TensorFlow's top_k when a block is large enough
 _TF_TOP_K_FROM = 4096
@@ -117,14 +120,14 @@ def fetch_sizes(n_items: int, k, n_blocked) -> np.ndarray:
 def query_source(personalized: bool, known: bool, has_history: bool, fresh: bool) -> str:
     """Where one row's query vector comes from: the rule, written once.
 
-    - a model that is not personalized: popularity for everyone -> POPULARITY;
+    - a model that is not personalized: its own ranking for everyone -> MODEL_POPULARITY;
     - a fresh history (items given at request time), or a user the model does not know with a history
       of items it knows: the model's history vector -> HISTORY;
     - a user the model knows: their vector -> PERSONALIZED;
     - anyone else: popularity -> POPULARITY.
     """
     if not personalized:
-        return POPULARITY
+        return MODEL_POPULARITY
     if has_history and (fresh or not known):
         return HISTORY
     return PERSONALIZED if known else POPULARITY
@@ -155,7 +158,7 @@ def query_vectors(model, user_idx: np.ndarray, history: np.ndarray, fresh: np.nd
     user_idx = np.asarray(user_idx, dtype=np.int64)
     n = len(user_idx)
     if not model.personalized:
-        return None, np.full(n, POPULARITY, dtype=object)
+        return None, np.full(n, MODEL_POPULARITY, dtype=object)
     known = user_idx >= 0
     has_hist = (history >= 0).any(1) if history.size else np.zeros(n, dtype=bool)
     code = known * 4 + has_hist * 2 + (0 if fresh is None else np.asarray(fresh, dtype=bool))

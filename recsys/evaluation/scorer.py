@@ -5,7 +5,8 @@ the nightly gate on saved versions, so the epoch training picks is chosen by the
 reported. The rule, per evaluated user, with the history known at the split's cut:
 - a user the model knows: `model.user_vectors(user, history)`                 -> "personalized";
 - a user it does not know, with a history of items it knows: `history_vectors` -> "history";
-- anyone else, and every user of a model that is not personalized: popularity -> "popularity_fallback".
+- anyone else: popularity -> "popularity_fallback";
+- every user of a model that is not personalized (popularity, repeat): its own ranking -> "popularity".
 
 The model and the dataset need not share vocabularies (the nightly gate scores yesterday's
 production version on today's split): users and items are matched by ID string, and catalog items

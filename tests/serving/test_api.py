@@ -281,3 +281,24 @@ def test_ids_given_as_json_integers_are_the_same_ids_as_strings(client):
         assert client.post("/v1/recommendations", json=bad).status_code == 422
     schema = client.get("/openapi.json").json()["components"]["schemas"]["HistoryRequest"]["properties"]
     assert {"type": "integer"} in schema["user_id"]["anyOf"][0].get("anyOf", schema["user_id"]["anyOf"])
+
+
+def test_a_published_popularity_model_answers_as_itself_not_as_a_fallback(served):
+    """A rule that is not personalized (popularity) is the model's answer: source "popularity", and
+    recsys_fallbacks_total does not count it; mf's unknown user is still a fallback."""
+    import re
+
+    def fallbacks(c):
+        return sum(float(v) for v in re.findall(r'^recsys_fallbacks_total\{[^}]*\} ([0-9.e+]+)$',
+                                                c.get("/metrics").text, re.M))
+    with TestClient(create_app(Settings(root=served["root"], poll_seconds=0,
+                                        version=served["versions"]["popularity"]))) as c:
+        before = fallbacks(c)
+        body = c.get(f"/v1/users/{known_user(served)}/recommendations?k=5").json()
+        assert body["source"] == "popularity" and len(body["items"]) == 5
+        assert c.post("/v1/recommendations", json={"user_id": "nobody", "k": 3}).json()["source"] == "popularity"
+        assert fallbacks(c) == before
+    with TestClient(create_app(Settings(root=served["root"], poll_seconds=0, version=served["versions"]["mf"]))) as c:
+        before = fallbacks(c)
+        assert c.get("/v1/users/nobody/recommendations?k=3").json()["source"] == "popularity_fallback"
+        assert fallbacks(c) == before + 1
