@@ -131,8 +131,12 @@ def _locked(root: str, cfg: Config, progress):
             pass
 
 
-def run(cfg: Config, resume: bool = False, progress=print) -> dict:
-    """Run (or resume) the nightly job under the nightly lock; returns the summary.
+def run(cfg: Config, resume: bool = False, progress=print, publish: bool = True) -> dict:
+    """Run (or resume) the nightly job under the nightly lock; returns the summary (`SUMMARY_SCHEMA`).
+
+    `publish=False` (`recsys nightly --no-publish`): everything up to the gate's decision, the index
+    and the batch recommendations of the candidate it would publish, but CURRENT is left alone (the
+    summary says `would_publish`); `recsys publish <version>` can publish it later.
 
     Raises:
         StepFailed: naming the step that failed.
@@ -141,10 +145,10 @@ def run(cfg: Config, resume: bool = False, progress=print) -> dict:
     models.check_names(cfg.nightly.models)   # before the lock and the dataset: a typo costs nothing
     root = cfg.resolve(cfg.artifacts.root)
     with _locked(root, cfg, progress):
-        return _run(cfg, root, resume, progress)
+        return _run(cfg, root, resume, progress, publish)
 
 
-def _run(cfg: Config, root: str, resume: bool, progress) -> dict:
+def _run(cfg: Config, root: str, resume: bool, progress, publish: bool = True) -> dict:
     state = last_unfinished_run(root) if resume else None
     if resume and state is None:
         raise DataError("nightly --resume: no unfinished run to resume")
@@ -167,6 +171,13 @@ def _run(cfg: Config, root: str, resume: bool, progress) -> dict:
         if step in ("index", "batch_recommendations", "publish") and not out.get("gate", {}).get("publish"):
             state["done"].append(step)
             progress(f"[{i}/{len(STEPS)}] {step}: skipped (gate kept production)")
+            _save(root, state)
+            continue
+        if step == "publish" and not publish:
+            out["would_publish"] = out["gate"]["candidate"]
+            state["done"].append(step)
+            progress(f"[{i}/{len(STEPS)}] publish: skipped (--no-publish); `recsys publish "
+                     f"{out['gate']['candidate']}` would publish what the gate chose")
             _save(root, state)
             continue
         progress(f"[{i}/{len(STEPS)}] {step} ...")
@@ -363,11 +374,25 @@ def _retain(cfg, root, out, progress):
                  f"{len(out['removed_leftovers'])} leftover temporary folder(s)")
 
 
+# `recsys nightly --json` prints the summary; its keys and their meaning are docs/OPERATIONS.md's, and a
+# change that removes or retypes a key raises the version (tests/e2e/test_nightly.py checks the shape)
+SUMMARY_SCHEMA = "recsys.nightly.summary/1"
+
+
+def outcome(summary: dict) -> str:
+    """published | kept (the gate kept production) | not_published (--no-publish)."""
+    if summary.get("published"):
+        return "published"
+    return "not_published" if summary.get("would_publish") else "kept"
+
+
 def _summary(root: str, state: dict) -> dict:
     out = state["outputs"]
-    return {"run_id": state["run_id"], "steps": state["done"], "durations": state["durations"],
+    summary = {"schema": SUMMARY_SCHEMA, "run_id": state["run_id"], "steps": state["done"], "durations": state["durations"],
             "stages": state.get("stages", {}), "counts": out.get("counts", {}),
             "dataset_id": out.get("dataset_id"), "dataset_stats": out.get("dataset_stats"),
             "candidates": out.get("evaluation"), "gate": out.get("gate"),
-            "published": out.get("published"), "current": registry.current_version(root),
-            "pruned": out.get("pruned", [])}
+            "published": out.get("published"), "would_publish": out.get("would_publish"),
+            "current": registry.current_version(root), "pruned": out.get("pruned", [])}
+    summary["outcome"] = outcome(summary)
+    return summary

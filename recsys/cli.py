@@ -1,5 +1,7 @@
 """The `recsys` command line. Errors a user can cause print one line and exit 2; no tracebacks.
 
+`recsys nightly` exits 0 when it published, 3 when the gate kept production, 4 with --no-publish, 1 when
+a step failed (resumable) and 2 on a user error (docs/OPERATIONS.md).
 A reader that closes the pipe early (`recsys versions --json | head`) ends the command quietly with
 exit code 141, what a tool killed by SIGPIPE reports.
 
@@ -245,16 +247,37 @@ def _rollback(args) -> int:
     return 0
 
 
+# `recsys nightly` exit codes (docs/OPERATIONS.md): a scheduler can tell a night that published from one
+# whose gate kept production without parsing the output
+EXIT_PUBLISHED, EXIT_FAILED, EXIT_USER_ERROR, EXIT_KEPT, EXIT_NOT_PUBLISHED = 0, 1, 2, 3, 4
+
+
 def _nightly(args) -> int:
     from recsys.progress import to_stderr
     cfg = _config(args)
-    summary = _outside("pipelines.nightly").run(cfg, resume=args.resume,
-                                                progress=to_stderr if args.json else print)
+    nightly = _outside("pipelines.nightly")
+    try:
+        summary = nightly.run(cfg, resume=args.resume, progress=to_stderr if args.json else print,
+                              publish=not args.no_publish)
+    except nightly.StepFailed as exc:
+        # a step failed (resumable): not the user's input, so not 2; one line, the state names the step
+        if args.verbose:
+            raise
+        print(f"error: {exc} (recsys nightly --resume continues from it)", file=sys.stderr)
+        return EXIT_FAILED
     if args.json:
         _print_json(summary)
-        return 0
-    _print_summary(summary)
-    return 0
+    else:
+        _print_summary(summary)
+    return {"published": EXIT_PUBLISHED, "kept": EXIT_KEPT, "not_published": EXIT_NOT_PUBLISHED}[summary["outcome"]]
+
+
+def _gate_words(summary: dict) -> str:
+    if summary.get("published"):
+        return f"published {summary['published']}"
+    if summary.get("would_publish"):
+        return f"would publish {summary['would_publish']} (--no-publish)"
+    return "kept production"
 
 
 def _print_summary(summary: dict) -> None:
@@ -262,7 +285,7 @@ def _print_summary(summary: dict) -> None:
     dur = summary.get("durations", {})
     print(f"nightly: run {summary['run_id']} done in {sum(dur.values()):.0f}s "
           f"({', '.join(f'{k} {v:.0f}s' for k, v in dur.items())}); dataset {summary['dataset_id']}; "
-          f"gate: {'published ' + str(summary.get('published')) if g.get('publish') else 'kept production'} "
+          f"gate: {_gate_words(summary)} "
           f"({g.get('reason', '')}); CURRENT={summary.get('current')}")
 
 
@@ -459,6 +482,8 @@ def parser() -> argparse.ArgumentParser:
 
     n = verb("nightly", _nightly, "dataset, train, evaluate, gate, index, batch recs, publish", (common, as_json))
     n.add_argument("--resume", action="store_true", help="continue the last unfinished run")
+    n.add_argument("--no-publish", action="store_true",
+                   help="run everything, gate included, but leave CURRENT alone (exit 4; `recsys publish` later)")
 
     verb("demo", _demo, "the main job on the embedded data (what `make demo` runs; --config: data/recsys.yaml)")
     return p

@@ -261,3 +261,63 @@ def test_a_step_process_killed_mid_way_fails_the_step_and_the_run_resumes(workdi
     summary = nightly.run(cfg, resume=True, progress=quiet)
     assert summary["published"] == registry.current_version(root)
     assert set(summary["steps"]) == set(nightly.STEPS)
+
+
+def _matches(value, schema: dict) -> bool:
+    """The subset of JSON Schema docs/nightly-summary.schema.json uses: type (or a list), const, enum,
+    required, items, additionalProperties."""
+    kinds = {"string": str, "number": (int, float), "object": dict, "array": list, "null": type(None),
+             "boolean": bool, "integer": int}
+    if "const" in schema and value != schema["const"]:
+        return False
+    if "enum" in schema and value not in schema["enum"]:
+        return False
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if not any(isinstance(value, kinds[t]) for t in types):
+            return False
+    if isinstance(value, dict):
+        if any(k not in value for k in schema.get("required", [])):
+            return False
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict) and not all(_matches(v, extra) for v in value.values()):
+            return False
+        if not all(_matches(value[k], s) for k, s in schema.get("properties", {}).items() if k in value):
+            return False
+    if isinstance(value, list) and "items" in schema:
+        return all(_matches(v, schema["items"]) for v in value)
+    return True
+
+
+def test_exit_codes_no_publish_and_the_json_summary_schema(workdir, capsys):
+    """published 0, kept production 3, --no-publish 4 (CURRENT untouched), a failed step 1; every
+    --json summary matches docs/nightly-summary.schema.json."""
+    from recsys import cli
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    schema = json.load(open(os.path.join(repo, "docs", "nightly-summary.schema.json")))
+    conf = workdir / "recsys.yaml"
+    base = {"source": {"path": str(workdir / "events.csv"), "format": "csv", "items_path": str(workdir / "items.csv"),
+                       "items_format": "csv", "columns": {"user": "user_id", "item": "item_id",
+                                                          "timestamp": "timestamp", "value": "rating"},
+                       "item_columns": {"item": "item_id", "title": "title", "genres": "genres"}},
+            "split": {"strategy": "leave_last_n", "leave_last_n": 2}, "artifacts": {"root": str(workdir / "artifacts")},
+            "model": {"dim": 16, "batch_size": 256, "epochs": 3},
+            "nightly": {"models": ["mf", "popularity"], "isolate_steps": False, "batch_top_n": 10}}
+
+    def nightly_json(models, *flags, tolerance=0.0):
+        conf.write_text(json.dumps({**base, "nightly": {**base["nightly"], "models": models, "tolerance": tolerance}}))
+        code = cli.main(["nightly", "--config", str(conf), "--json", *flags])
+        out = capsys.readouterr().out
+        summary = json.loads(out)
+        assert _matches(summary, schema), summary
+        return code, summary
+    code, first = nightly_json(["mf", "popularity"])
+    assert code == 0 and first["outcome"] == "published" and first["schema"] == schema["$id"]
+    code, kept = nightly_json(["popularity"])               # worse than the published mf: kept
+    assert code == 3 and kept["outcome"] == "kept" and kept["current"] == first["published"]
+    code, held = nightly_json(["mf"], "--no-publish", tolerance=1.0)       # the gate lets it through
+    assert code == 4 and held["outcome"] == "not_published" and held["would_publish"]
+    assert held["current"] == first["published"] and "publish" in held["steps"]
+    conf.write_text(json.dumps({**base, "model": {**base["model"], "distribute": "multi_worker_mirrored"}}))
+    assert cli.main(["nightly", "--config", str(conf)]) == 1                   # a step failed
+    assert "recsys nightly --resume" in capsys.readouterr().err
