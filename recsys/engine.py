@@ -212,6 +212,23 @@ class Engine:
             mask |= self._value_mask(key, v)
         return mask
 
+    def _unknown(self, key) -> np.ndarray:
+        """Items without a value of the attribute a condition reads (no catalog row, an empty value,
+        NaN): an exclude blocks them too, so a filter fails closed (an uncatalogued sport item is not let
+        through `exclude=section:sport`). Includes never match them anyway."""
+        attribute = key[1] if isinstance(key, tuple) else key
+        cache_key = ("unknown", attribute)
+        mask = self._masks.get(cache_key)
+        if mask is None:
+            if isinstance(key, tuple):
+                mask = np.isnan(np.asarray(self.numeric[attribute], dtype=np.float64))
+            else:
+                mask = np.fromiter((not g for g in self.categorical[attribute]), bool, self.n_items)
+            self._masks[cache_key] = mask
+            while len(self._masks) > self.mask_cache_size:
+                self._masks.popitem(last=False)
+        return mask
+
     def _seen_rows(self, user_row: int) -> np.ndarray:
         if self.seen is None or user_row < 0 or user_row >= self.seen.shape[0]:
             return np.zeros(0, dtype=np.int64)
@@ -233,10 +250,10 @@ class Engine:
         for key, values in include.items():        # AND across keys
             cond = self._condition(key, values)
             allowed = cond if allowed is None else allowed & cond
-        for key, values in exclude.items():        # any match is out
+        for key, values in exclude.items():        # any match is out, and any item the attribute is unknown for
             if key == "item":
                 continue                           # already in `rows`
-            cond = self._condition(key, values)
+            cond = self._condition(key, values) | self._unknown(key)
             blocked = cond if blocked is None else blocked | cond
         ids, scores = ranking.rank_rows(self.index, vectors, sources, self.lv.popularity, k, rows, blocked, allowed,
                                         first)

@@ -83,3 +83,23 @@ def test_an_unknown_attribute_or_value_is_a_400_naming_it(shop, bad, message):
     with TestClient(create_app(Settings(root=root, poll_seconds=0))) as client:
         r = client.get("/v1/users/nobody/recommendations", params={"include": bad})
         assert r.status_code == 400 and message.split("'")[0] in r.json()["error"]
+
+
+def test_filters_fail_closed_on_items_the_catalog_says_nothing_about(shop):
+    """An item without a category (missing from the catalog, or an empty value) is never let through
+    `exclude=category:...`, and never matches an include; the same for a numeric range."""
+    root, catalog = shop
+    engine = Engine.load(root)
+    rows = engine.lv.items.lookup([f"p{i}" for i in range(0, 60, 5)])
+    blank = {str(engine.lv.items.ids[r]) for r in rows}
+    for r in rows:            # as if these items had no catalog row
+        engine.categorical["category"][r] = frozenset()
+        engine.numeric["price"][r] = np.nan
+
+    def listed(**kw):
+        return set(engine.recommend("u1", 60, exclude_seen=False, **kw).items)
+    assert blank & listed()                                     # they are recommendable without filters
+    assert not blank & listed(exclude=["category:Books"])
+    assert not blank & listed(include=["category:Games"])
+    assert not blank & listed(exclude=["price>=1000"])          # unknown price: out, like an unknown category
+    assert listed(exclude=["category:Books"]) == {i for i in listed() - blank if catalog.loc[i, "category"] != "Books"}
