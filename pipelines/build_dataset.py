@@ -463,11 +463,16 @@ class FinalizeFn(beam.DoFn):
         ds.write_empty_shards(self.out_dir, self.n, {r["bucket"] for r in split_rows})
         users, items = Vocabulary(result["user_ids"].to_pylist()), Vocabulary(result["item_ids"].to_pylist())
         ds.write_vocabularies(self.out_dir, users, items)
-        meta, meta_rejected = self._item_metadata()
+        meta, meta_rejected, meta_duplicates = self._item_metadata()
         kinds = {n: a.kind for n, a in item_attributes(self.cfg.source).items()}
         ds.write_items(self.out_dir, items, meta, kinds, _train_counts(split_rows, pa.array(items.ids, pa.string())))
         user_stats = self._user_metadata(users)
         stats = self._stats(c, split_rows, users, items, result["cuts"], len(meta), meta_rejected)
+        if len(meta):
+            # items the model knows that the catalog says nothing about (no title, no attributes)
+            known = pd.Index(meta["item"].astype(str))
+            stats["items_metadata"].update(duplicate_ids=meta_duplicates,
+                                           items_without_row=int((known.get_indexer(pd.Index(items.ids)) < 0).sum()))
         if user_stats is not None:
             stats["users_metadata"] = user_stats
         ds.write_stats(self.out_dir, stats)   # last: its presence marks the dataset complete
@@ -479,19 +484,21 @@ class FinalizeFn(beam.DoFn):
         written, rows rejected, rows matched to a user of the vocabulary)."""
         if self.cfg.source.users_format == "none":
             return None
-        meta, n_rejected = self._read_metadata("users_path", metadata.read_users, "user")
+        meta, n_rejected, n_duplicates = self._read_metadata("users_path", metadata.read_users, "user")
         user_idx = users.lookup(meta["user"]).astype(np.int32)
         ds.write_users(self.out_dir, meta, user_idx)
-        return {"rows": len(meta), "rejected": n_rejected, "matched": int((user_idx >= 0).sum())}
+        return {"rows": len(meta), "rejected": n_rejected, "duplicate_ids": n_duplicates,
+                "matched": int((user_idx >= 0).sum())}
 
     def _item_metadata(self):
         if self.cfg.source.items_format == "none" or not self.cfg.source.items_path:
-            return metadata.empty_items(), 0
+            return metadata.empty_items(), 0, 0
         return self._read_metadata("items_path", metadata.read_items, "item")
 
     def _read_metadata(self, path_key: str, read, id_column: str):
         """Every file matching source.<path_key>, read with `read(path, cfg)` -> (rows, rejected); bad
-        rows to rejected/<id_column>s.jsonl. Returns (rows, the last row per ID winning; rejected count)."""
+        rows to rejected/<id_column>s.jsonl. Returns (rows, the last row per ID winning; rejected count;
+        rows dropped as duplicate IDs)."""
         pattern = getattr(self.cfg.source, path_key)
         frames, rejected = [], []
         for p in fsio.match(self.cfg.resolve(pattern)):
@@ -503,8 +510,9 @@ class FinalizeFn(beam.DoFn):
         rej = pd.concat(rejected, ignore_index=True)
         if len(rej):
             ds.write_metadata_rejected(self.out_dir, id_column, rej)
-        meta = pd.concat(frames, ignore_index=True).drop_duplicates(id_column, keep="last")
-        return meta, len(rej)
+        every = pd.concat(frames, ignore_index=True)
+        meta = every.drop_duplicates(id_column, keep="last")
+        return meta, len(rej), len(every) - len(meta)
 
     def _stats(self, c, split_rows, users, items, cuts, n_meta, meta_rejected):
         splits = {}
@@ -630,6 +638,12 @@ def run(cfg: Config, dataset_id: str | None = None, previous: str | None = "late
              + ", ".join(f"{k} {v['interactions']} ({v['users']} users, {v['items']} items)"
                          for k, v in ((s, st["splits"][s]) for s in SPLITS))
              + f"; vocab {st['vocab']['users']} users, {st['vocab']['items']} items -> {final}")
+    meta = st.get("items_metadata") or {}
+    if meta.get("rows"):
+        progress(f"build-dataset: catalog: {meta['rows']} items, {meta.get('rejected', 0)} rows rejected, "
+                 f"{meta.get('duplicate_ids', 0)} duplicate IDs (the last row kept), "
+                 f"{meta.get('items_without_row', 0)} of the {st['vocab']['items']} items in the log without a row "
+                 "(no title; attribute filters fail closed on them)")
     warning = ds.leak_warning(st)
     if warning:
         progress(warning)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from recsys.data import ingest, readers
 from recsys.config import Config, item_attributes
+from recsys.errors import DataError
 
 ITEM_COLUMNS = ["item", "title", "year", "genres"]
 _YEAR_RE = r"\((\d{4})\)\s*$"
@@ -50,7 +51,13 @@ def read_items(path: str, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     items = pd.DataFrame({"item": item.astype(object).to_numpy(), "title": title.to_numpy(),
                           "year": year.fillna(0).astype(np.int32).to_numpy(), "genres": genres.to_numpy()})
     for name, attr in item_attributes(s).items():
-        col = raw[name][~bad] if name in raw else pd.Series([None] * len(items), dtype=object)
+        if name not in raw:
+            # a misspelt attribute would otherwise be an empty column, and every filter on it fail later
+            cols = [c for c in raw.columns if not str(c).startswith("_")]
+            # (a DataError: raised inside the Beam job, which surfaces only those as one line)
+            raise DataError(f"config: source.item_columns.attributes.{name}={name!r} is invalid: not a column of "
+                            f"{path} (its columns: {', '.join(map(str, cols))})")
+        col = raw[name][~bad]
         if attr.kind == "numeric":
             items[name] = pd.to_numeric(col, errors="coerce").astype(np.float64).to_numpy()
             continue
@@ -59,9 +66,8 @@ def read_items(path: str, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
             items[name] = [[x.strip() for x in v.split(attr.separator) if x.strip()] for v in text]
         else:   # categorical, text
             items[name] = [v or None for v in text]
-    # The last row for an ID wins, like an upsert; it keeps item features unique per item.
-    items = items.drop_duplicates("item", keep="last").reset_index(drop=True)
-    return items, rejected
+    # (duplicate IDs: the caller keeps the last row per ID, like an upsert, and counts the others)
+    return items.reset_index(drop=True), rejected
 
 
 def check_ids(ids: pd.Series, lines: pd.Series, reason: str, path: str, lookup, rejected: pd.DataFrame):
@@ -97,4 +103,4 @@ def read_users(path: str, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                 tokens[row].append(f"{col}={v}")
     users = pd.DataFrame({"user": user.astype(object).to_numpy(), "features": tokens})
     # The last row for an ID wins, like an upsert.
-    return users.drop_duplicates("user", keep="last").reset_index(drop=True), rejected
+    return users.reset_index(drop=True), rejected   # duplicate IDs: the caller keeps the last and counts them

@@ -911,7 +911,8 @@ def test_item_metadata_from_a_generic_csv(write_file, make_config, build_dataset
     assert feats.loc["i3", "title"] == "" and feats.loc["i3", "year"] == 0 and list(feats.loc["i3", "genres"]) == []
     train = d.read("train")
     assert feats["train_count"].to_dict() == train["item"].value_counts().reindex(feats.index, fill_value=0).to_dict()
-    assert d.stats["items_metadata"] == {"rows": 3, "rejected": 2}
+    # i2 twice (the last row kept, the other counted); i3's row was rejected, so the log's i3 has none
+    assert d.stats["items_metadata"] == {"rows": 3, "rejected": 2, "duplicate_ids": 1, "items_without_row": 1}
     with open(os.path.join(d.path, "rejected", "items.jsonl")) as fh:
         rej = [json.loads(line) for line in fh]
     # a row with too many fields is a dead letter (it crashed the build while pyarrow parsed in threads)
@@ -1037,7 +1038,7 @@ def test_movielens_end_to_end(tmp_path):
     feats = d.item_features()
     assert feats["item"].tolist() == list(d.items.ids)
     assert feats["item_idx"].tolist() == list(range(len(d.items)))
-    assert st["items_metadata"] == {"rows": 9742, "rejected": 0}
+    assert st["items_metadata"] == {"rows": 9742, "rejected": 0, "duplicate_ids": 0, "items_without_row": 0}
     assert (feats["title"] != "").all()
     assert (feats["year"] > 1900).mean() > 0.99
     assert (feats["genres"].map(len) > 0).mean() > 0.99
@@ -1046,3 +1047,17 @@ def test_movielens_end_to_end(tmp_path):
     assert set(toy["genres"]) == {"Adventure", "Animation", "Children", "Comedy", "Fantasy"}
     assert feats["train_count"].sum() == st["splits"]["train"]["interactions"]
     assert not glob.glob(os.path.join(d.path, "rejected", "*"))
+
+
+def test_a_misspelt_catalog_attribute_is_a_config_error_naming_the_columns(write_file, make_config, build_dataset):
+    from recsys.errors import RecsysError
+    rows = good_rows(["u1", "u2", "u3"], ["i1", "i2", "i3"], BASE_TS)
+    write_file("ratings.csv", ratings_csv(rows))
+    write_file("items.csv", ["item_id,title,section", "i1,One,sport", "i2,Two,news", "i3,Three,sport"])
+    cfg = make_config({"source": {"path": "ratings.csv", "format": "csv", "columns": {"value": "rating"},
+                                  "items_path": "items.csv", "items_format": "csv",
+                                  "item_columns": {"item": "item_id", "title": "title", "genres": "",
+                                                   "attributes": {"sektion": "categorical"}}}})
+    with pytest.raises(RecsysError, match=r"attributes.sektion='sektion' is invalid: not a column of .*items.csv "
+                                          r"\(its columns: item_id, title, section\)"):
+        build_dataset(cfg)

@@ -112,7 +112,7 @@ def test_dataset_writes_users_parquet_and_rejected_rows(sparse_users):
     tmp, cfg, ds, ts = sparse_users
     frame = ds.user_features()
     # every user the k-core kept has a row; "nobody" and any user the filters dropped do not match
-    assert len(frame) == 401 and ds.stats["users_metadata"] == {"rows": 401, "rejected": 1,
+    assert len(frame) == 401 and ds.stats["users_metadata"] == {"rows": 401, "rejected": 1, "duplicate_ids": 0,
                                                                  "matched": len(ds.users)}
     assert frame.loc[frame["user"] == "nobody", "user_idx"].item() == -1      # no interactions: kept, unindexed
     row = frame[frame["user"] == "u5"].iloc[0]
