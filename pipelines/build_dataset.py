@@ -145,7 +145,8 @@ class ParseValidateFn(beam.DoFn):
         self.progress.advance(read)
         reasons = rejected["reason"].value_counts().to_dict() if len(rejected) else {}
         yield beam.pvalue.TaggedOutput("counts", {"rows_read": read, "accepted": len(valid),
-                                                  "rejected": len(rejected), "rejected_by_reason": reasons})
+                                                  "rejected": len(rejected), "rejected_by_reason": reasons,
+                                                  **valid.attrs.get("event_counts", {})})
         if len(rejected):
             shard = int(interactions.user_bucket(pd.Series([source]), self.n)[0])
             yield beam.pvalue.TaggedOutput("rejected", (shard, rejected))
@@ -541,6 +542,10 @@ class FinalizeFn(beam.DoFn):
             "rows_read": c.get("rows_read", 0), "accepted": c.get("accepted", 0), "rejected": c.get("rejected", 0),
             "rejected_by_reason": dict(sorted(c.get("rejected_by_reason", {}).items())),
             "duplicates_removed": c.get("duplicates", 0), "not_positive": c.get("not_positive", 0),
+            # event values outside feedback.event_weights (rejected, or kept with weight 0 under
+            # unknown_events: ignore) and case / space variants merged into a configured type
+            "unknown_events": dict(sorted(c.get("unknown_events", {}).items(), key=lambda p: -p[1])),
+            "case_merged_events": dict(sorted(c.get("case_merged_events", {}).items(), key=lambda p: -p[1])),
             "positives": c.get("positives", 0), "kcore_removed": c.get("kcore_removed", 0),
             "interactions": kept, "splits": splits,
             "vocab": {"users": len(users), "items": len(items)},
@@ -638,6 +643,16 @@ def run(cfg: Config, dataset_id: str | None = None, previous: str | None = "late
              + ", ".join(f"{k} {v['interactions']} ({v['users']} users, {v['items']} items)"
                          for k, v in ((s, st["splits"][s]) for s in SPLITS))
              + f"; vocab {st['vocab']['users']} users, {st['vocab']['items']} items -> {final}")
+    if st.get("case_merged_events"):
+        progress("build-dataset: event values merged into the configured type of the same name but for case "
+                 "or spaces: " + ", ".join(f"{v!r} {n}" for v, n in list(st["case_merged_events"].items())[:8]))
+    if st.get("unknown_events"):
+        unknown = sum(st["unknown_events"].values())
+        how = ("rejected (feedback.unknown_events: reject)" if cfg.feedback.unknown_events == "reject" else
+               "kept with weight 0: not trained on, not relevant (feedback.unknown_events: ignore)")
+        progress(f"build-dataset: {unknown} events of types not in feedback.event_weights, {how}: "
+                 + ", ".join(f"{v!r} {n}" for v, n in list(st["unknown_events"].items())[:8])
+                 + "; give them a weight there to use them")
     meta = st.get("items_metadata") or {}
     if meta.get("rows"):
         progress(f"build-dataset: catalog: {meta['rows']} items, {meta.get('rejected', 0)} rows rejected, "

@@ -82,9 +82,13 @@ def validate(raw: pd.DataFrame, cfg: Config, source: str, raw_text=None):
         has_value_col = ~_is_blank(value_raw, np.isnan(value))
         mark(has_value_col & np.isnan(value), BAD_RATING)
     event = arrow_strings(raw["event"])
+    event_counts: dict = {}
     if fb.mode == "event":
         events = pa.array(list(fb.event_weights), type=pa.string())
+        event, event_counts = _merge_case_variants(event, list(fb.event_weights))
         known = pc.is_in(event, value_set=events).fill_null(False).to_numpy(zero_copy_only=False)
+        if (~known).any():
+            event_counts["unknown_events"] = _top_values(pc.filter(event, pa.array(~known)))
         if fb.unknown_events == "reject":
             mark(~known, UNKNOWN_EVENT)   # else: a valid row of weight 0, counted as not positive
 
@@ -116,7 +120,40 @@ def validate(raw: pd.DataFrame, cfg: Config, source: str, raw_text=None):
         "event": strings(event),
         "weight": weight[good],
     }, copy=False)
+    valid.attrs["event_counts"] = event_counts
     return valid, rejected
+
+
+# at most this many distinct unknown or merged event values are counted per block (garbage in an event
+# column must not grow the counters without bound)
+_MAX_EVENT_VALUES = 20
+
+
+def _top_values(arr: pa.Array) -> dict:
+    """{value: count} of the most frequent values of `arr` (null as "")."""
+    counts = pc.value_counts(arr.fill_null(""))
+    pairs = sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()), key=lambda p: -p[1])
+    return {str(v): int(c) for v, c in pairs[:_MAX_EVENT_VALUES]}
+
+
+def _merge_case_variants(event: pa.Array, names: list) -> tuple[pa.Array, dict]:
+    """Event values that match a configured event type but for case or surrounding spaces (`Play`,
+    ` purchase`) become that type. Returns (the events, {"case_merged_events": {value: count}} or {})."""
+    folded_names: dict = {}
+    for n in names:
+        folded_names.setdefault(n.strip().lower(), []).append(n)
+    targets = {f: ns[0] for f, ns in folded_names.items() if len(ns) == 1}   # `Play` and `play` both set: exact only
+    if not targets:
+        return event, {}
+    exact = pc.is_in(event, value_set=pa.array(names, pa.string())).fill_null(False)
+    folded = pc.utf8_lower(pc.utf8_trim_whitespace(event))
+    idx = pc.index_in(folded, value_set=pa.array(list(targets), pa.string()))
+    variant = pc.and_(pc.invert(exact), pc.is_valid(idx)).fill_null(False)
+    if not pc.any(variant).as_py():
+        return event, {}
+    canonical = pa.array(list(targets.values()), pa.string()).take(idx)
+    merged = pc.if_else(variant, canonical, event)
+    return merged, {"case_merged_events": _top_values(pc.filter(event, variant))}
 
 
 def _is_empty(arr: pa.Array) -> np.ndarray:

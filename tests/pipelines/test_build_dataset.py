@@ -1061,3 +1061,26 @@ def test_a_misspelt_catalog_attribute_is_a_config_error_naming_the_columns(write
     with pytest.raises(RecsysError, match=r"attributes.sektion='sektion' is invalid: not a column of .*items.csv "
                                           r"\(its columns: item_id, title, section\)"):
         build_dataset(cfg)
+
+
+def test_unknown_and_case_variant_events_are_counted_in_stats_and_said(write_file, make_config):
+    """`Play`/`Skip` under event types play/like with unknown_events: ignore used to vanish from training
+    with only stats.json's not_positive to show it; now the build names them and their counts."""
+    from pipelines import build_dataset as pipeline
+    lines = ["user_id,item_id,event,ts"]
+    for u in range(6):
+        for k, event in enumerate(["play", "Play", "like", "Skip", "share", "play"]):
+            lines.append(f"u{u},i{(u + k) % 5},{event},{1_000_000_000 + 100 * u + k}")
+    write_file("events.csv", lines)
+    cfg = make_config({"source": {"path": "events.csv", "format": "csv",
+                                  "columns": {"user": "user_id", "item": "item_id", "timestamp": "ts", "value": "",
+                                              "event": "event"}},
+                       "feedback": {"mode": "event", "event_weights": {"play": 1, "like": 2, "skip": 0.5},
+                                    "unknown_events": "ignore"}})
+    said = []
+    d = pipeline.run(cfg, dataset_id="ev", previous=None, progress=said.append)
+    assert d.stats["case_merged_events"] == {"Play": 6, "Skip": 6}
+    assert d.stats["unknown_events"] == {"share": 6}
+    text = "\n".join(said)
+    assert "'Play' 6" in text and "'Skip' 6" in text
+    assert "6 events of types not in feedback.event_weights, kept with weight 0" in text and "'share' 6" in text

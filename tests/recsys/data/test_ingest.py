@@ -215,12 +215,26 @@ def test_event_mode_weights_and_unknown_events():
                                  "u,d,hover,,1000000003", "u,e,,,1000000004", "u,f,VIEW,,1000000005",
                                  "u,g,purchase,lots,1000000006"],
                                 cfg=event_config(), names=names)
-    assert valid["item"].tolist() == ["a", "b", "c"]
-    assert valid["event"].tolist() == ["view", "click", "purchase"]
-    assert valid["weight"].tolist() == [1.0, 2.0, 5.5]
+    # VIEW is view but for case: merged (and counted), not rejected
+    assert valid["item"].tolist() == ["a", "b", "c", "f"]
+    assert valid["event"].tolist() == ["view", "click", "purchase", "view"]
+    assert valid["weight"].tolist() == [1.0, 2.0, 5.5, 1.0]
     assert valid["value"].iloc[2] == pytest.approx(19.99)
-    assert reasons_by_line(rejected) == {5: ingest.UNKNOWN_EVENT, 6: ingest.UNKNOWN_EVENT,
-                                         7: ingest.UNKNOWN_EVENT, 8: ingest.BAD_RATING}
+    assert reasons_by_line(rejected) == {5: ingest.UNKNOWN_EVENT, 6: ingest.UNKNOWN_EVENT, 8: ingest.BAD_RATING}
+    assert valid.attrs["event_counts"] == {"case_merged_events": {"VIEW": 1}, "unknown_events": {"hover": 1, "": 1}}
+
+
+def test_unknown_events_kept_with_weight_zero_are_counted_and_variants_merged():
+    names = ["user_id", "item_id", "event", "amount", "timestamp"]
+    cfg = event_config()
+    cfg.feedback.unknown_events = "ignore"
+    valid, rejected = run_block(["u,a,Play,,1000000000", "u,b,Play,,1000000001", "u,c, Purchase ,,1000000002",
+                                 "u,d,skip,,1000000003"], cfg=cfg, names=names)
+    assert len(rejected) == 0
+    assert valid["event"].tolist() == ["Play", "Play", "purchase", "skip"]
+    assert valid["weight"].tolist() == [0.0, 0.0, 5.5, 0.0]
+    assert valid.attrs["event_counts"] == {"case_merged_events": {" Purchase ": 1},
+                                           "unknown_events": {"Play": 2, "skip": 1}}
 
 
 # --- timestamps -------------------------------------------------------------------------------------
