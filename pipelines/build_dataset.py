@@ -659,6 +659,8 @@ def run(cfg: Config, dataset_id: str | None = None, previous: str | None = "late
                  f"{meta.get('duplicate_ids', 0)} duplicate IDs (the last row kept), "
                  f"{meta.get('items_without_row', 0)} of the {st['vocab']['items']} items in the log without a row "
                  "(no title; attribute filters fail closed on them)")
+    for line in ds.time_warnings(st):
+        progress(line)
     warning = ds.leak_warning(st)
     if warning:
         progress(warning)

@@ -344,6 +344,41 @@ class Dataset:
 LEAK_WARNING_SHARE = 0.05
 
 
+# event times outside [1995-01-01, now + 1 day) are almost always a unit or parsing mistake
+_EARLIEST_PLAUSIBLE = 788918400
+
+
+def time_warnings(stats: dict, now: float | None = None) -> list[str]:
+    """Warning lines about the events' times (stats.json splits' time_range): every event at one
+    instant (the time column is a constant: nothing can be ordered, splits and sessions are arbitrary),
+    or times before 1995 or in the future (often milliseconds read as seconds, or a wrong column)."""
+    import time as _time
+    now = _time.time() if now is None else now
+    ranges = [s["time_range"] for s in (stats.get("splits") or {}).values() if s.get("time_range")]
+    cuts = [c for c in (stats.get("temporal_cuts") or {}).values() if c is not None]
+    if cuts:   # a temporal split of one instant puts every row past both cuts (train ends up empty)
+        ranges.append([min(cuts), max(cuts)])
+    if not ranges:
+        return []
+    lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    out = []
+    if lo == hi and stats.get("interactions", 0) > 1:
+        out.append(f"warning: all {stats['interactions']} events have the same time ({_iso(lo)}): the time column "
+                   "orders nothing, so the split and sessions are arbitrary; check source.columns.timestamp")
+    if lo < _EARLIEST_PLAUSIBLE or hi > now + 86400:
+        out.append(f"warning: event times run from {_iso(lo)} to {_iso(hi)}, outside 1995..now: check "
+                   "source.timestamp_unit (s, ms, us) and source.columns.timestamp")
+    return out
+
+
+def _iso(seconds: float) -> str:
+    import datetime as _dt
+    try:
+        return _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return str(seconds)
+
+
 def leak_warning(stats: dict) -> str | None:
     """A warning line when more than 5% of the test targets were touched by the same user shortly before
     and that touch sits in the history the model is queried with (stats.json "leak"), else None."""

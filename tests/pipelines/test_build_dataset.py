@@ -1084,3 +1084,18 @@ def test_unknown_and_case_variant_events_are_counted_in_stats_and_said(write_fil
     text = "\n".join(said)
     assert "'Play' 6" in text and "'Skip' 6" in text
     assert "6 events of types not in feedback.event_weights, kept with weight 0" in text and "'share' 6" in text
+
+
+def test_constant_or_implausible_event_times_are_warned_about(write_file, make_config):
+    from pipelines import build_dataset as pipeline
+    from recsys.data.dataset import time_warnings
+    lines = ["user_id,item_id,rating,timestamp"] + [f"u{u},i{(u + k) % 6},4,1700000000" for u in range(8) for k in range(5)]
+    write_file("same.csv", lines)
+    said = []
+    pipeline.run(make_config({"source": {"path": "same.csv", "format": "csv", "columns": {"value": "rating"}}}),
+                 dataset_id="same", previous=None, progress=said.append)
+    assert any("have the same time (2023-11-14 22:13:20 UTC)" in line for line in said), said
+    stats = {"interactions": 10, "splits": {"train": {"time_range": [86400, 90000]}, "test": {"time_range": [90000, 95000]}}}
+    assert "outside 1995..now" in " ".join(time_warnings(stats, now=1.8e9))
+    fine = {"interactions": 10, "splits": {"train": {"time_range": [1.6e9, 1.7e9]}}}
+    assert time_warnings(fine, now=1.8e9) == []
