@@ -243,7 +243,7 @@ def _publish(args) -> int:
 def _rollback(args) -> int:
     from recsys import registry
     cfg = _config(args)
-    print(f"rolled back to {registry.rollback(_root(cfg))}")
+    print(f"rolled back to {registry.rollback(_root(cfg), to=args.to)}")
     return 0
 
 
@@ -478,7 +478,8 @@ def parser() -> argparse.ArgumentParser:
     verb("versions", _versions, "list model versions", (common, as_json))
     pb = verb("publish", _publish, "point CURRENT at a version (after checking it)")
     pb.add_argument("version", help=versions_help)
-    verb("rollback", _rollback, "back to the previously published version")
+    rb = verb("rollback", _rollback, "back to the previously published version (again: one further back)")
+    rb.add_argument("--to", help="a version published before the current one, to go straight back to")
 
     n = verb("nightly", _nightly, "dataset, train, evaluate, gate, index, batch recs, publish", (common, as_json))
     n.add_argument("--resume", action="store_true", help="continue the last unfinished run")

@@ -75,31 +75,59 @@ def publish(root: str, version: str, reason: str = "manual") -> None:
     fsio.atomic_write_text(fsio.join(root, CURRENT), version + "\n")
 
 
+def _published_stack(root: str) -> list[str]:
+    """The versions a rollback can go back through, oldest first, the current one last: every publish
+    pushes its version; a rollback pops back to the version it published (so rolling back twice goes
+    two versions back, not back and forth between the last two)."""
+    stack: list[str] = []
+    for e in publish_history(root):
+        v = e["version"]
+        if e.get("reason") == "rollback" and v in stack:
+            while stack[-1] != v:     # the versions above it are what was rolled back over
+                stack.pop()
+        else:
+            stack.append(v)
+    return stack
+
+
 def previous_published(root: str) -> str | None:
-    """The version published before the current one (what rollback goes back to)."""
+    """The version published before the current one that still exists (what rollback goes back to)."""
     cur = current_version(root)
-    for e in reversed(publish_history(root)):
-        if e["version"] != cur and version_mod.is_complete(root, e["version"]):
-            return e["version"]
+    for v in reversed(_published_stack(root)):
+        if v != cur and version_mod.is_complete(root, v):
+            return v
     return None
 
 
-def rollback(root: str) -> str:
-    """Publish the previously published version again; returns it.
+def rollback(root: str, to: str | None = None) -> str:
+    """Go back to the previously published version (each rollback one step further back through the
+    publish history), or to `to`, a version published before; returns it.
 
     Raises:
-        DataError: there is no earlier published version.
+        DataError: there is no earlier published version, or `to` was never published or is gone.
     """
-    prev = previous_published(root)
-    if not prev:
-        raise DataError("rollback: no previously published version to go back to")
+    if to is None:
+        prev = previous_published(root)
+        if not prev:
+            raise DataError("rollback: no previously published version to go back to")
+    else:
+        published = _published_stack(root)
+        if to not in published or to == current_version(root):
+            shown = ", ".join(v for v in reversed(published) if v != current_version(root)) or "none"
+            raise DataError(f"rollback --to {to!r}: not a version published before the current one "
+                            f"(those, newest first: {shown})")
+        prev = to
     publish(root, prev, reason="rollback")
     return prev
 
 
 def prune(root: str, keep: int) -> list[str]:
-    """Delete the oldest versions beyond `keep`; never the published one or the one before it."""
-    protected = {current_version(root), previous_published(root)}
+    """Delete the oldest versions beyond `keep`; never the published one, the one a rollback goes back
+    to, or the one published last before the current one (after a rollback: the version rolled back
+    from, kept for a look at what went wrong)."""
+    cur = current_version(root)
+    last_other = next((e["version"] for e in reversed(publish_history(root)) if e["version"] != cur), None)
+    protected = {cur, previous_published(root), last_other}
     versions = list_versions(root)
     removable = [v for v in versions if v not in protected]
     removed = []

@@ -33,9 +33,24 @@ def test_resolve_publish_rollback_prune(tmp_path):
     registry.publish(root, vs[0])
     registry.publish(root, vs[1])
     assert registry.current_version(root) == vs[1] and registry.rollback(root) == vs[0]
-    assert registry.current_version(root) == vs[0] and registry.previous_published(root) == vs[1]
+    # nothing was published before vs[0]: no further step back (vs[1], rolled back from, is kept by prune)
+    assert registry.current_version(root) == vs[0] and registry.previous_published(root) is None
     # keep 2: the oldest removable versions go; the published one and the one before it stay
     assert registry.prune(root, keep=2) == [vs[2], vs[3]]
     assert registry.list_versions(root) == vs[:2]
     lv = version.load(root, vs[0])
     assert lv.model_name == "popularity" and lv.popularity.order.tolist() == [1, 0]
+
+
+def test_rollback_steps_back_through_the_history_and_to_a_named_version(tmp_path):
+    root = str(tmp_path)
+    vs = [write_popularity_version(root, f"2026010{i}T000000000Z-popularity") for i in range(1, 6)]
+    for v in vs[:4]:
+        registry.publish(root, v)
+    assert registry.rollback(root) == vs[2] and registry.rollback(root) == vs[1]   # two steps back, not a toggle
+    registry.publish(root, vs[4])                                                  # a new night publishes
+    assert registry.previous_published(root) == vs[1]
+    assert registry.rollback(root, to=vs[0]) == vs[0] and registry.current_version(root) == vs[0]
+    with pytest.raises(DataError, match="not a version published before"):
+        registry.rollback(root, to=vs[4])     # published, but after: rolling "back" to it is a publish
+    assert registry.previous_published(root) is None
