@@ -39,7 +39,8 @@ def resolve_version(root: str, version: str | None) -> str:
     if version in (None, "current", "published", CURRENT):
         cur = current_version(root)
         if not cur:
-            raise DataError(f"no published version under {root!r} (CURRENT missing); pass a version")
+            raise DataError(f"no published version under {root!r} (CURRENT missing): publish one with "
+                            "`recsys nightly` or `recsys publish VERSION`, or name a version")
         return cur
     if version == "latest" or (isinstance(version, str) and version.startswith("latest:")):
         model = version.partition(":")[2]

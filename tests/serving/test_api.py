@@ -135,6 +135,8 @@ def test_not_ready_without_a_version(tmp_path):
     with TestClient(app) as c:
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").status_code == 503
+        # what to do, in the words of the CLI (it said "pass a version", a flag serve does not have)
+        assert "recsys nightly` or `recsys publish VERSION`" in c.get("/readyz").json()["error"]
         assert c.get("/v1/users/u/recommendations").status_code == 503
 
 
