@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 from recsys.config import load_config
 from recsys.errors import RecsysError
@@ -499,7 +500,12 @@ def main(argv=None) -> int:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
         import recsys
         logging.getLogger().removeFilter(recsys._quiet_import_warnings)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    # timestamped (UTC, ISO 8601), so a service's or a nightly's log can be read next to others
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.Formatter.converter = time.gmtime
+    for handler in logging.getLogger().handlers:
+        handler.formatter.default_time_format, handler.formatter.default_msec_format = "%Y-%m-%dT%H:%M:%S", "%s.%03dZ"
     if not args.verbose:
         for name in ("tensorflow", "absl"):
             logging.getLogger(name).setLevel(logging.ERROR)

@@ -90,7 +90,9 @@ class EngineHolder:
             gc.freeze()
             prometheus.RELOADS.labels(result="ok").inc()
             prometheus.LOADED_VERSION.info({"version": target})
-            log.warning("serving version %s (was %s)", target, old)
+            # one line per swap: under `recsys serve` the supervisor says it once for all its workers
+            log.log(logging.WARNING if self.swap_in_process else logging.INFO, "serving version %s (was %s)",
+                    target, old)
             return True, f"serving {target}"
 
     def _fall_back(self) -> None:

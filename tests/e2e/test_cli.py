@@ -191,3 +191,16 @@ def test_help_states_each_default_once_and_never_none(capsys):
         text = " ".join(capsys.readouterr().out.split())
         assert "(default: None)" not in text, verb
         assert not re.search(r"\(default: [^()]*\) \(default:", text), verb     # "(default: x) (default: y)"
+
+
+def test_log_lines_carry_a_utc_timestamp_and_the_logger(tmp_path):
+    import re
+    import subprocess
+    import sys
+    (tmp_path / "c.yaml").write_text(f"artifacts:\n  root: {tmp_path}\n")
+    code = ("import logging, sys; from recsys import cli; cli.main(['versions', '--config', sys.argv[1] + '/c.yaml']); "
+            "logging.getLogger('recsys.serving').warning('serving version v2 (was v1)')")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    line = out.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z WARNING recsys\.serving: serving version v2 \(was v1\)",
+                        line), out.stderr
