@@ -89,7 +89,7 @@ class EngineHolder:
                 gc.collect()
             gc.freeze()
             prometheus.RELOADS.labels(result="ok").inc()
-            prometheus.LOADED_VERSION.info({"version": target})
+            prometheus.serving(target)
             # one line per swap: under `recsys serve` the supervisor says it once for all its workers
             log.log(logging.WARNING if self.swap_in_process else logging.INFO, "serving version %s (was %s)",
                     target, old)

@@ -7,7 +7,7 @@ import time
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from recsys.errors import RequestError
 from recsys.fsio import PLAIN_NAME_PATTERN
@@ -103,7 +103,8 @@ async def readyz(request: Request):
 @router.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse,
             responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "text format"}})
 async def prometheus_metrics():
-    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    text, media_type = prometheus.exposition()
+    return PlainTextResponse(text, media_type=media_type)
 
 
 @router.post("/admin/reload", response_model=Status, responses=_errors(401, 403, 409, 422),

@@ -16,10 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from recsys import registry, version as version_mod
@@ -39,6 +41,9 @@ class Supervisor:
                         RECSYS_SWAP_IN_PROCESS="0", RECSYS_ACCESS_LOG="1" if access_log else "0")
         if admin_token:
             self.env["RECSYS_ADMIN_TOKEN"] = admin_token
+        # every worker, of every generation, writes its metrics here; /metrics sums them (serving/prometheus.py)
+        self.metrics_dir = tempfile.mkdtemp(prefix="recsys-metrics-")
+        self.env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
@@ -82,8 +87,14 @@ class Supervisor:
             os.close(r)
         return {loaded.get(r, "") for r in pipes}
 
-    @staticmethod
-    def _stop_generation(procs, timeout: float = 30.0, drain: float = 1.0) -> None:
+    def _retired(self, procs) -> None:
+        """Workers that ended: their gauges stop counting (their counters keep adding up)."""
+        from prometheus_client import multiprocess
+        for p in procs:
+            if p.poll() is not None:
+                multiprocess.mark_process_dead(p.pid, self.metrics_dir)
+
+    def _stop_generation(self, procs, timeout: float = 30.0, drain: float = 1.0) -> None:
         alive = [p for p in procs if p.poll() is None]
         for p in alive:
             p.send_signal(signal.SIGUSR1)       # stop accepting (serving/worker.py); the new generation takes over
@@ -97,6 +108,8 @@ class Supervisor:
                 p.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
+        self._retired(procs)
 
     def _swap(self, target: str | None) -> bool:
         """A new generation on `target` (None: what CURRENT names, with the holder's fall-back); it
@@ -164,3 +177,4 @@ class Supervisor:
         finally:
             self._stop_generation(self.generation)
             self.sock.close()
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)

@@ -82,3 +82,52 @@ def test_serve_swaps_processes_without_failing_a_request_and_refuses_a_broken_ve
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     assert proc.returncode == 0, proc.stderr.read()[-2000:]
+
+
+def _metric_sum(text: str, name: str, label: str = "") -> float:
+    """The sum of a metric's samples whose labels contain `label`."""
+    import re
+    return sum(float(value) for labels, value in re.findall(rf'^{name}\{{([^}}]*)\}} ([0-9.e+]+)$', text, re.M)
+               if label in labels)
+
+
+@pytest.mark.slow
+def test_metrics_sum_every_worker_and_survive_a_swap(served, tmp_path):
+    """With 2 workers each scrape of /metrics (answered by either) reads all N requests, and after a
+    swap to a new generation of workers the count goes on from N."""
+    root = str(tmp_path / "artifacts")
+    shutil.copytree(served["root"], root)
+    registry.publish(root, served["versions"]["mf"])
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "recsys.cli", "serve", "--root", root, "--port", str(port),
+                             "--workers", "2", "--poll-seconds", "0.3"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        assert _wait_for(lambda: _get(f"{base}/readyz")[0] == 200), proc.stderr.read1().decode()
+
+        def scrape():
+            with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
+                return r.read().decode()
+
+        def users_requests(text):
+            return _metric_sum(text, "recsys_requests_total", 'endpoint="user_recommendations"')
+        n = 20
+        for i in range(n):
+            _get(f"{base}/v1/users/u{i}/recommendations?k=3")
+        assert [users_requests(scrape()) for _ in range(6)] == [n] * 6
+        registry.publish(root, served["versions"]["popularity"])
+        assert _wait_for(lambda: _get(f"{base}/v1/users/u1/recommendations?k=3")[1]["version"]
+                         == served["versions"]["popularity"])
+        after = users_requests(scrape())
+        assert after > n                                         # the old workers' n are still counted
+
+        def served_now():
+            return [line for line in scrape().splitlines()
+                    if line.startswith("recsys_loaded_version_info{") and line.endswith(" 1.0")]
+        # once the old generation has drained and ended (a second or so), only the new version is served
+        assert _wait_for(lambda: len(served_now()) == 1, timeout=60), served_now()
+        assert served["versions"]["popularity"] in served_now()[0]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
