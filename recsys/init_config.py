@@ -190,8 +190,12 @@ def infer(events: str, items: str | None = None, root: str = "artifacts") -> Inf
     Raises:
         DataError: a file cannot be read, or a required column (user, item, time) cannot be found.
     """
-    df, fmt, schema = readers.sample(events, SAMPLE_ROWS)
+    smp = readers.sample(events, SAMPLE_ROWS)
+    df, fmt, schema = smp.frame, smp.format, smp.schema
     notes = [f"events: {events} ({fmt}, {len(df)} sample rows; columns: {', '.join(map(str, df.columns))})"]
+    if smp.bad_lines:
+        notes.append(f"{smp.bad_lines} line(s) of the sample are not JSON objects: skipped here; build-dataset "
+                     "makes them dead letters with the reason")
     cols = {f: _pick(df.columns, f) for f in _NAMES}
     for f in ("user", "item", "timestamp"):
         if cols[f] is None:
@@ -203,6 +207,9 @@ def infer(events: str, items: str | None = None, root: str = "artifacts") -> Inf
     source = {"path": events, "format": fmt, "timestamp_unit": unit,
               "columns": {"user": cols["user"], "item": cols["item"], "timestamp": cols["timestamp"],
                           "value": cols["value"] or "", "event": cols["event"] or ""}}
+    if smp.delimiter and smp.delimiter != ",":
+        source["delimiter"] = smp.delimiter
+        notes.append(f"delimiter: {smp.delimiter!r} (found in the file)")
     feedback: dict
     if cols["event"]:
         counts = df[cols["event"]].astype(str).value_counts()
@@ -229,7 +236,11 @@ def infer(events: str, items: str | None = None, root: str = "artifacts") -> Inf
         notes.append(f"models train on every event and are measured on {', '.join(purchase)} "
                      f"(evaluation.target_events)")
     if items:
-        cat, cat_fmt, _ = readers.sample(items, SAMPLE_ROWS)
+        cat_smp = readers.sample(items, SAMPLE_ROWS)
+        cat, cat_fmt = cat_smp.frame, cat_smp.format
+        if smp.delimiter and cat_smp.delimiter and cat_smp.delimiter != smp.delimiter:
+            raise DataError(f"{items}: its delimiter is {cat_smp.delimiter!r} and the events' {smp.delimiter!r}; "
+                            "both are read with source.delimiter: write them with the same one")
         item_col = _pick(cat.columns, "item") or cols["item"]
         if item_col not in cat.columns:
             raise DataError(f"{items}: no column looks like the item ID (columns: {', '.join(map(str, cat.columns))})")

@@ -21,6 +21,7 @@ and `_SAMPLERS`), its name in config.py's format lists, and its case in tests/re
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -371,13 +372,16 @@ class Sample(NamedTuple):
     frame: pd.DataFrame          # every column (text formats: as strings)
     format: str                  # its source.format / items_format name
     schema: pa.Schema | None     # the file's own column types (Parquet), else None
+    delimiter: str | None = None  # delimited text: the delimiter found in the file (`,` `;` tab `|`), else None
+    bad_lines: int = 0           # JSON lines: lines of the sample that are not a JSON object (skipped)
 
 
 def sample(path: str, rows: int) -> Sample:
     """The first `rows` rows of the first file matching `path`, its format told by the file name.
 
     Raises:
-        DataError: an extension of no known format, or no file matches.
+        DataError: an extension of no known format, no file matches, the file is empty, or it has a
+            header but no rows (one line each).
     """
     ext = os.path.splitext(path.lower().removesuffix(".gz"))[1]
     if ext not in _EXTENSIONS:
@@ -387,27 +391,83 @@ def sample(path: str, rows: int) -> Sample:
     if not files:
         raise DataError(f"{path}: no such file")
     with fsio.open_read(files[0]) as fh:
-        frame, schema = _SAMPLERS[fmt](fh, rows, options)
-    return Sample(frame, fmt, schema)
+        frame, schema, extra = _SAMPLERS[fmt](fh, rows, options, files[0])
+    if frame is None or (len(frame) == 0 and len(frame.columns) == 0):
+        raise DataError(f"{files[0]}: the file is empty")
+    if len(frame) == 0:
+        raise DataError(f"{files[0]}: a header ({', '.join(map(str, frame.columns))}) but no rows")
+    return Sample(frame, fmt, schema, **extra)
 
 
-def _sample_parquet(fh, rows: int, options: dict):
+def _sample_parquet(fh, rows: int, options: dict, path: str):
     pf = pq.ParquetFile(fh)
     batch = next(pf.iter_batches(batch_size=rows), None)
     table = pa.Table.from_batches([batch]) if batch is not None else pf.schema_arrow.empty_table()
-    return table.to_pandas(), pf.schema_arrow
+    return table.to_pandas(), pf.schema_arrow, {}
 
 
-def _sample_jsonl(fh, rows: int, options: dict):
-    return pd.read_json(fh, lines=True, nrows=rows, dtype=False), None
+def _sample_jsonl(fh, rows: int, options: dict, path: str):
+    """Line by line: a line that is not a JSON object is counted and skipped (build-dataset makes it a
+    dead letter), not a crash of the whole sample."""
+    records, bad = [], 0
+    for raw in fh:
+        if len(records) >= rows:
+            break
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(obj, dict):
+            records.append(obj)
+        else:
+            bad += 1
+    if not records and not bad:
+        return None, None, {}
+    if not records:
+        raise DataError(f"{path}: none of the first {bad} lines is a JSON object")
+    return pd.DataFrame.from_records(records), None, {"bad_lines": bad}
 
 
-def _sample_csv(fh, rows: int, options: dict):
-    return pd.read_csv(fh, sep=options.get("delimiter", ","), nrows=rows, dtype=str, keep_default_na=False), None
+# delimiters `recsys init` recognises in a CSV sample, the most common first
+_DELIMITERS = ",;\t|"
+
+
+def _sample_csv(fh, rows: int, options: dict, path: str):
+    head = fh.read(64 * 1024)
+    text = head.decode("utf-8", errors="replace") if isinstance(head, bytes) else head
+    if not text.strip():
+        return None, None, {}
+    delimiter = options.get("delimiter") or _sniff_delimiter(text)
+    try:
+        fh.seek(0)
+        source = fh
+    except (io.UnsupportedOperation, OSError, AttributeError):   # a stream: the sample is what was read
+        source = io.BytesIO(head.rsplit(b"\n", 1)[0] if len(head) == 64 * 1024 else head)
+    frame = pd.read_csv(source, sep=delimiter, nrows=rows, dtype=str, keep_default_na=False)
+    return frame, None, {"delimiter": delimiter}
+
+
+def _sniff_delimiter(text: str) -> str:
+    """The delimiter of a CSV sample: the candidate that splits the header and the next lines into the
+    same number (> 1) of fields most consistently; `,` when none does."""
+    lines = [ln for ln in text.splitlines()[:50] if ln.strip()]
+    best, best_score = ",", (0, 0)
+    for d in _DELIMITERS:
+        counts = [len(next(csv.reader([ln], delimiter=d))) for ln in lines]
+        if not counts or counts[0] < 2:
+            continue
+        score = (sum(c == counts[0] for c in counts), counts[0])
+        if score > best_score:
+            best, best_score = d, score
+    return best
 
 
 # File name extensions (before .gz) -> (format name, how to read the sample). A .tsv file is sampled with
-# tabs (but `recsys init` does not write source.delimiter: "\t" into the config for it).
+# tabs (and `recsys init` writes source.delimiter: "\t" for it).
 _EXTENSIONS = {".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"}), ".parquet": ("parquet", {}),
                ".pq": ("parquet", {}), ".jsonl": ("jsonl", {}), ".json": ("jsonl", {}), ".ndjson": ("jsonl", {})}
 _SAMPLERS = {"csv": _sample_csv, "parquet": _sample_parquet, "jsonl": _sample_jsonl}

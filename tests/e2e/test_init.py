@@ -1,5 +1,8 @@
 """Your own data: `recsys init` on a shop log (Parquet with native timestamps, view/cart/purchase) and a
 catalog CSV writes a config that builds, trains and filters with no edits."""
+import json
+import re
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -10,6 +13,7 @@ from recsys import cli, registry
 from recsys.config import load_config
 from recsys.errors import RequestError
 from recsys.engine import Engine
+from recsys.init_config import infer
 
 
 def write_shop(tmp, n_users=150, n_items=80, seed=0):
@@ -81,3 +85,28 @@ def test_init_writes_a_config_that_builds_trains_and_filters_as_is(tmp_path, cap
                                       open(tmp_path / "conf" / "artifacts" / "datasets" / "LATEST").read().strip()
                                       / "stats.json"))
     assert st["rows_read"] == len(events) and st["rejected"] == 0
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "the file is empty"),
+    ("user_id,item_id,timestamp\n", "a header (user_id, item_id, timestamp) but no rows"),
+])
+def test_init_on_an_empty_or_header_only_file_is_one_line(tmp_path, content, message):
+    from recsys.errors import DataError
+    (tmp_path / "events.csv").write_text(content)
+    with pytest.raises(DataError, match=re.escape(message)):
+        infer(str(tmp_path / "events.csv"))
+
+
+def test_init_reads_a_semicolon_csv_and_skips_a_bad_json_line(tmp_path):
+    rows = [f"u{u};i{(u * 3 + k) % 17};{1_700_000_000 + 3600 * k + u}" for u in range(30) for k in range(6)]
+    (tmp_path / "events.csv").write_text("user_id;item_id;timestamp\n" + "\n".join(rows) + "\n")
+    inferred = infer(str(tmp_path / "events.csv"))
+    assert inferred.config["source"]["delimiter"] == ";"
+    assert any("delimiter: ';'" in n for n in inferred.notes)
+    lines = [json.dumps({"user_id": f"u{u}", "item_id": f"i{k}", "ts": 1_700_000_000 + k * 60 + u})
+             for u in range(20) for k in range(5)]
+    lines.insert(7, "{not json")
+    (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
+    inferred = infer(str(tmp_path / "events.jsonl"))
+    assert any("1 line(s) of the sample are not JSON objects" in n for n in inferred.notes)
