@@ -67,7 +67,10 @@ def _init(args) -> int:
 
     def rel(path):   # the config resolves paths against its own folder
         return path if path is None or "://" in path else os.path.relpath(os.path.abspath(path), base)
-    inferred = init_config.infer(args.events, args.items, args.root)
+    inferred = init_config.infer(args.events, args.items, args.root,
+                                 columns={"user": args.user, "item": args.item, "timestamp": args.time,
+                                          "event": args.event, "value": args.value},
+                                 delimiter=args.delimiter, catalog_item=args.catalog_item)
     inferred.config["source"]["path"] = rel(args.events)
     if args.items:
         inferred.config["source"]["items_path"] = rel(args.items)
@@ -411,6 +414,11 @@ def parser() -> argparse.ArgumentParser:
     ini.add_argument("--out", default="recsys.yaml", help="the config to write")
     ini.add_argument("--root", default="artifacts", help="artifacts.root of the config")
     ini.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    for flag, what in (("--user", "the user ID"), ("--item", "the item ID"), ("--time", "the event time"),
+                       ("--event", "the event type ('' for none)"), ("--value", "a rating or amount ('' for none)")):
+        ini.add_argument(flag, metavar="COLUMN", help=f"the log's column of {what}, over any guess")
+    ini.add_argument("--delimiter", help="the CSV delimiter, over the one found in the file")
+    ini.add_argument("--catalog-item", metavar="COLUMN", help="the catalog's item ID column, over any guess")
 
     b = verb("build-dataset", _build_dataset, "run the Beam pipeline: raw interactions -> dataset")
     b.add_argument("--dataset-id", help="name of the new dataset (default: UTC timestamp)")

@@ -23,8 +23,9 @@ from recsys.errors import DataError
 SAMPLE_ROWS = 20_000
 # Column names that usually mean a field, most telling first.
 _NAMES = {
-    "user": ("user_id", "userid", "user", "customer_id", "customer", "visitor_id", "visitorid", "client_id",
-             "session_id"),
+    "user": ("user_id", "userid", "user", "customer_id", "customer", "visitor_id", "visitorid", "visitor",
+             "client_id", "client", "household_id", "household_key", "household", "member_id", "member",
+             "account_id", "account", "buyer_id", "shopper_id", "session_id"),
     "item": ("item_id", "itemid", "item", "product_id", "productid", "product", "sku", "movie_id", "movieid",
              "article_id", "content_id"),
     "timestamp": ("timestamp", "ts", "event_time", "time", "datetime", "date", "created_at", "event_timestamp"),
@@ -44,12 +45,40 @@ class Inferred:
     notes: list = field(default_factory=list)
 
 
+# `recsys init` flags that name a column (they win over any guess): field -> flag
+FLAGS = {"user": "--user", "item": "--item", "timestamp": "--time", "event": "--event", "value": "--value"}
+
+
 def _pick(columns, field_name: str) -> str | None:
-    lower = {c.lower(): c for c in columns}
+    lower = {str(c).lower(): c for c in columns}
     for name in _NAMES[field_name]:
         if name in lower:
             return lower[name]
     return None
+
+
+def _named(columns, name: str, flag: str, path: str) -> str:
+    """A column a flag names: it must be one of the file's (exactly, or but for case)."""
+    if name in columns:
+        return name
+    lower = {str(c).lower(): c for c in columns}
+    if name.lower() in lower:
+        return lower[name.lower()]
+    raise DataError(f"init {flag} {name}: {path} has no such column (its columns: {', '.join(map(str, columns))})")
+
+
+def _catalog_key(cat: pd.DataFrame, log_items: pd.Series, log_column: str) -> str | None:
+    """The catalog's item ID column: a name that says so (the log's own, item_id, sku, ... or `id`), the
+    one whose values match the sampled log's items best when several could. None if none matches."""
+    candidates = [c for c in (_pick(cat.columns, "item"), log_column if log_column in cat.columns else None,
+                              next((c for c in cat.columns if str(c).lower() in ("id", "key", "code")), None))
+                  if c is not None]
+    if not candidates:
+        return None
+    seen = set(log_items.astype(str))
+    overlap = {c: cat[c].astype(str).isin(seen).mean() for c in dict.fromkeys(candidates)}
+    best = max(overlap, key=lambda c: (overlap[c], -candidates.index(c)))
+    return best if overlap[best] > 0 or len(overlap) == 1 else None
 
 
 def _seconds(col: pd.Series, unit: str) -> np.ndarray:
@@ -184,23 +213,35 @@ def _kind(spec) -> str:
     return spec["kind"] if isinstance(spec, dict) else spec
 
 
-def infer(events: str, items: str | None = None, root: str = "artifacts") -> Inferred:
+def infer(events: str, items: str | None = None, root: str = "artifacts", columns: dict | None = None,
+          delimiter: str | None = None, catalog_item: str | None = None) -> Inferred:
     """The config mapping for these files, and notes on what was inferred.
 
+    Args:
+        columns: field (user, item, timestamp, event, value) -> the column to use, over any guess
+            (`recsys init --user household_id`); "" for event or value: none.
+        delimiter: the CSV delimiter, over the one found in the file.
+        catalog_item: the catalog's item ID column, over the guess.
     Raises:
-        DataError: a file cannot be read, or a required column (user, item, time) cannot be found.
+        DataError: a file cannot be read, a column a flag names is not in it, or a required column
+            (user, item, time) cannot be found (the message names the flag to pass).
     """
-    smp = readers.sample(events, SAMPLE_ROWS)
+    columns = {k: v for k, v in (columns or {}).items() if v is not None}
+    smp = readers.sample(events, SAMPLE_ROWS, delimiter)
     df, fmt, schema = smp.frame, smp.format, smp.schema
     notes = [f"events: {events} ({fmt}, {len(df)} sample rows; columns: {', '.join(map(str, df.columns))})"]
     if smp.bad_lines:
         notes.append(f"{smp.bad_lines} line(s) of the sample are not JSON objects: skipped here; build-dataset "
                      "makes them dead letters with the reason")
-    cols = {f: _pick(df.columns, f) for f in _NAMES}
+    cols = {f: (_named(df.columns, columns[f], FLAGS[f], events) if columns.get(f) else
+                None if f in columns else _pick(df.columns, f)) for f in _NAMES}
     for f in ("user", "item", "timestamp"):
         if cols[f] is None:
             raise DataError(f"{events}: no column looks like the {f} (columns: {', '.join(map(str, df.columns))}); "
-                            f"name it in source.columns.{f}")
+                            f"name it: recsys init {FLAGS[f]} COLUMN")
+    named = [f"{f} {cols[f]!r}" for f in columns if cols.get(f)]
+    if named:
+        notes.append("named by flags (not guessed): " + ", ".join(named))
     ts_type = schema.field(cols["timestamp"]).type if schema is not None else None
     unit, how = _timestamp_unit(df[cols["timestamp"]], ts_type)
     notes.append(f"user: {cols['user']!r}, item: {cols['item']!r}, time: {cols['timestamp']!r} as {how}")
@@ -209,7 +250,7 @@ def infer(events: str, items: str | None = None, root: str = "artifacts") -> Inf
                           "value": cols["value"] or "", "event": cols["event"] or ""}}
     if smp.delimiter and smp.delimiter != ",":
         source["delimiter"] = smp.delimiter
-        notes.append(f"delimiter: {smp.delimiter!r} (found in the file)")
+        notes.append(f"delimiter: {smp.delimiter!r} ({'--delimiter' if delimiter else 'found in the file'})")
     feedback: dict
     if cols["event"]:
         counts = df[cols["event"]].astype(str).value_counts()
@@ -236,14 +277,16 @@ def infer(events: str, items: str | None = None, root: str = "artifacts") -> Inf
         notes.append(f"models train on every event and are measured on {', '.join(purchase)} "
                      f"(evaluation.target_events)")
     if items:
-        cat_smp = readers.sample(items, SAMPLE_ROWS)
+        cat_smp = readers.sample(items, SAMPLE_ROWS, delimiter)
         cat, cat_fmt = cat_smp.frame, cat_smp.format
         if smp.delimiter and cat_smp.delimiter and cat_smp.delimiter != smp.delimiter:
             raise DataError(f"{items}: its delimiter is {cat_smp.delimiter!r} and the events' {smp.delimiter!r}; "
                             "both are read with source.delimiter: write them with the same one")
-        item_col = _pick(cat.columns, "item") or cols["item"]
-        if item_col not in cat.columns:
-            raise DataError(f"{items}: no column looks like the item ID (columns: {', '.join(map(str, cat.columns))})")
+        item_col = (_named(cat.columns, catalog_item, "--catalog-item", items) if catalog_item else
+                    _catalog_key(cat, df[cols["item"]], cols["item"]))
+        if item_col is None:
+            raise DataError(f"{items}: no column looks like the item ID (columns: {', '.join(map(str, cat.columns))}); "
+                            "name it: recsys init --catalog-item COLUMN")
         title = next((c for c in cat.columns if c.lower() in ("title", "name", "product_name")), "")
         attrs = _attributes(cat, {item_col, title})
         source.update(items_path=items, items_format=cat_fmt,

@@ -376,17 +376,19 @@ class Sample(NamedTuple):
     bad_lines: int = 0           # JSON lines: lines of the sample that are not a JSON object (skipped)
 
 
-def sample(path: str, rows: int) -> Sample:
+def sample(path: str, rows: int, delimiter: str | None = None) -> Sample:
     """The first `rows` rows of the first file matching `path`, its format told by the file name.
 
     Raises:
         DataError: an extension of no known format, no file matches, the file is empty, or it has a
-            header but no rows (one line each).
+            header but no rows (one line each). `delimiter`: a delimited file's, over the one found.
     """
     ext = os.path.splitext(path.lower().removesuffix(".gz"))[1]
     if ext not in _EXTENSIONS:
         raise DataError(f"{path}: cannot tell the format from {ext!r} (known: {', '.join(sorted(_EXTENSIONS))})")
     fmt, options = _EXTENSIONS[ext]
+    if delimiter and fmt == "csv":
+        options = {**options, "delimiter": delimiter}
     files = fsio.match(path)
     if not files:
         raise DataError(f"{path}: no such file")

@@ -11,7 +11,7 @@ import pytest
 
 from recsys import cli, registry
 from recsys.config import load_config
-from recsys.errors import RequestError
+from recsys.errors import DataError, RequestError
 from recsys.engine import Engine
 from recsys.init_config import infer
 
@@ -110,3 +110,25 @@ def test_init_reads_a_semicolon_csv_and_skips_a_bad_json_line(tmp_path):
     (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
     inferred = infer(str(tmp_path / "events.jsonl"))
     assert any("1 line(s) of the sample are not JSON objects" in n for n in inferred.notes)
+
+
+def test_init_guesses_household_and_a_catalog_keyed_id_and_flags_override(tmp_path):
+    """A purchase log keyed household_id and a catalog keyed `id` (matched against the log's items),
+    then the same files with every column named by flags."""
+    rows = [f"h{u},p{(u * 7 + k) % 40},{1_700_000_000 + 86400 * k + u},2" for u in range(60) for k in range(8)]
+    (tmp_path / "events.csv").write_text("household_id,product,day,quantity\n" + "\n".join(rows) + "\n")
+    (tmp_path / "catalog.csv").write_text("id,department,brand\n" + "\n".join(
+        f"p{i},{['dairy', 'bakery', 'produce'][i % 3]},b{i % 5}" for i in range(40)) + "\n")
+    with pytest.raises(DataError, match="no column looks like the timestamp .*recsys init --time COLUMN"):
+        infer(str(tmp_path / "events.csv"), str(tmp_path / "catalog.csv"))
+    inferred = infer(str(tmp_path / "events.csv"), str(tmp_path / "catalog.csv"), columns={"timestamp": "day"})
+    src = inferred.config["source"]
+    assert src["columns"]["user"] == "household_id" and src["columns"]["item"] == "product"
+    assert src["item_columns"]["item"] == "id"                  # the catalog column whose values are the log's items
+    named = infer(str(tmp_path / "events.csv"), str(tmp_path / "catalog.csv"),
+                  columns={"user": "household_id", "item": "product", "timestamp": "day", "value": "quantity"},
+                  catalog_item="id")
+    assert named.config["source"]["columns"]["value"] in ("quantity", "")
+    assert any("named by flags" in n for n in named.notes)
+    with pytest.raises(DataError, match=r"init --user shopper: .* has no such column"):
+        infer(str(tmp_path / "events.csv"), columns={"user": "shopper", "timestamp": "day"})
