@@ -297,9 +297,13 @@ def validate(cfg: Config) -> Config:
     if f.mode == "event":
         _check(bool(s.columns.event), "source.columns.event", s.columns.event,
                "feedback.mode=event needs an event-type column")
-        _check(bool(f.event_weights) and all(isinstance(v, (int, float)) and v > 0
-                                             for v in f.event_weights.values()),
-               "feedback.event_weights", f.event_weights, "a non-empty mapping of event type to weight > 0")
+        # 0: a known event that is not trained on and never relevant (a skip, a return): counted, not rejected
+        _check(bool(f.event_weights) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                                             for v in f.event_weights.values())
+               and any(v > 0 for v in f.event_weights.values()),
+               "feedback.event_weights", f.event_weights,
+               "a mapping of event type to weight >= 0 with at least one > 0 (0: drop the event from training "
+               "and relevance)")
     _one_of("feedback.unknown_events", f.unknown_events, ("reject", "ignore"))
     fl = cfg.filters
     _check(fl.min_user_interactions >= 1, "filters.min_user_interactions", fl.min_user_interactions, ">= 1")

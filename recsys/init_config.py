@@ -32,6 +32,9 @@ _NAMES = {
     "event": ("event_type", "event", "action", "type", "interaction", "behavior", "behaviour"),
     "value": ("rating", "score", "stars", "value"),
 }
+# Events that say "not this": weight 0 (kept, counted, never trained on nor relevant)
+_NEGATIVE_EVENTS = {"skip", "skipped", "dislike", "unlike", "hide", "hidden", "return", "returned", "refund",
+                    "remove_from_cart", "removefromcart", "cart_remove", "remove", "thumbs_down", "block", "report"}
 # Proposed weights for event names a shop or media log usually has (anything else: 1).
 _EVENT_WEIGHTS = {"view": 1.0, "click": 1.0, "detail": 1.0, "play": 1.0, "like": 2.0, "cart": 2.0,
                   "add_to_cart": 2.0, "addtocart": 2.0, "wishlist": 2.0, "purchase": 3.0, "order": 3.0,
@@ -254,8 +257,16 @@ def infer(events: str, items: str | None = None, root: str = "artifacts", column
     feedback: dict
     if cols["event"]:
         counts = df[cols["event"]].astype(str).value_counts()
-        weights = {str(e): _EVENT_WEIGHTS.get(str(e).lower(), 1.0) for e in counts.index}
+        weights = {str(e): 0.0 if str(e).strip().lower() in _NEGATIVE_EVENTS else _EVENT_WEIGHTS.get(str(e).lower(), 1.0)
+                   for e in counts.index}
+        if not any(w > 0 for w in weights.values()):
+            raise DataError(f"{events}: every event type in the sample ({', '.join(weights)}) reads as negative; "
+                            "name the column of positive events with --event, or --event '' for none")
         feedback = {"mode": "event", "event_weights": weights, "unknown_events": "ignore"}
+        negative = [e for e, w in weights.items() if w == 0]
+        if negative:
+            notes.append(f"{', '.join(negative)}: negative feedback, weight 0: kept and counted, never trained "
+                         "on nor counted relevant (give a weight > 0 in feedback.event_weights to use it)")
         notes.append("event types (sample count -> proposed weight): "
                      + ", ".join(f"{e} {counts[e]} -> {weights[str(e)]:g}" for e in counts.index))
         if cols["value"]:

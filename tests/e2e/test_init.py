@@ -132,3 +132,28 @@ def test_init_guesses_household_and_a_catalog_keyed_id_and_flags_override(tmp_pa
     assert any("named by flags" in n for n in named.notes)
     with pytest.raises(DataError, match=r"init --user shopper: .* has no such column"):
         infer(str(tmp_path / "events.csv"), columns={"user": "shopper", "timestamp": "day"})
+
+
+def test_negative_events_get_weight_zero_and_are_said_to(tmp_path, make_config, build_dataset):
+    lines = [json.dumps({"visitor": f"v{u}", "content_id": f"c{(u + k) % 30}", "action": a,
+                         "ts": f"2024-10-0{1 + k % 9}T10:00:0{u % 10}+02:00"})
+             for u in range(40) for k, a in enumerate(["play", "skip", "like", "play", "skip", "share"])]
+    (tmp_path / "media.jsonl").write_text("\n".join(lines) + "\n")
+    inferred = infer(str(tmp_path / "media.jsonl"))
+    weights = inferred.config["feedback"]["event_weights"]
+    assert weights["skip"] == 0 and weights["play"] > 0 and weights["like"] > weights["play"]
+    assert any(n.startswith("skip: negative feedback, weight 0") for n in inferred.notes)
+    cfg = make_config({"source": inferred.config["source"], "feedback": inferred.config["feedback"]})
+    d = build_dataset(cfg)
+    assert d.stats["not_positive"] == 80                      # the 80 skips: kept, counted, not trained on
+
+
+def test_a_weight_of_zero_is_accepted_but_not_all_zero():
+    from recsys.config import from_dict
+    from recsys.errors import ConfigError
+    src = {"format": "csv", "columns": {"event": "e"}}
+    from_dict({"source": src, "feedback": {"mode": "event", "event_weights": {"view": 1, "skip": 0}}})
+    with pytest.raises(ConfigError, match="at least one > 0"):
+        from_dict({"source": src, "feedback": {"mode": "event", "event_weights": {"skip": 0}}})
+    with pytest.raises(ConfigError, match="weight >= 0"):
+        from_dict({"source": src, "feedback": {"mode": "event", "event_weights": {"view": -1, "buy": 2}}})
