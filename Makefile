@@ -11,7 +11,7 @@ $(BIN)/recsys: setup.cfg pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[train,serve,dev]'
 	touch $(BIN)/recsys
 
 install: $(BIN)/recsys
@@ -29,4 +29,4 @@ serve: install
 	$(BIN)/recsys serve --config $(CONFIG)
 
 bench-deps: install
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[train,serve,dev,bench]'

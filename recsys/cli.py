@@ -499,6 +499,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# what the `train` extra brings (setup.cfg): a command that needs one of them says so in one line
+_TRAIN_MODULES = {"apache_beam", "tensorflow_recommenders", "tf_keras", "matplotlib", "markdown"}
+
+
+# the commands that build datasets, train or draw reports: they need the `train` extra
+_TRAIN_COMMANDS = {"build-dataset", "train", "nightly", "demo", "batch-recommend", "compare", "inspect"}
+
+
+def _check_train_extra(command: str) -> None:
+    """One line, before anything runs, when this install (the service image: `recsys[serve]`) lacks
+    what `command` needs."""
+    import importlib.util
+    missing = [m for m in ("apache_beam", "tensorflow_recommenders") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RecsysError(f"recsys {command} needs the train extra ({', '.join(missing)} missing; this install "
+                          "serves only): pip install 'recsys[train]'")
+
+
 def main(argv=None) -> int:
     """Run one command; returns the exit code (2: an error the user can fix, printed as one line)."""
     args = parser().parse_args(argv)
@@ -522,6 +540,8 @@ def main(argv=None) -> int:
         # a header without the configured columns), Python's traceback for anything else. -v shows both.
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     try:
+        if args.command in _TRAIN_COMMANDS:
+            _check_train_extra(args.command)
         return args.func(args)
     except BrokenPipeError:
         # the reader went away (`recsys versions --json | head`): stop quietly, like a tool killed by
@@ -539,6 +559,13 @@ def main(argv=None) -> int:
             raise
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        # an install without the `train` extra (the service image) asked to build or train
+        if args.verbose or (exc.name or "").split(".")[0] not in _TRAIN_MODULES:
+            raise
+        print(f"error: recsys {args.command} needs {exc.name}, which this install lacks (it serves only): "
+              "pip install 'recsys[train]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
