@@ -517,6 +517,14 @@ def _check_train_extra(command: str) -> None:
                           "serves only): pip install 'recsys[train]'")
 
 
+class _UtcFormatter(logging.Formatter):
+    """Log lines stamped in UTC, ISO 8601 with milliseconds: 2026-12-07T11:12:13.456Z."""
+
+    converter = time.gmtime
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03dZ"
+
+
 def main(argv=None) -> int:
     """Run one command; returns the exit code (2: an error the user can fix, printed as one line)."""
     args = parser().parse_args(argv)
@@ -526,12 +534,11 @@ def main(argv=None) -> int:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
         import recsys
         logging.getLogger().removeFilter(recsys._quiet_import_warnings)
-    # timestamped (UTC, ISO 8601), so a service's or a nightly's log can be read next to others
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.Formatter.converter = time.gmtime
-    for handler in logging.getLogger().handlers:
-        handler.formatter.default_time_format, handler.formatter.default_msec_format = "%Y-%m-%dT%H:%M:%S", "%s.%03dZ"
+    # timestamped (UTC, ISO 8601), so a service's or a nightly's log can be read next to others; a host
+    # that configured logging already (an embedding program, pytest) keeps its handlers
+    handler = logging.StreamHandler()
+    handler.setFormatter(_UtcFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     if not args.verbose:
         for name in ("tensorflow", "absl"):
             logging.getLogger(name).setLevel(logging.ERROR)

@@ -204,3 +204,16 @@ def test_log_lines_carry_a_utc_timestamp_and_the_logger(tmp_path):
     line = out.stderr.strip().splitlines()[-1]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z WARNING recsys\.serving: serving version v2 \(was v1\)",
                         line), out.stderr
+
+
+def test_a_host_that_configured_logging_keeps_its_handlers(tmp_path, capsys):
+    # pytest, or a program embedding the CLI, may have put a handler without a formatter on the root logger
+    import logging
+    bare = logging.NullHandler()
+    logging.getLogger().addHandler(bare)
+    try:
+        (tmp_path / "c.yaml").write_text(f"artifacts:\n  root: {tmp_path}\n")
+        assert cli.main(["versions", "--config", str(tmp_path / "c.yaml")]) == 0
+        assert bare in logging.getLogger().handlers and bare.formatter is None
+    finally:
+        logging.getLogger().removeHandler(bare)
