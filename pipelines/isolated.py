@@ -13,6 +13,7 @@ child that dies without a word (killed, out of memory, a crash in native code) r
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import pickle
 import traceback
@@ -37,7 +38,10 @@ def _portable(exc: BaseException) -> BaseException:
     return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-def _child(conn, fn: Callable, args: tuple) -> None:
+def _child(conn, fn: Callable, args: tuple, verbose: bool = False) -> None:
+    from recsys import logs
+    logs.configure(verbose, logs.log_format())    # a fresh interpreter: the parent's format and level
+
     def progress(line: str) -> None:
         conn.send(("progress", str(line)))
     try:
@@ -61,7 +65,8 @@ def call(fn: Callable, args: tuple, progress: Callable[[str], None], name: str =
     """
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, fn, args), name=f"recsys-{name}", daemon=False)
+    verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO
+    proc = ctx.Process(target=_child, args=(send, fn, args, verbose), name=f"recsys-{name}", daemon=False)
     proc.start()
     send.close()   # the child holds the only writing end: EOF below means it is gone
     outcome = None

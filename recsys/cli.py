@@ -17,8 +17,8 @@ import json
 import logging
 import os
 import sys
-import time
 
+from recsys import logs
 from recsys.config import load_config
 from recsys.errors import RecsysError
 
@@ -389,6 +389,9 @@ def parser() -> argparse.ArgumentParser:
                         help="YAML config (default: $RECSYS_CONFIG, else ./recsys.yaml)")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="show library logs (TensorFlow, Beam) and tracebacks")
+    common.add_argument("--log-format", choices=logs.FORMATS, default=argparse.SUPPRESS,
+                        help="log lines as UTC text or one JSON object per line "
+                             "(default: $RECSYS_LOG_FORMAT, else text)")
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     fmt = _Defaults
@@ -517,14 +520,6 @@ def _check_train_extra(command: str) -> None:
                           "serves only): pip install 'recsys[train]'")
 
 
-class _UtcFormatter(logging.Formatter):
-    """Log lines stamped in UTC, ISO 8601 with milliseconds: 2026-12-07T11:12:13.456Z."""
-
-    converter = time.gmtime
-    default_time_format = "%Y-%m-%dT%H:%M:%S"
-    default_msec_format = "%s.%03dZ"
-
-
 def main(argv=None) -> int:
     """Run one command; returns the exit code (2: an error the user can fix, printed as one line)."""
     args = parser().parse_args(argv)
@@ -536,16 +531,13 @@ def main(argv=None) -> int:
         logging.getLogger().removeFilter(recsys._quiet_import_warnings)
     # timestamped (UTC, ISO 8601), so a service's or a nightly's log can be read next to others; a host
     # that configured logging already (an embedding program, pytest) keeps its handlers
-    handler = logging.StreamHandler()
-    handler.setFormatter(_UtcFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
-    if not args.verbose:
-        for name in ("tensorflow", "absl"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        # Beam logs the exception of a failing step with its traceback (apache_beam.runners.common, at
-        # ERROR) before raising it here, where it is reported: one line for a RecsysError (a UTF-16 file,
-        # a header without the configured columns), Python's traceback for anything else. -v shows both.
-        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+    try:
+        log_format = logs.log_format(getattr(args, "log_format", None))
+    except RecsysError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    os.environ["RECSYS_LOG_FORMAT"] = log_format    # the nightly's step processes and serve's workers
+    logs.configure(args.verbose, log_format)
     try:
         if args.command in _TRAIN_COMMANDS:
             _check_train_extra(args.command)

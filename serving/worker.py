@@ -36,10 +36,14 @@ class _Server(uvicorn.Server):
 def main() -> None:
     from serving.main import create_app
     from serving.settings import Settings
+    from recsys import logs
+    fmt = logs.log_format()                 # the supervisor's --log-format, through RECSYS_LOG_FORMAT
+    logs.configure(False, fmt)
     sock_fd = int(os.environ["RECSYS_SOCKET_FD"])
     app = create_app(Settings.from_env())
     access_log = os.environ.get("RECSYS_ACCESS_LOG") == "1"
-    server = _Server(uvicorn.Config(app, log_level="info" if access_log else "warning", access_log=access_log))
+    server = _Server(uvicorn.Config(app, log_config=logs.uvicorn_config(fmt, access_log),
+                                    log_level="info" if access_log else "warning", access_log=access_log))
     server.run(sockets=[socket.socket(fileno=sock_fd)])
 
 

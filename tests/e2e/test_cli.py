@@ -217,3 +217,25 @@ def test_a_host_that_configured_logging_keeps_its_handlers(tmp_path, capsys):
         assert bare in logging.getLogger().handlers and bare.formatter is None
     finally:
         logging.getLogger().removeHandler(bare)
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_log_format_json_is_one_object_per_line(tmp_path, how):
+    import json
+    import subprocess
+    import sys
+    (tmp_path / "c.yaml").write_text(f"artifacts:\n  root: {tmp_path}\n")
+    argv = ["versions", "--config", str(tmp_path / "c.yaml")] + (["--log-format", "json"] if how == "flag" else [])
+    code = ("import logging, sys; from recsys import cli; cli.main(sys.argv[1:]); "
+            "logging.getLogger('recsys.serving').warning('serving version v2')")
+    env = dict(os.environ, RECSYS_LOG_FORMAT="json" if how == "env" else "text")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120, env=env)
+    line = json.loads(out.stderr.strip().splitlines()[-1])
+    assert line["logger"] == "recsys.serving" and line["message"] == "serving version v2" and line["level"] == "WARNING"
+    assert line["time"].endswith("Z")
+
+
+def test_an_unknown_log_format_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RECSYS_LOG_FORMAT", "xml")
+    code, _, err = run(["versions", "--config", str(tmp_path / "c.yaml")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "'xml'" in err and "RECSYS_LOG_FORMAT" in err

@@ -94,17 +94,21 @@ def _metric_sum(text: str, name: str, label: str = "") -> float:
 @pytest.mark.slow
 def test_metrics_sum_every_worker_and_survive_a_swap(served, tmp_path):
     """With 2 workers each scrape of /metrics (answered by either) reads all N requests, and after a
-    swap to a new generation of workers the count goes on from N."""
+    swap to a new generation of workers the count goes on from N. With --log-format json every log line,
+    the supervisor's, the workers' and uvicorn's access lines, is one JSON object."""
     root = str(tmp_path / "artifacts")
     shutil.copytree(served["root"], root)
     registry.publish(root, served["versions"]["mf"])
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "recsys.cli", "serve", "--root", root, "--port", str(port),
-                             "--workers", "2", "--poll-seconds", "0.3"], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                             "--workers", "2", "--poll-seconds", "0.3", "--access-log", "--log-format", "json"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    logged = []
+    reader = threading.Thread(target=lambda: logged.extend(proc.stderr), daemon=True)
+    reader.start()
     try:
-        assert _wait_for(lambda: _get(f"{base}/readyz")[0] == 200), proc.stderr.read1().decode()
+        assert _wait_for(lambda: _get(f"{base}/readyz")[0] == 200), "".join(logged)
 
         def scrape():
             with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
@@ -131,3 +135,11 @@ def test_metrics_sum_every_worker_and_survive_a_swap(served, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+        reader.join(timeout=10)
+    lines = [json.loads(line) for line in logged if line.strip()]
+    assert all(set(line) >= {"time", "level", "logger", "message"} for line in lines)
+    assert all(line["time"].endswith("Z") for line in lines)
+    assert any(line["logger"] == "uvicorn.access" and "/v1/users/u1/recommendations" in line["message"]
+               for line in lines)
+    assert any(line["logger"] == "uvicorn.error" and line["message"].startswith("Started server process")
+               for line in lines)
