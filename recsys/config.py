@@ -493,10 +493,9 @@ class ModelConfig:
     use_user_features: bool = True  # two_tower: categorical user features from source.users_path, if any
     history_length: int = 20
     history_items: str = "own"      # two_tower history table: own | candidate (the item tower's, no gradient)
-    # 0: from the training set's size (recsys.models.training.auto_batch_size): at least ~256 steps an
-    # epoch, between 256 and 2048. On the generated 3,000-user shop log (133k training rows) 2048 gave
-    # 65 steps an epoch and validation recall@20 mf 0.191 / two_tower 0.239; 512 gave 0.251 / 0.266
-    # (benchmarks/shop_future.py; docs/RESULTS.md). Large logs get 2048, as before.
+    # 0: from the training set's size (recsys.models.training.auto_batch_size): 256 below ~131k training
+    # rows, 512 above. Chosen on validation of the generated shop log at 133k and 1.5M training rows,
+    # where 2048 lost 10-28% (benchmarks/shop_future.py; docs/RESULTS.md).
     batch_size: int = 0
     learning_rate: float = 0.01
     lr_schedule: str = "constant"   # constant | cosine (decays to 0 over `epochs`)

@@ -226,3 +226,9 @@ def test_a_time_budget_stops_before_an_epoch_that_would_end_past_it():
     assert len(report.epochs) == 1 and any("time budget" in line for line in lines)
     report = create("mf", cfg.model).fit(ts, (20,), progress=lambda *_: None, max_seconds=None, validate=validation_metrics)
     assert len(report.epochs) == 50
+
+
+def test_the_automatic_batch_size_follows_the_training_set():
+    from recsys.models.training import auto_batch_size
+    assert [auto_batch_size(n) for n in (10, 60_000, 131_071, 133_000, 1_500_000, 50_000_000)] == \
+        [256, 256, 256, 512, 512, 512]
