@@ -513,7 +513,15 @@ class FinalizeFn(beam.DoFn):
             ds.write_metadata_rejected(self.out_dir, id_column, rej)
         every = pd.concat(frames, ignore_index=True)
         meta = every.drop_duplicates(id_column, keep="last")
-        return meta, len(rej), len(every) - len(meta)
+        duplicates, limit = len(every) - len(meta), self.cfg.source.max_duplicate_share
+        if duplicates > limit * len(every):
+            example = every.loc[every[id_column].duplicated(keep=False), id_column].iloc[0]
+            key = "source.item_columns.item" if id_column == "item" else "source.user_columns.user"
+            raise DataError(f"source.{path_key}: {duplicates} of {len(every)} rows ({duplicates / len(every):.1%}) "
+                            f"repeat an earlier row's ID (e.g. {example!r}), above source.max_duplicate_share="
+                            f"{limit:g}: is {key} the key column? Dedupe the file, or raise the share to keep "
+                            "the last row per ID")
+        return meta, len(rej), duplicates
 
     def _stats(self, c, split_rows, users, items, cuts, n_meta, meta_rejected):
         splits = {}

@@ -99,6 +99,9 @@ class SourceConfig:
     genre_separator: str = "|"
     users_path: str = ""
     users_format: str = "none"
+    # the share of catalog (or users file) rows that may repeat an earlier row's ID (the last one is kept);
+    # above it the build stops: most often the key is the wrong column, or the file has a row per variant
+    max_duplicate_share: float = 0.05
     user_columns: UserColumns = field(default_factory=UserColumns)
 
 
@@ -280,6 +283,8 @@ def validate(cfg: Config) -> Config:
            "a single character other than a line break or a quote")
     _check(0.0 <= s.min_accepted_fraction <= 1.0, "source.min_accepted_fraction", s.min_accepted_fraction,
            "between 0 and 1")
+    _check(0.0 <= s.max_duplicate_share <= 1.0, "source.max_duplicate_share", s.max_duplicate_share,
+           "between 0 and 1 (1: never refuse)")
     _check(1 <= s.max_id_length <= 65536, "source.max_id_length", s.max_id_length, "between 1 and 65536")
     for name in ("user", "item", "timestamp"):
         _check(bool(getattr(s.columns, name)), f"source.columns.{name}", getattr(s.columns, name),

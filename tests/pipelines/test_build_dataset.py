@@ -901,7 +901,7 @@ def test_item_metadata_from_a_generic_csv(write_file, make_config, build_dataset
     cfg = make_config({"source": {"path": "ratings.csv", "format": "csv", "columns": {"value": "rating"},
                                   "delimiter": "|", "items_path": "items.csv", "items_format": "csv",
                                   "item_columns": {"item": "sku", "title": "name", "year": "year", "genres": "tags"},
-                                  "genre_separator": ","}})
+                                  "genre_separator": ",", "max_duplicate_share": 0.5}})
     d = build_dataset(cfg)
     feats = d.item_features().set_index("item")
     assert list(feats.index) == list(d.items.ids) == ["i1", "i2", "i3"]
@@ -1099,3 +1099,18 @@ def test_constant_or_implausible_event_times_are_warned_about(write_file, make_c
     assert "outside 1995..now" in " ".join(time_warnings(stats, now=1.8e9))
     fine = {"interactions": 10, "splits": {"train": {"time_range": [1.6e9, 1.7e9]}}}
     assert time_warnings(fine, now=1.8e9) == []
+
+
+def test_a_catalog_whose_ids_repeat_too_often_is_refused_in_one_line(write_file, make_config, build_dataset):
+    # keyed by a column that is not unique (a category, a variant's parent): the last row per ID would
+    # silently give most items another item's title and attributes
+    rows = good_rows(["u1", "u2", "u3"], ["i1", "i2", "i3"], BASE_TS)
+    write_file("ratings.csv", ratings_csv(rows))
+    write_file("items.csv", ["sku,name", "i1,First", "i2,Second", "i2,Second (red)", "i3,Third"])
+    source = {"path": "ratings.csv", "format": "csv", "columns": {"value": "rating"}, "items_path": "items.csv",
+              "items_format": "csv", "item_columns": {"item": "sku", "title": "name"}}
+    with pytest.raises(DataError, match=r"1 of 4 rows \(25.0%\) repeat an earlier row's ID \(e.g. 'i2'\), above "
+                                        r"source.max_duplicate_share=0.05: is source.item_columns.item the key"):
+        build_dataset(make_config({"source": source}))
+    d = build_dataset(make_config({"source": dict(source, max_duplicate_share=0.25)}), dataset_id="allowed")
+    assert d.stats["items_metadata"]["duplicate_ids"] == 1
