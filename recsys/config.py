@@ -6,6 +6,7 @@ its data; URLs with a scheme (gs://, s3://, ...) are left as they are.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -114,6 +115,13 @@ class FeedbackConfig:
     # funnel (docs/CONFIG.md).
     event_weights: dict = field(default_factory=lambda: {"view": 1.0, "click": 1.0, "cart": 2.0, "purchase": 3.0})
     unknown_events: str = "reject"  # reject: dead letter `unknown_event_type`; ignore: valid, weight 0 (not_positive)
+    # modes event and implicit, with source.columns.value (a dwell time, a quantity): rows whose value is
+    # below min_value get weight 0 (kept and counted as not positive, like a skip). A number applies to
+    # every event type, {event: number} to those named. Rows without a value are not affected.
+    min_value: float | dict | None = None
+    # none | log: a row with a value v >= 1 weighs its event weight x (1 + ln v): 3 units of a product,
+    # or a 300-second play, count more than one, but not 3x or 300x
+    value_weight: str = "none"
 
 
 @dataclass
@@ -310,6 +318,23 @@ def validate(cfg: Config) -> Config:
                "a mapping of event type to weight >= 0 with at least one > 0 (0: drop the event from training "
                "and relevance)")
     _one_of("feedback.unknown_events", f.unknown_events, ("reject", "ignore"))
+    _one_of("feedback.value_weight", f.value_weight, ("none", "log"))
+
+    def _number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if f.min_value is not None:
+        _check(_number(f.min_value) or (isinstance(f.min_value, dict) and bool(f.min_value)
+                                        and all(_number(v) for v in f.min_value.values())),
+               "feedback.min_value", f.min_value, "a number, or a mapping of event type to a number")
+        if isinstance(f.min_value, dict) and f.mode == "event":
+            unknown = sorted(set(f.min_value) - set(f.event_weights))
+            _check(not unknown, "feedback.min_value", unknown, "event types of feedback.event_weights")
+    if f.min_value is not None or f.value_weight != "none":
+        what = "feedback.min_value" if f.min_value is not None else "feedback.value_weight"
+        _check(f.mode in ("event", "implicit"), what, f.min_value if f.min_value is not None else f.value_weight,
+               "only with feedback.mode event or implicit (a rating is thresholded by feedback.min_rating)")
+        _check(bool(s.columns.value), "source.columns.value", s.columns.value,
+               f"{what} needs the column of values (a dwell time, a quantity)")
     fl = cfg.filters
     _check(fl.min_user_interactions >= 1, "filters.min_user_interactions", fl.min_user_interactions, ">= 1")
     _check(fl.min_item_interactions >= 1, "filters.min_item_interactions", fl.min_item_interactions, ">= 1")

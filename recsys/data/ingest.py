@@ -107,6 +107,8 @@ def validate(raw: pd.DataFrame, cfg: Config, source: str, raw_text=None):
             zero_copy_only=False).astype(np.float32)
     else:
         weight = np.ones(n, dtype=np.float32)
+    if fb.mode != "rating":
+        weight = _value_weight(weight, value, event, fb)
     keep = pa.array(good)
 
     def strings(arr):
@@ -122,6 +124,24 @@ def validate(raw: pd.DataFrame, cfg: Config, source: str, raw_text=None):
     }, copy=False)
     valid.attrs["event_counts"] = event_counts
     return valid, rejected
+
+
+def _value_weight(weight: np.ndarray, value: np.ndarray, event: pa.Array, fb) -> np.ndarray:
+    """feedback.min_value and feedback.value_weight on rows that have a value (NaN: none, untouched)."""
+    has = ~np.isnan(value)
+    if fb.min_value is not None:
+        if isinstance(fb.min_value, dict):
+            names = pa.array(list(fb.min_value), type=pa.string())
+            limits = pa.array([float(v) for v in fb.min_value.values()], type=pa.float64())
+            limit = limits.take(pc.index_in(event, value_set=names)).fill_null(-np.inf).to_numpy(
+                zero_copy_only=False)
+        else:
+            limit = float(fb.min_value)
+        weight = np.where(has & (value < limit), np.float32(0), weight)
+    if fb.value_weight == "log":
+        scale = 1.0 + np.log(np.maximum(np.where(has, value, 1.0), 1.0))
+        weight = (weight * scale).astype(np.float32)
+    return weight.astype(np.float32, copy=False)
 
 
 # at most this many distinct unknown or merged event values are counted per block (garbage in an event

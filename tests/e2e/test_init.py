@@ -157,3 +157,36 @@ def test_a_weight_of_zero_is_accepted_but_not_all_zero():
         from_dict({"source": src, "feedback": {"mode": "event", "event_weights": {"skip": 0}}})
     with pytest.raises(ConfigError, match="weight >= 0"):
         from_dict({"source": src, "feedback": {"mode": "event", "event_weights": {"view": -1, "buy": 2}}})
+
+
+def test_init_reads_dwell_and_quantity_and_shows_conversion(tmp_path, make_config, build_dataset):
+    # a media log with plays carrying a dwell in seconds: the column is read and a threshold proposed
+    # from its quantiles (not set); with the threshold set, short plays are counted as not positive
+    rng = np.random.default_rng(1)
+    lines = [json.dumps({"visitor": f"v{u}", "content_id": f"c{(u + k) % 30}", "action": "play",
+                         "dwell_seconds": int(rng.integers(1, 300)), "ts": 1_700_000_000 + 600 * k + u})
+             for u in range(40) for k in range(8)]
+    (tmp_path / "media.jsonl").write_text("\n".join(lines) + "\n")
+    inferred = infer(str(tmp_path / "media.jsonl"))
+    assert inferred.config["source"]["columns"]["value"] == "dwell_seconds"
+    assert "min_value" not in inferred.config["feedback"]
+    note = next(n for n in inferred.notes if n.startswith("'dwell_seconds' reads as time spent"))
+    limit = float(re.search(r"feedback.min_value: \{play: ([\d.]+)\}", note).group(1))
+    feedback = dict(inferred.config["feedback"], min_value={"play": limit})
+    d = build_dataset(make_config({"source": inferred.config["source"], "feedback": feedback}))
+    dwell = np.array([json.loads(line)["dwell_seconds"] for line in lines])
+    assert d.stats["not_positive"] == int((dwell < limit).sum()) > 0
+    # a purchase log without event types, with a quantity: implicit, the amount read, log weighting proposed
+    rows = [f"h{u},p{(u * 7 + k) % 40},{1_700_000_000 + 86400 * k + u},{1 + (u + k) % 4}" for u in range(60)
+            for k in range(8)]
+    (tmp_path / "grocery.csv").write_text("household_id,product_id,timestamp,quantity\n" + "\n".join(rows) + "\n")
+    inferred = infer(str(tmp_path / "grocery.csv"))
+    assert inferred.config["feedback"]["mode"] == "implicit"
+    assert inferred.config["source"]["columns"]["value"] == "quantity"
+    assert any(n.startswith("'quantity' reads as an amount") and "value_weight: log" in n for n in inferred.notes)
+    # the shop log: each event's conversion to purchase, measured in the sample
+    write_shop(tmp_path)
+    shop = infer(str(tmp_path / "events.parquet"), str(tmp_path / "catalog.csv"))
+    note = next(n for n in shop.notes if n.startswith("conversion to purchase"))
+    view, cart = (float(re.search(rf"{e} ([\d.]+)%", note).group(1)) for e in ("view", "cart"))
+    assert 0 < view < cart <= 100          # write_shop: a cart follows a view, a purchase follows a cart

@@ -224,6 +224,37 @@ def test_event_mode_weights_and_unknown_events():
     assert valid.attrs["event_counts"] == {"case_merged_events": {"VIEW": 1}, "unknown_events": {"hover": 1, "": 1}}
 
 
+def test_min_value_drops_short_events_and_value_weight_scales_the_rest():
+    # a media log: plays with a dwell in seconds; a like has none. Short plays are kept at weight 0
+    # (not trained on, not relevant, counted as not positive); a missing value is never below a limit
+    names = ["user_id", "item_id", "event", "amount", "timestamp"]
+    lines = ["u,a,view,3,1000000000", "u,b,view,45,1000000001", "u,c,click,,1000000002", "u,d,click,2,1000000003",
+             "u,e,purchase,0.5,1000000004"]
+    valid, _ = run_block(lines, cfg=event_config(feedback={"mode": "event", "min_value": {"view": 10},
+                         "event_weights": {"view": 1, "click": 2, "purchase": 5.5}}), names=names)
+    assert valid["weight"].tolist() == [0.0, 1.0, 2.0, 2.0, 5.5]
+    valid, _ = run_block(lines, cfg=event_config(feedback={"mode": "event", "min_value": 2.5,
+                         "event_weights": {"view": 1, "click": 2, "purchase": 5.5}}), names=names)
+    assert valid["weight"].tolist() == [1.0, 1.0, 2.0, 0.0, 0.0]
+    valid, _ = run_block(lines, cfg=event_config(feedback={"mode": "event", "value_weight": "log",
+                         "event_weights": {"view": 1, "click": 2, "purchase": 5.5}}), names=names)
+    assert valid["weight"].tolist() == pytest.approx([1 + np.log(3), 1 + np.log(45), 2.0, 2 * (1 + np.log(2)), 5.5])
+
+
+def test_min_value_is_checked_against_the_mode_and_the_event_types():
+    from recsys.errors import ConfigError
+    src = {"format": "csv", "columns": {"event": "event", "value": "amount"}}
+    with pytest.raises(ConfigError, match=r"feedback.min_value.*\['play'\].*event types of feedback.event_weights"):
+        from_dict({"source": src, "feedback": {"mode": "event", "event_weights": {"view": 1}, "min_value": {"play": 3}}})
+    with pytest.raises(ConfigError, match="feedback.min_value.*only with feedback.mode event or implicit"):
+        from_dict({"source": {"format": "csv", "columns": {"value": "r"}},
+                   "feedback": {"mode": "rating", "min_value": 3}})
+    with pytest.raises(ConfigError, match="source.columns.value.*needs the column of values"):
+        from_dict({"source": {"format": "csv"}, "feedback": {"mode": "implicit", "value_weight": "log"}})
+    with pytest.raises(ConfigError, match="feedback.min_value"):
+        from_dict({"source": src, "feedback": {"mode": "event", "event_weights": {"view": 1}, "min_value": "x"}})
+
+
 def test_unknown_events_kept_with_weight_zero_are_counted_and_variants_merged():
     names = ["user_id", "item_id", "event", "amount", "timestamp"]
     cfg = event_config()
