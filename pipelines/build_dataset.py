@@ -465,8 +465,10 @@ class FinalizeFn(beam.DoFn):
         users, items = Vocabulary(result["user_ids"].to_pylist()), Vocabulary(result["item_ids"].to_pylist())
         ds.write_vocabularies(self.out_dir, users, items)
         meta, meta_rejected, meta_duplicates = self._item_metadata()
-        kinds = {n: a.kind for n, a in item_attributes(self.cfg.source).items()}
-        ds.write_items(self.out_dir, items, meta, kinds, _train_counts(split_rows, pa.array(items.ids, pa.string())))
+        attributes = item_attributes(self.cfg.source)
+        ds.write_items(self.out_dir, items, meta, {n: a.kind for n, a in attributes.items()},
+                       _train_counts(split_rows, pa.array(items.ids, pa.string())),
+                       {n: a.max_age_days for n, a in attributes.items() if a.max_age_days})
         user_stats = self._user_metadata(users)
         stats = self._stats(c, split_rows, users, items, result["cuts"], len(meta), meta_rejected)
         if len(meta):

@@ -46,19 +46,23 @@ class ItemColumns:
     genres: str = "genres"
     year: str = ""
     # more catalog columns, by kind: categorical (one value), multi (values split by genre_separator, or
-    # {kind: multi, separator: ";"}), numeric, text. All but text become filters of the service
-    # (category:Books, tags:new, price<=50); all feed the two_tower candidate tower (item_attributes()).
+    # {kind: multi, separator: ";"}), numeric, date (ISO dates or datetimes; {kind: date, max_age_days: 365}
+    # never recommends items older than that), text. All but text become filters of the service
+    # (category:Books, tags:new, price<=50, published_at>=2024-10-01); all feed the two_tower candidate
+    # tower (item_attributes()).
     attributes: dict = field(default_factory=dict)
 
 
-ATTRIBUTE_KINDS = ("categorical", "multi", "numeric", "text")
+ATTRIBUTE_KINDS = ("categorical", "multi", "numeric", "date", "text")
 
 
 @dataclass(frozen=True)
 class Attribute:
-    """One catalog attribute: its kind (ATTRIBUTE_KINDS) and, for `multi`, the separator of its values."""
+    """One catalog attribute: its kind (ATTRIBUTE_KINDS), for `multi` the separator of its values, for
+    `date` the age in days past which an item is not recommended (0: any age)."""
     kind: str
     separator: str = "|"
+    max_age_days: float = 0.0
 
 
 def item_attributes(source: "SourceConfig") -> dict[str, Attribute]:
@@ -70,7 +74,8 @@ def item_attributes(source: "SourceConfig") -> dict[str, Attribute]:
     out = {}
     for name, spec in source.item_columns.attributes.items():
         if isinstance(spec, dict):
-            out[name] = Attribute(spec.get("kind", ""), spec.get("separator") or source.genre_separator)
+            out[name] = Attribute(spec.get("kind", ""), spec.get("separator") or source.genre_separator,
+                                  float(spec.get("max_age_days") or 0))
         else:
             out[name] = Attribute(spec, source.genre_separator)
     return out
@@ -269,13 +274,19 @@ def validate(cfg: Config) -> Config:
                "source.item_columns.attributes", name,
                f"a column name of letters, digits and _, not one of {', '.join(reserved)}")
         if isinstance(spec, dict):
-            _check(set(spec) <= {"kind", "separator"}, key, spec, "a kind, or a mapping with kind and separator")
+            _check(set(spec) <= {"kind", "separator", "max_age_days"}, key, spec,
+                   "a kind, or a mapping with kind and separator (multi) or max_age_days (date)")
             _one_of(f"{key}.kind", spec.get("kind"), ATTRIBUTE_KINDS)
             sep = spec.get("separator")
             _check(sep is None or (isinstance(sep, str) and sep != ""), f"{key}.separator", sep,
                    "a non-empty string")
             _check(sep is None or spec.get("kind") == "multi", f"{key}.separator", sep,
                    "only a multi attribute has a separator")
+            age = spec.get("max_age_days")
+            _check(age is None or spec.get("kind") == "date", f"{key}.max_age_days", age,
+                   "only a date attribute has a max_age_days")
+            _check(age is None or (isinstance(age, (int, float)) and not isinstance(age, bool) and age > 0),
+                   f"{key}.max_age_days", age, "a number of days > 0")
         else:
             _one_of(key, spec, ATTRIBUTE_KINDS)
     _one_of("source.users_format", s.users_format, USER_FORMATS)

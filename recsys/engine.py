@@ -11,6 +11,7 @@ popularity_fallback, or popularity: the answer of a model that is not personaliz
 from __future__ import annotations
 
 import re
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -90,13 +91,35 @@ def _rows_of(vocab, keys) -> np.ndarray:
     return np.fromiter((_row_of(vocab, k) for k in keys), dtype=np.int64, count=len(keys))
 
 
+def _number(field_name: str, key: str, op: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise RequestError(field_name, f"{key}{op}{value!r}: {value!r} is not a number") from None
+
+
+def _date_seconds(field_name: str, key: str, op: str, value: str) -> float:
+    """A date filter's value (ISO 8601: 2024-10-01, 2024-10-01T12:00:00+02:00; naive is UTC) as epoch
+    seconds."""
+    try:
+        ts = pd.Timestamp(value)
+        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts
+        return (ts - pd.Timestamp(0, tz="UTC")).total_seconds()
+    except (ValueError, TypeError):
+        raise RequestError(field_name, f"{key}{op}{value!r}: {value!r} is not a date (ISO 8601, e.g. "
+                                       "2024-10-01)") from None
+
+
 class Engine:
     """A loaded version with its index, item attributes and per-user seen items."""
 
     def __init__(self, lv: LoadedVersion, idx, seen: sp.csr_matrix | None, categorical: dict | None = None,
-                 numeric: dict | None = None, mask_cache_size: int = MASK_CACHE_SIZE):
+                 numeric: dict | None = None, mask_cache_size: int = MASK_CACHE_SIZE, dates=(),
+                 max_age_days: dict | None = None):
         """`categorical`: filter key (genre, category, ...) -> a frozenset of values per item row;
-        `numeric`: filter key -> float array over item rows (NaN: unknown)."""
+        `numeric`: filter key -> float array over item rows (NaN: unknown); `dates`: the numeric keys
+        that are dates (epoch seconds; filters compare with a date); `max_age_days`: date key -> days,
+        items older than that (or without the date) are never answered."""
         self.lv, self.index, self.seen = lv, idx, seen
         # the version's exclusion rule: `seen` also leaves out the items of a fresh history; with bought
         # or none a viewed item stays rankable (seen.npz already holds what the rule excludes)
@@ -107,6 +130,8 @@ class Engine:
         self.n_items = len(lv.items)
         self.categorical = {"genre": [_NO_GENRES] * self.n_items, **(categorical or {})}
         self.numeric = numeric or {}
+        self.dates = frozenset(dates)
+        self.max_age_days = dict(max_age_days or {})
         self.values = {name: frozenset().union(*set(rows)) if rows else frozenset()
                        for name, rows in self.categorical.items()}
         # bounded: every distinct filter value would otherwise keep an n_items mask for ever
@@ -130,13 +155,15 @@ class Engine:
         # one shared frozenset per distinct genre combination: a million per-item sets are a million
         # objects for Python's cyclic garbage collector to walk (seconds-long pauses in the service)
         shared: dict = {}
-        categorical, numeric = {}, {}
+        categorical, numeric, dates, max_age = {}, {}, [], {}
         fixed = [c for c in ITEM_FIXED_COLUMNS if c != "genres"]   # every other column is a filter key
         feats = version_mod.load_item_attributes(root, version, None, exclude=[c for c in fixed if c != "item"])
         if feats is not None:
             rows = lv.items.lookup(feats["item"].to_numpy(dtype=object))
             ok = rows >= 0
             kinds = feats.attrs.get("kinds", {})
+            dates = [c for c, kind in kinds.items() if kind == "date"]
+            max_age = {c: d for c, d in feats.attrs.get("max_age_days", {}).items() if c in dates}
             for col in feats.columns:
                 if col in fixed or kinds.get(col) == "text":   # free text feeds the model, not filters
                     continue
@@ -153,7 +180,7 @@ class Engine:
                     v = frozenset([v] if isinstance(v, str) else v)
                     per_item[r] = shared.setdefault(v, v)
                 categorical["genre" if col == "genres" else col] = per_item
-        return cls(lv, idx, seen, categorical, numeric, mask_cache_size)
+        return cls(lv, idx, seen, categorical, numeric, mask_cache_size, dates, max_age)
 
     # ---- filters -------------------------------------------------------------------------------
     def _filters(self, values, field_name: str) -> dict:
@@ -163,10 +190,8 @@ class Engine:
         out: dict = {}
         for key, op, value in parse_filters(values, field_name):
             if key in self.numeric and op != ":":
-                try:
-                    number = float(value)
-                except ValueError:
-                    raise RequestError(field_name, f"{key}{op}{value!r}: {value!r} is not a number") from None
+                number = _date_seconds(field_name, key, op, value) if key in self.dates else _number(
+                    field_name, key, op, value)
                 out.setdefault(("range", key), []).append((op, number))
             elif op != ":":
                 raise RequestError(field_name, f"{key!r} is not a numeric attribute "
@@ -229,6 +254,24 @@ class Engine:
                 self._masks.popitem(last=False)
         return mask
 
+    def _recent(self) -> np.ndarray | None:
+        """Items young enough for every date attribute's max_age_days (None: no limit). An item without
+        the date is left out (fail closed, as filters are). Recomputed once a minute."""
+        if not self.max_age_days:
+            return None
+        minute = int(time.time() // 60)
+        cache_key = ("recent", minute)
+        mask = self._masks.get(cache_key)
+        if mask is None:
+            now = minute * 60.0
+            mask = np.ones(self.n_items, dtype=bool)
+            for attribute, days in self.max_age_days.items():
+                mask &= np.asarray(self.numeric[attribute], dtype=np.float64) >= now - days * 86400.0
+            for old in [k for k in self._masks if isinstance(k, tuple) and k[0] == "recent"]:
+                del self._masks[old]
+            self._masks[cache_key] = mask
+        return mask
+
     def _seen_rows(self, user_row: int) -> np.ndarray:
         if self.seen is None or user_row < 0 or user_row >= self.seen.shape[0]:
             return np.zeros(0, dtype=np.int64)
@@ -250,6 +293,9 @@ class Engine:
         for key, values in include.items():        # AND across keys
             cond = self._condition(key, values)
             allowed = cond if allowed is None else allowed & cond
+        recent = self._recent()
+        if recent is not None:
+            allowed = recent if allowed is None else allowed & recent
         for key, values in exclude.items():        # any match is out, and any item the attribute is unknown for
             if key == "item":
                 continue                           # already in `rows`
@@ -331,7 +377,9 @@ class Engine:
             blocked = sp.csr_matrix((n, self.n_items), dtype=np.int8)
         vectors, sources = ranking.query_vectors(self.lv.model, rows, np.full((n, 1), -1, dtype=np.int64),
                                                  stored=self._stored)
+        # a date attribute's max_age_days: every row ranks against the young items only (the one-row path)
         ids, scores = ranking.rank_rows(self.index, vectors, sources, self.lv.popularity, k, blocked,
+                                        allowed=self._recent(),
                                         first=self.lv.model.own_items(rows, np.full((n, 1), -1)))
         if ids.shape[1] < k:   # a catalog smaller than k
             ids = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)

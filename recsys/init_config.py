@@ -186,8 +186,8 @@ _WARM_EPOCHS = 4
 
 
 def _attributes(items: pd.DataFrame, skip: set) -> dict:
-    """Catalog columns by kind: numeric, multi (values joined by a separator), categorical (few
-    distinct values) or text (free text such as a description: tokens for the model, not a filter)."""
+    """Catalog columns by kind: numeric, date (ISO dates or datetimes), multi (values joined by a
+    separator), categorical (few distinct values) or text (free text such as a description: tokens for the model, not a filter)."""
     out: dict = {}
     n = max(len(items), 1)
     for col in items.columns:
@@ -201,6 +201,11 @@ def _attributes(items: pd.DataFrame, skip: set) -> dict:
             out[col] = "numeric"
             continue
         text = values.astype(str)
+        if pd.api.types.is_datetime64_any_dtype(values) or (
+                text.str.match(r"^\d{4}-\d\d-\d\d").mean() > 0.95
+                and pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601").notna().mean() > 0.95):
+            out[col] = "date"     # range filters (published_at>=2024-10-01) and {kind: date, max_age_days}
+            continue
         words = text.str.split().str.len().mean()
         sep = next((x for x in _SEPARATORS
                     # a list, not prose: short parts, and a comma-joined sentence is not a list
@@ -319,6 +324,9 @@ def infer(events: str, items: str | None = None, root: str = "artifacts", column
         text = [a for a, k in attrs.items() if _kind(k) == "text"]
         notes.append(f"catalog: {items} (item {item_col!r}, title {title or '-'}); filters: "
                      + (", ".join(filters) or "none") + (f"; text for the model: {', '.join(text)}" if text else ""))
+        for a in [a for a, k in attrs.items() if _kind(k) == "date"]:
+            notes.append(f"{a!r} is a date: filter with include={a}>=2024-10-01; to never recommend items older "
+                         f"than a year, write it as {a}: {{kind: date, max_age_days: 365}}")
     else:
         source["items_format"] = "none"
     notes.append(f"each model trains at most {_TRAIN_MINUTES} minutes (model.max_train_minutes; 0: no limit), "

@@ -45,16 +45,19 @@ REJECTED = "rejected"
 # items.parquet records each attribute's kind (config.ATTRIBUTE_KINDS) in its Arrow field metadata, so
 # the engine and the trainer tell a text column from a categorical one without the config.
 KIND_KEY = b"recsys.kind"
+MAX_AGE_KEY = b"recsys.max_age_days"   # a date attribute's recency limit (config: {kind: date, max_age_days})
 SPLIT_SCHEMA = pa.schema([
     ("user", pa.string()), ("item", pa.string()), ("user_idx", pa.int32()), ("item_idx", pa.int32()),
     ("timestamp", pa.int64()), ("value", pa.float32()), ("weight", pa.float32()), ("event", pa.string()),
 ])
 
 
-def with_attribute_kinds(table: pa.Table, kinds: dict[str, str]) -> pa.Table:
+def with_attribute_kinds(table: pa.Table, kinds: dict[str, str], max_age: dict | None = None) -> pa.Table:
     """`table` with each attribute column's kind in its field metadata (what attribute_kinds reads)."""
-    fields = [f.with_metadata({KIND_KEY: kinds[f.name].encode()}) if f.name in kinds else f
-              for f in table.schema]
+    max_age = max_age or {}
+    fields = [f.with_metadata({KIND_KEY: kinds[f.name].encode(),
+                               **({MAX_AGE_KEY: str(max_age[f.name]).encode()} if f.name in max_age else {})})
+              if f.name in kinds else f for f in table.schema]
     return table.cast(pa.schema(fields, metadata=table.schema.metadata))
 
 
@@ -84,6 +87,8 @@ def read_items(data: bytes, columns: list[str] | None = None, exclude=()) -> pd.
         columns = [c for c in schema.names if c not in exclude]
     frame = pq.read_table(pa.BufferReader(data), columns=columns).to_pandas()
     frame.attrs["kinds"] = {k: v for k, v in attribute_kinds(schema).items() if k in columns}
+    frame.attrs["max_age_days"] = {f.name: float(f.metadata[MAX_AGE_KEY]) for f in schema
+                                   if f.name in columns and MAX_AGE_KEY in (f.metadata or {})}
     return frame
 
 
@@ -207,11 +212,11 @@ def write_vocabularies(out_dir: str, users: Vocabulary, items: Vocabulary) -> No
 
 
 def write_items(out_dir: str, items: Vocabulary, meta: pd.DataFrame, kinds: dict[str, str],
-                train_count: np.ndarray) -> None:
+                train_count: np.ndarray, max_age: dict | None = None) -> None:
     """items.parquet: a row per item of the vocabulary (in its order) with its metadata (`meta`: item,
     title, year, genres and attribute columns, one row per item at most; missing: empty), the attributes'
-    `kinds` (config.ATTRIBUTE_KINDS, by column) and its train interactions (`train_count`, in vocabulary
-    order)."""
+    `kinds` (config.ATTRIBUTE_KINDS, by column), date attributes' `max_age` in days, and its train
+    interactions (`train_count`, in vocabulary order)."""
     feats = pd.DataFrame({"item": items.ids, "item_idx": np.arange(len(items), dtype=np.int32)})
     feats = feats.merge(meta, on="item", how="left")
     feats["title"] = feats["title"].fillna("")
@@ -226,8 +231,10 @@ def write_items(out_dir: str, items: Vocabulary, meta: pd.DataFrame, kinds: dict
             feats[name] = [v if isinstance(v, list) else no_genres for v in feats[name].tolist()]
         elif kind in ("categorical", "text"):
             feats[name] = feats[name].astype(object).where(feats[name].notna(), None)
+        elif kind in ("numeric", "date"):
+            feats[name] = feats[name].astype(np.float64)      # epoch seconds for a date; NaN: unknown
     feats["train_count"] = train_count
-    table = with_attribute_kinds(pa.Table.from_pandas(feats, preserve_index=False), kinds)
+    table = with_attribute_kinds(pa.Table.from_pandas(feats, preserve_index=False), kinds, max_age)
     _write_parquet(table, fsio.join(out_dir, ITEMS_FILE))
 
 

@@ -61,6 +61,9 @@ def read_items(path: str, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
         if attr.kind == "numeric":
             items[name] = pd.to_numeric(col, errors="coerce").astype(np.float64).to_numpy()
             continue
+        if attr.kind == "date":
+            items[name] = date_seconds(col)
+            continue
         text = col.astype("string").str.strip(ingest.ID_PADDING).fillna("").to_numpy(dtype=object)
         if attr.kind == "multi":
             items[name] = [[x.strip() for x in v.split(attr.separator) if x.strip()] for v in text]
@@ -68,6 +71,19 @@ def read_items(path: str, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
             items[name] = [v or None for v in text]
     # (duplicate IDs: the caller keeps the last row per ID, like an upsert, and counts the others)
     return items.reset_index(drop=True), rejected
+
+
+def date_seconds(values) -> np.ndarray:
+    """Epoch seconds (float64; NaN: missing or not a date) of dates or datetimes: ISO 8601 strings with
+    or without a time or an offset (naive ones are UTC), or a native timestamp column."""
+    col = pd.Series(values)
+    if pd.api.types.is_datetime64_any_dtype(col):
+        parsed = pd.to_datetime(col, utc=True)
+    else:
+        text = col.astype("string").str.strip()
+        parsed = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
+    seconds = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    return seconds.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def check_ids(ids: pd.Series, lines: pd.Series, reason: str, path: str, lookup, rejected: pd.DataFrame):

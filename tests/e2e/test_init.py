@@ -190,3 +190,16 @@ def test_init_reads_dwell_and_quantity_and_shows_conversion(tmp_path, make_confi
     note = next(n for n in shop.notes if n.startswith("conversion to purchase"))
     view, cart = (float(re.search(rf"{e} ([\d.]+)%", note).group(1)) for e in ("view", "cart"))
     assert 0 < view < cart <= 100          # write_shop: a cart follows a view, a purchase follows a cart
+
+
+def test_init_reads_a_publish_date_as_a_date(tmp_path):
+    lines = [json.dumps({"user_id": f"u{u}", "item_id": f"c{(u + k) % 30}", "ts": 1_700_000_000 + 600 * k + u})
+             for u in range(20) for k in range(5)]
+    (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
+    pd.DataFrame({"id": [f"c{i}" for i in range(30)], "section": ["news", "sport", "culture"] * 10,
+                  "published_at": [f"2024-10-{1 + i % 28:02d}T08:00:00+02:00" for i in range(30)],
+                  "year": [2000 + i % 20 for i in range(30)]}).to_csv(tmp_path / "catalog.csv", index=False)
+    inferred = infer(str(tmp_path / "events.jsonl"), str(tmp_path / "catalog.csv"))
+    attrs = inferred.config["source"]["item_columns"]["attributes"]
+    assert attrs["published_at"] == "date" and attrs["section"] == "categorical" and attrs["year"] == "numeric"
+    assert any("include=published_at>=2024-10-01" in n and "max_age_days: 365" in n for n in inferred.notes)

@@ -103,3 +103,70 @@ def test_filters_fail_closed_on_items_the_catalog_says_nothing_about(shop):
     assert not blank & listed(include=["category:Games"])
     assert not blank & listed(exclude=["price>=1000"])          # unknown price: out, like an unknown category
     assert listed(exclude=["category:Books"]) == {i for i in listed() - blank if catalog.loc[i, "category"] != "Books"}
+
+
+def _dated_shop(tmp, max_age_days=None):
+    """A catalog with a publish date: p0-p9 published in the last week, p10-p29 years ago, p30-p39
+    without a date (an empty field); 40 users' events over all of them."""
+    from pipelines import build_dataset
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    dates = ([(now - pd.Timedelta(days=1 + i % 5)).isoformat() for i in range(10)]
+             + [f"20{10 + i % 8}-0{1 + i % 9}-15" for i in range(20)] + [""] * 10)
+    pd.DataFrame({"item_id": [f"p{i}" for i in range(40)], "published_at": dates}).to_csv(tmp / "catalog.csv",
+                                                                                          index=False)
+    rng = np.random.default_rng(1)
+    events = [(f"u{u}", f"p{rng.integers(0, 40)}", 1000 * u + k) for u in range(40) for k in range(10)]
+    pd.DataFrame(events, columns=["user_id", "item_id", "ts"]).to_csv(tmp / "events.csv", index=False)
+    published = {"kind": "date", "max_age_days": max_age_days} if max_age_days else "date"
+    cfg = from_dict({
+        "source": {"path": "events.csv", "format": "csv", "items_path": "catalog.csv", "items_format": "csv",
+                   "columns": {"user": "user_id", "item": "item_id", "timestamp": "ts", "value": ""},
+                   "item_columns": {"item": "item_id", "title": "", "genres": "",
+                                    "attributes": {"published_at": published}}},
+        "feedback": {"mode": "implicit"}, "filters": {"min_user_interactions": 1, "min_item_interactions": 1},
+        "split": {"strategy": "leave_last_n", "leave_last_n": 1}, "runner": {"shuffle_buckets": 2},
+        "artifacts": {"root": "artifacts"}}, base_dir=str(tmp))
+    ds = build_dataset.run(cfg, dataset_id="d", previous=None, progress=lambda *_: None)
+    ts = trainset.from_dataset(ds, 5)
+    root = cfg.resolve(cfg.artifacts.root)
+    model = create("popularity", cfg.model)
+    model.fit(ts, validate=validation_metrics)
+    registry.publish(root, version.save_fitted(model, ts, cfg, root, ds))
+    return Engine.load(root), now
+
+
+def test_a_date_attribute_filters_by_date_and_max_age_days_keeps_only_young_items(tmp_path):
+    (tmp_path / "a").mkdir()
+    engine, now = _dated_shop(tmp_path / "a")
+    assert engine.dates == {"published_at"} and not engine.max_age_days
+    week_ago = (now - pd.Timedelta(days=7)).date().isoformat()
+    young = engine.recommend("u1", k=40, exclude_seen=False, include=[f"published_at>={week_ago}"]).items
+    assert young and {int(i[1:]) for i in young} <= set(range(10))
+    old = engine.recommend("u1", k=40, exclude_seen=False, include=["published_at<2018-01-01T00:00:00+00:00"]).items
+    assert old and {int(i[1:]) for i in old} <= set(range(10, 30))
+    # an exclude on the date fails closed: undated items are not let through
+    rest = engine.recommend("u1", k=40, exclude_seen=False, exclude=[f"published_at<{week_ago}"]).items
+    assert {int(i[1:]) for i in rest} <= set(range(10))
+    with pytest.raises(RequestError, match=r"'last week' is not a date \(ISO 8601"):
+        engine.recommend("u1", include=["published_at>=last week"])
+    # {kind: date, max_age_days: 30}: every answer, filtered or not, personal or popular, only young items
+    (tmp_path / "b").mkdir()
+    engine, _ = _dated_shop(tmp_path / "b", max_age_days=30)
+    assert engine.max_age_days == {"published_at": 30.0}
+    for answer in (engine.recommend("u1", k=40, exclude_seen=False), engine.recommend("stranger", k=40),
+                   engine.recommend_for_history(["p12"], k=40)):
+        assert answer.items and {int(i[1:]) for i in answer.items} <= set(range(10))
+    ids, _ = engine.recommend_users(np.arange(len(engine.lv.users)), k=40, exclude_seen=False)
+    assert set(ids[ids >= 0].tolist()) <= set(engine.lv.items.lookup([f"p{i}" for i in range(10)]).tolist())
+
+
+def test_max_age_days_belongs_to_a_date_attribute():
+    from recsys.errors import ConfigError
+    src = {"path": "e.csv", "format": "csv", "items_path": "c.csv", "items_format": "csv",
+           "columns": {"value": ""}, "item_columns": {"item": "item_id", "title": "", "genres": ""}}
+    for spec, message in [({"kind": "numeric", "max_age_days": 30}, "only a date attribute has a max_age_days"),
+                          ({"kind": "date", "max_age_days": 0}, "a number of days > 0"),
+                          ({"kind": "date", "max_age_days": "month"}, "a number of days > 0")]:
+        with pytest.raises(ConfigError, match=message):
+            from_dict({"source": dict(src, item_columns=dict(src["item_columns"], attributes={"published": spec})),
+                       "feedback": {"mode": "implicit"}})
