@@ -67,10 +67,16 @@ def _init(args) -> int:
 
     def rel(path):   # the config resolves paths against its own folder
         return path if path is None or "://" in path else os.path.relpath(os.path.abspath(path), base)
-    inferred = init_config.infer(args.events, args.items, args.root,
-                                 columns={"user": args.user, "item": args.item, "timestamp": args.time,
-                                          "event": args.event, "value": args.value},
-                                 delimiter=args.delimiter, catalog_item=args.catalog_item)
+    try:
+        inferred = init_config.infer(args.events, args.items, args.root,
+                                     columns={"user": args.user, "item": args.item, "timestamp": args.time,
+                                              "event": args.event, "value": args.value},
+                                     delimiter=args.delimiter, catalog_item=args.catalog_item)
+    except init_config.Unguessed as e:
+        # written anyway, the column marked: the user fixes one line (or reruns with the flag)
+        e.inferred.config["source"]["path"] = rel(args.events)
+        init_config.write(e.inferred, args.out)
+        raise RecsysError(f"{e} (or edit {args.out}, written with it marked {init_config.UNGUESSED})") from None
     inferred.config["source"]["path"] = rel(args.events)
     if args.items:
         inferred.config["source"]["items_path"] = rel(args.items)

@@ -308,6 +308,10 @@ def validate(cfg: Config) -> Config:
     for name in ("user", "item", "timestamp"):
         _check(bool(getattr(s.columns, name)), f"source.columns.{name}", getattr(s.columns, name),
                "a column name is required")
+    for name in ("user", "item", "timestamp", "event", "value"):
+        # what `recsys init` writes for a column it could not guess
+        _check(not str(getattr(s.columns, name)).startswith("FILL_IN"), f"source.columns.{name}",
+               getattr(s.columns, name), "recsys init could not guess it: name a column of the file")
     f = cfg.feedback
     _one_of("feedback.mode", f.mode, FEEDBACK_MODES)
     r = f.rating_range

@@ -52,6 +52,18 @@ class Inferred:
     notes: list = field(default_factory=list)
 
 
+# what a column init could not guess reads as in the config it writes anyway (config.validate refuses it)
+UNGUESSED = "FILL_IN"
+
+
+class Unguessed(DataError):
+    """A required column could not be guessed; `inferred` is the config so far, the column marked."""
+
+    def __init__(self, message: str, inferred: Inferred):
+        super().__init__(message)
+        self.inferred = inferred
+
+
 # `recsys init` flags that name a column (they win over any guess): field -> flag
 FLAGS = {"user": "--user", "item": "--item", "timestamp": "--time", "event": "--event", "value": "--value"}
 
@@ -247,10 +259,23 @@ def infer(events: str, items: str | None = None, root: str = "artifacts", column
                      "makes them dead letters with the reason")
     cols = {f: (_named(df.columns, columns[f], FLAGS[f], events) if columns.get(f) else
                 None if f in columns else _pick(df.columns, f)) for f in _NAMES}
-    for f in ("user", "item", "timestamp"):
-        if cols[f] is None:
-            raise DataError(f"{events}: no column looks like the {f} (columns: {', '.join(map(str, df.columns))}); "
-                            f"name it: recsys init {FLAGS[f]} COLUMN")
+    missing = [f for f in ("user", "item", "timestamp") if cols[f] is None]
+    if missing:
+        listed = ", ".join(map(str, df.columns))
+        partial = {"source": {"path": events, "format": fmt,
+                              "columns": {f: cols[f] or (f"{UNGUESSED} one of: {listed}" if f in missing else "")
+                                          for f in _NAMES}}}
+        if smp.delimiter and smp.delimiter != ",":
+            partial["source"]["delimiter"] = smp.delimiter
+        partial["feedback"] = _feedback(df, cols, columns, partial["source"], notes, events)
+        partial["artifacts"] = {"root": root}
+        notes.append("the time format, the split and the exclusion are left at their defaults here: rerunning "
+                     "init with the flag infers them too")
+        flags = " ".join(f"{FLAGS[f]} COLUMN" for f in missing)
+        raise Unguessed(f"{events}: no column looks like the {' or the '.join(missing)} (columns: {listed}); "
+                        f"name it: recsys init {flags}",
+                        Inferred(partial, notes + [f"source.columns.{f}: not guessed, marked {UNGUESSED}: name a "
+                                                   f"column of the file ({FLAGS[f]} COLUMN)" for f in missing]))
     named = [f"{f} {cols[f]!r}" for f in columns if cols.get(f)]
     if named:
         notes.append("named by flags (not guessed): " + ", ".join(named))
@@ -263,34 +288,7 @@ def infer(events: str, items: str | None = None, root: str = "artifacts", column
     if smp.delimiter and smp.delimiter != ",":
         source["delimiter"] = smp.delimiter
         notes.append(f"delimiter: {smp.delimiter!r} ({'--delimiter' if delimiter else 'found in the file'})")
-    feedback: dict
-    if cols["event"]:
-        counts = df[cols["event"]].astype(str).value_counts()
-        weights = {str(e): 0.0 if str(e).strip().lower() in _NEGATIVE_EVENTS else _EVENT_WEIGHTS.get(str(e).lower(), 1.0)
-                   for e in counts.index}
-        if not any(w > 0 for w in weights.values()):
-            raise DataError(f"{events}: every event type in the sample ({', '.join(weights)}) reads as negative; "
-                            "name the column of positive events with --event, or --event '' for none")
-        feedback = {"mode": "event", "event_weights": weights, "unknown_events": "ignore"}
-        negative = [e for e, w in weights.items() if w == 0]
-        if negative:
-            notes.append(f"{', '.join(negative)}: negative feedback, weight 0: kept and counted, never trained "
-                         "on nor counted relevant (give a weight > 0 in feedback.event_weights to use it)")
-        notes.append("event types (sample count -> proposed weight): "
-                     + ", ".join(f"{e} {counts[e]} -> {weights[str(e)]:g}" for e in counts.index))
-        if cols["value"] and "value" not in columns:
-            notes.append(f"column {cols['value']!r} is not used (feedback.mode: event)")
-            source["columns"]["value"] = ""
-        _value_column(df, cols, columns, source, notes, list(weights))
-    elif cols["value"] and _is_rating(df, cols["value"]):
-        v = pd.to_numeric(df[cols["value"]], errors="coerce")
-        lo, hi = float(v.min()), float(v.max())
-        feedback = {"mode": "rating", "rating_range": [lo, hi], "min_rating": round(lo + 0.7 * (hi - lo), 2)}
-        notes.append(f"ratings from {lo:g} to {hi:g}: positives are >= {feedback['min_rating']:g} (check it)")
-    else:
-        feedback = {"mode": "implicit"}
-        notes.append("no event type or rating column: every row is a positive (feedback.mode: implicit)")
-        _value_column(df, cols, columns, source, notes, [])
+    feedback = _feedback(df, cols, columns, source, notes, events)
     evaluation: dict = {}
     purchase = [e for e in feedback.get("event_weights", {}) if e.lower() in ("purchase", "order", "buy",
                                                                               "transaction", "checkout")]
@@ -387,6 +385,39 @@ def _is_rating(df: pd.DataFrame, name: str) -> bool:
     v = pd.to_numeric(df[name], errors="coerce").dropna()
     return len(v) > 0 and v.nunique() <= 21 and v.min() >= 0 and v.max() <= 10 and (v.max() - v.min()) >= 1 \
         and not any(w in str(name).lower() for w in _DURATION_WORDS + _AMOUNT_WORDS)
+
+
+def _feedback(df: pd.DataFrame, cols: dict, columns: dict, source: dict, notes: list, events: str) -> dict:
+    """feedback: event types with proposed weights, a rating scale, or implicit (every row a positive)."""
+    feedback: dict
+    if cols["event"]:
+        counts = df[cols["event"]].astype(str).value_counts()
+        weights = {str(e): 0.0 if str(e).strip().lower() in _NEGATIVE_EVENTS else _EVENT_WEIGHTS.get(str(e).lower(), 1.0)
+                   for e in counts.index}
+        if not any(w > 0 for w in weights.values()):
+            raise DataError(f"{events}: every event type in the sample ({', '.join(weights)}) reads as negative; "
+                            "name the column of positive events with --event, or --event '' for none")
+        feedback = {"mode": "event", "event_weights": weights, "unknown_events": "ignore"}
+        negative = [e for e, w in weights.items() if w == 0]
+        if negative:
+            notes.append(f"{', '.join(negative)}: negative feedback, weight 0: kept and counted, never trained "
+                         "on nor counted relevant (give a weight > 0 in feedback.event_weights to use it)")
+        notes.append("event types (sample count -> proposed weight): "
+                     + ", ".join(f"{e} {counts[e]} -> {weights[str(e)]:g}" for e in counts.index))
+        if cols["value"] and "value" not in columns:
+            notes.append(f"column {cols['value']!r} is not used (feedback.mode: event)")
+            source["columns"]["value"] = ""
+        _value_column(df, cols, columns, source, notes, list(weights))
+    elif cols["value"] and _is_rating(df, cols["value"]):
+        v = pd.to_numeric(df[cols["value"]], errors="coerce")
+        lo, hi = float(v.min()), float(v.max())
+        feedback = {"mode": "rating", "rating_range": [lo, hi], "min_rating": round(lo + 0.7 * (hi - lo), 2)}
+        notes.append(f"ratings from {lo:g} to {hi:g}: positives are >= {feedback['min_rating']:g} (check it)")
+    else:
+        feedback = {"mode": "implicit"}
+        notes.append("no event type or rating column: every row is a positive (feedback.mode: implicit)")
+        _value_column(df, cols, columns, source, notes, [])
+    return feedback
 
 
 def _value_column(df: pd.DataFrame, cols: dict, columns: dict, source: dict, notes: list, events: list) -> None:

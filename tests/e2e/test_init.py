@@ -203,3 +203,21 @@ def test_init_reads_a_publish_date_as_a_date(tmp_path):
     attrs = inferred.config["source"]["item_columns"]["attributes"]
     assert attrs["published_at"] == "date" and attrs["section"] == "categorical" and attrs["year"] == "numeric"
     assert any("include=published_at>=2024-10-01" in n and "max_age_days: 365" in n for n in inferred.notes)
+
+
+def test_an_impossible_guess_still_writes_the_config_with_the_column_marked(tmp_path, capsys):
+    rows = [f"h{u},p{(u * 7 + k) % 40},{1_700_000_000 + 86400 * k + u}" for u in range(30) for k in range(4)]
+    (tmp_path / "events.csv").write_text("household_id,product,day\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "recsys.yaml"
+    code = cli.main(["init", "--events", str(tmp_path / "events.csv"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "no column looks like the timestamp" in err and "recsys init --time COLUMN" in err and "FILL_IN" in err
+    text = out.read_text()
+    assert "timestamp: 'FILL_IN one of: household_id, product, day'" in text and "user: household_id" in text
+    code = cli.main(["build-dataset", "--config", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "source.columns.timestamp" in err and "recsys init could not guess it" in err
+    # the one line fixed by hand: the config builds
+    out.write_text(text.replace("'FILL_IN one of: household_id, product, day'", "day"))
+    assert cli.main(["build-dataset", "--config", str(out)]) == 0
