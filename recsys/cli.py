@@ -38,7 +38,11 @@ def _config(args):
     if path is None:
         raise RecsysError("no config: pass --config FILE, set RECSYS_CONFIG, or put a recsys.yaml in this folder "
                           "(data/recsys.yaml is the MovieLens demo's)")
-    return load_config(path)
+    cfg = load_config(path)
+    from recsys import fsio
+    for where in (cfg.artifacts.root, cfg.source.path, cfg.source.items_path, cfg.source.users_path):
+        fsio.check_scheme(where)      # a bucket without its filesystem installed: one line naming the extra
+    return cfg
 
 
 def _print_json(obj) -> None:
@@ -150,6 +154,8 @@ def _index(args) -> int:
 
 def _serve(args) -> int:
     root = args.root or _root(_config(args))   # --root alone needs no config
+    from recsys import fsio
+    fsio.check_scheme(root)
     print(f"serve: http://{args.host}:{args.port} root={root} workers={args.workers}")
     _outside("serving.main").serve(root, host=args.host, port=args.port, workers=args.workers,
                                    poll_seconds=args.poll_seconds, admin_token=args.admin_token,

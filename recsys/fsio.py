@@ -21,6 +21,8 @@ import uuid
 from contextlib import contextmanager
 from typing import Iterator
 
+from recsys.errors import RecsysError
+
 
 def is_url(path: str) -> bool:
     """True for `scheme://...` paths (gs://, s3://, ...), which go through Beam's filesystems."""
@@ -52,8 +54,47 @@ def child(parent: str, name, field: str) -> str:
 
 
 def _filesystems():
-    from apache_beam.io.filesystems import FileSystems   # only for URLs: Beam is a heavy import
+    try:
+        from apache_beam.io.filesystems import FileSystems   # only for URLs: Beam is a heavy import
+    except ModuleNotFoundError as e:
+        raise RecsysError(f"gs:// and s3:// paths need Apache Beam's filesystems ({e.name} is not installed): "
+                          "pip install 'recsys[gcp]' or 'recsys[aws]'") from None
+    if FileSystems._pipeline_options is None:
+        # outside a pipeline Beam's S3 filesystem has no options and refuses every call ("Must provide
+        # one of client or options"); defaults mean boto3's own credential chain and AWS_ENDPOINT_URL,
+        # GCS's application default credentials
+        from apache_beam.options.pipeline_options import PipelineOptions
+        FileSystems.set_options(PipelineOptions([]))
     return FileSystems
+
+
+def check_scheme(path: str) -> None:
+    """One line if the filesystem of `path`'s scheme is not installed (Beam says "Unable to get
+    filesystem from specified path" and nothing of the missing extra)."""
+    if not is_url(path):
+        return
+    scheme = path.split("://", 1)[0].lower()
+    try:
+        _filesystems().get_filesystem(path)
+    except (ValueError, ImportError, OSError):     # Beam: ValueError, or BeamIOError naming the extra
+        extra = {"gs": "gcp", "s3": "aws"}.get(scheme)
+        how = f"pip install 'recsys[{extra}]'" if extra else "install the Beam extra that provides it"
+        raise RecsysError(f"{path}: no filesystem for {scheme}:// is installed: {how}") from None
+    # without credentials Beam retries every call with exponential backoff for about 8 minutes, then
+    # fails ("Unable to locate credentials"); a service polling CURRENT would do that for ever
+    if scheme == "s3":
+        import boto3
+        if boto3.session.Session().get_credentials() is None:
+            raise RecsysError(f"{path}: no AWS credentials found (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                              "AWS_PROFILE or ~/.aws/credentials, or an instance or pod role)")
+    elif scheme == "gs":
+        import google.auth
+        import google.auth.exceptions
+        try:
+            google.auth.default()
+        except google.auth.exceptions.DefaultCredentialsError:
+            raise RecsysError(f"{path}: no Google Cloud credentials found (GOOGLE_APPLICATION_CREDENTIALS, "
+                              "gcloud auth application-default login, or the workload's service account)") from None
 
 
 def join(*parts: str) -> str:
@@ -62,8 +103,11 @@ def join(*parts: str) -> str:
 
 
 def exists(path: str) -> bool:
-    """Whether a file or directory exists."""
-    return _filesystems().exists(path) if is_url(path) else os.path.exists(path)
+    """Whether a file or directory exists (in a bucket: an object, or objects under the prefix, since
+    object stores have no folders)."""
+    if not is_url(path):
+        return os.path.exists(path)
+    return _filesystems().exists(path) or bool(list_dir(path))
 
 
 def makedirs(path: str) -> None:
@@ -217,13 +261,21 @@ def staged_dir(path: str) -> Iterator[str]:
 
 @contextmanager
 def local_copy(path: str) -> Iterator[str]:
-    """A local folder holding the files directly under `path` (downloaded for a URL, removed after)."""
+    """A local folder holding the files under `path`, subfolders included (downloaded for a URL, removed
+    after): for tools that read only local folders (ScaNN's index, TensorFlow's SavedModel without an
+    s3 filesystem)."""
     if not is_url(path):
         yield path
         return
+    prefix = path.rstrip("/") + "/"
     with tempfile.TemporaryDirectory(prefix="recsys-fetch-") as tmp:
-        for src in match(join(path, "*")):
-            with open(os.path.join(tmp, src.rsplit("/", 1)[-1]), "wb") as fh:
+        for src in match(prefix + "**"):
+            rel = src[len(prefix):]
+            if not rel or rel.endswith("/"):
+                continue
+            dst = os.path.join(tmp, *rel.split("/"))
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            with open(dst, "wb") as fh:
                 fh.write(read_bytes(src))
         yield tmp
 

@@ -431,7 +431,10 @@ def _load(root: str, version: str) -> LoadedVersion:
 
     def query_model():
         import tensorflow as tf
-        return tf.saved_model.load(fsio.join(d, QUERY_MODEL)).signatures["serving_default"]
+        # in a bucket: downloaded first (TensorFlow reads gs:// but not s3:// without tensorflow-io);
+        # the variables are in memory once loaded, so the copy can go
+        with fsio.local_copy(fsio.join(d, QUERY_MODEL)) as local:
+            return tf.saved_model.load(local).signatures["serving_default"]
     model.load_state(users.ids, items.ids, item_emb, user_emb, query_model, int(manifest.get("history_length", 20)))
     if OWN_ITEMS in manifest.get("files", ()):
         import scipy.sparse as sp
