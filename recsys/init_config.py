@@ -391,7 +391,16 @@ def _feedback(df: pd.DataFrame, cols: dict, columns: dict, source: dict, notes: 
     """feedback: event types with proposed weights, a rating scale, or implicit (every row a positive)."""
     feedback: dict
     if cols["event"]:
-        counts = df[cols["event"]].astype(str).value_counts()
+        raw = df[cols["event"]].astype(str).value_counts()
+        # 'Play' and 'play' are one event type: the most frequent spelling is kept, build-dataset merges the
+        # others into it (and counts them)
+        key = raw.index.str.strip().str.lower()
+        canonical = {k: raw.index[key == k][0] for k in dict.fromkeys(key)}
+        counts = raw.groupby([canonical[k] for k in key], sort=False).sum().sort_values(ascending=False)
+        merged = [f"{v!r} into {canonical[k]!r}" for v, k in zip(raw.index, key) if v != canonical[k]]
+        if merged:
+            notes.append(f"event values that differ only by case or spaces are one type: {', '.join(merged)} "
+                         "(build-dataset merges and counts them)")
         weights = {str(e): 0.0 if str(e).strip().lower() in _NEGATIVE_EVENTS else _EVENT_WEIGHTS.get(str(e).lower(), 1.0)
                    for e in counts.index}
         if not any(w > 0 for w in weights.values()):

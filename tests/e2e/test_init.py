@@ -221,3 +221,97 @@ def test_an_impossible_guess_still_writes_the_config_with_the_column_marked(tmp_
     # the one line fixed by hand: the config builds
     out.write_text(text.replace("'FILL_IN one of: household_id, product, day'", "day"))
     assert cli.main(["build-dataset", "--config", str(out)]) == 0
+
+
+def _media_log(tmp):
+    """JSON lines: visitor, content_id, action (play/Play/like/share/skip), dwell_seconds on plays, ISO
+    times with an offset; a catalog keyed `id` with a section, '|' tags, a publish date, a length and a
+    summary. Visitors prefer a section; 15 of the 120 items have no catalog row."""
+    rng = np.random.default_rng(5)
+    sections = ["news", "sport", "culture", "science"]
+    item_section = rng.integers(0, 4, 120)
+    lines = []
+    for u in range(200):
+        fav = rng.integers(0, 4)
+        t = pd.Timestamp("2024-10-01T08:00:00+02:00") + pd.Timedelta(minutes=int(rng.integers(0, 5000)))
+        for _ in range(int(rng.integers(8, 20))):
+            own = np.flatnonzero(item_section == fav)
+            item = int(rng.choice(own) if rng.random() < 0.8 else rng.integers(0, 120))
+            t += pd.Timedelta(minutes=int(rng.integers(1, 600)))
+            action = rng.choice(["play", "play", "Play", "like", "share", "skip"])
+            row = {"visitor": f"v{u}", "content_id": f"c{item}", "action": str(action), "ts": t.isoformat()}
+            if action.lower() == "play":
+                row["dwell_seconds"] = int(rng.integers(1, 900))
+            lines.append(json.dumps(row))
+    (tmp / "media.jsonl").write_text("\n".join(lines) + "\n")
+    pd.DataFrame({"id": [f"c{i}" for i in range(105)], "section": [sections[s] for s in item_section[:105]],
+                  "tags": ["live|video" if i % 3 == 0 else "text" for i in range(105)],
+                  "published_at": [f"2024-0{1 + i % 9}-{1 + i % 28:02d}T06:00:00Z" for i in range(105)],
+                  "length": [60 + 7 * i for i in range(105)],
+                  "summary": [f"a story about {sections[s]} number {i} for everyone" for i, s in
+                              enumerate(item_section[:105])]}).to_csv(tmp / "catalog.csv", index=False)
+    return item_section
+
+
+def _grocery_log(tmp):
+    """A semicolon CSV: household_id, product_id, quantity, sales_value, a naive datetime; a catalog with
+    department and brand; households rebuy."""
+    rng = np.random.default_rng(6)
+    rows = []
+    for h in range(150):
+        basket = rng.choice(80, 6, replace=False)
+        t = pd.Timestamp("2017-09-01 09:00:00") + pd.Timedelta(hours=int(rng.integers(0, 48)))
+        for _ in range(int(rng.integers(3, 8))):
+            t += pd.Timedelta(days=int(rng.integers(2, 9)))
+            for p in rng.choice(basket, 3, replace=False):
+                q = int(rng.integers(1, 4))
+                rows.append(f"{h};P{p};{q};{q * 1.99:.2f};{t:%Y-%m-%d %H:%M:%S}")
+    (tmp / "transactions.csv").write_text("household_id;product_id;quantity;sales_value;day_time\n"
+                                          + "\n".join(rows) + "\n")
+    (tmp / "products.csv").write_text("product_id;department;brand\n" + "\n".join(
+        f"P{i};{['dairy', 'bakery', 'produce', 'frozen'][i % 4]};{['national', 'private'][i % 2]}" for i in range(80))
+        + "\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", ["media", "grocery"])
+def test_init_then_nightly_on_logs_that_do_not_look_like_ours(shape, tmp_path, capsys, monkeypatch):
+    """What issue 24 tried as a new user: init's config as written runs the nightly, publishes, and the
+    service answers with the filters the catalog allows; nothing is lost without a count."""
+    monkeypatch.chdir(tmp_path)
+    if shape == "media":
+        _media_log(tmp_path)
+        argv = ["init", "--events", "media.jsonl", "--items", "catalog.csv", "--out", "recsys.yaml"]
+    else:
+        _grocery_log(tmp_path)
+        argv = ["init", "--events", "transactions.csv", "--items", "products.csv", "--out", "recsys.yaml",
+                "--time", "day_time"]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    cfg = load_config("recsys.yaml")
+    assert cli.main(["nightly", "--config", "recsys.yaml", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["published"] and registry.current_version(cfg.resolve(cfg.artifacts.root)) == summary["published"]
+    engine = Engine.load(cfg.resolve(cfg.artifacts.root))
+    ds_root = cfg.resolve(cfg.artifacts.root) + "/datasets/"
+    stats = json.load(open(ds_root + open(ds_root + "LATEST").read().strip() + "/stats.json"))
+    assert stats["rejected"] == 0
+    if shape == "media":
+        assert cfg.feedback.mode == "event" and cfg.feedback.event_weights["skip"] == 0
+        assert cfg.source.columns.value == "dwell_seconds" and cfg.source.item_columns.item == "id"
+        assert cfg.source.item_columns.attributes["published_at"] == "date"
+        assert stats["not_positive"] > 0                                     # the skips: counted, not trained on
+        assert stats["case_merged_events"] == {"Play": stats["case_merged_events"]["Play"]} and \
+            stats["case_merged_events"]["Play"] > 0                           # 'Play' merged into play, counted
+        assert stats["items_metadata"]["items_without_row"] == 15
+        catalog = pd.read_csv(tmp_path / "catalog.csv").set_index("id")
+        got = engine.recommend("v1", 20, exclude=["section:sport"]).items
+        assert got and all(i in catalog.index and catalog.loc[i, "section"] != "sport" for i in got)
+        got = engine.recommend("v2", 20, include=["published_at>=2024-06-01"]).items
+        assert got and all(catalog.loc[i, "published_at"] >= "2024-06-01" for i in got)
+    else:
+        assert cfg.source.delimiter == ";" and cfg.source.columns.user == "household_id"
+        assert cfg.feedback.mode == "implicit" and cfg.source.columns.value == "quantity"
+        got = engine.recommend("7", 10, include=["department:dairy"]).items
+        products = pd.read_csv(tmp_path / "products.csv", sep=";").set_index("product_id")
+        assert got and all(products.loc[i, "department"] == "dairy" for i in got)
