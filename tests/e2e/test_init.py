@@ -254,8 +254,8 @@ def _media_log(tmp):
 
 
 def _grocery_log(tmp):
-    """A semicolon CSV: household_id, product_id, quantity, sales_value, a naive datetime; a catalog with
-    department and brand; households rebuy."""
+    """A purchase-only semicolon CSV: household_id, product_id, quantity, sales_value, a naive datetime; a
+    catalog keyed `id` with department and brand; households rebuy."""
     rng = np.random.default_rng(6)
     rows = []
     for h in range(150):
@@ -268,7 +268,7 @@ def _grocery_log(tmp):
                 rows.append(f"{h};P{p};{q};{q * 1.99:.2f};{t:%Y-%m-%d %H:%M:%S}")
     (tmp / "transactions.csv").write_text("household_id;product_id;quantity;sales_value;day_time\n"
                                           + "\n".join(rows) + "\n")
-    (tmp / "products.csv").write_text("product_id;department;brand\n" + "\n".join(
+    (tmp / "products.csv").write_text("id;department;brand\n" + "\n".join(
         f"P{i};{['dairy', 'bakery', 'produce', 'frozen'][i % 4]};{['national', 'private'][i % 2]}" for i in range(80))
         + "\n")
 
@@ -313,5 +313,6 @@ def test_init_then_nightly_on_logs_that_do_not_look_like_ours(shape, tmp_path, c
         assert cfg.source.delimiter == ";" and cfg.source.columns.user == "household_id"
         assert cfg.feedback.mode == "implicit" and cfg.source.columns.value == "quantity"
         got = engine.recommend("7", 10, include=["department:dairy"]).items
-        products = pd.read_csv(tmp_path / "products.csv", sep=";").set_index("product_id")
+        assert cfg.source.item_columns.item == "id"                            # matched by the log's items
+        products = pd.read_csv(tmp_path / "products.csv", sep=";").set_index("id")
         assert got and all(products.loc[i, "department"] == "dairy" for i in got)
