@@ -12,7 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # bottom first; a module may import its own layer and the ones before it (docs/ARCHITECTURE.md)
 LAYERS = [
-    ("foundation", ["recsys", "recsys.errors", "recsys.schema", "recsys.progress", "recsys.ranking"]),
+    ("foundation", ["recsys", "recsys.errors", "recsys.schema", "recsys.progress", "recsys.ranking", "recsys.logs"]),
     ("files", ["recsys.fsio"]),
     ("config", ["recsys.config"]),
     ("data", ["recsys.data", "recsys.data.*"]),
