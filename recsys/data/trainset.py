@@ -289,19 +289,49 @@ def _eval_set(df: pd.DataFrame, seen: pd.DataFrame, users, items_n: int, history
     `exclusion` (None: bought with `target_events`, else seen) decides which earlier items are excluded
     from the ranking (`excluded_rows`): with bought, an item the user viewed or carted stays rankable
     for a purchase, as the service ranks it."""
-    ids = np.asarray(sorted(df["user"].unique()), dtype=object)
-    row_of = pd.Index(ids)
-    rel_rows = row_of.get_indexer(df["user"])
-    relevant = csr_from_pairs(rel_rows, df["item_idx"].to_numpy(), len(ids), items_n)
-    seen = seen[seen["user"].isin(row_of)].sort_values(["timestamp"], kind="stable")
-    seen_rows = row_of.get_indexer(seen["user"])
+    # Users are matched by their vocabulary index: the ID strings are read only for held-out rows (and
+    # earlier rows) of users the vocabulary does not know, so train's rows stay integers (a Python
+    # string per row cost ~1 GB at 10M rows and an isin over all of them)
+    n_known = len(users)
+    new_ids = pd.Index(pd.unique(np.concatenate([_new_user_ids(df), _new_user_ids(seen)])))
+
+    def key(frame):
+        k = frame["user_idx"].to_numpy(np.int64).copy()
+        unknown = k < 0
+        if unknown.any():
+            k[unknown] = n_known + new_ids.get_indexer(frame.loc[unknown, "user"].astype(object))
+        return k
+    held_keys = key(df)
+    keys = np.unique(held_keys)
+    known = keys < n_known
+    ids = np.empty(len(keys), dtype=object)
+    ids[known] = np.asarray(users.ids)[keys[known]]
+    ids[~known] = np.asarray(new_ids, dtype=object)[keys[~known] - n_known]
+    order = np.argsort(ids.astype(str), kind="stable")          # the evaluated users in ID order, as before
+    ids, keys = ids[order], keys[order]
+    row_of = pd.Index(keys)
+    relevant = csr_from_pairs(row_of.get_indexer(held_keys), df["item_idx"].to_numpy(), len(ids), items_n)
+    seen_keys = key(seen)
+    inside = row_of.get_indexer(seen_keys)
+    seen = seen[inside >= 0]
+    by_time = np.argsort(seen["timestamp"].to_numpy(), kind="stable")
+    seen, seen_rows = seen.iloc[by_time], inside[inside >= 0][by_time]
     done = excluded_rows(seen, exclusion or exclusion_rule("auto", target_events), target_events)
     exclude = csr_from_pairs(seen_rows[done], seen["item_idx"].to_numpy()[done], len(ids), items_n)
     history = last_items(seen_rows, seen["item_idx"].to_numpy(), len(ids), history_len)
-    return EvalSet(ids, users.lookup(ids), relevant, exclude, history)
+    return EvalSet(ids, np.where(keys < n_known, keys, -1), relevant, exclude, history)
+
+
+def _new_user_ids(frame: pd.DataFrame) -> np.ndarray:
+    """The user IDs of rows whose user the vocabulary does not know (user_idx -1)."""
+    if "user" not in frame or not len(frame):
+        return np.zeros(0, dtype=object)
+    return frame.loc[frame["user_idx"].to_numpy() < 0, "user"].astype(object).to_numpy()
 
 
 _COLS = ["user", "user_idx", "item_idx", "timestamp", "weight"]
+# train rows: every user is in the vocabulary (train defines it), so no ID strings
+_TRAIN_COLS = ["user_idx", "item_idx", "timestamp", "weight"]
 
 
 def _no_event_types(dataset: Dataset, target_events) -> DataError:
@@ -310,11 +340,13 @@ def _no_event_types(dataset: Dataset, target_events) -> DataError:
 
 
 def _read(dataset: Dataset, split: str, target_events) -> pd.DataFrame:
-    """A split's rows, with the event type when evaluation looks at event types."""
+    """A split's rows, with the event type when evaluation looks at event types (train's without the
+    user ID strings: its user_idx is always known)."""
+    cols = _TRAIN_COLS if split == "train" else _COLS
     if not target_events:
-        return dataset.read(split, _COLS)
+        return dataset.read(split, cols)
     try:
-        frame = dataset.read(split, _COLS + ["event"])
+        frame = dataset.read(split, cols + ["event"])
     except (KeyError, ValueError, pa.ArrowException):   # shards written before they kept the event type
         raise _no_event_types(dataset, target_events) from None
     if len(frame) and frame["event"].isna().all():
@@ -354,7 +386,7 @@ def eval_sets(dataset: Dataset, history_len: int = 20, train: pd.DataFrame | Non
                                       target_events, exclusion)
     test_targets = _targets(test, target_events)
     if len(test_targets):
-        out["test"] = _eval_set(test_targets, pd.concat([train[val.columns], val], ignore_index=True),
+        out["test"] = _eval_set(test_targets, pd.concat([train, val], ignore_index=True),
                                 dataset.users, len(dataset.items), history_len, target_events, exclusion)
     return out
 

@@ -105,3 +105,50 @@ def test_text_attributes_join_the_title_words_and_are_not_attribute_tokens():
     row = lambda i: [words[t] for t in f.title_tokens[i] if t >= 0]   # noqa: E731
     assert row(0) == ["lamp", "oak", "wood"]                     # words in >= 2 items, each once
     assert row(2) == ["oak", "wood"] and row(1) == ["lamp"]
+
+
+def _eval_set_by_id_strings(df, seen, users, n_items, history_len, target_events, exclusion):
+    """The previous definition, matching users by their ID strings on every row (the reference)."""
+    import pandas as pd
+    ids = np.asarray(sorted(df["user"].unique()), dtype=object)
+    row_of = pd.Index(ids)
+    relevant = trainset.csr_from_pairs(row_of.get_indexer(df["user"]), df["item_idx"].to_numpy(), len(ids), n_items)
+    seen = seen[seen["user"].isin(row_of)].sort_values(["timestamp"], kind="stable")
+    rows = row_of.get_indexer(seen["user"])
+    done = trainset.excluded_rows(seen, exclusion, target_events)
+    exclude = trainset.csr_from_pairs(rows[done], seen["item_idx"].to_numpy()[done], len(ids), n_items)
+    history = trainset.last_items(rows, seen["item_idx"].to_numpy(), len(ids), history_len)
+    return trainset.EvalSet(ids, users.lookup(ids), relevant, exclude, history)
+
+
+def test_evaluation_sets_match_users_by_index_as_they_did_by_id_string():
+    """Held-out users known to the vocabulary and users first seen in validation (user_idx -1, matched by
+    ID among the earlier rows without one): the same EvalSet as matching every row by its ID string,
+    though train's rows carry no ID strings at all."""
+    import pandas as pd
+    from recsys.data.vocab import Vocabulary
+    rng = np.random.default_rng(3)
+    users = Vocabulary([f"u{i:03d}" for i in range(60)])
+    n_items = 40
+    train = pd.DataFrame({"user_idx": rng.integers(0, 60, 900), "item_idx": rng.integers(0, n_items, 900),
+                          "timestamp": rng.integers(0, 10_000, 900), "event": rng.choice(["view", "purchase"], 900)})
+    val_users = np.r_[np.arange(0, 60, 3), -np.ones(20, int)]
+    val_ids = [f"u{u:03d}" if u >= 0 else f"new{k % 7}" for k, u in enumerate(val_users)]
+    val = pd.DataFrame({"user": np.repeat(val_ids, 3), "user_idx": np.repeat(val_users, 3),
+                        "item_idx": rng.integers(0, n_items, 120), "timestamp": rng.integers(10_000, 12_000, 120),
+                        "event": rng.choice(["view", "purchase"], 120)})
+    test_ids = [f"u{u:03d}" for u in range(1, 60, 4)] + ["new2", "new5", "brand_new"]
+    test = pd.DataFrame({"user": test_ids, "user_idx": users.lookup(test_ids),
+                         "item_idx": rng.integers(0, n_items, len(test_ids)), "timestamp": 20_000,
+                         "event": "purchase"})
+    with_ids = train.assign(user=np.asarray(users.ids)[train["user_idx"]])
+    for held, seen, seen_ref in [(val, train, with_ids),
+                                 (test, pd.concat([train, val], ignore_index=True),
+                                  pd.concat([with_ids, val], ignore_index=True))]:
+        for exclusion, events in [("seen", ()), ("bought", ("purchase",)), ("none", ())]:
+            got = trainset._eval_set(held, seen, users, n_items, 5, events, exclusion)
+            ref = _eval_set_by_id_strings(held, seen_ref, users, n_items, 5, events, exclusion)
+            assert got.user_ids.tolist() == ref.user_ids.tolist()
+            assert got.user_idx.tolist() == ref.user_idx.tolist()
+            assert (got.relevant != ref.relevant).nnz == 0 and (got.exclude != ref.exclude).nnz == 0
+            assert got.history.tolist() == ref.history.tolist()
