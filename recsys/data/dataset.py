@@ -332,12 +332,25 @@ class Dataset:
             raise DataError(f"dataset: split={split!r} is invalid: allowed: {', '.join(SPLITS)}")
         return fsio.match(fsio.join(self.path, split, "part-*.parquet"))
 
-    def read(self, split: str, columns: list[str] | None = None) -> pd.DataFrame:
-        """A whole split in memory (evaluation sets and small datasets)."""
+    def read(self, split: str, columns: list[str] | None = None, unknown_user_ids_only: bool = False) -> pd.DataFrame:
+        """A whole split in memory (evaluation sets and small datasets).
+
+        `unknown_user_ids_only` (with "user" and "user_idx" among `columns`): the user ID string only on
+        rows whose user the vocabulary does not know (user_idx -1), None elsewhere: the index says who
+        the others are, and a Python string per row is most of a large split's memory."""
         tables = [pq.read_table(pa.BufferReader(fsio.read_bytes(p)), columns=columns) for p in self.shards(split)]
         if not tables:
             return SPLIT_SCHEMA.empty_table().to_pandas()
-        return pa.concat_tables(tables).to_pandas()
+        table = pa.concat_tables(tables)
+        if not (unknown_user_ids_only and "user" in table.column_names):
+            return table.to_pandas()
+        unknown = table["user_idx"].to_numpy() < 0
+        frame = table.drop_columns(["user"]).to_pandas()
+        user = np.full(len(frame), None, dtype=object)
+        if unknown.any():
+            user[unknown] = table["user"].filter(pa.array(unknown)).to_numpy(zero_copy_only=False)
+        frame.insert(table.column_names.index("user"), "user", user)
+        return frame
 
     def iter_batches(self, split: str, columns: list[str], batch_size: int = 65536) -> Iterator[dict]:
         """Stream a split as dicts of numpy column chunks, one shard at a time (bounded memory)."""

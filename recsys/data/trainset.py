@@ -299,7 +299,10 @@ def _eval_set(df: pd.DataFrame, seen: pd.DataFrame, users, items_n: int, history
         k = frame["user_idx"].to_numpy(np.int64).copy()
         unknown = k < 0
         if unknown.any():
-            k[unknown] = n_known + new_ids.get_indexer(frame.loc[unknown, "user"].astype(object))
+            names = frame.loc[unknown, "user"].astype(object).to_numpy()
+            # -1 in the dataset, but known to a refit's vocabulary (users first seen in validation)
+            found = users.lookup(names)
+            k[unknown] = np.where(found >= 0, found, n_known + new_ids.get_indexer(names))
         return k
     held_keys = key(df)
     keys = np.unique(held_keys)
@@ -344,9 +347,9 @@ def _read(dataset: Dataset, split: str, target_events) -> pd.DataFrame:
     user ID strings: its user_idx is always known)."""
     cols = _TRAIN_COLS if split == "train" else _COLS
     if not target_events:
-        return dataset.read(split, cols)
+        return dataset.read(split, cols, unknown_user_ids_only=True)
     try:
-        frame = dataset.read(split, cols + ["event"])
+        frame = dataset.read(split, cols + ["event"], unknown_user_ids_only=True)
     except (KeyError, ValueError, pa.ArrowException):   # shards written before they kept the event type
         raise _no_event_types(dataset, target_events) from None
     if len(frame) and frame["event"].isna().all():
@@ -405,8 +408,10 @@ def from_dataset(dataset: Dataset, history_len: int = 20, include_validation: bo
     users = dataset.users
     if include_validation:
         val = _read(dataset, "validation", target_events)
-        users = users.extended(val.loc[val["user_idx"] < 0, "user"])
-        val["user_idx"] = users.lookup(val["user"])
+        unknown = val["user_idx"].to_numpy() < 0
+        users = users.extended(val.loc[unknown, "user"])     # appended: the known users keep their index
+        val["user_idx"] = val["user_idx"].astype(np.int64)
+        val.loc[unknown, "user_idx"] = users.lookup(val.loc[unknown, "user"])
         train = pd.concat([train, val], ignore_index=True)
     # shards are sorted by (user, timestamp, item) within a shard and a user lives in one shard;
     # validation rows come after a user's train rows in time
@@ -523,6 +528,11 @@ def _split_rows(ts: TrainSet, dataset: Dataset, split: str, columns: list) -> pd
     """Rows of a dataset split whose user and item the TrainSet knows, with `user_idx` in `ts`'s
     vocabulary (which may extend the dataset's: a refit appends users first seen in validation)."""
     from recsys.data.vocab import Vocabulary
-    df = dataset.read(split, columns)
-    df["user_idx"] = Vocabulary(ts.user_ids).lookup(df["user"])
+    df = dataset.read(split, sorted(set(columns) | {"user", "user_idx"}), unknown_user_ids_only=True)
+    unknown = df["user_idx"].to_numpy() < 0
+    if unknown.any() and len(ts.user_ids) > len(dataset.users):
+        # a refit's vocabulary appends the users first seen in validation (Vocabulary.extended): the
+        # dataset's indices stay, the new users are found by ID
+        df["user_idx"] = df["user_idx"].astype(np.int64)
+        df.loc[unknown, "user_idx"] = Vocabulary(ts.user_ids).lookup(df.loc[unknown, "user"])
     return df[(df["user_idx"] >= 0) & (df["item_idx"] >= 0)]
