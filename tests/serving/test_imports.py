@@ -75,7 +75,8 @@ def test_the_image_installs_the_serve_extra_and_checks_readiness():
     install leaves the train extra out."""
     import configparser
     text = open(os.path.join(REPO, "Dockerfile")).read()
-    assert '-c constraints.txt ".[serve]"' in text and "/readyz" in text and "/healthz" not in text.split("HEALTHCHECK")[1]
+    assert "ARG EXTRAS=serve\n" in text and '-c constraints.txt ".[${EXTRAS}]"' in text     # serve by default
+    assert "/readyz" in text and "/healthz" not in text.split("HEALTHCHECK")[1]
     cfg = configparser.ConfigParser()
     cfg.read(os.path.join(REPO, "setup.cfg"))
     base = cfg["options"]["install_requires"] + cfg["options.extras_require"]["serve"]
