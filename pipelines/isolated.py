@@ -39,12 +39,11 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 def _child(conn, fn: Callable, args: tuple, verbose: bool = False) -> None:
-    from recsys import logs
-    logs.configure(verbose, logs.log_format())    # a fresh interpreter: the parent's format and level
-
     def progress(line: str) -> None:
         conn.send(("progress", str(line)))
     try:
+        from recsys import logs
+        logs.configure(verbose, logs.log_format())    # a fresh interpreter: the parent's format and level
         with Meter() as meter:
             result = fn(*args, progress)
         conn.send(("done", result, meter.use))

@@ -341,7 +341,9 @@ def validate(cfg: Config) -> Config:
         _check(_number(f.min_value) or (isinstance(f.min_value, dict) and bool(f.min_value)
                                         and all(_number(v) for v in f.min_value.values())),
                "feedback.min_value", f.min_value, "a number, or a mapping of event type to a number")
-        if isinstance(f.min_value, dict) and f.mode == "event":
+        if isinstance(f.min_value, dict):
+            _check(f.mode == "event", "feedback.min_value", f.min_value,
+                   "a number: per event type needs feedback.mode event")
             unknown = sorted(set(f.min_value) - set(f.event_weights))
             _check(not unknown, "feedback.min_value", unknown, "event types of feedback.event_weights")
     if f.min_value is not None or f.value_weight != "none":

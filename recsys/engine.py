@@ -103,6 +103,8 @@ def _date_seconds(field_name: str, key: str, op: str, value: str) -> float:
     seconds."""
     try:
         ts = pd.Timestamp(value)
+        if pd.isna(ts):                   # "NaT", "nan": no date, and a filter on it would match nothing
+            raise ValueError(value)
         ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts
         return (ts - pd.Timestamp(0, tz="UTC")).total_seconds()
     except (ValueError, TypeError):

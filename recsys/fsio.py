@@ -83,13 +83,19 @@ def check_scheme(path: str) -> None:
     # without credentials Beam retries every call with exponential backoff for about 8 minutes, then
     # fails ("Unable to locate credentials"); a service polling CURRENT would do that for ever
     if scheme == "s3":
-        import boto3
+        try:
+            import boto3
+        except ModuleNotFoundError:   # Beam registers its S3 filesystem without boto3 installed
+            raise RecsysError(f"{path}: no filesystem for s3:// is installed: pip install 'recsys[aws]'") from None
         if boto3.session.Session().get_credentials() is None:
             raise RecsysError(f"{path}: no AWS credentials found (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                               "AWS_PROFILE or ~/.aws/credentials, or an instance or pod role)")
     elif scheme == "gs":
-        import google.auth
-        import google.auth.exceptions
+        try:
+            import google.auth
+            import google.auth.exceptions
+        except ModuleNotFoundError:
+            raise RecsysError(f"{path}: no filesystem for gs:// is installed: pip install 'recsys[gcp]'") from None
         try:
             google.auth.default()
         except google.auth.exceptions.DefaultCredentialsError:

@@ -34,8 +34,20 @@ _NAMES = {
 }
 # Numeric columns of an event or implicit log that can threshold or scale a row's weight: a time spent
 # (feedback.min_value drops short plays) or an amount (feedback.value_weight: log)
-_DURATION_WORDS = ("dwell", "duration", "seconds", "secs", "watch", "time_spent", "played", "listen")
+_DURATION_WORDS = ("dwell", "duration", "seconds", "secs", "sec", "watch", "watched", "spent", "played", "listen",
+                   "listened", "ms")
 _AMOUNT_WORDS = ("quantity", "qty", "units", "count")
+
+
+def _words(name) -> set:
+    """The words of a column name (dwell_seconds -> {dwell, seconds}; 'country' is not 'count')."""
+    return set(re.split(r"[^a-z0-9]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", str(name)).lower())) - {""}
+
+
+def _reads_as(name, words) -> bool:
+    return bool(_words(name) & set(words))
+
+
 # Events that say "not this": weight 0 (kept, counted, never trained on nor relevant)
 _NEGATIVE_EVENTS = {"skip", "skipped", "dislike", "unlike", "hide", "hidden", "return", "returned", "refund",
                     "remove_from_cart", "removefromcart", "cart_remove", "remove", "thumbs_down", "block", "report"}
@@ -208,12 +220,15 @@ def _attributes(items: pd.DataFrame, skip: set) -> dict:
         values = items[col].dropna()
         if values.empty:
             continue
+        if pd.api.types.is_datetime64_any_dtype(values):      # a native timestamp (Parquet)
+            out[col] = "date"
+            continue
         num = pd.to_numeric(values, errors="coerce")
         if num.notna().mean() > 0.95:
             out[col] = "numeric"
             continue
         text = values.astype(str)
-        if pd.api.types.is_datetime64_any_dtype(values) or (
+        if (
                 text.str.match(r"^\d{4}-\d\d-\d\d").mean() > 0.95
                 and pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601").notna().mean() > 0.95):
             out[col] = "date"     # range filters (published_at>=2024-10-01) and {kind: date, max_age_days}
@@ -267,10 +282,14 @@ def infer(events: str, items: str | None = None, root: str = "artifacts", column
                                           for f in _NAMES}}}
         if smp.delimiter and smp.delimiter != ",":
             partial["source"]["delimiter"] = smp.delimiter
+        if cols["timestamp"]:
+            ts_type = schema.field(cols["timestamp"]).type if schema is not None else None
+            partial["source"]["timestamp_unit"], how = _timestamp_unit(df[cols["timestamp"]], ts_type)
+            notes.append(f"time: {cols['timestamp']!r} as {how}")
         partial["feedback"] = _feedback(df, cols, columns, partial["source"], notes, events)
         partial["artifacts"] = {"root": root}
-        notes.append("the time format, the split and the exclusion are left at their defaults here: rerunning "
-                     "init with the flag infers them too")
+        notes.append("the split, the exclusion" + (" and the catalog (--items)" if items else "") + " are not in "
+                     "this file: rerunning init with the flag infers them too")
         flags = " ".join(f"{FLAGS[f]} COLUMN" for f in missing)
         raise Unguessed(f"{events}: no column looks like the {' or the '.join(missing)} (columns: {listed}); "
                         f"name it: recsys init {flags}",
@@ -384,7 +403,7 @@ def _is_rating(df: pd.DataFrame, name: str) -> bool:
         return True
     v = pd.to_numeric(df[name], errors="coerce").dropna()
     return len(v) > 0 and v.nunique() <= 21 and v.min() >= 0 and v.max() <= 10 and (v.max() - v.min()) >= 1 \
-        and not any(w in str(name).lower() for w in _DURATION_WORDS + _AMOUNT_WORDS)
+        and not _reads_as(name, _DURATION_WORDS + _AMOUNT_WORDS)
 
 
 def _feedback(df: pd.DataFrame, cols: dict, columns: dict, source: dict, notes: list, events: str) -> dict:
@@ -433,25 +452,26 @@ def _value_column(df: pd.DataFrame, cols: dict, columns: dict, source: dict, not
     """An event or implicit log's numeric column of time spent or amount (or the one --value names):
     read as source.columns.value, with the threshold or the scaling it could set proposed from its
     sample quantiles (a proposal in the notes: whether it helps is for validation to say)."""
-    if columns.get("value"):
+    def numeric(c) -> bool:
+        v = pd.to_numeric(df[c], errors="coerce")
+        present = df[c].notna() & (df[c].astype(str).str.strip() != "")
+        return bool(present.any()) and v[present].isna().mean() <= 0.01
+    if "value" in columns:              # --value COLUMN, or --value '' for none
         name = cols["value"]
-    else:
-        def telling(c, words):
-            return any(w in str(c).lower() for w in words)
-        name = next((c for c in df.columns if c not in cols.values() and telling(c, _DURATION_WORDS + _AMOUNT_WORDS)),
-                    None)
+        if name and not numeric(name):
+            notes.append(f"column {name!r} (--value) is not used: more than 1% of its sample values are not "
+                         "numbers (source.columns.value would make those rows dead letters)")
+            return
+    else:                               # the first numeric column named like a time spent or an amount
+        name = next((c for c in df.columns if c not in cols.values()
+                     and _reads_as(c, _DURATION_WORDS + _AMOUNT_WORDS) and numeric(c)), None)
     if not name:
         return
     v = pd.to_numeric(df[name], errors="coerce")
-    present = df[name].notna() & (df[name].astype(str).str.strip() != "")
-    if not present.any() or v[present].isna().mean() > 0.01:
-        notes.append(f"column {name!r} is not used: {v[present].isna().mean():.0%} of its sample values are not "
-                     "numbers (source.columns.value would make those rows dead letters)")
-        return
     source["columns"]["value"] = name
     q = v.dropna().quantile([0.1, 0.25, 0.5]).round(2)
     evidence = f"sample 10% / 25% / median {q[0.1]:g} / {q[0.25]:g} / {q[0.5]:g}"
-    if any(w in str(name).lower() for w in _DURATION_WORDS):
+    if _reads_as(name, _DURATION_WORDS):
         scope = f"{{{events[0]}: {q[0.25]:g}}}" if events else f"{q[0.25]:g}"
         notes.append(f"{name!r} reads as time spent ({evidence}): to train only on engaged events, set "
                      f"feedback.min_value: {scope} (rows under it get weight 0); not set: check it on validation")

@@ -80,7 +80,7 @@ def validate(raw: pd.DataFrame, cfg: Config, source: str, raw_text=None):
     else:
         # An empty field is a missing value (as a null in JSON or Parquet), not a malformed one.
         has_value_col = ~_is_blank(value_raw, np.isnan(value))
-        mark(has_value_col & np.isnan(value), BAD_RATING)
+        mark(has_value_col & ~np.isfinite(value), BAD_RATING)   # inf would be an infinite weight
     event = arrow_strings(raw["event"])
     event_counts: dict = {}
     if fb.mode == "event":

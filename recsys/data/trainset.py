@@ -310,7 +310,7 @@ def _eval_set(df: pd.DataFrame, seen: pd.DataFrame, users, items_n: int, history
     ids = np.empty(len(keys), dtype=object)
     ids[known] = np.asarray(users.ids)[keys[known]]
     ids[~known] = np.asarray(new_ids, dtype=object)[keys[~known] - n_known]
-    order = np.argsort(ids.astype(str), kind="stable")          # the evaluated users in ID order, as before
+    order = np.argsort(ids, kind="stable")       # the evaluated users in ID order, as before (object compare)
     ids, keys = ids[order], keys[order]
     row_of = pd.Index(keys)
     relevant = csr_from_pairs(row_of.get_indexer(held_keys), df["item_idx"].to_numpy(), len(ids), items_n)

@@ -316,3 +316,34 @@ def test_init_then_nightly_on_logs_that_do_not_look_like_ours(shape, tmp_path, c
         assert cfg.source.item_columns.item == "id"                            # matched by the log's items
         products = pd.read_csv(tmp_path / "products.csv", sep=";").set_index("id")
         assert got and all(products.loc[i, "department"] == "dairy" for i in got)
+
+
+def test_init_value_column_by_whole_words_native_dates_and_no_value_flag(tmp_path):
+    # 'country' is not a count, and the first telling name that is not numeric does not hide the next
+    lines = [json.dumps({"user_id": f"u{u}", "item_id": f"c{(u + k) % 30}", "event": "play", "country": "fr",
+                         "watch_count": "many", "dwell_seconds": 10 + k, "ts": 1_700_000_000 + 600 * k + u})
+             for u in range(20) for k in range(5)]
+    (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
+    pq.write_table(pa.table({"item_id": [f"c{i}" for i in range(30)],
+                             "published_at": pa.array(pd.date_range("2024-01-01", periods=30, freq="D", tz="UTC"))}),
+                   tmp_path / "catalog.parquet")
+    inferred = infer(str(tmp_path / "events.jsonl"), str(tmp_path / "catalog.parquet"))
+    assert inferred.config["source"]["columns"]["value"] == "dwell_seconds"
+    assert inferred.config["source"]["item_columns"]["attributes"]["published_at"] == "date"   # native timestamps
+    none = infer(str(tmp_path / "events.jsonl"), columns={"value": ""})        # --value '': no value column
+    assert none.config["source"]["columns"]["value"] == ""
+
+
+def test_a_fill_in_config_keeps_what_was_found_so_fixing_the_line_builds(tmp_path, capsys):
+    # the time is ISO text, the user column has a name nothing guesses: the written config keeps the
+    # time format, so filling in the user is the only edit
+    rows = [f"x{u},p{(u * 7 + k) % 40},2024-10-0{1 + k}T08:00:0{u % 10}+02:00" for u in range(30) for k in range(4)]
+    (tmp_path / "events.csv").write_text("who,item_id,timestamp\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "recsys.yaml"
+    assert cli.main(["init", "--events", str(tmp_path / "events.csv"), "--out", str(out)]) == 2
+    text = out.read_text()
+    assert "timestamp_unit: iso" in text and "user: 'FILL_IN one of: who, item_id, timestamp'" in text
+    out.write_text(text.replace("'FILL_IN one of: who, item_id, timestamp'", "who"))
+    capsys.readouterr()
+    assert cli.main(["build-dataset", "--config", str(out)]) == 0
+    assert "rejected 0" in capsys.readouterr().out

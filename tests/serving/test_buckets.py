@@ -81,3 +81,14 @@ def test_a_bucket_scheme_without_its_filesystem_names_the_extra(tmp_path, capsys
     # without apache-beam[gcp] (make install has none): the extra; with it, no credentials on this machine
     assert err.count("\n") == 1 and "gs://my-bucket/recsys" in err
     assert "pip install 'recsys[gcp]'" in err or "no Google Cloud credentials" in err
+
+
+def test_s3_without_boto3_names_the_extra(tmp_path, capsys, monkeypatch):
+    # Beam registers its S3 filesystem whether or not boto3 is installed
+    import sys
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"artifacts:\n  root: s3://{BUCKET}/recsys\n")
+    assert cli.main(["versions", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'recsys[aws]'" in err

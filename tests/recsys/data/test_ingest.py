@@ -239,6 +239,10 @@ def test_min_value_drops_short_events_and_value_weight_scales_the_rest():
     valid, _ = run_block(lines, cfg=event_config(feedback={"mode": "event", "value_weight": "log",
                          "event_weights": {"view": 1, "click": 2, "purchase": 5.5}}), names=names)
     assert valid["weight"].tolist() == pytest.approx([1 + np.log(3), 1 + np.log(45), 2.0, 2 * (1 + np.log(2)), 5.5])
+    # an infinite value would be an infinite weight: a dead letter like any value that is not a number
+    valid, rejected = run_block(["u,a,view,inf,1000000000", "u,b,view,-Infinity,1000000001", "u,c,view,7,1000000002"],
+                                cfg=event_config(), names=names)
+    assert valid["item"].tolist() == ["c"] and set(rejected["reason"]) == {ingest.BAD_RATING}
 
 
 def test_min_value_is_checked_against_the_mode_and_the_event_types():
@@ -253,6 +257,9 @@ def test_min_value_is_checked_against_the_mode_and_the_event_types():
         from_dict({"source": {"format": "csv"}, "feedback": {"mode": "implicit", "value_weight": "log"}})
     with pytest.raises(ConfigError, match="feedback.min_value"):
         from_dict({"source": src, "feedback": {"mode": "event", "event_weights": {"view": 1}, "min_value": "x"}})
+    with pytest.raises(ConfigError, match="per event type needs feedback.mode event"):
+        from_dict({"source": {"format": "csv", "columns": {"value": "dwell"}},
+                   "feedback": {"mode": "implicit", "min_value": {"play": 30}}})
 
 
 def test_unknown_events_kept_with_weight_zero_are_counted_and_variants_merged():
