@@ -40,8 +40,11 @@ def _config(args):
                           "(data/recsys.yaml is the MovieLens demo's)")
     cfg = load_config(path)
     from recsys import fsio
-    for where in (cfg.artifacts.root, cfg.source.path, cfg.source.items_path, cfg.source.users_path):
-        fsio.check_scheme(where)      # a bucket without its filesystem installed: one line naming the extra
+    # a bucket without its filesystem installed, or without credentials: one line naming the fix (once per
+    # scheme: the credential lookup may ask an instance's metadata service)
+    paths = (cfg.artifacts.root, cfg.source.path, cfg.source.items_path, cfg.source.users_path)
+    for where in {p.split("://", 1)[0].lower(): p for p in reversed(paths) if fsio.is_url(p)}.values():
+        fsio.check_scheme(where)
     return cfg
 
 
@@ -153,9 +156,10 @@ def _index(args) -> int:
 
 
 def _serve(args) -> int:
-    root = args.root or _root(_config(args))   # --root alone needs no config
-    from recsys import fsio
-    fsio.check_scheme(root)
+    if args.root:                               # --root alone needs no config (a config's root is checked in _config)
+        from recsys import fsio
+        fsio.check_scheme(args.root)
+    root = args.root or _root(_config(args))
     print(f"serve: http://{args.host}:{args.port} root={root} workers={args.workers}")
     _outside("serving.main").serve(root, host=args.host, port=args.port, workers=args.workers,
                                    poll_seconds=args.poll_seconds, admin_token=args.admin_token,

@@ -54,6 +54,8 @@ class ItemColumns:
 
 
 ATTRIBUTE_KINDS = ("categorical", "multi", "numeric", "date", "text")
+# what `recsys init` writes for a column it could not guess; validate refuses it, naming the key
+UNGUESSED = "FILL_IN"
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,11 @@ def _one_of(key: str, value: Any, choices) -> None:
     _check(value in choices, key, value, "allowed: " + ", ".join(choices))
 
 
+def _is_number(v) -> bool:
+    """A finite int or float from YAML (true/false are not numbers here)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def validate(cfg: Config) -> Config:
     """Check value ranges and cross-field rules; raises ConfigError naming the first bad key."""
     s = cfg.source
@@ -285,7 +292,7 @@ def validate(cfg: Config) -> Config:
             age = spec.get("max_age_days")
             _check(age is None or spec.get("kind") == "date", f"{key}.max_age_days", age,
                    "only a date attribute has a max_age_days")
-            _check(age is None or (isinstance(age, (int, float)) and not isinstance(age, bool) and age > 0),
+            _check(age is None or (_is_number(age) and age > 0),
                    f"{key}.max_age_days", age, "a number of days > 0")
         else:
             _one_of(key, spec, ATTRIBUTE_KINDS)
@@ -309,8 +316,7 @@ def validate(cfg: Config) -> Config:
         _check(bool(getattr(s.columns, name)), f"source.columns.{name}", getattr(s.columns, name),
                "a column name is required")
     for name in ("user", "item", "timestamp", "event", "value"):
-        # what `recsys init` writes for a column it could not guess
-        _check(not str(getattr(s.columns, name)).startswith("FILL_IN"), f"source.columns.{name}",
+        _check(not str(getattr(s.columns, name)).startswith(UNGUESSED), f"source.columns.{name}",
                getattr(s.columns, name), "recsys init could not guess it: name a column of the file")
     f = cfg.feedback
     _one_of("feedback.mode", f.mode, FEEDBACK_MODES)
@@ -326,20 +332,16 @@ def validate(cfg: Config) -> Config:
         _check(bool(s.columns.event), "source.columns.event", s.columns.event,
                "feedback.mode=event needs an event-type column")
         # 0: a known event that is not trained on and never relevant (a skip, a return): counted, not rejected
-        _check(bool(f.event_weights) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-                                             for v in f.event_weights.values())
+        _check(bool(f.event_weights) and all(_is_number(v) and v >= 0 for v in f.event_weights.values())
                and any(v > 0 for v in f.event_weights.values()),
                "feedback.event_weights", f.event_weights,
                "a mapping of event type to weight >= 0 with at least one > 0 (0: drop the event from training "
                "and relevance)")
     _one_of("feedback.unknown_events", f.unknown_events, ("reject", "ignore"))
     _one_of("feedback.value_weight", f.value_weight, ("none", "log"))
-
-    def _number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     if f.min_value is not None:
-        _check(_number(f.min_value) or (isinstance(f.min_value, dict) and bool(f.min_value)
-                                        and all(_number(v) for v in f.min_value.values())),
+        _check(_is_number(f.min_value) or (isinstance(f.min_value, dict) and bool(f.min_value)
+                                           and all(_is_number(v) for v in f.min_value.values())),
                "feedback.min_value", f.min_value, "a number, or a mapping of event type to a number")
         if isinstance(f.min_value, dict):
             _check(f.mode == "event", "feedback.min_value", f.min_value,

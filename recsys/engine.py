@@ -99,17 +99,14 @@ def _number(field_name: str, key: str, op: str, value: str) -> float:
 
 
 def _date_seconds(field_name: str, key: str, op: str, value: str) -> float:
-    """A date filter's value (ISO 8601: 2024-10-01, 2024-10-01T12:00:00+02:00; naive is UTC) as epoch
-    seconds."""
-    try:
-        ts = pd.Timestamp(value)
-        if pd.isna(ts):                   # "NaT", "nan": no date, and a filter on it would match nothing
-            raise ValueError(value)
-        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts
-        return (ts - pd.Timestamp(0, tz="UTC")).total_seconds()
-    except (ValueError, TypeError):
+    """A date filter's value as epoch seconds, read by the parser the catalog's dates went through
+    (ISO 8601: 2024-10-01, 2024-10-01T12:00:00+02:00; naive is UTC)."""
+    from recsys.data.metadata import date_seconds
+    seconds = float(date_seconds([value])[0])
+    if np.isnan(seconds):                 # "NaT", "nan", "last week": a filter on it would match nothing
         raise RequestError(field_name, f"{key}{op}{value!r}: {value!r} is not a date (ISO 8601, e.g. "
-                                       "2024-10-01)") from None
+                                       "2024-10-01)")
+    return seconds
 
 
 class Engine:

@@ -74,19 +74,20 @@ def check_scheme(path: str) -> None:
     if not is_url(path):
         return
     scheme = path.split("://", 1)[0].lower()
+    extra = {"gs": "gcp", "s3": "aws"}.get(scheme)
+    not_installed = RecsysError(f"{path}: no filesystem for {scheme}:// is installed: " + (
+        f"pip install 'recsys[{extra}]'" if extra else "install the Beam extra that provides it"))
     try:
         _filesystems().get_filesystem(path)
     except (ValueError, ImportError, OSError):     # Beam: ValueError, or BeamIOError naming the extra
-        extra = {"gs": "gcp", "s3": "aws"}.get(scheme)
-        how = f"pip install 'recsys[{extra}]'" if extra else "install the Beam extra that provides it"
-        raise RecsysError(f"{path}: no filesystem for {scheme}:// is installed: {how}") from None
+        raise not_installed from None
     # without credentials Beam retries every call with exponential backoff for about 8 minutes, then
     # fails ("Unable to locate credentials"); a service polling CURRENT would do that for ever
     if scheme == "s3":
         try:
             import boto3
         except ModuleNotFoundError:   # Beam registers its S3 filesystem without boto3 installed
-            raise RecsysError(f"{path}: no filesystem for s3:// is installed: pip install 'recsys[aws]'") from None
+            raise not_installed from None
         if boto3.session.Session().get_credentials() is None:
             raise RecsysError(f"{path}: no AWS credentials found (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                               "AWS_PROFILE or ~/.aws/credentials, or an instance or pod role)")
@@ -95,7 +96,7 @@ def check_scheme(path: str) -> None:
             import google.auth
             import google.auth.exceptions
         except ModuleNotFoundError:
-            raise RecsysError(f"{path}: no filesystem for gs:// is installed: pip install 'recsys[gcp]'") from None
+            raise not_installed from None
         try:
             google.auth.default()
         except google.auth.exceptions.DefaultCredentialsError:

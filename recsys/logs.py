@@ -48,9 +48,12 @@ def log_format(value: str | None = None) -> str:
     return fmt
 
 
+_FORMATTERS = {"text": UtcFormatter, "json": JsonFormatter}
+
+
 def formatter(fmt: str) -> logging.Formatter:
     """The formatter of `fmt` ("text" or "json")."""
-    return JsonFormatter() if fmt == "json" else UtcFormatter()
+    return _FORMATTERS[fmt]()
 
 
 def configure(verbose: bool = False, fmt: str = "text") -> None:
@@ -71,7 +74,7 @@ def configure(verbose: bool = False, fmt: str = "text") -> None:
 
 def uvicorn_config(fmt: str, access_log: bool) -> dict:
     """uvicorn's `log_config`: its error and access loggers in the same format as everything else."""
-    cls = f"{__name__}.{'JsonFormatter' if fmt == 'json' else 'UtcFormatter'}"
+    cls = f"{__name__}.{_FORMATTERS[fmt].__name__}"
     return {
         "version": 1, "disable_existing_loggers": False,
         "formatters": {"recsys": {"()": cls}},

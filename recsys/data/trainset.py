@@ -408,10 +408,8 @@ def from_dataset(dataset: Dataset, history_len: int = 20, include_validation: bo
     users = dataset.users
     if include_validation:
         val = _read(dataset, "validation", target_events)
-        unknown = val["user_idx"].to_numpy() < 0
-        users = users.extended(val.loc[unknown, "user"])     # appended: the known users keep their index
-        val["user_idx"] = val["user_idx"].astype(np.int64)
-        val.loc[unknown, "user_idx"] = users.lookup(val.loc[unknown, "user"])
+        users = users.extended(val.loc[val["user_idx"].to_numpy() < 0, "user"])   # appended: indices stay
+        _index_new_users(val, users)
         train = pd.concat([train, val], ignore_index=True)
     # shards are sorted by (user, timestamp, item) within a shard and a user lives in one shard;
     # validation rows come after a user's train rows in time
@@ -529,10 +527,16 @@ def _split_rows(ts: TrainSet, dataset: Dataset, split: str, columns: list) -> pd
     vocabulary (which may extend the dataset's: a refit appends users first seen in validation)."""
     from recsys.data.vocab import Vocabulary
     df = dataset.read(split, sorted(set(columns) | {"user", "user_idx"}), unknown_user_ids_only=True)
-    unknown = df["user_idx"].to_numpy() < 0
-    if unknown.any() and len(ts.user_ids) > len(dataset.users):
-        # a refit's vocabulary appends the users first seen in validation (Vocabulary.extended): the
-        # dataset's indices stay, the new users are found by ID
-        df["user_idx"] = df["user_idx"].astype(np.int64)
-        df.loc[unknown, "user_idx"] = Vocabulary(ts.user_ids).lookup(df.loc[unknown, "user"])
+    if len(ts.user_ids) > len(dataset.users):        # a refit's vocabulary, extended by validation's users
+        _index_new_users(df, Vocabulary(ts.user_ids))
     return df[(df["user_idx"] >= 0) & (df["item_idx"] >= 0)]
+
+
+def _index_new_users(frame: pd.DataFrame, users) -> None:
+    """Rows the dataset's vocabulary does not know (user_idx -1) get their index in `users`, a vocabulary
+    that extends it (Vocabulary.extended: the dataset's indices stay), found by their ID string (which
+    `Dataset.read(unknown_user_ids_only=True)` keeps on exactly those rows)."""
+    unknown = frame["user_idx"].to_numpy() < 0
+    if unknown.any():
+        frame["user_idx"] = frame["user_idx"].astype(np.int64)
+        frame.loc[unknown, "user_idx"] = users.lookup(frame.loc[unknown, "user"])
