@@ -311,11 +311,12 @@ def _evaluate(cfg, root, out, progress, results_by_version: dict):
     targets = dict(out["candidates"])
     if production:
         targets["production"] = production
+    shared = {}   # the test split's data, read and built once for every version (evaluate.HeldOut)
     for label, version in targets.items():
         res = evaluate.evaluate_version(root, version, "test", out["dataset_id"], ks,
                                         target_events=cfg.evaluation.target_events,
                                         max_users=cfg.evaluation.max_users, sample_seed=cfg.evaluation.sample_seed,
-                                        progress=progress)
+                                        progress=progress, shared=shared)
         results_by_version[version] = res
         results[label] = {"version": version, "metrics": res.metrics, "sources": res.sources}
         counts = out.setdefault("counts", {})

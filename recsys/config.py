@@ -552,7 +552,8 @@ class ModelConfig:
     patience: int = 3
     refit: bool = True              # after early stopping, retrain on train + validation for the chosen epochs
     # each model's training time budget in minutes, epoch selection and refit together (0: none): the
-    # selection fit gets half (all without refit) and stops before an epoch that would end past it
+    # selection fit keeps back the refit's time, or gives up the refit for more epochs while validation
+    # still rises (recsys.models.training.after_epoch)
     max_train_minutes: float = 0.0
     # > 0: when a previous version of the model exists, train this many epochs from its weights (on
     # train + validation with refit) instead of an epoch search; 0: always search (benchmarks/warm_start.py)

@@ -76,6 +76,13 @@ def _train_plus_validation(cfg: Config, dataset: Dataset) -> trainset.TrainSet:
                                  exclusion=exclusion_rule(cfg.exclusion, cfg.evaluation.target_events))
 
 
+def _refit_ratio(dataset: Dataset, ts: trainset.TrainSet) -> float:
+    """A refit epoch's time over a training epoch's: train + validation rows over train's."""
+    splits = dataset.stats.get("splits", {})
+    val_rows = (splits.get("validation") or {}).get("interactions", 0)
+    return 1.0 + val_rows / max(len(ts.user_idx), 1)
+
+
 def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, warm_start: str | None = "auto",
                   progress=print, ts: trainset.TrainSet | None = None,
                   full_ts: trainset.TrainSet | None = None) -> str:
@@ -151,14 +158,20 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         else:
             ts, refit = fit_on, False
     if not warm_epochs:
-        budget = cfg.model.max_train_minutes * 60 / (2 if refit else 1) or None
-        report = model.fit(ts, ks, select_from, progress, max_seconds=budget, validate=validation_metrics)
+        # one budget for the epoch search and the refit after it: the fit keeps the refit's time back
+        # (its rows over train's, per epoch), or spends it on more epochs when validation still rises
+        report = model.fit(ts, ks, select_from, progress, max_seconds=cfg.model.max_train_minutes * 60 or None,
+                           validate=validation_metrics, refit_ratio=_refit_ratio(dataset, ts) if refit else None)
+        if refit and report.refit_dropped:
+            refit = False
         val = {}
         if "validation" in ts.evals:
             val = validation_metrics(model, ts.evals["validation"], ks, ts.item_counts)
         extra = {"warm_started_from": prev_version if previous is not None else None, "validation_metrics": val}
         if prev_version and previous is None:
             extra["warm_start_rejected"] = {"from": prev_version, "why": worse}
+        if report.refit_dropped:
+            extra["refit_dropped"] = report.refit_dropped
     if refit:
         best_epoch = report.best_epoch
         extra["selection"] = {"best_epoch": best_epoch, "seconds": round(report.seconds, 1), "epochs": report.epochs,

@@ -342,7 +342,7 @@ def _no_event_types(dataset: Dataset, target_events) -> DataError:
                      f"event types (source.columns.event, feedback.mode: event; rebuild the dataset)")
 
 
-def _read(dataset: Dataset, split: str, target_events) -> pd.DataFrame:
+def read_split(dataset: Dataset, split: str, target_events) -> pd.DataFrame:
     """A split's rows, with the event type when evaluation looks at event types (train's without the
     user ID strings: its user_idx is always known)."""
     cols = _TRAIN_COLS if split == "train" else _COLS
@@ -366,7 +366,7 @@ def _targets(frame: pd.DataFrame, target_events) -> pd.DataFrame:
 
 
 def eval_sets(dataset: Dataset, history_len: int = 20, train: pd.DataFrame | None = None,
-              target_events=(), exclusion: str | None = None) -> dict:
+              target_events=(), exclusion: str | None = None, splits=("validation", "test")) -> dict:
     """Validation and test EvalSets of a built dataset (test excludes train and validation items).
 
     Args:
@@ -377,17 +377,18 @@ def eval_sets(dataset: Dataset, history_len: int = 20, train: pd.DataFrame | Non
             every event and are measured on purchases); empty: every held-out row.
         exclusion: seen | bought | none, the items excluded from each user's ranking (`excluded_rows`;
             None: bought with target events, else seen).
+        splits: the EvalSets to build (an evaluation on test needs no validation EvalSet).
     """
     if train is None:
-        train = _read(dataset, "train", target_events)
-    val = _read(dataset, "validation", target_events)
-    test = _read(dataset, "test", target_events)
+        train = read_split(dataset, "train", target_events)
+    val = read_split(dataset, "validation", target_events)
     out = {}
     val_targets = _targets(val, target_events)
-    if len(val_targets):
+    if len(val_targets) and "validation" in splits:
         out["validation"] = _eval_set(val_targets, train, dataset.users, len(dataset.items), history_len,
                                       target_events, exclusion)
-    test_targets = _targets(test, target_events)
+    test_targets = _targets(read_split(dataset, "test", target_events), target_events) \
+        if "test" in splits else []
     if len(test_targets):
         out["test"] = _eval_set(test_targets, pd.concat([train, val], ignore_index=True),
                                 dataset.users, len(dataset.items), history_len, target_events, exclusion)
@@ -402,12 +403,12 @@ def from_dataset(dataset: Dataset, history_len: int = 20, include_validation: bo
     epoch count). Users first seen in validation are appended to the user vocabulary, so the refit
     model knows them; the only EvalSet is then test. `target_events`: see `eval_sets`.
     """
-    train = _read(dataset, "train", target_events)
+    train = read_split(dataset, "train", target_events)
     if len(train) == 0:
         raise DataError(f"dataset {dataset.id}: the train split is empty")
     users = dataset.users
     if include_validation:
-        val = _read(dataset, "validation", target_events)
+        val = read_split(dataset, "validation", target_events)
         users = users.extended(val.loc[val["user_idx"].to_numpy() < 0, "user"])   # appended: indices stay
         _index_new_users(val, users)
         train = pd.concat([train, val], ignore_index=True)
@@ -425,7 +426,7 @@ def from_dataset(dataset: Dataset, history_len: int = 20, include_validation: bo
                   includes_validation=include_validation, timestamp=train["timestamp"].to_numpy(np.int64),
                   item_table=table if len(table) else None)
     if include_validation:
-        test = _targets(_read(dataset, "test", target_events), target_events)
+        test = _targets(read_split(dataset, "test", target_events), target_events)
         if len(test):
             ts.evals["test"] = _eval_set(test, train, users, n_items, history_len, target_events, exclusion)
     else:

@@ -272,12 +272,12 @@ def _paired_results(root: str, version_a: str, version_b: str, split: str, datas
     trained under another config would otherwise sample other users); reuses `results` made alike."""
     from recsys import version as version_mod
     settings = evaluation_settings(version_mod.read_manifest(root, version_b))
-    out = []
+    out, shared = [], {}
     for v in (version_a, version_b):
         r = (results or {}).get(v)
         if r is None or (r.split, r.dataset_id, r.settings) != (split, dataset_id, settings):
             r = evaluate_version(root, v, split, dataset_id, ks, target_events=settings[0], max_users=settings[1],
-                                 sample_seed=settings[2], exclusion=settings[3])
+                                 sample_seed=settings[2], exclusion=settings[3], shared=shared)
         out.append(r)
     if not np.array_equal(out[0].eval_set.user_ids[out[0].evaluation.users],
                           out[1].eval_set.user_ids[out[1].evaluation.users]):

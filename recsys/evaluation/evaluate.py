@@ -13,7 +13,7 @@ import pandas as pd
 
 from recsys import ranking, version as version_mod
 from recsys.data.dataset import Dataset
-from recsys.data.trainset import EvalSet, eval_sets
+from recsys.data.trainset import EvalSet, eval_sets, read_split
 from recsys.errors import DataError
 from recsys.evaluation import metrics
 from recsys.evaluation.scorer import evaluate_model, in_model_items, model_inputs
@@ -67,10 +67,58 @@ def evaluation_settings(manifest: dict, target_events=None, max_users: int | Non
     return tuple(target_events), int(max_users), int(sample_seed), exclusion
 
 
+@dataclass
+class HeldOut:
+    """What evaluating any version on one dataset split needs besides the version: the (sampled)
+    EvalSet, the training counts, and the rows a popularity model published at the split's cut knows.
+    The same for every version evaluated with the same settings and history length, so a nightly reads
+    and builds it once for all its candidates (`evaluate_version(shared=...)`)."""
+    dataset: Dataset
+    eval_set: EvalSet
+    users_total: int
+    train_counts: np.ndarray     # training interactions per catalog item
+    known_items: np.ndarray      # item_idx of every row known at the split's cut
+    known_times: np.ndarray      # their timestamps
+    first_seen: np.ndarray       # per catalog item: its first known interaction (s; inf: none)
+    history_end: float
+
+
+def held_out(dataset: Dataset, split: str, history_length: int, settings: tuple) -> HeldOut:
+    """Build the HeldOut of `split` for versions with this history length and `evaluation_settings`.
+
+    Raises:
+        DataError: the split is empty or missing.
+    """
+    target_events, max_users, sample_seed, exclusion = settings
+    train = read_split(dataset, "train", target_events)
+    evals = eval_sets(dataset, history_length, train=train, target_events=target_events, exclusion=exclusion,
+                      splits=(split,))
+    if split not in evals:
+        raise DataError(f"--split={split!r}: dataset {dataset.id} has no such non-empty split "
+                        f"(available: {', '.join(eval_sets(dataset, 1, train=train, target_events=target_events)) or 'none'})")
+    ev = evals[split]
+    users_total = ev.n_evaluable
+    if max_users and users_total > max_users:
+        ev = ev.sample(max_users, sample_seed)
+    n_items = len(dataset.items)
+    train_counts = np.bincount(train["item_idx"].to_numpy(), minlength=n_items).astype(np.float64)
+    # The baseline knows what a popularity model published at the split's cut would: for test, train
+    # and validation (the same rows a refit version falls back on).
+    known = train[["item_idx", "timestamp"]]
+    if split == "test":
+        known = pd.concat([known, dataset.read("validation", ["item_idx", "timestamp"])], ignore_index=True)
+    first_seen = np.full(n_items, np.inf)
+    by_item = known.groupby("item_idx")["timestamp"].min()   # ufunc.at is ~10x slower on millions of rows
+    first_seen[by_item.index.to_numpy()] = by_item.to_numpy(np.float64)
+    history_end = float(known["timestamp"].max()) if len(known) else 0.0
+    return HeldOut(dataset, ev, users_total, train_counts, known["item_idx"].to_numpy(),
+                   known["timestamp"].to_numpy(np.int64), first_seen, history_end)
+
+
 def evaluate_version(root: str, version: str, split: str = "test", dataset_id: str | None = None,
                      ks=(10, 20, 50), lv: LoadedVersion | None = None, target_events=None,
                      max_users: int | None = None, sample_seed: int | None = None,
-                     progress=None, exclusion: str | None = None) -> EvaluationResult:
+                     progress=None, exclusion: str | None = None, shared: dict | None = None) -> EvaluationResult:
     """Full-catalog metrics of `version` and of the dataset's popularity baseline.
 
     Args:
@@ -88,6 +136,8 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
         progress: receives users/s and ETA lines every 30 s of a long evaluation (None: quiet).
         exclusion: seen | bought | none (None: the version's own `exclusion`), what each user's
             ranking leaves out, as the service does.
+        shared: a dict the caller keeps while it evaluates several versions on one dataset: the
+            `HeldOut` data is built once per split, settings and history length and reused.
     Returns:
         The EvaluationResult.
     Raises:
@@ -100,32 +150,18 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
             if lv.manifest.get("validation_metrics") else ""
         raise DataError(f"--split={split!r}: version {lv.version} was refit on train + validation, so only "
                         f"test measures it{before}")
-    dataset = Dataset.open(root, dataset_id or lv.manifest.get("dataset_id"))
+    dataset_id = dataset_id or lv.manifest.get("dataset_id")
     settings = evaluation_settings(lv.manifest, target_events, max_users, sample_seed, exclusion)
-    target_events, max_users, sample_seed, exclusion = settings
-    evals = eval_sets(dataset, lv.history_length, target_events=target_events, exclusion=exclusion)
-    if split not in evals:
-        raise DataError(f"--split={split!r}: dataset {dataset.id} has no such non-empty split "
-                        f"(available: {', '.join(evals) or 'none'})")
-    ev = evals[split]
-    users_total = ev.n_evaluable
-    if max_users and users_total > max_users:
-        ev = ev.sample(max_users, sample_seed)
-    n_items = len(dataset.items)
-    train_rows = dataset.read("train", ["item_idx", "timestamp"])
-    train_counts = np.bincount(train_rows["item_idx"].to_numpy(), minlength=n_items).astype(np.float64)
-    # The baseline knows what a popularity model published at the split's cut would: for test, train
-    # and validation (the same rows a refit version falls back on), within the version's configured
-    # recent window (model.popularity_window_days).
-    known = (pd.concat([train_rows, dataset.read("validation", ["item_idx", "timestamp"])], ignore_index=True)
-             if split == "test" else train_rows)
-    first_seen = np.full(n_items, np.inf)
-    by_item = known.groupby("item_idx")["timestamp"].min()   # ufunc.at is ~10x slower on millions of rows
-    first_seen[by_item.index.to_numpy()] = by_item.to_numpy(np.float64)
-    history_end = float(known["timestamp"].max()) if len(known) else 0.0
+    key = (dataset_id, split, lv.history_length, settings)
+    data = (shared or {}).get(key)
+    if data is None:
+        data = held_out(Dataset.open(root, dataset_id), split, lv.history_length, settings)
+        if shared is not None:
+            shared[key] = data
+    ev, train_counts, dataset = data.eval_set, data.train_counts, data.dataset
+    # the baseline within the version's configured recent window (model.popularity_window_days)
     window_days = int(version_mod.setting(lv.manifest, "model", "popularity_window_days", 0))
-    baseline = Popularity(n_items).fit(known["item_idx"].to_numpy(), known["timestamp"].to_numpy(np.int64),
-                                       window_days)
+    baseline = Popularity(len(dataset.items)).fit(data.known_items, data.known_times, window_days)
     model_ev, sources = evaluate_model(lv.model, ev, ks, train_counts, catalog_ids=dataset.items.ids,
                                        progress=progress)
     users = model_ev.users
@@ -134,7 +170,7 @@ def evaluate_version(root: str, version: str, split: str = "test", dataset_id: s
     src = sources[model_ev.users]
     return EvaluationResult(lv.version, lv.model_name, dataset.id, split, model_ev.summary(), pop_ev.summary(),
                             {s: int((src == s).sum()) for s in np.unique(src)}, src, model_ev, pop_ev, ev,
-                            train_counts, users_total, settings, first_seen, history_end)
+                            train_counts, data.users_total, settings, data.first_seen, data.history_end)
 
 
 def format_table(result: EvaluationResult, ks=(10, 20, 50)) -> str:

@@ -37,6 +37,7 @@ class FitReport:
     warm_started: dict = field(default_factory=dict)  # table name -> rows carried over
     phases: dict = field(default_factory=dict)        # seconds by part: setup, epochs, validation, ...
     chosen: dict = field(default_factory=dict)        # what a rule chose on validation (its attribute, ...)
+    refit_dropped: str = ""                           # why the time budget went to epochs, not a refit
 
 
 @dataclass
@@ -68,7 +69,8 @@ class Model:
 
     # ---- training ------------------------------------------------------------------------------
     def fit(self, ts, ks=(10, 20, 50), previous: WarmStart | None = None, progress: Progress = print,
-            stop_after: int | None = None, max_seconds: float | None = None, validate=None) -> FitReport:
+            stop_after: int | None = None, max_seconds: float | None = None, validate=None,
+            refit_ratio: float | None = None) -> FitReport:
         """Fit on a TrainSet; early-stops on its validation EvalSet when it has one and `validate` is given.
 
         Args:
@@ -78,6 +80,9 @@ class Model:
             progress: receives one line per epoch.
             stop_after: run exactly this many epochs and keep the last weights (the refit).
             max_seconds: stop before an epoch that would end past this budget.
+            refit_ratio: a refit on train + validation follows, each of its epochs this many times
+                one here: the budget covers it too (`recsys.models.training.after_epoch`); models
+                without epochs ignore it.
             validate: `validate(model, eval_set, ks, item_counts) -> {metric: mean}`, the metrics an
                 epoch is chosen by (`recsys.evaluation.scorer.validation_metrics`); None: the loss.
         Returns:

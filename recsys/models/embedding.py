@@ -86,11 +86,12 @@ class EmbeddingModel(Model):
         raise NotImplementedError
 
     def fit(self, ts, ks=(10, 20, 50), previous: WarmStart | None = None, progress=print,
-            stop_after: int | None = None, max_seconds: float | None = None, validate=None) -> FitReport:
+            stop_after: int | None = None, max_seconds: float | None = None, validate=None,
+            refit_ratio: float | None = None) -> FitReport:
         """See `Model.fit`; the loop is recsys/models/training.py."""
         from recsys.models import training
         self.history_length = ts.history.shape[1]
-        return training.fit(self, ts, ks, previous, progress, max_seconds, stop_after, validate)
+        return training.fit(self, ts, ks, previous, progress, max_seconds, stop_after, validate, refit_ratio)
 
     @property
     def dim(self) -> int:

@@ -71,7 +71,7 @@ class PopularityModel(Model):
     rule = True
 
     def fit(self, ts, ks=(10, 20, 50), previous=None, progress=print, stop_after=None, max_seconds=None,
-            validate=None) -> FitReport:
+            validate=None, refit_ratio=None) -> FitReport:
         """Count interactions per item over the TrainSet (see `Model.fit`)."""
         self.user_ids, self.item_ids = ts.user_ids, ts.item_ids
         self.popularity = fit_popularity(ts, self.config.popularity_window_days)

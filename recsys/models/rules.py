@@ -104,7 +104,7 @@ class AttributePopularity(Model):
         self.attribute = ""
 
     def fit(self, ts, ks=(10, 20, 50), previous=None, progress=print, stop_after=None, max_seconds=None,
-            validate=None) -> FitReport:
+            validate=None, refit_ratio=None) -> FitReport:
         """Count interactions per item, per value, and per user and value (see `Model.fit`)."""
         import time
         t0 = time.time()
@@ -226,7 +226,7 @@ class Repeat(Model):
         self.own: sp.csr_matrix | None = None     # users x items: frequency + recency fraction
 
     def fit(self, ts, ks=(10, 20, 50), previous=None, progress=print, stop_after=None, max_seconds=None,
-            validate=None) -> FitReport:
+            validate=None, refit_ratio=None) -> FitReport:
         """Count each user's interactions per item (see `Model.fit`)."""
         self.user_ids, self.item_ids = ts.user_ids, ts.item_ids
         self.popularity = fit_popularity(ts, self.config.popularity_window_days)

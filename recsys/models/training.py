@@ -57,8 +57,36 @@ def auto_batch_size(n_examples: int, min_steps: int = 256, low: int = 256, high:
     return int(min(high, max(low, 1 << (fit.bit_length() - 1))))
 
 
+def after_epoch(elapsed: float, epoch: int, best_epoch: int, max_seconds: float | None,
+                refit_ratio: float | None = None) -> tuple[bool, bool]:
+    """What the time budget says once `epoch` has ended `elapsed` seconds into a fit: (train another
+    epoch, still refit afterwards).
+
+    The next epoch is estimated to take the mean so far. Without `refit_ratio` an epoch is trained if
+    it ends within `max_seconds`. With it (a refit epoch's time over a selection epoch's: the refit's
+    rows over these), the budget also keeps back what a refit of the epochs so far would take; when
+    that no longer fits but another epoch does and validation still rose in this one, the model is
+    short of epochs rather than done, so the refit's share trains it further instead and there is no
+    refit (measured at 10M events, docs/RESULTS.md: mf's validation recall still rose 16% an epoch at
+    its 6th when the refit took half the budget; the refit itself adds about 2% on the future). When
+    not even the refit of the best epochs fits any more, there is no refit either.
+    """
+    if not max_seconds:
+        return True, refit_ratio is not None
+    per_epoch = elapsed / max(epoch, 1)
+    fits = elapsed + per_epoch <= max_seconds
+    if refit_ratio is None:
+        return fits, False
+    if elapsed + per_epoch + (epoch + 1) * per_epoch * refit_ratio <= max_seconds:
+        return True, True
+    if fits and best_epoch == epoch:
+        return True, False
+    return False, elapsed + best_epoch * per_epoch * refit_ratio <= max_seconds
+
+
 def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None, progress=print,
-        max_seconds: float | None = None, stop_after: int | None = None, validate=None) -> FitReport:
+        max_seconds: float | None = None, stop_after: int | None = None, validate=None,
+        refit_ratio: float | None = None) -> FitReport:
     """Train an embedding model (`model.build_towers`) on `ts`; early-stops on validation recall@eval_k.
 
     Args:
@@ -76,6 +104,9 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
         validate: `validate(model, eval_set, ks, item_counts) -> {metric: mean}` scores an epoch on
             the validation EvalSet (the caller passes the offline scorer's, so the epoch kept is
             chosen by the rule that is reported); None: the training loss decides.
+        refit_ratio: the caller refits on train + validation after this fit, a refit epoch taking
+            this many times a training epoch here: `max_seconds` then covers both (`after_epoch`),
+            and `FitReport.refit_dropped` says why when the refit's time went to more epochs here.
     Returns:
         The FitReport.
     """
@@ -210,15 +241,25 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
                 progress(f"early stop: no {key if val is not None else 'loss'} gain for {mc.patience} epochs; "
                          f"best epoch {best_epoch}")
                 break
-        # stop before an epoch that would end past the budget (the last epoch's time, validation
-        # included, is the estimate of the next one's)
+        # stop before an epoch that would end past the budget (the epochs' mean time, validation
+        # included, is the estimate of the next one's), keeping back the refit's time (after_epoch)
         elapsed = time.time() - t_start
-        over = bool(max_seconds) and epoch < last_epoch and elapsed + elapsed / epoch > max_seconds
+        go, keep_refit = after_epoch(elapsed, epoch, best_epoch, max_seconds, refit_ratio)
         if strategy is not None and coordinator is None:
             # every worker must stop after the same epoch (one that trained on alone would wait forever
-            # in the next all-reduce): stop when any worker's clock says so
-            over = distribute.any_worker(strategy, over)
-        if over:
+            # in the next all-reduce): stop when any worker's clock says so, and never trade the
+            # refit for more epochs (workers could decide it differently)
+            own = go and (keep_refit or refit_ratio is None)
+            go = not distribute.any_worker(strategy, not own)
+            keep_refit = refit_ratio is not None
+        if refit_ratio is not None and not keep_refit:
+            report.refit_dropped = (
+                f"validation {key} still rose at epoch {epoch} when the budget ({max_seconds:.0f}s) had room for "
+                f"more epochs or a refit, not both: trained on without a refit" if go else
+                f"no time left in the budget ({max_seconds:.0f}s) for a refit of {best_epoch} epochs")
+            progress(f"time budget: {report.refit_dropped}")
+            refit_ratio = None
+        if not go and epoch < last_epoch:
             why = f"another epoch would end past {max_seconds:.0f}s" if max_seconds else "another worker's is spent"
             progress(f"time budget: {why}; stopping after epoch {epoch}"
                      + (f", best epoch {best_epoch}" if not stop_after else ""))

@@ -199,3 +199,31 @@ def test_the_warm_start_guard_holds_night_after_night(temporal):
     night3 = train_version(wrecked, "mf", ds.id, night2, lines.append)
     assert version.read_manifest(root, night3)["warm_start_rejected"]["from"] == night2
     assert any(f"{figure:.4f}" in line for line in lines if "warning:" in line)
+
+
+def test_a_budget_too_short_for_epochs_and_refit_trains_on_and_says_so(temporal, monkeypatch):
+    """When the budget cannot hold more epochs and the refit while validation still rises, the refit's
+    time goes to epochs: the version is the selection fit's, measured on validation, and says why."""
+    from recsys.models import training
+    tmp, cfg, ds = temporal
+    calls = []
+
+    def budget(elapsed, epoch, best_epoch, max_seconds, refit_ratio=None):
+        calls.append((epoch, refit_ratio))
+        # the clock of a slow machine: from epoch 2 on only epochs fit, and then only up to 4
+        if refit_ratio is not None and epoch >= 2:
+            return True, False
+        return epoch < 4, refit_ratio is not None
+    monkeypatch.setattr(training, "after_epoch", budget)
+    v = train_version(make_config(tmp, cfg.source.path, max_train_minutes=10, patience=10), "mf", ds.id,
+                      warm_start="none", progress=lambda *_: None)
+    m = version.read_manifest(str(tmp / "artifacts"), v)
+    assert "refit" not in m and "selection" not in m
+    assert "still rose at epoch 2" in m["refit_dropped"]
+    assert m["validation_metrics"]["recall@20"] > 0 and m["training"]["best_epoch"] <= 4
+    assert len(m["training"]["epochs"]) == 4
+    # the refit's ratio is its rows over train's, and it is gone once the refit was given up
+    ratio = calls[0][1]
+    splits = ds.stats["splits"]
+    assert ratio == pytest.approx(1 + splits["validation"]["interactions"] / splits["train"]["interactions"])
+    assert [r for _, r in calls[2:]] == [None, None]

@@ -160,3 +160,26 @@ def test_large_catalogs_rank_through_scann_s_exact_scorer_like_the_matmul(monkey
     assert (src == "personalized").all()
     assert (fast == dense).mean() > 0.999            # float summation order may swap a near-tie
     assert not np.any(exclude[np.arange(n_users)[:, None], np.maximum(fast, 0)].toarray() * (fast >= 0))
+
+
+def test_versions_evaluated_together_share_one_read_of_the_split_and_get_the_same_results(served, monkeypatch):
+    """The nightly evaluates every candidate on one HeldOut (one read of the splits, one EvalSet);
+    each version's results are what it gets alone, and other settings build their own."""
+    root, ds = served["root"], served["dataset"]
+    alone = {m: evaluate.evaluate_version(root, v, "test", ds.id, (20,), max_users=0)
+             for m, v in served["versions"].items()}
+    built = []
+    real = evaluate.held_out
+    monkeypatch.setattr(evaluate, "held_out", lambda *a: built.append(a[1:]) or real(*a))
+    shared = {}
+    together = {m: evaluate.evaluate_version(root, v, "test", ds.id, (20,), max_users=0, shared=shared)
+                for m, v in served["versions"].items()}
+    lengths = {version.load(root, v).history_length for v in served["versions"].values()}
+    assert len(built) == len(shared) == len(lengths)      # one per history length, not per version
+    for m in alone:
+        assert together[m].metrics == alone[m].metrics
+        assert together[m].popularity_metrics == alone[m].popularity_metrics
+        np.testing.assert_array_equal(together[m].evaluation.topk, alone[m].evaluation.topk)
+        assert together[m].history_end == alone[m].history_end
+    evaluate.evaluate_version(root, served["versions"]["mf"], "test", ds.id, (20,), max_users=10, shared=shared)
+    assert len(built) == len(lengths) + 1 and built[-1][2][1] == 10

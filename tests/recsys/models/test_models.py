@@ -232,3 +232,29 @@ def test_the_automatic_batch_size_follows_the_training_set():
     from recsys.models.training import auto_batch_size
     assert [auto_batch_size(n) for n in (10, 60_000, 131_071, 133_000, 1_500_000, 50_000_000)] == \
         [256, 256, 256, 512, 512, 512]
+
+
+def test_the_time_budget_keeps_the_refit_back_or_trades_it_for_epochs_while_validation_rises():
+    from recsys.models.training import after_epoch
+    # no budget: always another epoch; the refit follows when there is one
+    assert after_epoch(1e9, 3, 3, None, 1.2) == (True, True)
+    assert after_epoch(1e9, 3, 3, 0, None) == (True, False)
+    # no refit: another epoch while it ends within the budget (100 s an epoch)
+    assert after_epoch(300, 3, 1, 400, None) == (True, False)
+    assert after_epoch(300, 3, 3, 399, None) == (False, False)
+    # with a refit (each of its epochs 1.2x): epoch 4 plus a 4-epoch refit must fit: 400 + 480 <= 880
+    assert after_epoch(300, 3, 3, 880, 1.2) == (True, True)
+    # it does not, but epoch 4 does, and validation rose in epoch 3: train on, no refit
+    assert after_epoch(300, 3, 3, 879, 1.2) == (True, False)
+    # validation did not rise in epoch 3 (best 2): stop and refit the 2 epochs (240 s fit in the budget)
+    assert after_epoch(300, 3, 2, 879, 1.2) == (False, True)
+    # best at epoch 1: stop, and its 1-epoch refit (120 s) still fits ...
+    assert after_epoch(300, 3, 1, 420, 1.2) == (False, True)
+    # ... or does not: no refit either
+    assert after_epoch(300, 3, 1, 419, 1.2) == (False, False)
+    # still rising but not even one more epoch fits: stop; a 3-epoch refit (360 s) does not fit either
+    assert after_epoch(300, 3, 3, 399, 1.2) == (False, False)
+    # the 10M run's two_tower (173 s an epoch, refit 1.2x, 600 s): it had 1 epoch + refit; now 3 epochs
+    go, refit = after_epoch(173, 1, 1, 600, 1.2)
+    assert (go, refit) == (True, False)
+    assert after_epoch(346, 2, 2, 600, None) == (True, False) and after_epoch(519, 3, 3, 600, None)[0] is False
