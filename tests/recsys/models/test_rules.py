@@ -76,3 +76,34 @@ def test_own_items_break_frequency_ties_by_the_latest_time_not_the_sum_of_times(
     users, items = np.zeros(4, np.int64), np.array([0, 1, 1, 0])
     scores = _own_scores(users, items, np.ones(4), np.array([0, 7, 8, 9]), 1, 2).toarray()[0]
     assert scores[0] > scores[1] and 2 < scores[1] < scores[0] < 3
+
+
+@pytest.mark.parametrize("eval_users, scored", [(25, 25), (1000, 60)])
+def test_the_rule_chooses_its_attribute_on_the_validation_sample_the_models_stop_on(eval_users, scored):
+    """attribute_popularity scores each candidate column on `model.eval_users` validation users (the
+    sample early stopping uses), not every validation user against the whole catalog."""
+    from recsys.config import ModelConfig
+    rng = np.random.default_rng(0)
+    n_users, n_items, per = 60, 30, 5
+    table = pd.DataFrame({"item_idx": np.arange(n_items), "shelf": [f"s{i % 3}" for i in range(n_items)],
+                          "colour": [f"c{i % 5}" for i in range(n_items)]})
+    table.attrs["kinds"] = {"shelf": "categorical", "colour": "categorical"}
+    users = np.repeat(np.arange(n_users), per)
+    items = rng.integers(0, n_items, len(users))
+    ts = trainset.TrainSet(users, items, np.ones(len(users), np.float32), np.full((len(users), 1), -1, np.int32),
+                           n_users, n_items, np.array([f"u{u}" for u in range(n_users)], dtype=object),
+                           np.array([f"i{i}" for i in range(n_items)], dtype=object),
+                           timestamp=np.arange(len(users)), item_table=table)
+    held = trainset.csr_from_pairs(np.arange(n_users), rng.integers(0, n_items, n_users), n_users, n_items)
+    ts.evals["validation"] = trainset.EvalSet(ts.user_ids, np.arange(n_users), held,
+                                              trainset.csr_from_pairs(users, items, n_users, n_items),
+                                              np.full((n_users, 1), -1, np.int32))
+    sizes = []
+
+    def validate(model, ev, ks, counts):
+        sizes.append(len(ev.user_ids))
+        return scorer.validation_metrics(model, ev, ks, counts)
+    model = create("attribute_popularity", ModelConfig(eval_users=eval_users))
+    model.fit(ts, (20,), progress=lambda *_: None, validate=validate)
+    assert sizes == [scored, scored]                       # both columns, each on the same sample
+    assert [t["attribute"] for t in model.report.chosen["tried"]] == ["shelf", "colour"]
