@@ -34,6 +34,9 @@ class ScoreUsersFn(beam.DoFn):
         from recsys.progress import Progress, to_stderr
         from recsys.engine import Engine
         self.engine = Engine.load(self.root, self.version)
+        # the ID columns are taken from these by index (Arrow's take), not built string by string
+        self.user_ids = pa.array(self.engine.lv.users.ids.astype(str))
+        self.item_ids = pa.array(self.engine.lv.items.ids.astype(str))
         # this worker's users/s and ETA every 30 s on stderr (as if it scored every user alone)
         self.progress = Progress("batch-recommend", len(self.engine.lv.users), "users", to_stderr)
 
@@ -42,12 +45,13 @@ class ScoreUsersFn(beam.DoFn):
         rows = np.arange(start, stop)
         ids, scores = self.engine.recommend_users(rows, self.k)
         valid = ids >= 0
-        users = np.repeat(self.engine.lv.users.ids[rows], valid.sum(1))
-        ranks = np.concatenate([np.arange(1, v.sum() + 1) for v in valid]) if len(rows) else np.zeros(0, int)
-        table = pa.table({"user_id": pa.array(users.astype(str)), "rank": pa.array(ranks, pa.int32()),
-                          "item_id": pa.array(self.engine.lv.items.ids[ids[valid]].astype(str)),
+        n = int(valid.sum())
+        version = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([self.version]))
+        table = pa.table({"user_id": self.user_ids.take(pa.array(np.repeat(rows, valid.sum(1)))),
+                          "rank": pa.array(np.cumsum(valid, axis=1)[valid], pa.int32()),
+                          "item_id": self.item_ids.take(pa.array(ids[valid])),
                           "score": pa.array(scores[valid], pa.float32()),
-                          "model_version": pa.array([self.version] * int(valid.sum()), pa.string())}, schema=SCHEMA)
+                          "model_version": version.cast(pa.string())}, schema=SCHEMA)
         sink = io.BytesIO()
         pq.write_table(table, sink, compression="zstd")
         fsio.write_bytes(fsio.join(self.out_dir, f"part-{part:05d}.parquet"), sink.getvalue())
