@@ -140,7 +140,11 @@ def main() -> int:
                         "share_of_run": round(use.get("seconds", 0) / wall, 3) if use else None,
                         "examples_per_second": t.get("examples_per_second"),
                         "epochs": len(t["epochs"]) if isinstance(t.get("epochs"), list) else t.get("epochs"),
-                        "best_epoch": t.get("best_epoch")}
+                        "best_epoch": t.get("best_epoch"),
+                        # the selection fit's epochs when the version was refit (training is the refit's)
+                        "selection_epochs": len((manifest.get("selection") or {}).get("epochs") or []) or None,
+                        "refit": "yes" if "refit" in manifest else
+                                 "dropped" if manifest.get("refit_dropped") else "no"}
     result = {"events": gen["events"], "users": gen["users"], "items": gen["items"],
               "train_interactions": ds.get("splits", {}).get("train", {}).get("interactions"),
               "init_seconds": round(init_s, 1), "total_seconds": round(wall, 1), "peak_rss_mb": round(peak, 1),
@@ -151,14 +155,16 @@ def main() -> int:
     for stage in STAGES:
         if stage in stages:
             s = stages[stage]
+            # evaluate: users summed over the versions evaluated (each ranks its sample of test users)
             rate = (f"{s['users_per_second']:,.0f} users/s" if "users_per_second" in s
                     else f"{s['rows_per_second']:,.0f} rows/s" if "rows_per_second" in s else "")
             print(f"{stage:<22} {s['seconds']:>8.1f} {s['cpu_seconds']:>8.1f} {s['peak_rss_mb']:>9,.0f}  {rate}")
-    print(f"{'model':<22} {'train s':>8} {'share':>8} {'peak MB':>9}  examples/s  epochs (best)")
+    print(f"{'model':<22} {'train s':>8} {'share':>8} {'peak MB':>9}  examples/s  epochs (best)  refit")
     for name, m in models.items():
         share = f"{100 * m['share_of_run']:.0f}%" if m["share_of_run"] is not None else ""
+        epochs = f"{m['selection_epochs']} + {m['epochs']}" if m["selection_epochs"] else f"{m['epochs'] or ''}"
         print(f"{name:<22} {m['train_seconds'] or 0:>8.1f} {share:>8} {m['peak_rss_mb'] or 0:>9,.0f}  "
-              f"{m['examples_per_second'] or '':>10}  {m['epochs'] or ''} ({m['best_epoch'] or ''})")
+              f"{m['examples_per_second'] or '':>10}  {epochs} ({m['best_epoch'] or ''})  {m['refit']}")
     for name, m in result["metrics"].items():
         print(f"  {name:<20} recall@20 {m.get('recall@20', float('nan')):.4f}  ndcg@20 {m.get('ndcg@20', float('nan')):.4f}")
     print(f"published: {result['published']}")

@@ -58,7 +58,7 @@ def auto_batch_size(n_examples: int, min_steps: int = 256, low: int = 256, high:
 
 
 def after_epoch(elapsed: float, epoch: int, best_epoch: int, max_seconds: float | None,
-                refit_ratio: float | None = None) -> tuple[bool, bool]:
+                refit_ratio: float | None = None, last: bool = False) -> tuple[bool, bool]:
     """What the time budget says once `epoch` has ended `elapsed` seconds into a fit: (train another
     epoch, still refit afterwards).
 
@@ -69,15 +69,16 @@ def after_epoch(elapsed: float, epoch: int, best_epoch: int, max_seconds: float 
     short of epochs rather than done, so the refit's share trains it further instead and there is no
     refit (measured at 10M events, docs/RESULTS.md: mf's validation recall still rose 16% an epoch at
     its 6th when the refit took half the budget; the refit itself adds about 2% on the future). When
-    not even the refit of the best epochs fits any more, there is no refit either.
+    not even the refit of the best epochs fits any more, there is no refit either. `last`: this was
+    the fit's last epoch (`model.epochs`), so only the refit is in question.
     """
     if not max_seconds:
-        return True, refit_ratio is not None
+        return not last, refit_ratio is not None
     per_epoch = elapsed / max(epoch, 1)
-    fits = elapsed + per_epoch <= max_seconds
+    fits = elapsed + per_epoch <= max_seconds and not last
     if refit_ratio is None:
         return fits, False
-    if elapsed + per_epoch + (epoch + 1) * per_epoch * refit_ratio <= max_seconds:
+    if fits and elapsed + per_epoch + (epoch + 1) * per_epoch * refit_ratio <= max_seconds:
         return True, True
     if fits and best_epoch == epoch:
         return True, False
@@ -244,7 +245,7 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
         # stop before an epoch that would end past the budget (the epochs' mean time, validation
         # included, is the estimate of the next one's), keeping back the refit's time (after_epoch)
         elapsed = time.time() - t_start
-        go, keep_refit = after_epoch(elapsed, epoch, best_epoch, max_seconds, refit_ratio)
+        go, keep_refit = after_epoch(elapsed, epoch, best_epoch, max_seconds, refit_ratio, last=epoch == last_epoch)
         if strategy is not None and coordinator is None:
             # every worker must stop after the same epoch (one that trained on alone would wait forever
             # in the next all-reduce): stop when any worker's clock says so, and never trade the

@@ -208,7 +208,7 @@ def test_a_budget_too_short_for_epochs_and_refit_trains_on_and_says_so(temporal,
     tmp, cfg, ds = temporal
     calls = []
 
-    def budget(elapsed, epoch, best_epoch, max_seconds, refit_ratio=None):
+    def budget(elapsed, epoch, best_epoch, max_seconds, refit_ratio=None, last=False):
         calls.append((epoch, refit_ratio))
         # the clock of a slow machine: from epoch 2 on only epochs fit, and then only up to 4
         if refit_ratio is not None and epoch >= 2:

@@ -254,6 +254,10 @@ def test_the_time_budget_keeps_the_refit_back_or_trades_it_for_epochs_while_vali
     assert after_epoch(300, 3, 1, 419, 1.2) == (False, False)
     # still rising but not even one more epoch fits: stop; a 3-epoch refit (360 s) does not fit either
     assert after_epoch(300, 3, 3, 399, 1.2) == (False, False)
+    # the fit's last epoch (model.epochs): no epoch to trade the refit for; it follows if it fits
+    assert after_epoch(300, 3, 3, 880, 1.2, last=True) == (False, True)
+    assert after_epoch(300, 3, 3, 659, 1.2, last=True) == (False, False)
+    assert after_epoch(300, 3, 3, None, 1.2, last=True) == (False, True)
     # the 10M run's two_tower (173 s an epoch, refit 1.2x, 600 s): it had 1 epoch + refit; now 3 epochs
     go, refit = after_epoch(173, 1, 1, 600, 1.2)
     assert (go, refit) == (True, False)
