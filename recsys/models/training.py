@@ -42,6 +42,16 @@ def tower_outputs(query_tower, user_idx: np.ndarray, history: np.ndarray, dim: i
     return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
 
+def batches(ts: TrainSet, perm: np.ndarray, bs: int, uses_history: bool):
+    """An epoch's full batches (one compiled shape) in `perm` order, as the step takes them: index
+    columns, weights and, for models that read it, each row's preceding items."""
+    no_history = np.full((bs, 1), -1, np.int32)
+    for s in range(0, len(perm) - bs + 1, bs):
+        idx = perm[s:s + bs]
+        yield {"user_idx": ts.user_idx[idx].astype(np.int32), "item_idx": ts.item_idx[idx].astype(np.int32),
+               "weight": ts.weight[idx], "history": ts.history[idx] if uses_history else no_history}
+
+
 def auto_batch_size(n_examples: int, min_steps: int = 256, low: int = 256, high: int = 512) -> int:
     """`model.batch_size: 0`: the largest power of two that still gives `min_steps` steps an epoch,
     within [low, high]: 256 below ~131k training rows, 512 above.
@@ -201,12 +211,7 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
         perm = rng.permutation(n)
         losses = []
         meter = Progress(f"epoch {epoch}", steps_per_epoch * bs, "examples", progress)
-        no_history = np.full((bs, 1), -1, np.int32)
-        for s in range(0, n - bs + 1, bs):   # full batches only: one compiled shape
-            idx = perm[s:s + bs]
-            batch = {"user_idx": ts.user_idx[idx].astype(np.int32), "item_idx": ts.item_idx[idx].astype(np.int32),
-                     "weight": ts.weight[idx]}
-            batch["history"] = ts.history[idx] if model.uses_history else no_history
+        for batch in batches(ts, perm, bs, model.uses_history):
             losses.append(step(batch))
             meter.advance(bs)
         if coordinator is not None:

@@ -262,3 +262,16 @@ def test_the_time_budget_keeps_the_refit_back_or_trades_it_for_epochs_while_vali
     go, refit = after_epoch(173, 1, 1, 600, 1.2)
     assert (go, refit) == (True, False)
     assert after_epoch(346, 2, 2, 600, None) == (True, False) and after_epoch(519, 3, 3, 600, None)[0] is False
+
+
+@pytest.mark.parametrize("name", ["mf", "two_tower"])
+def test_the_same_seed_trains_the_same_model(name):
+    cfg = from_dict({"model": {**MODEL, "epochs": 2, "history_length": 3}})
+    ts = _featured_trainset(["comedy", "war"], ["drama"], [f"u{i}" for i in range(300)], [f"i{i}" for i in range(50)])
+    fits = [create(name, cfg.model) for _ in range(2)]
+    for m in fits:
+        m.fit(ts, (20,), progress=lambda *_: None)
+    np.testing.assert_array_equal(fits[0].item_embeddings, fits[1].item_embeddings)
+    other = create(name, from_dict({"model": {**MODEL, "epochs": 2, "history_length": 3, "seed": 7}}).model)
+    other.fit(ts, (20,), progress=lambda *_: None)
+    assert not np.array_equal(other.item_embeddings, fits[0].item_embeddings)
