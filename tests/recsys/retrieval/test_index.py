@@ -22,6 +22,18 @@ def test_scann_equals_brute_force_when_searching_everything(tmp_path):
     want, want_s = index.BruteForceIndex(emb).search(q, 10)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_allclose(got_s, want_s, rtol=1e-4, atol=1e-4)
+    # the batch path (search_many: ScaNN's batched search vs the exact index's matmul or exact scorer,
+    # each row's excluded items skipped) gives the same lists too, for a block above the exact scorer's
+    # 1024-query threshold
+    import scipy.sparse as sp
+    rng = np.random.default_rng(1)
+    many = emb[rng.integers(0, len(emb), 1500)] + 0.05
+    ex = sp.random(len(many), len(emb), density=0.002, format="csr", random_state=2, dtype=np.int8)
+    ex.data[:] = 1
+    got_b, got_bs = ix.search_many(many, 20, ex)
+    want_b, want_bs = index.BruteForceIndex(emb).search_many(many, 20, ex)
+    np.testing.assert_array_equal(got_b, want_b)
+    np.testing.assert_allclose(got_bs, want_bs, rtol=1e-4, atol=1e-4)
     meta = ix.save(str(tmp_path / "ix"))
     again = index.ScannIndex.load(str(tmp_path / "ix"), meta, emb)
     np.testing.assert_array_equal(again.search(q, 10)[0], got)
