@@ -23,6 +23,13 @@ SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", 
                     ("score", pa.float32()), ("model_version", pa.string())])
 
 
+def _strings(ids: np.ndarray) -> pa.Array:
+    """A vocabulary's IDs as an Arrow string array, straight from the object array (numpy's astype(str)
+    would first make a fixed-width copy as wide as the longest ID)."""
+    arr = pa.array(ids, from_pandas=True)
+    return arr if arr.type == pa.string() else arr.cast(pa.string())
+
+
 class ScoreUsersFn(beam.DoFn):
     """Loads the engine once per worker; scores a bundle of user rows and writes one Parquet part."""
 
@@ -35,8 +42,8 @@ class ScoreUsersFn(beam.DoFn):
         from recsys.engine import Engine
         self.engine = Engine.load(self.root, self.version)
         # the ID columns are taken from these by index (Arrow's take), not built string by string
-        self.user_ids = pa.array(self.engine.lv.users.ids.astype(str))
-        self.item_ids = pa.array(self.engine.lv.items.ids.astype(str))
+        self.user_ids = _strings(self.engine.lv.users.ids)
+        self.item_ids = _strings(self.engine.lv.items.ids)
         # this worker's users/s and ETA every 30 s on stderr (as if it scored every user alone)
         self.progress = Progress("batch-recommend", len(self.engine.lv.users), "users", to_stderr)
 

@@ -76,8 +76,11 @@ def _train_plus_validation(cfg: Config, dataset: Dataset) -> trainset.TrainSet:
                                  exclusion=exclusion_rule(cfg.exclusion, cfg.evaluation.target_events))
 
 
-def _refit_ratio(dataset: Dataset, ts: trainset.TrainSet) -> float:
-    """A refit epoch's time over a training epoch's: train + validation rows over train's."""
+def _refit_ratio(dataset: Dataset, ts: trainset.TrainSet, full_ts: trainset.TrainSet | None) -> float:
+    """A refit epoch's time over a training epoch's: train + validation rows over train's (counted in
+    the refit's TrainSet when the caller has it, else from the dataset's stats)."""
+    if full_ts is not None:
+        return len(full_ts.user_idx) / max(len(ts.user_idx), 1)
     splits = dataset.stats.get("splits", {})
     val_rows = (splits.get("validation") or {}).get("interactions", 0)
     return 1.0 + val_rows / max(len(ts.user_idx), 1)
@@ -161,7 +164,7 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         # one budget for the epoch search and the refit after it: the fit keeps the refit's time back
         # (its rows over train's, per epoch), or spends it on more epochs when validation still rises
         report = model.fit(ts, ks, select_from, progress, max_seconds=cfg.model.max_train_minutes * 60 or None,
-                           validate=validation_metrics, refit_ratio=_refit_ratio(dataset, ts) if refit else None)
+                           validate=validation_metrics, refit_ratio=_refit_ratio(dataset, ts, full_ts) if refit else None)
         if refit and report.refit_dropped:
             refit = False
         val = {}

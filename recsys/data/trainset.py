@@ -359,7 +359,7 @@ def read_split(dataset: Dataset, split: str, target_events) -> pd.DataFrame:
 
 def _targets(frame: pd.DataFrame, target_events) -> pd.DataFrame:
     """The held-out rows that count as relevant: those of `target_events` (all rows when empty);
-    `frame` comes from `_read` with the same `target_events`, so it has the event column."""
+    `frame` comes from `read_split` with the same `target_events`, so it has the event column."""
     if not target_events:
         return frame
     return frame[frame["event"].isin(list(target_events)).to_numpy()]

@@ -70,17 +70,18 @@ def auto_batch_size(n_examples: int, min_steps: int = 256, low: int = 256, high:
 def after_epoch(elapsed: float, epoch: int, best_epoch: int, max_seconds: float | None,
                 refit_ratio: float | None = None, last: bool = False) -> tuple[bool, bool]:
     """What the time budget says once `epoch` has ended `elapsed` seconds into a fit: (train another
-    epoch, still refit afterwards).
+    epoch, refit afterwards).
 
     The next epoch is estimated to take the mean so far. Without `refit_ratio` an epoch is trained if
     it ends within `max_seconds`. With it (a refit epoch's time over a selection epoch's: the refit's
-    rows over these), the budget also keeps back what a refit of the epochs so far would take; when
-    that no longer fits but another epoch does and validation still rose in this one, the model is
-    short of epochs rather than done, so the refit's share trains it further instead and there is no
-    refit (measured at 10M events, docs/RESULTS.md: mf's validation recall still rose 16% an epoch at
-    its 6th when the refit took half the budget; the refit itself adds about 2% on the future). When
-    not even the refit of the best epochs fits any more, there is no refit either. `last`: this was
-    the fit's last epoch (`model.epochs`), so only the refit is in question.
+    rows over these), the budget also keeps back what a refit of the epochs so far would take. When
+    that no longer fits but another epoch does and this epoch is the best so far, the model is short of
+    epochs rather than done, so the refit's share trains it further instead (measured at 10M events,
+    docs/RESULTS.md: mf's validation recall still rose 16% an epoch at its 6th when the refit took half
+    the budget; the refit itself adds about 2% on the future). The trade is asked again after every
+    epoch: once validation stops rising, the answer is to stop and refit the best epochs if that still
+    fits. When it does not, there is no refit. `last`: no epoch follows (`model.epochs` reached, or
+    early stopping), so only the refit is in question.
     """
     if not max_seconds:
         return not last, refit_ratio is not None
@@ -206,6 +207,7 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
     report.phases["setup"] = time.time() - t_setup
     t_start, t_train, t_val, t_emb = time.time(), 0.0, 0.0, 0.0
     last_epoch = min(mc.epochs, stop_after) if stop_after else mc.epochs
+    trade = ""   # why the refit's time went to more epochs (while it holds)
     for epoch in range(1, last_epoch + 1):
         t0 = time.time()
         perm = rng.permutation(n)
@@ -236,6 +238,7 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
         progress(f"epoch {epoch:3d}  loss {loss:.4f}  "
                  + "  ".join(f"{k} {v:.4f}" for k, v in line.items() if k.startswith("val_") and f"@{mc.eval_k}" in k)
                  + f"  {line['examples_per_second']:,.0f} ex/s  elapsed {time.time() - t_start:.0f}s")
+        stopped_early = False
         if stop_after:
             best_epoch = epoch
         elif score > best:
@@ -246,27 +249,44 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
             if bad_epochs >= mc.patience:
                 progress(f"early stop: no {key if val is not None else 'loss'} gain for {mc.patience} epochs; "
                          f"best epoch {best_epoch}")
-                break
+                stopped_early = True
         # stop before an epoch that would end past the budget (the epochs' mean time, validation
         # included, is the estimate of the next one's), keeping back the refit's time (after_epoch)
         elapsed = time.time() - t_start
-        go, keep_refit = after_epoch(elapsed, epoch, best_epoch, max_seconds, refit_ratio, last=epoch == last_epoch)
+        go, keep_refit = after_epoch(elapsed, epoch, best_epoch, max_seconds, refit_ratio,
+                                     last=epoch == last_epoch or stopped_early)
+        traded = go and refit_ratio is not None and not keep_refit
         if strategy is not None and coordinator is None:
-            # every worker must stop after the same epoch (one that trained on alone would wait forever
-            # in the next all-reduce): stop when any worker's clock says so, and never trade the
-            # refit for more epochs (workers could decide it differently)
-            own = go and (keep_refit or refit_ratio is None)
-            go = not distribute.any_worker(strategy, not own)
-            keep_refit = refit_ratio is not None
-        if refit_ratio is not None and not keep_refit:
-            report.refit_dropped = (
-                f"validation {key} still rose at epoch {epoch} when the budget ({max_seconds:.0f}s) had room for "
-                f"more epochs or a refit, not both: trained on without a refit" if go else
+            # every worker must make the same choice (one that trained on alone would wait forever in
+            # the next all-reduce): never trade the refit for epochs (workers could decide it
+            # differently) but stop here and refit if it fits; stop when any worker's clock says so;
+            # refit only if every worker's budget holds it
+            if traded:
+                go, keep_refit, traded = False, after_epoch(elapsed, epoch, best_epoch, max_seconds, refit_ratio,
+                                                            last=True)[1], False
+            go = not distribute.any_worker(strategy, not go)
+            if refit_ratio is not None:
+                keep_refit = not distribute.any_worker(strategy, not keep_refit)
+        if refit_ratio is not None:
+            if traded and not trade:
+                trade = (f"validation {key} was still rising at epoch {epoch} (its best) and the budget "
+                         f"({max_seconds:.0f}s) could not hold another epoch and a refit: trained on without a refit")
+                progress(f"time budget: {trade}")
+            elif keep_refit and trade:
+                progress(f"time budget: validation stopped rising; a refit of the best {best_epoch} epochs fits: "
+                         "refitting after all")
+                trade = ""
+            report.refit_dropped = "" if keep_refit else trade or (
                 f"no time left in the budget ({max_seconds:.0f}s) for a refit of {best_epoch} epochs")
-            progress(f"time budget: {report.refit_dropped}")
-            refit_ratio = None
+        if stopped_early:
+            break
         if not go and epoch < last_epoch:
-            why = f"another epoch would end past {max_seconds:.0f}s" if max_seconds else "another worker's is spent"
+            if not max_seconds:
+                why = "another worker's is spent"
+            elif elapsed + elapsed / epoch > max_seconds:
+                why = f"another epoch would end past {max_seconds:.0f}s"
+            else:
+                why = f"another epoch and a refit of it would not both fit in {max_seconds:.0f}s"
             progress(f"time budget: {why}; stopping after epoch {epoch}"
                      + (f", best epoch {best_epoch}" if not stop_after else ""))
             break

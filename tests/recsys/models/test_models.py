@@ -275,3 +275,29 @@ def test_the_same_seed_trains_the_same_model(name):
     other = create(name, from_dict({"model": {**MODEL, "epochs": 2, "history_length": 3, "seed": 7}}).model)
     other.fit(ts, (20,), progress=lambda *_: None)
     assert not np.array_equal(other.item_embeddings, fits[0].item_embeddings)
+
+
+@pytest.mark.parametrize("curve, epochs, best, dropped", [
+    # still rising at epoch 2 -> trained on; falls at 3 -> stop and refit the best 2 after all
+    ([0.1, 0.2, 0.15, 0.14, 0.13, 0.12], 3, 2, ""),
+    # rising every epoch -> trained on until the budget ends, no refit, and the manifest says why
+    ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], 6, 6, "still rising at epoch 2"),
+])
+def test_the_fit_trades_the_refit_for_epochs_only_while_validation_rises(monkeypatch, curve, epochs, best, dropped):
+    """A fit under a 600 s budget whose epochs take 100 s (a fake clock) and whose refit epochs take
+    1.2x: a refit of the epochs so far stops fitting after epoch 2."""
+    from recsys.models import training
+    real = training.after_epoch
+    monkeypatch.setattr(training, "after_epoch", lambda elapsed, epoch, *a, **k: real(100.0 * epoch, epoch, *a, **k))
+    cfg = from_dict({"model": {**MODEL, "epochs": 20, "patience": 3, "history_length": 3}})
+    ts = _featured_trainset(["comedy", "war"], ["drama"], [f"u{i}" for i in range(300)], [f"i{i}" for i in range(50)])
+    ts.evals["validation"] = trainset.EvalSet(ts.user_ids[:5], np.arange(5), *[trainset.csr_from_pairs(
+        np.arange(5), np.arange(5), 5, ts.n_items)] * 2, np.full((5, 1), -1, np.int32))
+    scores = iter(curve)
+    lines = []
+    report = create("mf", cfg.model).fit(ts, (20,), progress=lines.append, max_seconds=600, refit_ratio=1.2,
+                                         validate=lambda *a: {"recall@20": next(scores)})
+    assert len(report.epochs) == epochs and report.best_epoch == best
+    assert (dropped in report.refit_dropped) if dropped else report.refit_dropped == ""
+    assert any("trained on without a refit" in line for line in lines)
+    assert any("refitting after all" in line for line in lines) == (not dropped)
