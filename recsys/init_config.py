@@ -344,7 +344,9 @@ def infer(events: str, items: str | None = None, root: str = "artifacts", column
     else:
         source["items_format"] = "none"
     notes.append(f"each model trains at most {_TRAIN_MINUTES} minutes (model.max_train_minutes; 0: no limit), "
-                 f"so the nightly fits a night's window at any log size; once a version exists, the next night "
+                 f"epoch search and refit together, so the nightly fits a night's window at any log size (on a "
+                 f"log too big for both, the refit gives way to more epochs while validation still rises); "
+                 f"once a version exists, the next night "
                  f"trains {_WARM_EPOCHS} epochs from it instead of searching again (model.warm_start_epochs; "
                  f"0: always search)")
     split, why = _split(df, cols, unit, bool(cols["event"]))
