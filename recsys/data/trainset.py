@@ -86,6 +86,11 @@ class EvalSet:
         return EvalSet(self.user_ids[rows], self.user_idx[rows], self.relevant[rows], self.exclude[rows],
                        self.history[rows])
 
+    def at_most(self, n: int, seed: int = 0) -> "EvalSet":
+        """This set when it has at most `n` users, else `sample(n, seed)`: the validation users an
+        epoch or a rule's choice is scored on (`model.eval_users`, `model.seed`)."""
+        return self.sample(n, seed) if len(self.user_ids) > n else self
+
     @property
     def n_evaluable(self) -> int:
         """Users with at least one held-out item (the ones metrics are computed over)."""

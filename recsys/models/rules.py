@@ -115,10 +115,10 @@ class AttributePopularity(Model):
         if not candidates:
             candidates = [""]   # attribute_values names what the catalog lacks
         val = ts.evals.get("validation") if validate is not None and len(candidates) > 1 else None
-        if val is not None and len(val.user_ids) > self.config.eval_users:
+        if val is not None:
             # the sample the embedding models' early stopping scores (model.eval_users, same seed): every
             # validation user x the whole catalog per candidate made this rule 4 minutes at 10M events
-            val = val.sample(self.config.eval_users, self.config.seed)
+            val = val.at_most(self.config.eval_users, self.config.seed)
         key = f"recall@{self.config.eval_k}"
         tried = []
         for attribute in candidates:

@@ -198,8 +198,8 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
         step.get_concrete_function()  # trace once up front: examples/s measures training, not tracing
     rng = np.random.default_rng(mc.seed)
     val = ts.evals.get("validation") if validate is not None else None
-    if val is not None and len(val.user_ids) > mc.eval_users:
-        val = val.sample(mc.eval_users, mc.seed)
+    if val is not None:
+        val = val.at_most(mc.eval_users, mc.seed)
     key = f"recall@{mc.eval_k}"
     ks = sorted(set(ks) | {mc.eval_k})
     best, best_epoch, best_weights, bad_epochs = -np.inf, 0, None, 0
