@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/scale.py --events 47000 --users 3000 --items 2400          # a minute
     .venv/bin/python benchmarks/scale.py --events 10000000 --users 1000000 --items 200000 --json scale-10m.json
+    .venv/bin/python benchmarks/scale.py --events 2000000 --users 200000 --items 50000 --next-day 3   # + a warm night
 
 1. Generates the log with `recsys.data.synthetic.shop_log` (users with lognormal activity, one or two
    preferred categories and brand affinities, Zipf item popularity within categories, sessions of
@@ -18,6 +19,13 @@
    evaluation and batch, and per model its training time, share of the run and examples/s.
    The quality printed is the protocol `recsys init` writes (`last_session`: each user's last session
    held out, its purchases the targets).
+4. With `--next-day D`: the next night, as a team's nightly sees it. The same users' log `D` days
+   longer (the generator's draws do not depend on the cut: the first night's events are a prefix of
+   the second's; 3 days are ~3% more events) goes through `recsys nightly` again on the same artifact
+   root, so the dataset keeps yesterday's vocabulary and each model trains `model.warm_start_epochs`
+   from yesterday's version (what `recsys init` writes). Printed: the warm night's steps as above and,
+   per model, test recall@20 of both nights (each night's own test split: the users' last sessions
+   move with the log) and the warm night's training time against the cold one's.
 
 The reference for "how fast should this be" is the stage itself at another size (rates should stay
 flat as the log grows) and the probe figures in docs/RESULTS.md. Say the machine's load beside any
@@ -32,6 +40,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -47,25 +56,37 @@ STAGES = ("build_dataset", "train", "evaluate", "gate", "index", "batch_recommen
 EVENTS_PER_SESSION = 5.2 * 0.85
 
 
-def generate(out: str, n_events: int, n_users: int, n_items: int, seed: int, chunk_users: int = 100_000) -> dict:
-    """events.parquet (the log before the cut) and catalog.csv under `out`; returns what was written."""
+def generate(out: str, n_events: int, n_users: int, n_items: int, seed: int, chunk_users: int = 100_000,
+             next_days: int = 0) -> dict:
+    """events.parquet (the log before the cut) and catalog.csv under `out`, and with `next_days`
+    events-next.parquet (the same log `next_days` days longer); returns what was written."""
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
     catalog = shop_catalog(n_items, seed=seed)
     catalog.to_csv(os.path.join(out, "catalog.csv"), index=False)
     path = os.path.join(out, "events.parquet")
     sessions = max(n_events / n_users / EVENTS_PER_SESSION, 1.0)
-    writer, written = None, 0
+    writers, written = {}, {"events": 0, "next": 0}
+
+    def write(name: str, frame) -> None:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if name not in writers:
+            file = "events.parquet" if name == "events" else "events-next.parquet"
+            writers[name] = pq.ParquetWriter(os.path.join(out, file), table.schema, compression="zstd")
+        writers[name].write_table(table, row_group_size=1_000_000)
+        written[name] += len(frame)
+
     for i, first in enumerate(range(0, n_users, chunk_users)):
         users = min(chunk_users, n_users - first)
-        events = shop_log(users, catalog, seed=seed, users_seed=i, first_user=first,
-                          sessions_per_user_mean=sessions).events
-        table = pa.Table.from_pandas(events, preserve_index=False)
-        writer = writer or pq.ParquetWriter(path, table.schema, compression="zstd")
-        writer.write_table(table, row_group_size=1_000_000)
-        written += len(events)
-    writer.close()
-    return {"events": written, "users": n_users, "items": n_items, "seconds": round(time.perf_counter() - t0, 1),
+        log = shop_log(users, catalog, seed=seed, users_seed=i, first_user=first, sessions_per_user_mean=sessions)
+        write("events", log.events)
+        if next_days:
+            longer = log.log["timestamp"] < log.cut + pd.Timedelta(days=next_days)
+            write("next", log.log[longer.to_numpy()].reset_index(drop=True))
+    for w in writers.values():
+        w.close()
+    return {"events": written["events"], "next_events": written["next"], "next_days": next_days,
+            "users": n_users, "items": n_items, "seconds": round(time.perf_counter() - t0, 1),
             "bytes": os.path.getsize(path), "sessions_per_user": round(sessions, 2)}
 
 
@@ -80,42 +101,14 @@ def run_child(argv: list[str], log_path: str) -> tuple[int, float, float, str]:
     return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024, stdout
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--events", type=int, default=1_000_000)
-    ap.add_argument("--users", type=int, default=100_000)
-    ap.add_argument("--items", type=int, default=20_000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", default="", help="working directory (default: /tmp/recsys-scale-<events>)")
-    ap.add_argument("--json", default="", help="write the figures to this file")
-    ap.add_argument("--reuse", action="store_true", help="keep generated files of the same size")
-    args = ap.parse_args()
-    work = os.path.abspath(args.work or f"/tmp/recsys-scale-{args.events}")
-    print("load:", os.popen("uptime").read().strip())
-    gen_marker = os.path.join(work, "generated.json")
-    if args.reuse and os.path.exists(gen_marker):
-        gen = json.load(open(gen_marker))
-    else:
-        if os.path.exists(work):
-            subprocess.run(["rm", "-rf", work], check=True)
-        gen = generate(work, args.events, args.users, args.items, args.seed)
-        json.dump(gen, open(gen_marker, "w"))
-    print(f"generated {gen['events']:,} events ({gen['bytes'] / 1e6:.0f} MB Parquet), {gen['users']:,} users, "
-          f"{gen['items']:,} items in {gen['seconds']}s -> {work}")
-    subprocess.run(["rm", "-rf", os.path.join(work, "artifacts"), os.path.join(work, "recsys.yaml")], check=True)
-    code, init_s, _, _ = run_child([RECSYS, "init", "--events", os.path.join(work, "events.parquet"),
-                                    "--items", os.path.join(work, "catalog.csv"),
-                                    "--out", os.path.join(work, "recsys.yaml"), "--root", "artifacts"],
-                                   os.path.join(work, "init.log"))
+def night(work: str, config: str, log_name: str) -> dict | None:
+    """`recsys nightly --json` on `config` in a child process; prints and returns its figures (None:
+    it failed, its log's tail printed)."""
+    code, wall, peak, stdout = run_child([RECSYS, "nightly", "--config", config, "--json"], os.path.join(work, log_name))
     if code:
-        print(open(os.path.join(work, "init.log")).read())
-        return code
-    code, wall, peak, stdout = run_child([RECSYS, "nightly", "--config", os.path.join(work, "recsys.yaml"), "--json"],
-                                         os.path.join(work, "nightly.log"))
-    if code:
-        print(f"nightly failed ({code}); its log: {os.path.join(work, 'nightly.log')}")
-        print("\n".join(open(os.path.join(work, "nightly.log")).read().splitlines()[-20:]))
-        return code
+        print(f"nightly failed ({code}); its log: {os.path.join(work, log_name)}")
+        print("\n".join(open(os.path.join(work, log_name)).read().splitlines()[-20:]))
+        return None
     summary = json.loads(stdout)
     stages = {k: dict(v) for k, v in summary.get("stages", {}).items()}
     # the nightly restarts its high-water mark per step (Meter), which wait4's figure then reflects:
@@ -143,14 +136,14 @@ def main() -> int:
                         "best_epoch": t.get("best_epoch"),
                         # the selection fit's epochs when the version was refit (training is the refit's)
                         "selection_epochs": len((manifest.get("selection") or {}).get("epochs") or []) or None,
+                        "warm_started_from": manifest.get("warm_started_from"),
                         "refit": "yes" if "refit" in manifest else
                                  "dropped" if manifest.get("refit_dropped") else "no"}
-    result = {"events": gen["events"], "users": gen["users"], "items": gen["items"],
-              "train_interactions": ds.get("splits", {}).get("train", {}).get("interactions"),
-              "init_seconds": round(init_s, 1), "total_seconds": round(wall, 1), "peak_rss_mb": round(peak, 1),
+    result = {"train_interactions": ds.get("splits", {}).get("train", {}).get("interactions"),
+              "total_seconds": round(wall, 1), "peak_rss_mb": round(peak, 1),
               "stages": stages, "counts": counts, "models": models, "published": summary.get("published"),
               "metrics": {k: v["metrics"] for k, v in (summary.get("candidates") or {}).items()}}
-    print(f"init {init_s:.1f}s; nightly {wall:.1f}s, peak RSS {peak:,.0f} MB")
+    print(f"nightly {wall:.1f}s, peak RSS {peak:,.0f} MB")
     print(f"{'stage':<22} {'wall s':>8} {'cpu s':>8} {'peak MB':>9}  rate")
     for stage in STAGES:
         if stage in stages:
@@ -163,11 +156,73 @@ def main() -> int:
     for name, m in models.items():
         share = f"{100 * m['share_of_run']:.0f}%" if m["share_of_run"] is not None else ""
         epochs = f"{m['selection_epochs']} + {m['epochs']}" if m["selection_epochs"] else f"{m['epochs'] or ''}"
+        warm = f"  warm from {m['warm_started_from']}" if m["warm_started_from"] else ""
         print(f"{name:<22} {m['train_seconds'] or 0:>8.1f} {share:>8} {m['peak_rss_mb'] or 0:>9,.0f}  "
-              f"{m['examples_per_second'] or '':>10}  {epochs} ({m['best_epoch'] or ''})  {m['refit']}")
+              f"{m['examples_per_second'] or '':>10}  {epochs} ({m['best_epoch'] or ''})  {m['refit']}{warm}")
     for name, m in result["metrics"].items():
         print(f"  {name:<20} recall@20 {m.get('recall@20', float('nan')):.4f}  ndcg@20 {m.get('ndcg@20', float('nan')):.4f}")
     print(f"published: {result['published']}")
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--users", type=int, default=100_000)
+    ap.add_argument("--items", type=int, default=20_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--next-day", type=int, default=0, metavar="D",
+                    help="then a warm nightly on the log D days longer (3: ~3%% more events)")
+    ap.add_argument("--work", default="", help="working directory (default: /tmp/recsys-scale-<events>)")
+    ap.add_argument("--json", default="", help="write the figures to this file")
+    ap.add_argument("--reuse", action="store_true", help="keep generated files of the same size")
+    args = ap.parse_args()
+    work = os.path.abspath(args.work or f"/tmp/recsys-scale-{args.events}")
+    print("load:", os.popen("uptime").read().strip())
+    gen_marker = os.path.join(work, "generated.json")
+    gen = json.load(open(gen_marker)) if args.reuse and os.path.exists(gen_marker) else None
+    if gen is None or gen.get("next_days", 0) != args.next_day:
+        if os.path.exists(work):
+            subprocess.run(["rm", "-rf", work], check=True)
+        gen = generate(work, args.events, args.users, args.items, args.seed, next_days=args.next_day)
+        json.dump(gen, open(gen_marker, "w"))
+    print(f"generated {gen['events']:,} events ({gen['bytes'] / 1e6:.0f} MB Parquet), {gen['users']:,} users, "
+          f"{gen['items']:,} items in {gen['seconds']}s -> {work}")
+    subprocess.run(["rm", "-rf", os.path.join(work, "artifacts"), os.path.join(work, "recsys.yaml")], check=True)
+    config = os.path.join(work, "recsys.yaml")
+    code, init_s, _, _ = run_child([RECSYS, "init", "--events", os.path.join(work, "events.parquet"),
+                                    "--items", os.path.join(work, "catalog.csv"),
+                                    "--out", config, "--root", "artifacts"],
+                                   os.path.join(work, "init.log"))
+    if code:
+        print(open(os.path.join(work, "init.log")).read())
+        return code
+    print(f"init {init_s:.1f}s")
+    first = night(work, config, "nightly.log")
+    if first is None:
+        return 1
+    result = {"events": gen["events"], "users": gen["users"], "items": gen["items"],
+              "init_seconds": round(init_s, 1), **first}
+    if args.next_day:
+        # the second night: the same config and artifact root, the longer log as its source
+        text = open(config).read()
+        assert "\n  path: events.parquet\n" in text, "recsys init wrote another source path"
+        config2 = os.path.join(work, "recsys-next.yaml")
+        with open(config2, "w") as f:
+            f.write(text.replace("\n  path: events.parquet\n", "\n  path: events-next.parquet\n"))
+        print(f"\nnext night: {gen['next_events']:,} events (+{gen['next_events'] / gen['events'] - 1:.1%}, "
+              f"{args.next_day} more days), warm-started")
+        second = night(work, config2, "nightly-next.log")
+        if second is None:
+            return 1
+        result["next_day"] = {"events": gen["next_events"], "days": args.next_day, **second}
+        print(f"{'model':<22} {'cold s':>8} {'warm s':>8}  test recall@20 cold -> warm")
+        for name, m in second["models"].items():
+            cold = first["models"].get(name, {})
+            r1 = first["metrics"].get(name, {}).get("recall@20", float("nan"))
+            r2 = second["metrics"].get(name, {}).get("recall@20", float("nan"))
+            print(f"{name:<22} {cold.get('train_seconds') or 0:>8.1f} {m['train_seconds'] or 0:>8.1f}  "
+                  f"{r1:.4f} -> {r2:.4f} ({r2 / r1:.1%})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -48,18 +48,17 @@ def _warm_start_worse(cfg: Config, root: str, prev_version: str, now: float | No
     """Why a warm-started model, whose validation recall@eval_k is `now`, is worse than the version it
     started from, or None.
 
-    Compares validation recall@eval_k with what the previous version recorded for its own validation
-    split (`validation_metrics`). When the warm fit trained on train + validation its figure is, if
-    anything, optimistic: falling short even so is a failed warm start. Without a validation split or
-    a recorded figure nothing is compared."""
+    Compares validation recall@eval_k of the warm epoch choice (trained on train only: an honest
+    figure) with what the previous version recorded for its own validation split
+    (`validation_metrics`; `warm_validation` in versions written before warm starts were chosen on
+    validation). Without a validation split or a recorded figure nothing is compared."""
     key = f"recall@{cfg.model.eval_k}"
     previous = version_mod.read_manifest(root, prev_version)
-    # a warm version trained on validation records the guard's figure instead (`warm_validation`)
     before = (previous.get("validation_metrics") or previous.get("warm_validation") or {}).get(key)
     if now is None or not before or now >= WARM_START_MIN_SHARE * before:
         return None
-    return (f"{cfg.model.warm_start_epochs} warm epochs from {prev_version} reach validation {key} {now:.4f}, "
-            f"below {WARM_START_MIN_SHARE:.0%} of its {before:.4f}")
+    return (f"the best of at most {cfg.model.warm_start_epochs} warm epochs from {prev_version} reaches validation "
+            f"{key} {now:.4f}, below {WARM_START_MIN_SHARE:.0%} of its {before:.4f}")
 
 
 def training_sets(cfg: Config, dataset: Dataset) -> tuple[trainset.TrainSet, trainset.TrainSet | None]:
@@ -94,7 +93,9 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
     With `model.refit` (default) and a validation split, training early-stops on validation, then
     trains again from the start on train + validation for the epoch count validation chose, and that
     model is saved: the published version has learned from the most recent interactions before the
-    test period.
+    test period. With a previous version (`warm_start`), both fits start from it: the choice from the
+    tables that chose its epochs (kept in it), at most `model.warm_start_epochs` epochs when that is
+    set; the refit from its own tables.
 
     Args:
         cfg: the config (`model:` holds the recipe).
@@ -124,57 +125,50 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
     # have nothing to carry over.
     prev_version = pick_warm_start(root, model_name, warm_start) if model.personalized and not model.rule else None
     previous = version_mod.load_warm_start(root, prev_version) if prev_version else None
-    # A refit version has trained on rows that can sit in today's validation split (the days before its
-    # test cut; an inactive user's leave-last-N row). Starting the epoch-choosing fit from it would
-    # leak them into the choice, so that fit starts cold; the refit itself warm-starts.
-    select_from = None if (previous is not None and previous.refit) else previous
+    # The epoch-choosing fit must start from weights that never saw today's validation rows. A refit
+    # version's own tables have (the days before its test cut; an inactive user's validation session
+    # is the same today); the selection tables it keeps beside them have not: they trained on its train
+    # split, and as a log grows a user's rows only move test -> validation -> train. Without them (a
+    # version from before they were kept) the choice starts cold.
+    select_from = previous
+    if previous is not None and previous.refit:
+        select_from = version_mod.load_warm_start(root, prev_version, selection=True)
     ks = tuple(cfg.evaluation.ks)
-    warm_epochs = cfg.model.warm_start_epochs if previous is not None else 0
+    key = f"recall@{cfg.model.eval_k}"
+    # A nightly whose data grew a little: yesterday's weights need a few epochs, not a new search
+    # (benchmarks/warm_start.py measured how many). They are still chosen on validation, as a cold
+    # search's are: a converged model trained on for a fixed count overfits (measured: two_tower at
+    # 3k users lost 31% of its test recall to 4 fixed warm epochs).
+    warm_epochs = cfg.model.warm_start_epochs if select_from is not None else 0
+    fit_cfg = dataclasses.replace(cfg.model, epochs=min(warm_epochs, cfg.model.epochs)) if warm_epochs else cfg.model
     if warm_epochs:
-        # A nightly whose data grew a little: yesterday's weights need a few epochs, not a new epoch
-        # search (benchmarks/warm_start.py measured how many). No selection fit, so with refit the one
-        # fit is on train + validation; the gate still measures the version on test.
-        fit_on = (full_ts or _train_plus_validation(cfg, dataset)) if refit else ts
-        progress(f"train {model_name}: {warm_epochs} epochs from {prev_version} (model.warm_start_epochs) on "
-                 f"{'train + validation' if refit else 'train'}")
-        report = model.fit(fit_on, ks, previous, progress, stop_after=warm_epochs, validate=validation_metrics,
-                           max_seconds=cfg.model.max_train_minutes * 60 or None)
-        # measured once: the manifest's figure (unless the fit saw validation) and the guard's
-        measured = validation_metrics(model, ts.evals["validation"], ks, ts.item_counts) \
-            if "validation" in ts.evals else {}
-        extra = {"warm_started_from": prev_version, "validation_metrics": {} if refit else measured,
-                 "warm_epochs": warm_epochs}
-        if refit:   # trained on validation rows: marked like a refit (evaluated on test only)
-            extra["refit"] = {"epochs": report.best_epoch, "interactions": int(len(fit_on.user_idx)),
-                              "users": int(fit_on.n_users), "seconds": round(report.seconds, 1), "warm": True}
-        key = f"recall@{cfg.model.eval_k}"
-        worse = _warm_start_worse(cfg, root, prev_version, measured.get(key))
-        if refit and key in measured:
-            # measured on rows the fit saw (optimistic): what the next night's guard compares with
-            extra["warm_validation"] = {key: measured[key]}
-        if worse:
-            # the warm start lost too much against what the previous version measured: say so, and
-            # search the epoch count from a cold start instead (what the warm start was to save)
-            progress(f"train {model_name}: warning: {worse}; training from a cold start instead")
-            model = create(model_name, cfg.model)
-            warm_epochs, select_from, previous = 0, None, None
-        else:
-            ts, refit = fit_on, False
-    if not warm_epochs:
+        progress(f"train {model_name}: at most {fit_cfg.epochs} epochs from {prev_version} (model.warm_start_epochs)"
+                 + (", its selection tables," if select_from is not previous else "") + " chosen on validation")
+    worse = None
+    for attempt in ("warm", "cold") if select_from is not None else ("cold",):
         # one budget for the epoch search and the refit after it: the fit keeps the refit's time back
         # (its rows over train's, per epoch), or spends it on more epochs when validation still rises
+        model = create(model_name, fit_cfg)
         report = model.fit(ts, ks, select_from, progress, max_seconds=cfg.model.max_train_minutes * 60 or None,
                            validate=validation_metrics, refit_ratio=_refit_ratio(dataset, ts, full_ts) if refit else None)
-        if refit and report.refit_dropped:
-            refit = False
-        val = {}
-        if "validation" in ts.evals:
-            val = validation_metrics(model, ts.evals["validation"], ks, ts.item_counts)
-        extra = {"warm_started_from": prev_version if previous is not None else None, "validation_metrics": val}
-        if prev_version and previous is None:
-            extra["warm_start_rejected"] = {"from": prev_version, "why": worse}
-        if report.refit_dropped:
-            extra["refit_dropped"] = report.refit_dropped
+        val = validation_metrics(model, ts.evals["validation"], ks, ts.item_counts) if "validation" in ts.evals else {}
+        if attempt == "cold" or not (worse := _warm_start_worse(cfg, root, prev_version, val.get(key))):
+            break
+        # the warm start lost too much against what the previous version measured: say so, and search
+        # the epoch count from a cold start instead (what the warm start was to save)
+        progress(f"train {model_name}: warning: {worse}; training from a cold start instead")
+        select_from, previous, warm_epochs, fit_cfg = None, None, 0, cfg.model
+    extra = {"warm_started_from": prev_version if select_from is not None else None, "validation_metrics": val}
+    if warm_epochs:
+        extra["warm_epochs"] = warm_epochs
+    if worse:
+        extra["warm_start_rejected"] = {"from": prev_version, "why": worse}
+    if report.refit_dropped:
+        extra["refit_dropped"] = report.refit_dropped
+        refit = False
+    # what the next night's epoch choice starts from, when this version is refit (see select_from)
+    selection_tables = (model.weights(), model.user_ids, model.item_ids) \
+        if refit and model.personalized and not model.rule else None
     if refit:
         best_epoch = report.best_epoch
         extra["selection"] = {"best_epoch": best_epoch, "seconds": round(report.seconds, 1), "epochs": report.epochs,
@@ -187,7 +181,10 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
                  f"{full.n_users} users)" + (f" for the {best_epoch} epochs validation chose" if best_epoch else ""))
         # what the selection fit chose on validation carries over (the refit has no validation)
         model = create(model_name, dataclasses.replace(cfg.model, **model.chosen_config()))
-        report = model.fit(full, ks, previous, progress, stop_after=best_epoch, validate=validation_metrics)
+        # the refit starts where the choice did: from the previous version's own tables after a warm
+        # choice (the refit lineage), cold after a cold one, so it trains the epochs that were chosen
+        report = model.fit(full, ks, previous if select_from is not None else None, progress, stop_after=best_epoch,
+                           validate=validation_metrics)
         report.chosen = extra["selection"].get("chosen") or report.chosen   # with the validation figures
         extra["refit"] = {"epochs": report.best_epoch, "interactions": int(len(full.user_idx)),
                           "users": int(full.n_users), "seconds": round(report.seconds, 1)}
@@ -198,7 +195,7 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         progress(f"train {model_name}: this worker is not the chief (TF_CONFIG); the chief writes the version")
         return ""
     t_save = time.time()
-    version = version_mod.save_fitted(model, ts, cfg, root, dataset, extra=extra)
+    version = version_mod.save_fitted(model, ts, cfg, root, dataset, extra=extra, selection=selection_tables)
     saved = version_mod.read_manifest(root, version).get("save_phases", {})
     parts = {"load": round(t_loaded - t_start, 2)}
     if refit:

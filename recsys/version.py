@@ -189,20 +189,42 @@ def load_embeddings(root: str, version: str, mmap: bool = False) -> tuple[np.nda
     return _load_npy(fsio.join(d, ITEM_EMBEDDINGS), mmap), _load_npy(fsio.join(d, USER_EMBEDDINGS), mmap)
 
 
-def load_warm_start(root: str, version: str) -> WarmStart:
-    """A version's weights and vocabularies, for the next version to start from."""
-    users, items = load_vocabs(root, version)
+# in weights.npz of a refit version: the tables of the fit that chose its epochs (before the refit saw
+# validation), under this prefix, with that fit's vocabularies
+SELECTION = "selection:"
+
+
+def load_warm_start(root: str, version: str, selection: bool = False) -> WarmStart | None:
+    """A version's weights and vocabularies, for the next version to start from.
+
+    Args:
+        root: the artifact root.
+        version: the version id.
+        selection: the tables of the fit that chose a refit version's epochs (trained on its train
+            split only) instead of the version's own.
+    Returns:
+        The WarmStart; None when `selection` is asked of a version that kept no such tables.
+    """
     path = fsio.join(version_dir(root, version), WEIGHTS)
     weights = {}
     if fsio.exists(path):
         with np.load(io.BytesIO(fsio.read_bytes(path))) as z:
             weights = {k: z[k] for k in z.files}
-    return WarmStart(version, users.ids, items.ids, weights, refit="refit" in read_manifest(root, version))
+    if selection:
+        if SELECTION + ":users" not in weights:
+            return None
+        return WarmStart(version, weights[SELECTION + ":users"].astype(object),
+                         weights[SELECTION + ":items"].astype(object),
+                         {k[len(SELECTION):]: v for k, v in weights.items()
+                          if k.startswith(SELECTION) and not k.startswith(SELECTION + ":")})
+    users, items = load_vocabs(root, version)
+    own = {k: v for k, v in weights.items() if not k.startswith(SELECTION)}
+    return WarmStart(version, users.ids, items.ids, own, refit="refit" in read_manifest(root, version))
 
 
 # ---- writing -------------------------------------------------------------------------------------
 def save_fitted(model: Model, ts, cfg: Config, root: str, dataset=None, extra: dict | None = None,
-                version: str | None = None) -> str:
+                version: str | None = None, selection: tuple | None = None) -> str:
     """Write a fitted model as a new version directory, atomically.
 
     Computes what serving needs beside the model: every known user's vector (with the history a
@@ -217,6 +239,8 @@ def save_fitted(model: Model, ts, cfg: Config, root: str, dataset=None, extra: d
             rows the stored histories, items.parquet the filters), or None.
         extra: more manifest fields.
         version: the version id (default: a new timestamped id).
+        selection: (weights, user IDs, item IDs) of the fit that chose a refit model's epochs, kept
+            in weights.npz for the next version's epoch choice to start from (`load_warm_start`).
     Returns:
         The version id.
     Raises:
@@ -247,11 +271,11 @@ def save_fitted(model: Model, ts, cfg: Config, root: str, dataset=None, extra: d
     phases["seen_items"] = round(time.time() - t0, 2)
     manifest.update(extra or {})
     manifest["save_phases"] = phases
-    return write_parts(root, model, seen, manifest, attributes, version)
+    return write_parts(root, model, seen, manifest, attributes, version, selection)
 
 
 def write_parts(root: str, model: Model, seen, manifest: dict, item_attributes: bytes | None = None,
-                version: str | None = None) -> str:
+                version: str | None = None, selection: tuple | None = None) -> str:
     """Write a model's state as a new version directory, atomically (`save_fitted` computes the parts
     from a fit; benchmarks and tests give them directly).
 
@@ -263,6 +287,7 @@ def write_parts(root: str, model: Model, seen, manifest: dict, item_attributes: 
         manifest: manifest fields (version, model, sizes, dim, package version and time are added).
         item_attributes: the bytes of an items.parquet, or None.
         version: the version id (default: a new timestamped id).
+        selection: see `save_fitted`.
     Returns:
         The version id.
     Raises:
@@ -292,7 +317,13 @@ def write_parts(root: str, model: Model, seen, manifest: dict, item_attributes: 
             _save_npy(fsio.join(d, ITEM_EMBEDDINGS), model.item_embeddings.astype(np.float32))
             _save_npy(fsio.join(d, USER_EMBEDDINGS), model.user_embeddings.astype(np.float32))
             buf = io.BytesIO()
-            np.savez(buf, **model.weights())
+            kept = {}
+            if selection is not None:
+                weights, users, items = selection
+                kept = {SELECTION + k: v for k, v in weights.items()}
+                kept[SELECTION + ":users"] = np.asarray(users, dtype=str)
+                kept[SELECTION + ":items"] = np.asarray(items, dtype=str)
+            np.savez(buf, **model.weights(), **kept)
             fsio.write_bytes(fsio.join(d, WEIGHTS), buf.getvalue())
             module = model.query_module()
             if module is not None:

@@ -1,5 +1,7 @@
 """Refit on train + validation (model.refit): users first seen in validation become known, the epoch
 count is the one validation chose, and the test baseline knows what the refit model knows."""
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -99,12 +101,28 @@ def test_refit_version_knows_validation_users_and_keeps_the_chosen_epochs(tempor
     assert res.sources.get("history", 0) == 0              # late users are served as known users
     with pytest.raises(DataError, match="refit"):             # it trained on validation: no such numbers
         evaluate.evaluate_version(root, v, "validation", ds.id, (20,))
-    # the next version warm-starts its refit from this one, but chooses its epochs from a cold start
-    # (this version has trained on rows that can be in the next validation split)
+    # the version keeps the tables that chose its epochs (trained on train only, train's vocabulary)
+    # beside its own, and the next version's choice starts from those: never from tables that saw
+    # validation rows
+    own, chosen_by = version.load_warm_start(root, v), version.load_warm_start(root, v, selection=True)
+    assert set(LATE) <= set(own.user_ids) and not set(LATE) & set(chosen_by.user_ids)
+    assert not chosen_by.refit and set(chosen_by.weights) == set(own.weights)
+    name = "query.user_embedding"
+    n = len(chosen_by.user_ids) + 1
+    assert not np.allclose(chosen_by.weights[name][1:n], own.weights[name][1:n])
     v_next = train_version(cfg, model, ds.id, warm_start=v, progress=lambda *_: None)
     m_next = version.read_manifest(root, v_next)
-    assert m_next["warm_started_from"] == v and m_next["selection"]["warm_started"] is False
+    assert m_next["warm_started_from"] == v and m_next["selection"]["warm_started"] is True
     assert m_next["training"]["warm_started_rows"]
+    # a refit version without them (written before they were kept): the choice and the refit start cold
+    path = os.path.join(version.version_dir(root, v), version.WEIGHTS)
+    np.savez(path + ".tmp.npz", **own.weights)
+    os.replace(path + ".tmp.npz", path)
+    assert version.load_warm_start(root, v, selection=True) is None
+    v_cold = train_version(cfg, model, ds.id, warm_start=v, progress=lambda *_: None)
+    m_cold = version.read_manifest(root, v_cold)
+    assert m_cold["warm_started_from"] is None and m_cold["selection"]["warm_started"] is False
+    assert not m_cold["training"]["warm_started_rows"]
     assert res.metrics["recall@20"] > 1.3 * res.popularity_metrics["recall@20"]
 
     no_refit = make_config(tmp, cfg.source.path, refit=False)
@@ -145,18 +163,26 @@ def test_training_on_a_catalog_smaller_than_the_largest_k_works(tmp_path):
 
 
 @pytest.mark.parametrize("refit", [True, False])
-def test_warm_start_epochs_train_that_many_epochs_from_the_previous_version(temporal, refit):
-    """model.warm_start_epochs: with a previous version of the model, no epoch search: exactly N epochs
-    from its weights (on train + validation with refit, then marked as trained on validation)."""
+def test_warm_start_epochs_choose_at_most_that_many_epochs_from_the_previous_version(temporal, refit):
+    """model.warm_start_epochs: with a previous version of the model, the epoch choice runs at most N
+    epochs from its weights on train, each measured on validation, and keeps the best (a converged
+    model trained on for a fixed count overfits); with refit, the refit then trains the chosen count
+    from the version's own tables on train + validation."""
     tmp, cfg, ds = temporal[:3]
     cold = train_version(make_config(tmp, tmp / "events.csv", refit=refit), "mf", ds.id, "none", lambda *_: None)
     lines = []
-    warm_cfg = make_config(tmp, tmp / "events.csv", refit=refit, warm_start_epochs=2)
+    warm_cfg = make_config(tmp, tmp / "events.csv", refit=refit, warm_start_epochs=3)
     warm = train_version(warm_cfg, "mf", ds.id, cold, lines.append)
     m = version.read_manifest(warm_cfg.resolve(warm_cfg.artifacts.root), warm)
-    assert m["warm_started_from"] == cold and m["warm_epochs"] == 2 and len(m["training"]["epochs"]) == 2
-    assert "selection" not in m and any("2 epochs from" in line for line in lines)
-    assert ("refit" in m) is refit and bool(m["validation_metrics"]) is not refit
+    assert m["warm_started_from"] == cold and m["warm_epochs"] == 3
+    assert any("at most 3 epochs from" in line for line in lines)
+    chose = m["selection"] if refit else m["training"]
+    curve = [e["val_recall@20"] for e in chose["epochs"]]
+    assert 1 <= len(curve) <= 3 and chose["best_epoch"] == 1 + int(np.argmax(curve))
+    assert m["validation_metrics"]["recall@20"] == pytest.approx(max(curve), abs=1e-6)   # the best epoch's
+    if refit:
+        assert m["selection"]["warm_started"] and m["refit"]["epochs"] == chose["best_epoch"]
+        assert len(m["training"]["epochs"]) == chose["best_epoch"] and m["training"]["warm_started_rows"]
     # without a previous version the epoch search runs as usual
     first = train_version(warm_cfg, "mf", ds.id, "none", lambda *_: None)
     assert "warm_epochs" not in version.read_manifest(warm_cfg.resolve(warm_cfg.artifacts.root), first)
@@ -185,15 +211,16 @@ def test_a_warm_start_that_loses_quality_says_so_and_trains_cold(temporal, refit
 
 
 def test_the_warm_start_guard_holds_night_after_night(temporal):
-    """A warm start with refit records the figure its guard measured, so the next night's warm start is
-    compared with it (not with nothing, as a refit version has no validation metrics)."""
+    """A warm start with refit records the validation figure of its epoch choice (measured before the
+    refit saw validation), so the next night's warm start is compared with it."""
     tmp, cfg, ds = temporal[:3]
     root = cfg.resolve(cfg.artifacts.root)
     cold = train_version(make_config(tmp, tmp / "events.csv"), "mf", ds.id, "none", lambda *_: None)
     warm_cfg = make_config(tmp, tmp / "events.csv", warm_start_epochs=1)
     night2 = train_version(warm_cfg, "mf", ds.id, cold, lambda *_: None)
-    figure = version.read_manifest(root, night2)["warm_validation"]["recall@20"]
-    assert figure > 0
+    m2 = version.read_manifest(root, night2)
+    figure = m2["validation_metrics"]["recall@20"]
+    assert figure > 0 and m2["selection"]["warm_started"] and "refit" in m2
     lines = []
     wrecked = make_config(tmp, tmp / "events.csv", warm_start_epochs=1, learning_rate=9.0)
     night3 = train_version(wrecked, "mf", ds.id, night2, lines.append)
