@@ -52,6 +52,14 @@ def batches(ts: TrainSet, perm: np.ndarray, bs: int, uses_history: bool):
                "weight": ts.weight[idx], "history": ts.history[idx] if uses_history else no_history}
 
 
+def epoch_orders(n: int, seed: int):
+    """The order of the `n` training rows in each epoch: a new permutation per epoch, the same
+    sequence for the same seed (so a fit is reproducible and every epoch sees the rows differently)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        yield rng.permutation(n)
+
+
 def auto_batch_size(n_examples: int, min_steps: int = 256, low: int = 256, high: int = 512) -> int:
     """`model.batch_size: 0`: the largest power of two that still gives `min_steps` steps an epoch,
     within [low, high]: 256 below ~131k training rows, 512 above.
@@ -196,7 +204,7 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
 
     if coordinator is None:
         step.get_concrete_function()  # trace once up front: examples/s measures training, not tracing
-    rng = np.random.default_rng(mc.seed)
+    orders = epoch_orders(n, mc.seed)
     val = ts.evals.get("validation") if validate is not None else None
     if val is not None:
         val = val.at_most(mc.eval_users, mc.seed)
@@ -210,7 +218,7 @@ def fit(model, ts: TrainSet, ks=(10, 20, 50), previous: WarmStart | None = None,
     trade = ""   # why the refit's time went to more epochs (while it holds)
     for epoch in range(1, last_epoch + 1):
         t0 = time.time()
-        perm = rng.permutation(n)
+        perm = next(orders)
         losses = []
         meter = Progress(f"epoch {epoch}", steps_per_epoch * bs, "examples", progress)
         for batch in batches(ts, perm, bs, model.uses_history):

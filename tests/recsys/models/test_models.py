@@ -301,3 +301,38 @@ def test_the_fit_trades_the_refit_for_epochs_only_while_validation_rises(monkeyp
     assert (dropped in report.refit_dropped) if dropped else report.refit_dropped == ""
     assert any("trained on without a refit" in line for line in lines)
     assert any("refitting after all" in line for line in lines) == (not dropped)
+
+
+def test_the_training_input_shows_every_row_at_most_once_an_epoch_in_a_new_order_each_epoch():
+    """What the step is fed (`epoch_orders` + `batches`, as `fit` calls them): full batches of distinct
+    rows, each with its own columns; all but fewer than a batch of the rows every epoch (the one compiled
+    shape drops the remainder, a different one each epoch); a new order each epoch; the same sequence for
+    the same seed, another for another."""
+    from types import SimpleNamespace
+    from recsys.models.training import batches, epoch_orders
+    n, bs = 1000, 64
+    rng = np.random.default_rng(3)
+    ts = SimpleNamespace(user_idx=rng.integers(0, 50, n), item_idx=np.arange(n), weight=rng.random(n).astype(np.float32),
+                         history=rng.integers(-1, 50, (n, 4)).astype(np.int32))
+
+    def epochs(seed, count=4):
+        orders = epoch_orders(n, seed)
+        return [list(batches(ts, next(orders), bs, uses_history=True)) for _ in range(count)]
+
+    seen_any = set()
+    runs = epochs(0)
+    for epoch in runs:
+        rows = np.concatenate([b["item_idx"] for b in epoch])       # item_idx is the row number here
+        assert all(len(b["item_idx"]) == bs for b in epoch)
+        assert len(rows) == n - n % bs and len(set(rows.tolist())) == len(rows)
+        for b in epoch:
+            r = b["item_idx"]
+            assert (b["user_idx"] == ts.user_idx[r]).all() and (b["weight"] == ts.weight[r]).all()
+            assert (b["history"] == ts.history[r]).all()
+        seen_any |= set(rows.tolist())
+    assert seen_any == set(range(n))                                # the dropped rows change
+    orders = [np.concatenate([b["item_idx"] for b in e]) for e in runs]
+    assert all(not np.array_equal(orders[0], o) for o in orders[1:])
+    again = [np.concatenate([b["item_idx"] for b in e]) for e in epochs(0)]
+    assert all(np.array_equal(a, b) for a, b in zip(orders, again))
+    assert not np.array_equal(orders[0], np.concatenate([b["item_idx"] for b in epochs(1, 1)[0]]))
