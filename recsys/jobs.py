@@ -50,14 +50,13 @@ def _warm_start_worse(cfg: Config, root: str, prev_version: str, now: float | No
 
     Compares validation recall@eval_k of the warm epoch choice (trained on train only: an honest
     figure) with what the previous version recorded for its own validation split
-    (`validation_metrics`; `warm_validation` in versions written before warm starts were chosen on
-    validation). Without a validation split or a recorded figure nothing is compared."""
+    (`validation_metrics`). Without a validation split or a recorded figure nothing is compared."""
     key = f"recall@{cfg.model.eval_k}"
-    previous = version_mod.read_manifest(root, prev_version)
-    before = (previous.get("validation_metrics") or previous.get("warm_validation") or {}).get(key)
+    before = (version_mod.read_manifest(root, prev_version).get("validation_metrics") or {}).get(key)
     if now is None or not before or now >= WARM_START_MIN_SHARE * before:
         return None
-    return (f"the best of at most {cfg.model.warm_start_epochs} warm epochs from {prev_version} reaches validation "
+    epochs = min(cfg.model.warm_start_epochs or cfg.model.epochs, cfg.model.epochs)
+    return (f"the best of at most {epochs} epochs from {prev_version} reaches validation "
             f"{key} {now:.4f}, below {WARM_START_MIN_SHARE:.0%} of its {before:.4f}")
 
 
@@ -124,15 +123,14 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
     # Models without vectors (popularity) and rules (counted afresh, their choices made on validation)
     # have nothing to carry over.
     prev_version = pick_warm_start(root, model_name, warm_start) if model.personalized and not model.rule else None
-    previous = version_mod.load_warm_start(root, prev_version) if prev_version else None
+    prev_refit = bool(prev_version) and "refit" in version_mod.read_manifest(root, prev_version)
     # The epoch-choosing fit must start from weights that never saw today's validation rows. A refit
     # version's own tables have (the days before its test cut; an inactive user's validation session
     # is the same today); the selection tables it keeps beside them have not: they trained on its train
     # split, and as a log grows a user's rows only move test -> validation -> train. Without them (a
-    # version from before they were kept) the choice starts cold.
-    select_from = previous
-    if previous is not None and previous.refit:
-        select_from = version_mod.load_warm_start(root, prev_version, selection=True)
+    # version from before they were kept) the choice starts cold. (The version's own tables are read
+    # for the refit, after the choice: the two are never in memory together.)
+    select_from = version_mod.load_warm_start(root, prev_version, selection=prev_refit) if prev_version else None
     ks = tuple(cfg.evaluation.ks)
     key = f"recall@{cfg.model.eval_k}"
     # A nightly whose data grew a little: yesterday's weights need a few epochs, not a new search
@@ -143,7 +141,7 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
     fit_cfg = dataclasses.replace(cfg.model, epochs=min(warm_epochs, cfg.model.epochs)) if warm_epochs else cfg.model
     if warm_epochs:
         progress(f"train {model_name}: at most {fit_cfg.epochs} epochs from {prev_version} (model.warm_start_epochs)"
-                 + (", its selection tables," if select_from is not previous else "") + " chosen on validation")
+                 + (", its selection tables," if prev_refit else "") + " chosen on validation")
     worse = None
     for attempt in ("warm", "cold") if select_from is not None else ("cold",):
         # one budget for the epoch search and the refit after it: the fit keeps the refit's time back
@@ -157,8 +155,9 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         # the warm start lost too much against what the previous version measured: say so, and search
         # the epoch count from a cold start instead (what the warm start was to save)
         progress(f"train {model_name}: warning: {worse}; training from a cold start instead")
-        select_from, previous, warm_epochs, fit_cfg = None, None, 0, cfg.model
-    extra = {"warm_started_from": prev_version if select_from is not None else None, "validation_metrics": val}
+        select_from, warm_epochs, fit_cfg = None, 0, cfg.model
+    warm, select_from = select_from is not None, None   # only whether it was warm matters from here
+    extra = {"warm_started_from": prev_version if warm else None, "validation_metrics": val}
     if warm_epochs:
         extra["warm_epochs"] = warm_epochs
     if worse:
@@ -168,23 +167,25 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         refit = False
     # what the next night's epoch choice starts from, when this version is refit (see select_from)
     selection_tables = (model.weights(), model.user_ids, model.item_ids) \
-        if refit and model.personalized and not model.rule else None
+        if refit and model.personalized and not model.rule and distribute.is_chief() else None
     if refit:
         best_epoch = report.best_epoch
         extra["selection"] = {"best_epoch": best_epoch, "seconds": round(report.seconds, 1), "epochs": report.epochs,
-                              "warm_started": select_from is not None, "phases": report.phases,
+                              "warm_started": warm, "phases": report.phases,
                               **({"chosen": report.chosen} if report.chosen else {})}
         t_refit = time.time()
         full = full_ts or _train_plus_validation(cfg, dataset)
         t_refit_loaded = time.time()
         progress(f"train {model_name}: refit on train + validation ({len(full.user_idx)} interactions, "
                  f"{full.n_users} users)" + (f" for the {best_epoch} epochs validation chose" if best_epoch else ""))
-        # what the selection fit chose on validation carries over (the refit has no validation)
-        model = create(model_name, dataclasses.replace(cfg.model, **model.chosen_config()))
+        # what the selection fit chose on validation carries over (the refit has no validation), and
+        # its epoch horizon (a cosine schedule decays over the same epochs)
+        model = create(model_name, dataclasses.replace(fit_cfg, **model.chosen_config()))
         # the refit starts where the choice did: from the previous version's own tables after a warm
         # choice (the refit lineage), cold after a cold one, so it trains the epochs that were chosen
-        report = model.fit(full, ks, previous if select_from is not None else None, progress, stop_after=best_epoch,
-                           validate=validation_metrics)
+        previous = version_mod.load_warm_start(root, prev_version) if warm else None
+        report = model.fit(full, ks, previous, progress, stop_after=best_epoch, validate=validation_metrics)
+        previous = None
         report.chosen = extra["selection"].get("chosen") or report.chosen   # with the validation figures
         extra["refit"] = {"epochs": report.best_epoch, "interactions": int(len(full.user_idx)),
                           "users": int(full.n_users), "seconds": round(report.seconds, 1)}
@@ -217,7 +218,7 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         details.append(f"validation recall@{cfg.model.eval_k} {val.get(f'recall@{cfg.model.eval_k}', float('nan')):.4f}")
     if refit:
         details.append("refit on train + validation")
-    if prev_version:
+    if extra["warm_started_from"]:
         details.append(f"warm-started from {prev_version}")
     progress(f"train {model_name}: wrote version {version} in {report.seconds:.0f}s"
              + (f" ({', '.join(details)})" if details else ""))

@@ -207,19 +207,22 @@ def load_warm_start(root: str, version: str, selection: bool = False) -> WarmSta
     """
     path = fsio.join(version_dir(root, version), WEIGHTS)
     weights = {}
+    users, items = load_vocabs(root, version)
     if fsio.exists(path):
         with np.load(io.BytesIO(fsio.read_bytes(path))) as z:
-            weights = {k: z[k] for k in z.files}
-    if selection:
-        if SELECTION + ":users" not in weights:
-            return None
-        return WarmStart(version, weights[SELECTION + ":users"].astype(object),
-                         weights[SELECTION + ":items"].astype(object),
-                         {k[len(SELECTION):]: v for k, v in weights.items()
-                          if k.startswith(SELECTION) and not k.startswith(SELECTION + ":")})
-    users, items = load_vocabs(root, version)
-    own = {k: v for k, v in weights.items() if not k.startswith(SELECTION)}
-    return WarmStart(version, users.ids, items.ids, own, refit="refit" in read_manifest(root, version))
+            # only the lineage asked for is decompressed (an npz reads each array on access)
+            if selection:
+                if SELECTION + ":users" not in z.files:
+                    return None
+                # the choosing fit's vocabularies are a prefix of the version's (a refit appends users)
+                n_users, n_items = int(z[SELECTION + ":users"]), int(z[SELECTION + ":items"])
+                weights = {k[len(SELECTION):]: z[k] for k in z.files
+                           if k.startswith(SELECTION) and not k.startswith(SELECTION + ":")}
+                return WarmStart(version, users.ids[:n_users], items.ids[:n_items], weights)
+            weights = {k: z[k] for k in z.files if not k.startswith(SELECTION)}
+    elif selection:
+        return None
+    return WarmStart(version, users.ids, items.ids, weights, refit="refit" in read_manifest(root, version))
 
 
 # ---- writing -------------------------------------------------------------------------------------
@@ -240,7 +243,9 @@ def save_fitted(model: Model, ts, cfg: Config, root: str, dataset=None, extra: d
         extra: more manifest fields.
         version: the version id (default: a new timestamped id).
         selection: (weights, user IDs, item IDs) of the fit that chose a refit model's epochs, kept
-            in weights.npz for the next version's epoch choice to start from (`load_warm_start`).
+            in weights.npz for the next version's epoch choice to start from (`load_warm_start`);
+            its vocabularies must be a prefix of the model's (a refit only appends users), else
+            they are not kept and the next choice starts cold.
     Returns:
         The version id.
     Raises:
@@ -320,9 +325,12 @@ def write_parts(root: str, model: Model, seen, manifest: dict, item_attributes: 
             kept = {}
             if selection is not None:
                 weights, users, items = selection
-                kept = {SELECTION + k: v for k, v in weights.items()}
-                kept[SELECTION + ":users"] = np.asarray(users, dtype=str)
-                kept[SELECTION + ":items"] = np.asarray(items, dtype=str)
+                # stored as counts: the choosing fit's vocabularies must be a prefix of the version's
+                if (len(users) <= len(model.user_ids) and len(items) <= len(model.item_ids)
+                        and np.array_equal(np.asarray(users, dtype=object), np.asarray(model.user_ids[:len(users)], dtype=object))
+                        and np.array_equal(np.asarray(items, dtype=object), np.asarray(model.item_ids[:len(items)], dtype=object))):
+                    kept = {SELECTION + k: v for k, v in weights.items()}
+                    kept[SELECTION + ":users"], kept[SELECTION + ":items"] = np.int64(len(users)), np.int64(len(items))
             np.savez(buf, **model.weights(), **kept)
             fsio.write_bytes(fsio.join(d, WEIGHTS), buf.getvalue())
             module = model.query_module()

@@ -14,6 +14,7 @@ from recsys.data import trainset
 from recsys.config import from_dict
 from recsys.errors import DataError
 from recsys.data.synthetic import clustered_interactions
+from recsys import jobs
 from recsys.jobs import train_version
 
 DAY = 86400
@@ -106,14 +107,15 @@ def test_refit_version_knows_validation_users_and_keeps_the_chosen_epochs(tempor
     # validation rows
     own, chosen_by = version.load_warm_start(root, v), version.load_warm_start(root, v, selection=True)
     assert set(LATE) <= set(own.user_ids) and not set(LATE) & set(chosen_by.user_ids)
-    assert not chosen_by.refit and set(chosen_by.weights) == set(own.weights)
+    assert set(chosen_by.weights) == set(own.weights)
     name = "query.user_embedding"
     n = len(chosen_by.user_ids) + 1
     assert not np.allclose(chosen_by.weights[name][1:n], own.weights[name][1:n])
     v_next = train_version(cfg, model, ds.id, warm_start=v, progress=lambda *_: None)
     m_next = version.read_manifest(root, v_next)
     assert m_next["warm_started_from"] == v and m_next["selection"]["warm_started"] is True
-    assert m_next["training"]["warm_started_rows"]
+    # the refit started from the version's own tables: every user row carried over, the late ones too
+    assert m_next["training"]["warm_started_rows"][name] == len(own.user_ids) > len(chosen_by.user_ids)
     # a refit version without them (written before they were kept): the choice and the refit start cold
     path = os.path.join(version.version_dir(root, v), version.WEIGHTS)
     np.savez(path + ".tmp.npz", **own.weights)
@@ -163,16 +165,20 @@ def test_training_on_a_catalog_smaller_than_the_largest_k_works(tmp_path):
 
 
 @pytest.mark.parametrize("refit", [True, False])
-def test_warm_start_epochs_choose_at_most_that_many_epochs_from_the_previous_version(temporal, refit):
+def test_warm_start_epochs_choose_at_most_that_many_epochs_from_the_previous_version(temporal, refit, monkeypatch):
     """model.warm_start_epochs: with a previous version of the model, the epoch choice runs at most N
     epochs from its weights on train, each measured on validation, and keeps the best (a converged
     model trained on for a fixed count overfits); with refit, the refit then trains the chosen count
     from the version's own tables on train + validation."""
     tmp, cfg, ds = temporal[:3]
     cold = train_version(make_config(tmp, tmp / "events.csv", refit=refit), "mf", ds.id, "none", lambda *_: None)
-    lines = []
+    lines, made = [], []
     warm_cfg = make_config(tmp, tmp / "events.csv", refit=refit, warm_start_epochs=3)
+    real_create = jobs.create
+    monkeypatch.setattr(jobs, "create", lambda name, mc: made.append(mc.epochs) or real_create(name, mc))
     warm = train_version(warm_cfg, "mf", ds.id, cold, lines.append)
+    # the refit keeps the choice's epoch horizon (what a cosine schedule decays over)
+    assert made[1:] == ([3, 3] if refit else [3])      # (the first: the model class, before any fit)
     m = version.read_manifest(warm_cfg.resolve(warm_cfg.artifacts.root), warm)
     assert m["warm_started_from"] == cold and m["warm_epochs"] == 3
     assert any("at most 3 epochs from" in line for line in lines)
