@@ -101,10 +101,12 @@ def run_child(argv: list[str], log_path: str) -> tuple[int, float, float, str]:
     return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024, stdout
 
 
-def night(work: str, config: str, log_name: str) -> dict | None:
+def night(work: str, config: str, log_name: str, resume: bool = False) -> dict | None:
     """`recsys nightly --json` on `config` in a child process; prints and returns its figures (None:
-    it failed, its log's tail printed)."""
-    code, wall, peak, stdout = run_child([RECSYS, "nightly", "--config", config, "--json"], os.path.join(work, log_name))
+    it failed, its log's tail printed). `resume`: finish the last unfinished run (`--resume`); its
+    figures then cover the steps this process ran and, from the run's state, the ones before."""
+    code, wall, peak, stdout = run_child([RECSYS, "nightly", "--config", config, "--json"] + (["--resume"] if resume else []),
+                                         os.path.join(work, log_name))
     if code:
         print(f"nightly failed ({code}); its log: {os.path.join(work, log_name)}")
         print("\n".join(open(os.path.join(work, log_name)).read().splitlines()[-20:]))
@@ -176,6 +178,8 @@ def main() -> int:
     ap.add_argument("--work", default="", help="working directory (default: /tmp/recsys-scale-<events>)")
     ap.add_argument("--json", default="", help="write the figures to this file")
     ap.add_argument("--reuse", action="store_true", help="keep generated files of the same size")
+    ap.add_argument("--resume", action="store_true",
+                    help="finish the first night's unfinished run in --work (nightly --resume) instead of starting over")
     args = ap.parse_args()
     work = os.path.abspath(args.work or f"/tmp/recsys-scale-{args.events}")
     print("load:", os.popen("uptime").read().strip())
@@ -188,8 +192,17 @@ def main() -> int:
         json.dump(gen, open(gen_marker, "w"))
     print(f"generated {gen['events']:,} events ({gen['bytes'] / 1e6:.0f} MB Parquet), {gen['users']:,} users, "
           f"{gen['items']:,} items in {gen['seconds']}s -> {work}")
-    subprocess.run(["rm", "-rf", os.path.join(work, "artifacts"), os.path.join(work, "recsys.yaml")], check=True)
     config = os.path.join(work, "recsys.yaml")
+    if args.resume:
+        first = night(work, config, "nightly-resume.log", resume=True)
+        if first is None:
+            return 1
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"events": gen["events"], "users": gen["users"], "items": gen["items"], "resumed": True,
+                           **first}, f, indent=2)
+        return 0
+    subprocess.run(["rm", "-rf", os.path.join(work, "artifacts"), config], check=True)
     code, init_s, _, _ = run_child([RECSYS, "init", "--events", os.path.join(work, "events.parquet"),
                                     "--items", os.path.join(work, "catalog.csv"),
                                     "--out", config, "--root", "artifacts"],
