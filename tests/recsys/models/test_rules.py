@@ -78,10 +78,9 @@ def test_own_items_break_frequency_ties_by_the_latest_time_not_the_sum_of_times(
     assert scores[0] > scores[1] and 2 < scores[1] < scores[0] < 3
 
 
-@pytest.mark.parametrize("eval_users, scored", [(25, 25), (1000, 60)])
-def test_the_rule_chooses_its_attribute_on_the_validation_sample_the_models_stop_on(eval_users, scored):
-    """attribute_popularity scores each candidate column on `model.eval_users` validation users (the
-    sample early stopping uses), not every validation user against the whole catalog."""
+def _fitted_rule(eval_users: int):
+    """attribute_popularity fitted on a small TrainSet with two candidate columns; returns (the model,
+    the number of validation users each candidate was scored on)."""
     from recsys.config import ModelConfig
     rng = np.random.default_rng(0)
     n_users, n_items, per = 60, 30, 5
@@ -105,5 +104,27 @@ def test_the_rule_chooses_its_attribute_on_the_validation_sample_the_models_stop
         return scorer.validation_metrics(model, ev, ks, counts)
     model = create("attribute_popularity", ModelConfig(eval_users=eval_users))
     model.fit(ts, (20,), progress=lambda *_: None, validate=validate)
+    return model, sizes
+
+
+@pytest.mark.parametrize("eval_users, scored", [(25, 25), (1000, 60)])
+def test_the_rule_chooses_its_attribute_on_the_validation_sample_the_models_stop_on(eval_users, scored):
+    """attribute_popularity scores each candidate column on `model.eval_users` validation users (the
+    sample early stopping uses), not every validation user against the whole catalog."""
+    model, sizes = _fitted_rule(eval_users)
     assert sizes == [scored, scored]                       # both columns, each on the same sample
     assert [t["attribute"] for t in model.report.chosen["tried"]] == ["shelf", "colour"]
+
+
+def test_the_rule_computes_user_vectors_in_blocks_with_the_same_result(monkeypatch):
+    """Users' vectors come in blocks of USER_BLOCK (every user's dense counts at once were 23 GB at 50M
+    events): any block size gives the vectors of the whole, in the order asked."""
+    from recsys.models import rules
+    model, _ = _fitted_rule(1000)
+    users = np.random.default_rng(1).permutation(60)
+    whole = model.user_vectors(users, None)
+    want = rules.AttributePopularity._vectors(model._user_values[users].toarray())
+    np.testing.assert_array_equal(whole, want)
+    monkeypatch.setattr(rules, "USER_BLOCK", 7)
+    np.testing.assert_array_equal(model.user_vectors(users, None), want)
+    assert whole.shape == (60, model._user_values.shape[1] + 1) and whole.dtype == np.float32
