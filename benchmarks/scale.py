@@ -113,6 +113,8 @@ def night(work: str, config: str, log_name: str, resume: bool = False) -> dict |
         return None
     summary = json.loads(stdout)
     stages = {k: dict(v) for k, v in summary.get("stages", {}).items()}
+    if resume:   # this process ran only the rest: the run's wall is its steps' (the run's state keeps them all)
+        wall = sum(v["seconds"] for k, v in stages.items() if k in STAGES)
     # the nightly restarts its high-water mark per step (Meter), which wait4's figure then reflects:
     # the run's peak is the largest of the steps' and the child's
     peak = max([peak] + [s["peak_rss_mb"] for s in stages.values()])
@@ -145,7 +147,7 @@ def night(work: str, config: str, log_name: str, resume: bool = False) -> dict |
               "total_seconds": round(wall, 1), "peak_rss_mb": round(peak, 1),
               "stages": stages, "counts": counts, "models": models, "published": summary.get("published"),
               "metrics": {k: v["metrics"] for k, v in (summary.get("candidates") or {}).items()}}
-    print(f"nightly {wall:.1f}s, peak RSS {peak:,.0f} MB")
+    print(f"nightly {wall:.1f}s{' (the sum of its steps: resumed)' if resume else ''}, peak RSS {peak:,.0f} MB")
     print(f"{'stage':<22} {'wall s':>8} {'cpu s':>8} {'peak MB':>9}  rate")
     for stage in STAGES:
         if stage in stages:
