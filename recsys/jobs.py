@@ -44,9 +44,9 @@ def pick_warm_start(root: str, model_name: str, warm_start: str | None) -> str |
 WARM_START_MIN_SHARE = 0.9
 
 
-def _warm_start_worse(cfg: Config, root: str, prev_version: str, now: float | None) -> str | None:
-    """Why a warm-started model, whose validation recall@eval_k is `now`, is worse than the version it
-    started from, or None.
+def _warm_start_worse(cfg: Config, root: str, prev_version: str, now: float | None, epochs: int) -> str | None:
+    """Why a warm-started model, whose validation recall@eval_k is `now` after the best of at most
+    `epochs` epochs, is worse than the version it started from, or None.
 
     Compares validation recall@eval_k of the warm epoch choice (trained on train only: an honest
     figure) with what the previous version recorded for its own validation split
@@ -55,7 +55,6 @@ def _warm_start_worse(cfg: Config, root: str, prev_version: str, now: float | No
     before = (version_mod.read_manifest(root, prev_version).get("validation_metrics") or {}).get(key)
     if now is None or not before or now >= WARM_START_MIN_SHARE * before:
         return None
-    epochs = min(cfg.model.warm_start_epochs or cfg.model.epochs, cfg.model.epochs)
     return (f"the best of at most {epochs} epochs from {prev_version} reaches validation "
             f"{key} {now:.4f}, below {WARM_START_MIN_SHARE:.0%} of its {before:.4f}")
 
@@ -122,7 +121,8 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
              f"{ts.n_users} users, {ts.n_items} items")
     # Models without vectors (popularity) and rules (counted afresh, their choices made on validation)
     # have nothing to carry over.
-    prev_version = pick_warm_start(root, model_name, warm_start) if model.personalized and not model.rule else None
+    carries = model.personalized and not model.rule
+    prev_version = pick_warm_start(root, model_name, warm_start) if carries else None
     prev_refit = bool(prev_version) and "refit" in version_mod.read_manifest(root, prev_version)
     # The epoch-choosing fit must start from weights that never saw today's validation rows. A refit
     # version's own tables have (the days before its test cut; an inactive user's validation session
@@ -153,7 +153,7 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         # 50M-event run more than the rule's whole fit (1.27M users x 1M items)
         val = validation_metrics(model, ts.evals["validation"].at_most(cfg.model.eval_users, cfg.model.seed), ks,
                                  ts.item_counts) if "validation" in ts.evals else {}
-        if attempt == "cold" or not (worse := _warm_start_worse(cfg, root, prev_version, val.get(key))):
+        if attempt == "cold" or not (worse := _warm_start_worse(cfg, root, prev_version, val.get(key), fit_cfg.epochs)):
             break
         # the warm start lost too much against what the previous version measured: say so, and search
         # the epoch count from a cold start instead (what the warm start was to save)
@@ -170,7 +170,7 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         refit = False
     # what the next night's epoch choice starts from, when this version is refit (see select_from)
     selection_tables = (model.weights(), model.user_ids, model.item_ids) \
-        if refit and model.personalized and not model.rule and distribute.is_chief() else None
+        if refit and carries and distribute.is_chief() else None
     if refit:
         best_epoch = report.best_epoch
         extra["selection"] = {"best_epoch": best_epoch, "seconds": round(report.seconds, 1), "epochs": report.epochs,

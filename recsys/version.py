@@ -206,22 +206,24 @@ def load_warm_start(root: str, version: str, selection: bool = False) -> WarmSta
         The WarmStart; None when `selection` is asked of a version that kept no such tables.
     """
     path = fsio.join(version_dir(root, version), WEIGHTS)
-    weights = {}
-    users, items = load_vocabs(root, version)
+    weights, sizes = {}, None
     if fsio.exists(path):
-        with np.load(io.BytesIO(fsio.read_bytes(path))) as z:
-            # only the lineage asked for is decompressed (an npz reads each array on access)
-            if selection:
-                if SELECTION + ":users" not in z.files:
-                    return None
+        # a local npz is read from the file, member by member: the other lineage's tables are never
+        # read (a remote one comes whole, as `_load_npy` reads it)
+        source = open(path, "rb") if not fsio.is_url(path) else io.BytesIO(fsio.read_bytes(path))
+        with source as fh, np.load(fh) as z:
+            if selection and SELECTION + ":users" in z.files:
                 # the choosing fit's vocabularies are a prefix of the version's (a refit appends users)
-                n_users, n_items = int(z[SELECTION + ":users"]), int(z[SELECTION + ":items"])
+                sizes = int(z[SELECTION + ":users"]), int(z[SELECTION + ":items"])
                 weights = {k[len(SELECTION):]: z[k] for k in z.files
                            if k.startswith(SELECTION) and not k.startswith(SELECTION + ":")}
-                return WarmStart(version, users.ids[:n_users], items.ids[:n_items], weights)
-            weights = {k: z[k] for k in z.files if not k.startswith(SELECTION)}
-    elif selection:
+            elif not selection:
+                weights = {k: z[k] for k in z.files if not k.startswith(SELECTION)}
+    if selection and sizes is None:
         return None
+    users, items = load_vocabs(root, version)
+    if selection:
+        return WarmStart(version, users.ids[:sizes[0]], items.ids[:sizes[1]], weights)
     return WarmStart(version, users.ids, items.ids, weights, refit="refit" in read_manifest(root, version))
 
 
