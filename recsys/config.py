@@ -421,7 +421,7 @@ def validate(cfg: Config) -> Config:
     _check(cfg.evaluation.max_users >= 0, "evaluation.max_users", cfg.evaluation.max_users,
            ">= 0 (0: every user)")
     ix = cfg.index
-    _one_of("index.kind", ix.kind, ("auto", "brute_force", "scann"))
+    _one_of("index.kind", ix.kind, ("auto", "brute_force", "sparse_exact", "scann"))
     _check(ix.brute_force_below >= 0, "index.brute_force_below", ix.brute_force_below, ">= 0")
     _check(ix.num_leaves >= 0, "index.num_leaves", ix.num_leaves, ">= 0 (0 = from catalog size)")
     _check(ix.leaves_to_search >= 0, "index.leaves_to_search", ix.leaves_to_search, ">= 0 (0 = from catalog size)")
@@ -585,7 +585,7 @@ class EvaluationConfig:
 @dataclass
 class IndexConfig:
     """ScaNN index settings; 0 means "follow the catalog size" (recsys/retrieval/index.py default_params)."""
-    kind: str = "auto"                 # auto | brute_force | scann
+    kind: str = "auto"                 # auto | brute_force | sparse_exact (rules' vectors) | scann
     brute_force_below: int = 50000
     num_leaves: int = 0                # 0 = 2 sqrt(n), at most 4000
     leaves_to_search: int = 0          # 0 = 1% of the leaves, at least 8 and enough to cover ~10,000 items

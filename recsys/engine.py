@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from recsys import ranking, registry, version as version_mod
 from recsys.errors import RequestError
-from recsys.retrieval.index import BruteForceIndex
+from recsys.retrieval import index as index_mod
 from recsys.schema import ITEM_FIXED_COLUMNS
 from recsys.version import LoadedVersion
 
@@ -149,7 +149,7 @@ class Engine:
         idx = None
         if lv.personalized:
             idx = version_mod.load_index(root, version, lv.model.item_embeddings) \
-                if version_mod.has_index(root, version) else BruteForceIndex(lv.model.item_embeddings)
+                if version_mod.has_index(root, version) else index_mod.exact(lv.model.item_embeddings)
         seen = version_mod.load_seen(root, version)
         # one shared frozenset per distinct genre combination: a million per-item sets are a million
         # objects for Python's cyclic garbage collector to walk (seconds-long pauses in the service)

@@ -26,7 +26,7 @@ from recsys import ranking
 from recsys.data.trainset import csr_from_pairs
 from recsys.evaluation import metrics
 from recsys.progress import Progress
-from recsys.retrieval.index import BruteForceIndex
+from recsys.retrieval import index as index_mod
 
 # rows ranked per block: the unit of progress on a long evaluation
 BLOCK_ROWS = 16384
@@ -35,7 +35,8 @@ BLOCK_ROWS = 16384
 def rank(model, user_idx: np.ndarray, history: np.ndarray, exclude: sp.csr_matrix, k: int,
          catalog_cols: np.ndarray | None = None, progress=None) -> tuple[np.ndarray, np.ndarray]:
     """Each row's top-k catalog columns, its excluded items skipped, and the source of every row:
-    `recsys.ranking.query_vectors` and `rank_rows` against an exact index of the model's items.
+    `recsys.ranking.query_vectors` and `rank_rows` against an exact index of the model's items
+    (`recsys.retrieval.index.exact`: sparse for a rule's vectors, brute force for a model's).
 
     Args:
         model: a fitted or loaded model.
@@ -53,7 +54,7 @@ def rank(model, user_idx: np.ndarray, history: np.ndarray, exclude: sp.csr_matri
     vecs, sources = ranking.query_vectors(model, user_idx, history)
     if catalog_cols is not None:   # ranked in the model's item space, answered in the catalog's
         exclude, to_catalog = in_model_items(exclude, catalog_cols, n_model)
-    searcher = BruteForceIndex(model.item_embeddings) if vecs is not None else None
+    searcher = index_mod.exact(model.item_embeddings) if vecs is not None else None
     first = model.own_items(user_idx, history)   # "buy again": the rows' own items ahead (None: none)
     k = min(k, n_model if catalog_cols is None else len(catalog_cols))
     out = np.full((len(sources), k), -1, dtype=np.int64)

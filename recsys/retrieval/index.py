@@ -5,8 +5,9 @@ in, `(ids, scores)` out; ids are item indices), `search_many` (with each row's e
 `save` (its own files in a folder; returns its metadata) and `load`. Where the folder is and the
 metadata file are the version's business (`recsys.version.save_index` / `load_index`). The ScaNN
 index goes through `scann_ops_pybind` (no TensorFlow ops), so a served index never depends on TF op
-registration. Configuration follows catalog size: exact brute force below `brute_force_below` items,
-tree partitioning + asymmetric hashing + exact reordering above.
+registration. Configuration follows the vectors and the catalog size: a rule's sparse non-negative
+vectors get the exact `SparseExactIndex` (threshold algorithm), a model's dense ones exact brute force
+below `brute_force_below` items and tree partitioning + asymmetric hashing + exact reordering above.
 """
 from __future__ import annotations
 
@@ -134,6 +135,201 @@ class ExactScann(Index):
         return np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
 
 
+class SparseExactIndex(Index):
+    """Exact dot-product top-k for item vectors that are mostly zeros and never negative (the rules of
+    `recsys.models.rules`: an item's value of one attribute and its popularity share, 2 of 101-257
+    dimensions), without scoring the catalog.
+
+    Fagin's threshold algorithm, one block of rows at a time: each dimension's items are kept sorted by
+    their value there; a row takes, from every dimension its query weights, the items whose term
+    (query weight x value) is at least a threshold chosen so that about k + (its excluded items) + a
+    margin are taken, and scores those exactly. An item not taken has every term below the cut of its
+    dimension, and at most `max_nnz` nonzero terms, so its score is at most the sum of the `max_nnz`
+    largest cuts: a row whose k-th candidate beats that bound has its exact top-k. Other rows retry
+    with four times the candidates; what is left when every list is exhausted is scored by brute force.
+    Same lists as BruteForceIndex up to float summation order; the cost follows k and the number of
+    dimensions a query touches, not the catalog (benchmarks/topn_throughput.py --rule). Never saved:
+    built from the embeddings in well under a second per million items."""
+    kind = "sparse_exact"
+
+    def __init__(self, embeddings: np.ndarray):
+        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if (self.embeddings < 0).any():
+            raise ValueError("sparse_exact needs item vectors without negative values")
+        self.rows = sp.csr_matrix(self.embeddings)
+        self.rows.sort_indices()
+        self.max_nnz = int(np.diff(self.rows.indptr).max(initial=0))
+        cols = self.rows.tocsc()
+        n_dims = self.embeddings.shape[1]
+        dim = np.repeat(np.arange(n_dims), np.diff(cols.indptr))
+        # per dimension: items by value, largest first, ties to the lower index (the tie rule)
+        by = np.lexsort((cols.indices, -cols.data, dim))
+        self.ptr = cols.indptr.astype(np.int64)
+        self.items = cols.indices[by].astype(np.int64)
+        self.values = cols.data[by].astype(np.float64)
+        self.lengths = np.diff(self.ptr)
+        # one ascending key over every dimension's list (dimension + 1 - value / (its max, a little
+        # more)), so a block's cut in every (row, dimension) is one searchsorted
+        top = np.zeros(n_dims)
+        nonempty = self.lengths > 0
+        top[nonempty] = self.values[self.ptr[:-1][nonempty]]
+        self._scale = np.where(top > 0, top * (1 + 1e-9), 1.0)
+        self._keys = dim[by] + 1.0 - self.values / self._scale[dim[by]]
+        self._dense = None
+        # rows per block: a candidate's sort key holds its row, its score's 32 bits and its item
+        self._item_bits = max(1, (len(self.embeddings) - 1).bit_length())
+        self._block_rows = min(4096, 1 << max(0, 32 - self._item_bits))
+
+    @staticmethod
+    def fits(embeddings: np.ndarray) -> bool:
+        """Whether the vectors suit this index: no negative value, at most 1/8 of the entries nonzero,
+        and at least 8 dimensions (a dense model's vectors never qualify)."""
+        e = np.asarray(embeddings)
+        if e.ndim != 2 or e.shape[1] < 8 or not len(e):
+            return False
+        return bool(np.count_nonzero(e) <= e.size / 8 and not (e < 0).any())
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item indices and scores per query row, best first (ties: lower index)."""
+        return self.search_many(np.atleast_2d(queries), k)
+
+    def search_many(self, queries: np.ndarray, k: int,
+                    exclude: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k per row, row r's excluded items skipped: (ids [n, k] -1 padded, scores [n, k])."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        n, n_items = len(q), len(self.embeddings)
+        k = min(k, n_items)
+        if exclude is None:
+            exclude = sp.csr_matrix((n, n_items), dtype=np.int8)
+        exclude = exclude.tocsr()
+        ids = np.full((n, k), -1, dtype=np.int64)
+        scores = np.zeros((n, k), dtype=np.float32)
+        if k <= 0 or n == 0:
+            return ids, scores
+        for s in range(0, n, self._block_rows):
+            part = slice(s, min(s + self._block_rows, n))
+            ids[part], scores[part] = self._block(q[part], k, exclude[part])
+        return ids, scores
+
+    def _block(self, q: np.ndarray, k: int, exclude: sp.csr_matrix):
+        n, n_items = len(q), len(self.embeddings)
+        ids = np.full((n, k), -1, dtype=np.int64)
+        scores = np.zeros((n, k), dtype=np.float32)
+        n_excluded = np.diff(exclude.indptr)
+        want = np.minimum(k, n_items - n_excluded)      # a row's list length (all but its exclusions)
+        target = want + n_excluded + 16                  # candidates to take: its excluded may be among them
+        todo = np.flatnonzero(want > 0)
+        while len(todo):
+            done, exhausted = self._try(q[todo], k, want[todo], target[todo], exclude[todo], ids, scores, todo)
+            left = ~done & ~exhausted
+            rest = todo[~done & exhausted]
+            if len(rest):   # every list taken whole and still not proven: score those rows outright
+                if self._dense is None:
+                    self._dense = BruteForceIndex(self.embeddings)
+                ids[rest], scores[rest] = self._dense.search_many(q[rest], k, exclude[rest])
+            todo = todo[left]
+            target[todo] *= 4
+        return ids, scores
+
+    def _try(self, q, k, want, target, exclude, ids_out, scores_out, rows_out):
+        """One round for rows `rows_out`: writes the proven rows' lists; returns (proven, every list taken)."""
+        n, n_items = len(q), len(self.embeddings)
+        r, d = np.nonzero(q > 0)
+        w = q[r, d].astype(np.float64)
+        cut = self._cuts(r, d, w, n, target)           # items taken per (row, dimension)
+        # candidates: the first `cut` items of each (row, dimension) list
+        starts = np.repeat(self.ptr[d] - np.cumsum(cut) + cut, cut)
+        rows = np.repeat(r.astype(np.int64), cut)
+        items = self.items[np.arange(int(cut.sum()), dtype=np.int64) + starts]
+        if exclude.nnz:
+            gone = np.repeat(np.arange(n, dtype=np.int64), np.diff(exclude.indptr)) * n_items + exclude.indices
+            gone.sort()
+            keys = rows * n_items + items
+            at = np.minimum(np.searchsorted(gone, keys), len(gone) - 1)
+            kept = gone[at] != keys
+            rows, items = rows[kept], items[kept]
+        sc = self._scores(q, rows, items)
+        # bound on any item not taken: the sum of its at most max_nnz terms, each below its cut
+        below = np.where(cut < self.lengths[d], self.values[np.minimum(self.ptr[d] + cut, len(self.values) - 1)], 0.0)
+        terms = np.zeros(q.shape)
+        terms[r, d] = w * below
+        m = min(self.max_nnz, q.shape[1])
+        bound = terms.sum(1) if m >= q.shape[1] else -np.partition(-terms, m - 1, axis=1)[:, :m].sum(1)
+        exhausted = np.bincount(r, weights=cut < self.lengths[d], minlength=n) == 0
+        rows, items, sc = self._ranked(rows, items, sc)
+        first = np.searchsorted(rows, np.arange(n))
+        have = np.bincount(rows, minlength=n)
+        kth = np.full(n, np.inf)
+        full = have >= want
+        kth[full] = sc[first[full] + want[full] - 1]
+        # strictly above the bound (with room for float32 rounding): no item outside can tie or beat it
+        done = full & (kth > bound * (1 + 1e-5) + 1e-30)
+        rank = np.arange(len(rows)) - first[rows]
+        keep = done[rows] & (rank < want[rows])
+        ids_out[rows_out[rows[keep]], rank[keep]] = items[keep]
+        scores_out[rows_out[rows[keep]], rank[keep]] = sc[keep]
+        return done, exhausted & ~done
+
+    def _ranked(self, rows, items, sc):
+        """Candidates sorted by (row, score descending, item), each (row, item) once: one sort of one
+        64-bit key per candidate (row | order-preserving bits of -score | item), ~5x a lexsort."""
+        bits = self._item_bits
+        u = sc.astype(np.float32).view(np.uint32).astype(np.uint64)
+        # float32 bits made unsigned-monotone (negatives flipped), then inverted: larger scores first
+        mono = np.where(u & 0x80000000, ~u & 0xFFFFFFFF, u | 0x80000000)
+        key = (rows.astype(np.uint64) << np.uint64(32 + bits)) | ((~mono & 0xFFFFFFFF) << np.uint64(bits)) \
+            | items.astype(np.uint64)
+        key.sort()
+        if len(key):
+            key = key[np.r_[True, key[1:] != key[:-1]]]   # an item taken from two of a row's lists
+        mono = ~(key >> np.uint64(bits)) & 0xFFFFFFFF
+        u = np.where(mono & 0x80000000, mono & 0x7FFFFFFF, ~mono & 0xFFFFFFFF)
+        return ((key >> np.uint64(32 + bits)).astype(np.int64), (key & np.uint64((1 << bits) - 1)).astype(np.int64),
+                u.astype(np.uint32).view(np.float32))
+
+    def _cuts(self, r, d, w, n, target) -> np.ndarray:
+        """How many items to take from each (row, dimension) list: those whose term is at least the
+        row's threshold, found by bisection (in log scale) so that the row takes at least `target`."""
+        hi_val = np.zeros(n)
+        np.maximum.at(hi_val, r, w * self._scale[d])
+        hi = np.log(np.maximum(hi_val, 1e-300))        # log threshold: nothing is above the largest term
+        lo = hi - 40.0                                 # terms e^-40 below a row's largest: everything
+        for _ in range(10):
+            mid = (lo + hi) / 2
+            counts = self._count(r, d, w, np.exp(mid)[r])
+            enough = np.bincount(r, weights=counts, minlength=n) >= target
+            lo = np.where(enough, mid, lo)
+            hi = np.where(enough, hi, mid)
+        return self._count(r, d, w, np.exp(lo)[r])
+
+    def _count(self, r, d, w, threshold) -> np.ndarray:
+        """Items of dimension d with weight x value >= threshold, per (row, dimension) pair."""
+        key = d + 1.0 - np.minimum(threshold / w / self._scale[d], 1.0)
+        return np.searchsorted(self._keys, key, side="right") - self.ptr[d]
+
+    def _scores(self, q: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Exact dot products of query rows `rows` with items `items` (over the items' nonzeros)."""
+        ip = self.rows.indptr
+        per = ip[items + 1] - ip[items]
+        at = np.repeat(ip[items] - np.cumsum(per) + per, per) + np.arange(int(per.sum()))
+        prod = q[np.repeat(rows, per), self.rows.indices[at]] * self.rows.data[at]
+        out = np.zeros(len(items), dtype=np.float32)
+        nonzero = per > 0
+        if nonzero.any():
+            out[nonzero] = np.add.reduceat(prod, (np.cumsum(per) - per)[nonzero])
+        return out
+
+    @classmethod
+    def load(cls, directory: str, meta: dict, embeddings: np.ndarray) -> "SparseExactIndex":
+        """Built from the item embeddings: it has no files of its own."""
+        return cls(embeddings)
+
+
+def exact(embeddings: np.ndarray) -> Index:
+    """The exact index for these vectors: `SparseExactIndex` where they suit it, else brute force."""
+    return SparseExactIndex(embeddings) if SparseExactIndex.fits(embeddings) else BruteForceIndex(embeddings)
+
+
 class ScannIndex(Index):
     """ScaNN: tree partitioning, anisotropic hashing, exact reordering (dot product)."""
     kind = "scann"
@@ -197,7 +393,7 @@ class ScannIndex(Index):
 
 
 # the kinds a version's index can be saved as, by the `kind` its metadata records
-KINDS = {cls.kind: cls for cls in (BruteForceIndex, ScannIndex)}
+KINDS = {cls.kind: cls for cls in (BruteForceIndex, SparseExactIndex, ScannIndex)}
 
 
 def default_params(n_items: int, cfg) -> dict:
@@ -222,12 +418,17 @@ def unit_norm(embeddings: np.ndarray, tol: float = 1e-3) -> bool:
 
 
 def build(embeddings: np.ndarray, cfg) -> Index:
-    """Brute force below `cfg.brute_force_below` items (or when `cfg.kind` says so), else ScaNN."""
+    """`cfg.kind`, or for "auto": `SparseExactIndex` for sparse non-negative vectors (a rule's: exact
+    and faster than any approximate index on them, at every catalog size), brute force below
+    `cfg.brute_force_below` items, else ScaNN."""
     kind = cfg.kind
     if kind == "auto":
-        kind = "brute_force" if len(embeddings) < cfg.brute_force_below else "scann"
+        kind = "sparse_exact" if SparseExactIndex.fits(embeddings) else \
+            "brute_force" if len(embeddings) < cfg.brute_force_below else "scann"
     if kind == "brute_force":
         return BruteForceIndex(embeddings)
+    if kind == "sparse_exact":
+        return SparseExactIndex(embeddings)
     params = default_params(len(embeddings), cfg)
     if params["partitioning"] == "auto":
         # Unit-norm items: dot product is cosine, and spherical k-means (unit-norm centroids) ranks
