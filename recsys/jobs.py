@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
 
 import numpy as np
@@ -39,6 +40,9 @@ def pick_warm_start(root: str, model_name: str, warm_start: str | None) -> str |
     return same[-1] if same else None
 
 
+# a warm epoch choice stops at its first epoch that loses validation (see train_version)
+WARM_PATIENCE = 1
+
 # a warm-started model whose validation recall falls below this share of the previous version's is
 # rejected (a warm start is meant to save epochs, not to cost quality)
 WARM_START_MIN_SHARE = 0.9
@@ -59,12 +63,14 @@ def _warm_start_worse(cfg: Config, root: str, prev_version: str, now: float | No
             f"{key} {now:.4f}, below {WARM_START_MIN_SHARE:.0%} of its {before:.4f}")
 
 
-def training_sets(cfg: Config, dataset: Dataset) -> tuple[trainset.TrainSet, trainset.TrainSet | None]:
-    """The dataset's train TrainSet and, when the config refits (`model.refit` and a validation split),
-    its train + validation TrainSet (None otherwise); both measured on `evaluation.target_events`."""
+def training_sets(cfg: Config, dataset: Dataset, with_refit: bool = True) -> tuple[trainset.TrainSet, trainset.TrainSet | None]:
+    """The dataset's train TrainSet and, when the config refits (`model.refit` and a validation split)
+    and `with_refit`, its train + validation TrainSet (None otherwise); both measured on
+    `evaluation.target_events`."""
     ts = trainset.from_dataset(dataset, cfg.model.history_length, target_events=tuple(cfg.evaluation.target_events),
                                exclusion=exclusion_rule(cfg.exclusion, cfg.evaluation.target_events))
-    return ts, (_train_plus_validation(cfg, dataset) if cfg.model.refit and "validation" in ts.evals else None)
+    refits = with_refit and cfg.model.refit and "validation" in ts.evals
+    return ts, (_train_plus_validation(cfg, dataset) if refits else None)
 
 
 def _train_plus_validation(cfg: Config, dataset: Dataset) -> trainset.TrainSet:
@@ -114,7 +120,9 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
     root = cfg.resolve(cfg.artifacts.root)
     dataset = Dataset.open(root, dataset_id)
     if ts is None:
-        ts, full_ts = training_sets(cfg, dataset)
+        # train only: train + validation is read for the refit, once train is dropped (both at once
+        # were the largest part of the 50M-event run's 16.6 GB two_tower step)
+        ts = training_sets(cfg, dataset, with_refit=False)[0]
     t_loaded = time.time()
     refit = cfg.model.refit and "validation" in ts.evals
     progress(f"train {model_name}: dataset {dataset.id}: {len(ts.user_idx)} interactions, "
@@ -137,8 +145,13 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
     # (benchmarks/warm_start.py measured how many). They are still chosen on validation, as a cold
     # search's are: a converged model trained on for a fixed count overfits (measured: two_tower at
     # 3k users lost 31% of its test recall to 4 fixed warm epochs).
+    # The choice stops at the first epoch that loses validation (patience WARM_PATIENCE): it starts
+    # from a model that had converged, so a loss means it is past its best (measured at 2M events: every
+    # warm two_tower epoch after the first lost, 0.1703, 0.1684, 0.1664, 0.1624, and the 3 that patience 3
+    # ran cost the night ~85 s; mf's 0.1449, 0.1495, 0.1486 ended where patience 3 chose too).
     warm_epochs = cfg.model.warm_start_epochs if select_from is not None else 0
-    fit_cfg = dataclasses.replace(cfg.model, epochs=min(warm_epochs, cfg.model.epochs)) if warm_epochs else cfg.model
+    fit_cfg = dataclasses.replace(cfg.model, epochs=min(warm_epochs, cfg.model.epochs),
+                                  patience=min(cfg.model.patience, WARM_PATIENCE)) if warm_epochs else cfg.model
     if warm_epochs:
         progress(f"train {model_name}: at most {fit_cfg.epochs} epochs from {prev_version} (model.warm_start_epochs)"
                  + (", its selection tables," if prev_refit else "") + " chosen on validation")
@@ -177,13 +190,19 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
                               "warm_started": warm, "phases": report.phases,
                               **({"chosen": report.chosen} if report.chosen else {})}
         t_refit = time.time()
+        # the choice is made: its model (tables, optimizer moments) and, unless the caller shares them
+        # between models (then it passes full_ts too), train's rows are not needed again
+        chosen, model = model.chosen_config(), None
+        if full_ts is None:
+            ts = None
+        gc.collect()
         full = full_ts or _train_plus_validation(cfg, dataset)
         t_refit_loaded = time.time()
         progress(f"train {model_name}: refit on train + validation ({len(full.user_idx)} interactions, "
                  f"{full.n_users} users)" + (f" for the {best_epoch} epochs validation chose" if best_epoch else ""))
         # what the selection fit chose on validation carries over (the refit has no validation), and
         # its epoch horizon (a cosine schedule decays over the same epochs)
-        model = create(model_name, dataclasses.replace(fit_cfg, **model.chosen_config()))
+        model = create(model_name, dataclasses.replace(fit_cfg, **chosen))
         # the refit starts where the choice did: from the previous version's own tables after a warm
         # choice (the refit lineage), cold after a cold one, so it trains the epochs that were chosen
         previous = version_mod.load_warm_start(root, prev_version) if warm else None

@@ -167,24 +167,27 @@ def test_training_on_a_catalog_smaller_than_the_largest_k_works(tmp_path):
 @pytest.mark.parametrize("refit", [True, False])
 def test_warm_start_epochs_choose_at_most_that_many_epochs_from_the_previous_version(temporal, refit, monkeypatch):
     """model.warm_start_epochs: with a previous version of the model, the epoch choice runs at most N
-    epochs from its weights on train, each measured on validation, and keeps the best (a converged
-    model trained on for a fixed count overfits); with refit, the refit then trains the chosen count
-    from the version's own tables on train + validation."""
+    epochs from its weights on train, each measured on validation, stops at the first that loses, and
+    keeps the best (a converged model trained on for a fixed count overfits); with refit, the refit
+    then trains the chosen count from the version's own tables on train + validation."""
     tmp, cfg, ds = temporal[:3]
     cold = train_version(make_config(tmp, tmp / "events.csv", refit=refit), "mf", ds.id, "none", lambda *_: None)
     lines, made = [], []
     warm_cfg = make_config(tmp, tmp / "events.csv", refit=refit, warm_start_epochs=3)
     real_create = jobs.create
-    monkeypatch.setattr(jobs, "create", lambda name, mc: made.append(mc.epochs) or real_create(name, mc))
+    monkeypatch.setattr(jobs, "create", lambda name, mc: made.append((mc.epochs, mc.patience)) or real_create(name, mc))
     warm = train_version(warm_cfg, "mf", ds.id, cold, lines.append)
-    # the refit keeps the choice's epoch horizon (what a cosine schedule decays over)
-    assert made[1:] == ([3, 3] if refit else [3])      # (the first: the model class, before any fit)
+    # the refit keeps the choice's epoch horizon (what a cosine schedule decays over); the choice's
+    # patience is 1 (the configured 2 is the cold search's)
+    assert made[0] == (6, 2) and made[1:] == ([(3, 1), (3, 1)] if refit else [(3, 1)])
     m = version.read_manifest(warm_cfg.resolve(warm_cfg.artifacts.root), warm)
     assert m["warm_started_from"] == cold and m["warm_epochs"] == 3
     assert any("at most 3 epochs from" in line for line in lines)
     chose = m["selection"] if refit else m["training"]
     curve = [e["val_recall@20"] for e in chose["epochs"]]
     assert 1 <= len(curve) <= 3 and chose["best_epoch"] == 1 + int(np.argmax(curve))
+    # stopped at the first epoch that lost: every epoch before the last was a new best
+    assert all(curve[i] > max(curve[:i], default=-1) for i in range(len(curve) - 1))
     assert m["validation_metrics"]["recall@20"] == pytest.approx(max(curve), abs=1e-6)   # the best epoch's
     if refit:
         assert m["selection"]["warm_started"] and m["refit"]["epochs"] == chose["best_epoch"]
