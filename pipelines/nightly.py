@@ -293,14 +293,17 @@ def _train(cfg, root, out, progress, only: list | None = None):
         raise DataError("model.distribute=multi_worker_mirrored: the nightly runs its steps in one process; "
                         "run `recsys train` on every worker (docs/SCALING.md), or use none / mirrored here")
     from recsys.data.dataset import Dataset
-    t0 = time.time()
-    ts, full = jobs.training_sets(cfg, Dataset.open(root, out["dataset_id"]))
-    out.setdefault("counts", {})["train_sets_seconds"] = round(time.time() - t0, 1)
-    progress(f"  training sets (train, train + validation) read in {time.time() - t0:.1f}s")
     out.setdefault("candidates", {})
-    for name in (only if only is not None else cfg.nightly.models):
-        if name in out["candidates"]:
-            continue  # resumed: this one finished before
+    names = [n for n in (only if only is not None else cfg.nightly.models) if n not in out["candidates"]]
+    ts = full = None
+    if len(names) > 1:
+        # several models in this process share the training sets; one model (a step of its own) reads
+        # train, then train + validation for its refit once train is dropped (jobs.train_version)
+        t0 = time.time()
+        ts, full = jobs.training_sets(cfg, Dataset.open(root, out["dataset_id"]))
+        out.setdefault("counts", {})["train_sets_seconds"] = round(time.time() - t0, 1)
+        progress(f"  training sets (train, train + validation) read in {time.time() - t0:.1f}s")
+    for name in names:   # (a resumed run skips the ones that finished before)
         out["candidates"][name] = jobs.train_version(cfg, name, out["dataset_id"], "auto", progress, ts=ts, full_ts=full)
 
 

@@ -248,8 +248,9 @@ def test_a_step_process_killed_mid_way_fails_the_step_and_the_run_resumes(workdi
     killed = []
 
     def kill_the_training(line: str):
-        # the first line the train step's process prints: kill it like the out-of-memory killer would
-        if "training sets" in line and not killed:
+        # the first line a model's training prints, once its data is read: kill the step's process
+        # like the out-of-memory killer would
+        if "train " in line and ": dataset " in line and not killed:
             for child in multiprocessing.active_children():
                 os.kill(child.pid, signal.SIGKILL)
                 killed.append(child.pid)
