@@ -215,7 +215,7 @@ class SparseExactIndex(Index):
         target = 3 * want + n_excluded + 16
         todo = np.flatnonzero(want > 0)
         while len(todo):
-            done, exhausted = self._try(q[todo], k, want[todo], target[todo], exclude[todo], ids, scores, todo)
+            done, exhausted = self._try(q[todo], want[todo], target[todo], exclude[todo], ids, scores, todo)
             left = ~done & ~exhausted
             rest = todo[~done & exhausted]
             if len(rest):   # every list taken whole and still not proven: score those rows outright
@@ -226,7 +226,7 @@ class SparseExactIndex(Index):
             target[todo] *= 4
         return ids, scores
 
-    def _try(self, q, k, want, target, exclude, ids_out, scores_out, rows_out):
+    def _try(self, q, want, target, exclude, ids_out, scores_out, rows_out):
         """One round for rows `rows_out`: writes the proven rows' lists; returns (proven, every list taken)."""
         n, n_items = len(q), len(self.embeddings)
         r, d = np.nonzero(q > 0)
@@ -269,7 +269,7 @@ class SparseExactIndex(Index):
         """Candidates sorted by (row, score descending, item), each (row, item) once: one sort of one
         64-bit key per candidate (row | order-preserving bits of -score | item), ~5x a lexsort."""
         bits = self._item_bits
-        u = sc.astype(np.float32).view(np.uint32).astype(np.uint64)
+        u = (sc.astype(np.float32) + np.float32(0)).view(np.uint32).astype(np.uint64)   # (+0: -0.0 ties 0.0)
         # float32 bits made unsigned-monotone (negatives flipped), then inverted: larger scores first
         mono = np.where(u & 0x80000000, ~u & 0xFFFFFFFF, u | 0x80000000)
         key = (rows.astype(np.uint64) << np.uint64(32 + bits)) | ((~mono & 0xFFFFFFFF) << np.uint64(bits)) \
