@@ -24,6 +24,8 @@ from recsys.retrieval.native_logs import quiet
 # ScaNN's brute-force scorer (smaller: a matmul and a stable sort)
 EXACT_SCANN_FROM_ITEMS = 4096
 EXACT_SCANN_FROM_QUERIES = 1024
+# the most float32 scores BruteForceIndex.search holds at once (256 MB): 1024 rows below 64k items
+SCORE_BLOCK = 1 << 26
 
 
 class Index:
@@ -71,8 +73,11 @@ class BruteForceIndex(Index):
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         k = min(k, len(self.embeddings))
         ids, scores = [], []
-        for s in range(0, len(q), 1024):   # bounded memory: [1024, n_items] scores at a time
-            block = q[s:s + 1024] @ self.embeddings.T
+        # bounded memory: at most SCORE_BLOCK scores at a time (1024 rows x 1M items, 4 GB, and
+        # TensorFlow's top_k copies of it were the 50M-event index step's 13.4 GB recall check)
+        rows = max(1, min(1024, SCORE_BLOCK // max(len(self.embeddings), 1)))
+        for s in range(0, len(q), rows):
+            block = q[s:s + rows] @ self.embeddings.T
             top = ranking.top_k_rows(block, k)
             ids.append(top)
             scores.append(np.take_along_axis(block, top, 1))
