@@ -63,18 +63,15 @@ def _warm_start_worse(cfg: Config, root: str, prev_version: str, now: float | No
             f"{key} {now:.4f}, below {WARM_START_MIN_SHARE:.0%} of its {before:.4f}")
 
 
-def training_sets(cfg: Config, dataset: Dataset, with_refit: bool = True) -> tuple[trainset.TrainSet, trainset.TrainSet | None]:
-    """The dataset's train TrainSet and, when the config refits (`model.refit` and a validation split)
-    and `with_refit`, its train + validation TrainSet (None otherwise); both measured on
-    `evaluation.target_events`."""
-    ts = trainset.from_dataset(dataset, cfg.model.history_length, target_events=tuple(cfg.evaluation.target_events),
-                               exclusion=exclusion_rule(cfg.exclusion, cfg.evaluation.target_events))
-    refits = with_refit and cfg.model.refit and "validation" in ts.evals
-    return ts, (_train_plus_validation(cfg, dataset) if refits else None)
+def training_sets(cfg: Config, dataset: Dataset) -> tuple[trainset.TrainSet, trainset.TrainSet | None]:
+    """The dataset's train TrainSet and, when the config refits (`model.refit` and a validation split),
+    its train + validation TrainSet (None otherwise); both measured on `evaluation.target_events`."""
+    ts = _train_set(cfg, dataset)
+    return ts, (_train_set(cfg, dataset, True) if cfg.model.refit and "validation" in ts.evals else None)
 
 
-def _train_plus_validation(cfg: Config, dataset: Dataset) -> trainset.TrainSet:
-    return trainset.from_dataset(dataset, cfg.model.history_length, include_validation=True,
+def _train_set(cfg: Config, dataset: Dataset, include_validation: bool = False) -> trainset.TrainSet:
+    return trainset.from_dataset(dataset, cfg.model.history_length, include_validation=include_validation,
                                  target_events=tuple(cfg.evaluation.target_events),
                                  exclusion=exclusion_rule(cfg.exclusion, cfg.evaluation.target_events))
 
@@ -122,7 +119,7 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
     if ts is None:
         # train only: train + validation is read for the refit, once train is dropped (both at once
         # were the largest part of the 50M-event run's 16.6 GB two_tower step)
-        ts = training_sets(cfg, dataset, with_refit=False)[0]
+        ts = _train_set(cfg, dataset)
     t_loaded = time.time()
     refit = cfg.model.refit and "validation" in ts.evals
     progress(f"train {model_name}: dataset {dataset.id}: {len(ts.user_idx)} interactions, "
@@ -196,7 +193,7 @@ def train_version(cfg: Config, model_name: str, dataset_id: str | None = None, w
         if full_ts is None:
             ts = None
         gc.collect()
-        full = full_ts or _train_plus_validation(cfg, dataset)
+        full = full_ts or _train_set(cfg, dataset, include_validation=True)
         t_refit_loaded = time.time()
         progress(f"train {model_name}: refit on train + validation ({len(full.user_idx)} interactions, "
                  f"{full.n_users} users)" + (f" for the {best_epoch} epochs validation chose" if best_epoch else ""))

@@ -80,16 +80,24 @@ def in_rows(ids: np.ndarray, rows: sp.csr_matrix) -> np.ndarray:
 
     By sorted (row, item) keys: no dense row of the catalog, whatever its size."""
     n, k = ids.shape
-    rows = rows.tocsr()
-    if not rows.has_sorted_indices:
-        rows = rows.sorted_indices()
     if not rows.nnz:
         return np.zeros((n, k), dtype=bool)
-    width = np.int64(rows.shape[1]) + 1
-    row_keys = np.repeat(np.arange(n, dtype=np.int64), np.diff(rows.indptr)) * width + rows.indices
-    keys = np.arange(n, dtype=np.int64)[:, None] * width + ids
-    pos = np.minimum(np.searchsorted(row_keys, keys), len(row_keys) - 1)
-    return (row_keys[pos] == keys) & (ids >= 0)
+    return pairs_in(np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], (n, k)), ids, rows) & (ids >= 0)
+
+
+def pairs_in(row: np.ndarray, col: np.ndarray, matrix: sp.csr_matrix) -> np.ndarray:
+    """Whether each (row[i], col[i]) is a stored entry of `matrix` (any shape of row / col), by sorted
+    (row, column) keys."""
+    matrix = matrix.tocsr()
+    if not matrix.has_sorted_indices:
+        matrix = matrix.sorted_indices()
+    if not matrix.nnz:
+        return np.zeros(np.shape(col), dtype=bool)
+    width = np.int64(matrix.shape[1]) + 1
+    keys_of = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr)) * width + matrix.indices
+    keys = np.asarray(row, dtype=np.int64) * width + col
+    pos = np.minimum(np.searchsorted(keys_of, keys), len(keys_of) - 1)
+    return keys_of[pos] == keys
 
 
 def not_in(values: np.ndarray, sorted_rows: np.ndarray) -> np.ndarray:

@@ -340,9 +340,9 @@ def write_parts(root: str, model: Model, seen, manifest: dict, item_attributes: 
                         and np.array_equal(np.asarray(items, dtype=object), np.asarray(model.item_ids[:len(items)], dtype=object))):
                     kept = {SELECTION + k: v for k, v in weights.items()}
                     kept[SELECTION + ":users"], kept[SELECTION + ":items"] = np.int64(len(users)), np.int64(len(items))
-            weights = model.weights()
-            _write_with(fsio.join(d, WEIGHTS), lambda fh: np.savez(fh, **weights, **kept))
-            weights = kept = None
+            tables = model.weights()
+            _write_with(fsio.join(d, WEIGHTS), lambda fh: np.savez(fh, **tables, **kept))
+            tables = kept = None   # not held through the SavedModel's export below
             module = model.query_module()
             if module is not None:
                 import tensorflow as tf

@@ -73,9 +73,7 @@ class BruteForceIndex(Index):
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         k = min(k, len(self.embeddings))
         ids, scores = [], []
-        # bounded memory: at most SCORE_BLOCK scores at a time (1024 rows x 1M items, 4 GB, and
-        # TensorFlow's top_k copies of it were the 50M-event index step's 13.4 GB recall check)
-        rows = max(1, min(1024, SCORE_BLOCK // max(len(self.embeddings), 1)))
+        rows = self._block_rows()
         for s in range(0, len(q), rows):
             block = q[s:s + rows] @ self.embeddings.T
             top = ranking.top_k_rows(block, k)
@@ -102,12 +100,18 @@ class BruteForceIndex(Index):
         k = min(k, n_items)
         ids = np.full((n, k), -1, dtype=np.int64)
         scores = np.zeros((n, k), dtype=np.float32)
-        for s in range(0, n, 1024):
-            block = np.require(q[s:s + 1024] @ self.embeddings.T, np.float32, ["W"])
-            top = ranking.top_k_masked(block, k, exclude[s:s + 1024])
+        rows = self._block_rows()
+        for s in range(0, n, rows):
+            block = np.require(q[s:s + rows] @ self.embeddings.T, np.float32, ["W"])
+            top = ranking.top_k_masked(block, k, exclude[s:s + rows])
             ids[s:s + len(top)] = top
             scores[s:s + len(top)] = np.where(top >= 0, np.take_along_axis(block, np.maximum(top, 0), 1), 0)
         return ids, scores
+
+    def _block_rows(self) -> int:
+        """Query rows scored at once: at most SCORE_BLOCK scores (1024 rows x 1M items, 4 GB, and
+        TensorFlow's top_k copies of it were the 50M-event index step's 13.4 GB recall check)."""
+        return max(1, min(1024, SCORE_BLOCK // max(len(self.embeddings), 1)))
 
     @classmethod
     def load(cls, directory: str, meta: dict, embeddings: np.ndarray) -> "BruteForceIndex":
@@ -233,7 +237,7 @@ class SparseExactIndex(Index):
 
     def _try(self, q, want, target, exclude, ids_out, scores_out, rows_out):
         """One round for rows `rows_out`: writes the proven rows' lists; returns (proven, every list taken)."""
-        n, n_items = len(q), len(self.embeddings)
+        n = len(q)
         r, d = np.nonzero(q > 0)
         w = q[r, d].astype(np.float64)
         cut = self._cuts(r, d, w, n, target)           # items taken per (row, dimension)
@@ -242,11 +246,7 @@ class SparseExactIndex(Index):
         rows = np.repeat(r.astype(np.int64), cut)
         items = self.items[np.arange(int(cut.sum()), dtype=np.int64) + starts]
         if exclude.nnz:
-            gone = np.repeat(np.arange(n, dtype=np.int64), np.diff(exclude.indptr)) * n_items + exclude.indices
-            gone.sort()
-            keys = rows * n_items + items
-            at = np.minimum(np.searchsorted(gone, keys), len(gone) - 1)
-            kept = gone[at] != keys
+            kept = ~ranking.pairs_in(rows, items, exclude)
             rows, items = rows[kept], items[kept]
         sc = self._scores(q, rows, items)
         # bound on any item not taken: the sum of its at most max_nnz terms, each below its cut
