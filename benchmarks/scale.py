@@ -57,13 +57,16 @@ EVENTS_PER_SESSION = 5.2 * 0.85
 
 
 def generate(out: str, n_events: int, n_users: int, n_items: int, seed: int, chunk_users: int = 100_000,
-             next_days: int = 0) -> dict:
+             next_days: int = 0, next_only: bool = False) -> dict:
     """events.parquet (the log before the cut) and catalog.csv under `out`, and with `next_days`
-    events-next.parquet (the same log `next_days` days longer); returns what was written."""
+    events-next.parquet (the same log `next_days` days longer); returns what was written.
+    `next_only`: write only events-next.parquet, beside the files an earlier call wrote with the same
+    sizes and seed (the draws do not depend on the cut, so its prefix is that events.parquet)."""
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
     catalog = shop_catalog(n_items, seed=seed)
-    catalog.to_csv(os.path.join(out, "catalog.csv"), index=False)
+    if not next_only:
+        catalog.to_csv(os.path.join(out, "catalog.csv"), index=False)
     path = os.path.join(out, "events.parquet")
     sessions = max(n_events / n_users / EVENTS_PER_SESSION, 1.0)
     writers, written = {}, {"events": 0, "next": 0}
@@ -79,7 +82,10 @@ def generate(out: str, n_events: int, n_users: int, n_items: int, seed: int, chu
     for i, first in enumerate(range(0, n_users, chunk_users)):
         users = min(chunk_users, n_users - first)
         log = shop_log(users, catalog, seed=seed, users_seed=i, first_user=first, sessions_per_user_mean=sessions)
-        write("events", log.events)
+        if next_only:
+            written["events"] += len(log.events)
+        else:
+            write("events", log.events)
         if next_days:
             longer = log.log["timestamp"] < log.cut + pd.Timedelta(days=next_days)
             write("next", log.log[longer.to_numpy()].reset_index(drop=True))
@@ -169,6 +175,56 @@ def night(work: str, config: str, log_name: str, resume: bool = False) -> dict |
     return result
 
 
+def next_night(work: str, config: str, gen: dict, days: int, first: dict | None) -> dict | None:
+    """The warm night: `config` with the longer log as its source, on the same artifact root. Prints its
+    figures and, per model, the cold night's (`first`, when this process ran it) beside them."""
+    text = open(config).read()
+    assert "\n  path: events.parquet\n" in text, "recsys init wrote another source path"
+    config2 = os.path.join(work, "recsys-next.yaml")
+    with open(config2, "w") as f:
+        f.write(text.replace("\n  path: events.parquet\n", "\n  path: events-next.parquet\n"))
+    print(f"\nnext night: {gen['next_events']:,} events (+{gen['next_events'] / gen['events'] - 1:.1%}, "
+          f"{days} more days), warm-started")
+    second = night(work, config2, "nightly-next.log")
+    if second is None:
+        return None
+    if first:
+        print(f"{'model':<22} {'cold s':>8} {'warm s':>8}  test recall@20 cold -> warm")
+        for name, m in second["models"].items():
+            cold = first["models"].get(name, {})
+            r1 = first["metrics"].get(name, {}).get("recall@20", float("nan"))
+            r2 = second["metrics"].get(name, {}).get("recall@20", float("nan"))
+            print(f"{name:<22} {cold.get('train_seconds') or 0:>8.1f} {m['train_seconds'] or 0:>8.1f}  "
+                  f"{r1:.4f} -> {r2:.4f} ({r2 / r1:.1%})")
+    return {"events": gen["next_events"], "days": days, **second}
+
+
+def warm_only(work: str, args, gen: dict | None) -> int:
+    """--warm-only: the next night on an earlier cold run's artifacts (a 50M cold night is an hour)."""
+    config = os.path.join(work, "recsys.yaml")
+    if not args.next_day or gen is None or not os.path.exists(config) or \
+            (gen["users"], gen["items"]) != (args.users, args.items):   # events: the target, not the count
+        print(f"--warm-only needs --next-day and an earlier run of this size in {work} (generated.json, "
+              f"recsys.yaml, artifacts/)")
+        return 2
+    if gen.get("next_days", 0) != args.next_day or not os.path.exists(os.path.join(work, "events-next.parquet")):
+        more = generate(work, args.events, args.users, args.items, args.seed, next_days=args.next_day, next_only=True)
+        if more["events"] != gen["events"]:   # another seed or generator: the first log is not a prefix
+            print(f"the regenerated log has {more['events']:,} events before the cut, not {gen['events']:,}")
+            return 1
+        gen = {**gen, "next_events": more["next_events"], "next_days": args.next_day}
+        json.dump(gen, open(os.path.join(work, "generated.json"), "w"))
+        print(f"generated the next {args.next_day} days' log in {more['seconds']}s")
+    second = next_night(work, config, gen, args.next_day, None)
+    if second is None:
+        return 1
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"events": gen["events"], "users": gen["users"], "items": gen["items"],
+                       "next_day": second}, f, indent=2)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=1_000_000)
@@ -182,11 +238,16 @@ def main() -> int:
     ap.add_argument("--reuse", action="store_true", help="keep generated files of the same size")
     ap.add_argument("--resume", action="store_true",
                     help="finish the first night's unfinished run in --work (nightly --resume) instead of starting over")
+    ap.add_argument("--warm-only", action="store_true",
+                    help="only the next night (--next-day D), warm-started from the versions an earlier run of the "
+                         "same size left in --work; the longer log is generated if that run had none")
     args = ap.parse_args()
     work = os.path.abspath(args.work or f"/tmp/recsys-scale-{args.events}")
     print("load:", os.popen("uptime").read().strip())
     gen_marker = os.path.join(work, "generated.json")
-    gen = json.load(open(gen_marker)) if args.reuse and os.path.exists(gen_marker) else None
+    gen = json.load(open(gen_marker)) if (args.reuse or args.warm_only) and os.path.exists(gen_marker) else None
+    if args.warm_only:
+        return warm_only(work, args, gen)
     if gen is None or gen.get("next_days", 0) != args.next_day:
         if os.path.exists(work):
             subprocess.run(["rm", "-rf", work], check=True)
@@ -219,25 +280,10 @@ def main() -> int:
     result = {"events": gen["events"], "users": gen["users"], "items": gen["items"],
               "init_seconds": round(init_s, 1), **first}
     if args.next_day:
-        # the second night: the same config and artifact root, the longer log as its source
-        text = open(config).read()
-        assert "\n  path: events.parquet\n" in text, "recsys init wrote another source path"
-        config2 = os.path.join(work, "recsys-next.yaml")
-        with open(config2, "w") as f:
-            f.write(text.replace("\n  path: events.parquet\n", "\n  path: events-next.parquet\n"))
-        print(f"\nnext night: {gen['next_events']:,} events (+{gen['next_events'] / gen['events'] - 1:.1%}, "
-              f"{args.next_day} more days), warm-started")
-        second = night(work, config2, "nightly-next.log")
+        second = next_night(work, config, gen, args.next_day, first)
         if second is None:
             return 1
-        result["next_day"] = {"events": gen["next_events"], "days": args.next_day, **second}
-        print(f"{'model':<22} {'cold s':>8} {'warm s':>8}  test recall@20 cold -> warm")
-        for name, m in second["models"].items():
-            cold = first["models"].get(name, {})
-            r1 = first["metrics"].get(name, {}).get("recall@20", float("nan"))
-            r2 = second["metrics"].get(name, {}).get("recall@20", float("nan"))
-            print(f"{name:<22} {cold.get('train_seconds') or 0:>8.1f} {m['train_seconds'] or 0:>8.1f}  "
-                  f"{r1:.4f} -> {r2:.4f} ({r2 / r1:.1%})")
+        result["next_day"] = second
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
