@@ -191,20 +191,32 @@ class UserItems:
 
 
 def last_items(users: np.ndarray, items: np.ndarray, n_rows: int, length: int) -> np.ndarray:
-    """Per user row (0..n_rows-1) the `length` most recent items, newest first; input sorted by time."""
+    """Per user row (0..n_rows-1) the `length` most recent items, newest first; input sorted by time.
+
+    One stable sort of the user column, then `length` gathers of each user run's k-th row from its
+    end: the temporaries are the sort order and the sorted users (~12 bytes a row), not a dozen
+    row-length arrays (~70 bytes a row, ~2.8 GB on 40M rows: the 50M two_tower save's peak).
+    """
     out = np.full((n_rows, length), PAD, dtype=np.int32)
-    if len(users) == 0:
+    if len(users) == 0 or length == 0:
         return out
-    order = np.lexsort((np.arange(len(users)), users))   # stable by user, keeps time order
-    u, it = users[order], items[order]
-    pos_from_end = np.zeros(len(u), dtype=np.int64)
-    # rank from the end within each user run
-    boundaries = np.flatnonzero(np.r_[u[1:] != u[:-1], True])
-    starts = np.r_[0, boundaries[:-1] + 1]
-    lengths = boundaries - starts + 1
-    pos_from_end = np.repeat(lengths, lengths) - (np.arange(len(u)) - np.repeat(starts, lengths)) - 1
-    keep = pos_from_end < length
-    out[u[keep], pos_from_end[keep]] = it[keep]
+    users = np.asarray(users)
+    key = users.astype(np.int32) if n_rows < 2 ** 31 else users
+    order = np.argsort(key, kind="stable")   # by user, time order kept within a user
+    u = key[order]
+    del key
+    ends = np.flatnonzero(u[1:] != u[:-1])   # the last sorted position of every user run but the last
+    ends = np.append(ends, len(u) - 1)
+    starts = np.r_[0, ends[:-1] + 1]
+    run_user = u[ends]
+    del u
+    items = np.asarray(items)
+    for k in range(length):
+        pos = ends - k
+        ok = pos >= starts
+        if not ok.any():
+            break
+        out[run_user[ok], k] = items[order[pos[ok]]]
     return out
 
 

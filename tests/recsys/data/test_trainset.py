@@ -152,3 +152,28 @@ def test_evaluation_sets_match_users_by_index_as_they_did_by_id_string():
             assert got.user_idx.tolist() == ref.user_idx.tolist()
             assert (got.relevant != ref.relevant).nnz == 0 and (got.exclude != ref.exclude).nnz == 0
             assert got.history.tolist() == ref.history.tolist()
+
+
+def _last_items_reference(users, items, n_rows, length):
+    """The row-at-a-time definition: each user's items in input (time) order, the last `length` reversed."""
+    out = np.full((n_rows, length), trainset.PAD, dtype=np.int32)
+    seen = {}
+    for u, i in zip(users, items):
+        seen.setdefault(int(u), []).append(int(i))
+    for u, its in seen.items():
+        last = its[::-1][:length]
+        out[u, :len(last)] = last
+    return out
+
+
+def test_last_items_is_each_users_newest_items_first():
+    rng = np.random.default_rng(5)
+    for n_rows, n, length in ((50, 2000, 20), (7, 30, 5), (300, 100, 3), (4, 1, 20), (10, 0, 4), (5, 40, 0)):
+        users = rng.integers(0, n_rows, n)
+        items = rng.integers(0, 999, n)
+        got = trainset.last_items(users, items, n_rows, length)
+        assert got.dtype == np.int32 and got.shape == (n_rows, length)
+        np.testing.assert_array_equal(got, _last_items_reference(users, items, n_rows, length))
+    # rows without items stay padded; a user with fewer items than `length` is padded at the end
+    got = trainset.last_items(np.array([2, 2, 0]), np.array([5, 6, 7]), 4, 3)
+    np.testing.assert_array_equal(got, [[7, -1, -1], [-1, -1, -1], [6, 5, -1], [-1, -1, -1]])
