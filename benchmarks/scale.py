@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/scale.py --events 47000 --users 3000 --items 2400          # a minute
     .venv/bin/python benchmarks/scale.py --events 10000000 --users 1000000 --items 200000 --json scale-10m.json
     .venv/bin/python benchmarks/scale.py --events 2000000 --users 200000 --items 50000 --next-day 3   # + a warm night
+    .venv/bin/python benchmarks/scale.py --events 10000000 --users 1000000 --items 200000 --warm-only --next-day 3
+        # only the warm night, on the artifacts an earlier run of that size left in its --work directory
 
 1. Generates the log with `recsys.data.synthetic.shop_log` (users with lognormal activity, one or two
    preferred categories and brand affinities, Zipf item popularity within categories, sessions of
