@@ -105,15 +105,14 @@ def main(argv=None):
                               "eval_users": 2000}}).model
     # ours: time only the training steps (fit() reports examples/s over its step loops)
     rows, ours = [], {}
+    batch = mc.batch_size or auto_batch_size(len(ts.user_idx))   # what fit() uses (model.batch_size 0: sized)
     for name in args.models.split(","):
         model = create(name, mc)
         model.fit(ts, (20,), progress=lambda *_: None)
         rec = evaluate_model(model, ev, (20,), ts.item_counts)[0].summary()["recall@20"]
         ours[name] = (model.report.examples_per_second, rec)
-        rows.append((f"recsys {name} (custom step)", mc.batch_size or auto_batch_size(len(ts.user_idx)), mc.dim,
-                     model.report.examples_per_second, rec))
-    tutorial_batch = rows[0][1] if rows else args.batch or 2048
-    for label, b, d in (() if args.no_tutorial else (("TFRS tutorial, same shape", tutorial_batch, mc.dim),
+        rows.append((f"recsys {name} (custom step)", batch, mc.dim, model.report.examples_per_second, rec))
+    for label, b, d in (() if args.no_tutorial else (("TFRS tutorial, same shape", batch, mc.dim),
                                                      ("TFRS tutorial as written", TUTORIAL_BATCH, TUTORIAL_DIM))):
         eps, ue, ie = run_tutorial(ts, args.epochs, b, d)
         rows.append((label, b, d, eps, val_recall(ue, ie, ev, ts.item_counts)))

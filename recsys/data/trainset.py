@@ -201,7 +201,7 @@ def last_items(users: np.ndarray, items: np.ndarray, n_rows: int, length: int) -
     if len(users) == 0 or length == 0:
         return out
     users = np.asarray(users)
-    key = users.astype(np.int32) if n_rows < 2 ** 31 else users
+    key = users.astype(np.int32, copy=False) if n_rows < 2 ** 31 else users
     order = np.argsort(key, kind="stable")   # by user, time order kept within a user
     u = key[order]
     del key
