@@ -17,12 +17,18 @@ the Parquet shards (`readers.STRING`), so frames cross stage boundaries through 
 without converting strings; transforms that emit frames declare it with `.with_output_types(...)` so
 Beam picks that coder. Every stage boundary costs fixed runner time, so the vocabularies come from the
 global step rather than from a combine over the split buckets.
+
+On the in-process runner the frames do not cross the two shuffles themselves (`runner.spill`, `Frames`):
+each is written to a file in the dataset's staging folder and only its path is shuffled, because that
+runner holds every shuffled collection whole in memory (peak 14-16 GB at 50M events; spilled, the
+largest of one bucket's work and the k-core's integer codes). Distributed runners shuffle the frames.
 """
 from __future__ import annotations
 
 import logging
 import pickle
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Tuple
 
@@ -84,6 +90,54 @@ class FrameCoder(beam.coders.Coder):
 
 beam.coders.registry.register_coder(pd.DataFrame, FrameCoder)
 Bucket = Tuple[int, pd.DataFrame]  # a user bucket: (bucket number, frame); typed so Beam uses FrameCoder
+STAGING = "_staging"   # the spilled frames' folder inside the dataset being built; Finalize deletes it
+
+
+class Frames:
+    """How the build's row frames cross its shuffles (`runner.spill`).
+
+    In the runner's collections (`folder` None), or spilled: each frame written to a file under
+    `folder` (FrameCoder's bytes) and only its path shuffled. The in-process runner holds every
+    shuffled collection whole in memory, decoded frames and encoded copies at once: about 300 bytes per
+    event, 16 GB at 50M events. Spilled, the build holds one bucket at a time and the k-core's integer
+    codes. Files are never deleted by a reader (a retried bundle reads them again); the folder goes
+    with Finalize, or with the whole dataset folder when the build fails.
+    """
+
+    def __init__(self, folder: str | None):
+        self.folder = folder
+
+    @property
+    def element_type(self):
+        """The type hint of a (bucket, frame-or-path) element, so Beam picks the matching coder."""
+        return Bucket if self.folder is None else Tuple[int, str]
+
+    def put(self, df: pd.DataFrame):
+        """The frame itself, or the path of the file it was spilled to."""
+        if self.folder is None:
+            return df
+        # A fresh name per attempt: a retried bundle never overwrites a file a slower attempt still reads.
+        path = fsio.join(self.folder, f"{uuid.uuid4().hex}.arrow")
+        fsio.write_bytes(path, _CODER.encode(df))
+        return path
+
+    def get(self, frame_or_path) -> pd.DataFrame:
+        """The frame `put` returned a handle to."""
+        if isinstance(frame_or_path, str):
+            return _CODER.decode(fsio.read_bytes(frame_or_path))
+        return frame_or_path
+
+
+_CODER = FrameCoder()
+IN_MEMORY = Frames(None)   # the frames themselves cross the shuffles
+
+
+def spill_folder(cfg: Config, out_dir: str) -> str | None:
+    """The staging folder of a build under `runner.spill` (None: frames go through the runner)."""
+    spill = cfg.runner.spill
+    if spill == "off" or (spill == "auto" and cfg.runner.name not in ("DirectRunner", "FnApiRunner")):
+        return None
+    return fsio.join(out_dir, STAGING)
 
 
 def merge_counts(dicts) -> dict:
@@ -121,8 +175,9 @@ class ParseValidateFn(beam.DoFn):
     """Parse and validate blocks. Main output: (user bucket, valid frame), one per bucket present in a
     block; tagged 'rejected': (dead-letter shard, rejected frame), and 'counts'."""
 
-    def __init__(self, cfg: Config, layout: readers.Layout):
+    def __init__(self, cfg: Config, layout: readers.Layout, frames: Frames | None = None):
         self.cfg, self.layout, self.n = cfg, layout, cfg.runner.shuffle_buckets
+        self.frames = frames or IN_MEMORY
         self.rows_read = Metrics.counter("recsys", "rows_read")
         self.rows_rejected = Metrics.counter("recsys", "rows_rejected")
 
@@ -149,11 +204,11 @@ class ParseValidateFn(beam.DoFn):
                                                   **valid.attrs.get("event_counts", {})})
         if len(rejected):
             shard = int(interactions.user_bucket(pd.Series([source]), self.n)[0])
-            yield beam.pvalue.TaggedOutput("rejected", (shard, rejected))
+            yield beam.pvalue.TaggedOutput("rejected", (shard, self.frames.put(rejected)))
         if len(valid):
             buckets = interactions.user_bucket(valid["user"], self.n)
             for b, part in valid.groupby(buckets, sort=False):
-                yield int(b), part
+                yield int(b), self.frames.put(part)
 
 
 class ReadAndValidate(beam.PTransform):
@@ -162,38 +217,45 @@ class ReadAndValidate(beam.PTransform):
     SpreadBlocks groups the blocks by their unique key: a fusion break, so that a runner can parse the
     blocks of one file on many workers (what Reshuffle does, without its four extra steps)."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, frames: Frames | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.frames = cfg, frames or IN_MEMORY
 
     def expand(self, files):
         layout = readers.layout_for(self.cfg.source)
         return (files
                 | "ReadBlocks" >> beam.ParDo(ReadBlocksFn(layout, self.cfg.runner.block_size_mb << 20))
                 | "SpreadBlocks" >> beam.GroupByKey()
-                | "ParseValidate" >> beam.ParDo(ParseValidateFn(self.cfg, layout)).with_output_types(
-                    Bucket, rejected=Bucket, counts=dict).with_outputs("rejected", "counts", main="valid"))
+                | "ParseValidate" >> beam.ParDo(ParseValidateFn(self.cfg, layout, self.frames)).with_output_types(
+                    self.frames.element_type, rejected=self.frames.element_type, counts=dict).with_outputs(
+                    "rejected", "counts", main="valid"))
 
 
-def _dedupe_bucket(kv):
-    bucket, frames = kv
-    df = pd.concat(list(frames), ignore_index=True)
+def _dedupe_bucket(kv, frames: Frames | None = None):
+    frames = frames or IN_MEMORY
+    bucket, parts = kv
+    df = pd.concat([frames.get(part) for part in parts], ignore_index=True)
     df, counts = interactions.dedupe_and_keep_positives(df)
     counts["positives"] = len(df)
     yield beam.pvalue.TaggedOutput("counts", counts)
     yield beam.pvalue.TaggedOutput("edges", _edges(bucket, df))
-    yield bucket, df
+    yield bucket, frames.put(df)
 
 
 class BucketByUser(beam.PTransform):
     """(bucket, valid frame) -> (bucket, frame of positives) with every interaction of a user in one
-    bucket; tagged 'edges' (the bucket's codes for KCoreAndVocabulary) and 'counts'."""
+    bucket; tagged 'edges' (the bucket's codes for KCoreAndVocabulary) and 'counts'. Frames in and out
+    are `Frames` handles."""
 
-    def expand(self, frames):
-        return (frames
+    def __init__(self, frames: Frames | None = None):
+        super().__init__()
+        self.frames = frames or IN_MEMORY
+
+    def expand(self, parts):
+        return (parts
                 | "GroupBuckets" >> beam.GroupByKey()
-                | "DedupePositives" >> beam.FlatMap(_dedupe_bucket).with_output_types(Bucket).with_outputs(
-                    "counts", "edges", main="buckets"))
+                | "DedupePositives" >> beam.FlatMap(_dedupe_bucket, self.frames).with_output_types(
+                    self.frames.element_type).with_outputs("counts", "edges", main="buckets"))
 
 
 def _codes(col: pd.Series) -> tuple[np.ndarray, pa.Array]:
@@ -328,8 +390,8 @@ class WriteShardFn(beam.DoFn):
     shards (Arrow releases the GIL), overlapping the next bucket's work on a second core; the next
     bucket and the end of the bundle wait for them."""
 
-    def __init__(self, cfg: Config, out_dir: str, n_shards: int):
-        self.cfg, self.out_dir, self.n = cfg, out_dir, n_shards
+    def __init__(self, cfg: Config, out_dir: str, n_shards: int, frames: Frames | None = None):
+        self.cfg, self.out_dir, self.n, self.frames = cfg, out_dir, n_shards, frames or IN_MEMORY
 
     def setup(self):
         self._writer = ThreadPoolExecutor(1)
@@ -365,7 +427,7 @@ class WriteShardFn(beam.DoFn):
         # One bucket's shards in flight at most: the tables waiting for the thread stay bounded, and a
         # failed write fails this element rather than the end of the bundle.
         self._wait_for_writes()
-        bucket, df = kv
+        bucket, df = kv[0], self.frames.get(kv[1])
         users, user_ids = _codes(df["user"])
         items, item_ids = _codes(df["item"])
         keep = np.ones(len(df), dtype=bool)
@@ -426,9 +488,10 @@ class WriteShardFn(beam.DoFn):
                                         self.cfg.split.session_gap_minutes * 60)
 
 
-def _write_rejected(kv, out_dir: str, n: int):
-    key, frames = kv
-    yield ds.write_rejected(out_dir, key, n, pd.concat(list(frames), ignore_index=True))
+def _write_rejected(kv, out_dir: str, n: int, frames: Frames | None = None):
+    key, parts = kv
+    frames = frames or IN_MEMORY
+    yield ds.write_rejected(out_dir, key, n, pd.concat([frames.get(part) for part in parts], ignore_index=True))
 
 
 def _train_counts(split_rows, item_ids: pa.Array) -> np.ndarray:
@@ -451,6 +514,8 @@ class FinalizeFn(beam.DoFn):
         self.cfg, self.out_dir, self.n = cfg, out_dir, n_shards
 
     def process(self, _, read_counts, bucket_counts, split_rows, rejected_written, result):
+        # Every reader of the spilled frames is done: this step waits for all of WriteSplits.
+        fsio.delete(fsio.join(self.out_dir, STAGING))
         c = merge_counts([*read_counts, *bucket_counts, {"kcore_removed": result["positives"] - result["kept"]}])
         if c.get("rows_read", 0) != c.get("accepted", 0) + c.get("rejected", 0):
             raise DataError(f"reconciliation failed: read {c.get('rows_read')} != accepted {c.get('accepted')}"
@@ -570,13 +635,14 @@ def build(p: beam.Pipeline, cfg: Config, files: list[str], out_dir: str,
           prev_users: Vocabulary, prev_items: Vocabulary):
     """Add the whole dataset build to pipeline `p`; returns the stats PCollection."""
     n = cfg.runner.shuffle_buckets
-    parsed = p | "Files" >> beam.Create(files) | "ReadAndValidate" >> ReadAndValidate(cfg)
-    bucketed = parsed.valid | "BucketByUser" >> BucketByUser()
+    frames = Frames(spill_folder(cfg, out_dir))
+    parsed = p | "Files" >> beam.Create(files) | "ReadAndValidate" >> ReadAndValidate(cfg, frames)
+    bucketed = parsed.valid | "BucketByUser" >> BucketByUser(frames)
     result = beam.pvalue.AsSingleton(bucketed.edges | "KCoreAndVocabulary" >> KCoreAndVocabulary(cfg, prev_users, prev_items))
-    rows = bucketed.buckets | "WriteSplits" >> beam.ParDo(WriteShardFn(cfg, out_dir, n), result)
+    rows = bucketed.buckets | "WriteSplits" >> beam.ParDo(WriteShardFn(cfg, out_dir, n, frames), result)
     rejected_written = (parsed.rejected
                         | "GroupRejected" >> beam.GroupByKey()
-                        | "WriteRejected" >> beam.FlatMap(_write_rejected, out_dir, n))
+                        | "WriteRejected" >> beam.FlatMap(_write_rejected, out_dir, n, frames))
     # Side inputs, not combines: every combine costs stages of fixed runner time, and these are small.
     return (p | "Start" >> beam.Impulse()
             | "Finalize" >> beam.ParDo(FinalizeFn(cfg, out_dir, n), beam.pvalue.AsList(parsed.counts),

@@ -155,6 +155,10 @@ class RunnerConfig:
     options: dict = field(default_factory=dict)
     shuffle_buckets: int = 8
     block_size_mb: int = 16
+    # where build-dataset's row frames cross its shuffles: "files" (staging files in the dataset folder,
+    # only paths through the runner), "off" (through the runner's own shuffle), "auto" (files on the
+    # in-process runner, which holds every shuffled collection whole in memory; off elsewhere)
+    spill: str = "auto"
 
 
 @dataclass
@@ -379,6 +383,7 @@ def validate(cfg: Config) -> Config:
     ru.name = canonical[ru.name.lower()]
     _check(1 <= ru.shuffle_buckets <= 4096, "runner.shuffle_buckets", ru.shuffle_buckets, "between 1 and 4096")
     _check(1 <= ru.block_size_mb <= 1024, "runner.block_size_mb", ru.block_size_mb, "between 1 and 1024")
+    _one_of("runner.spill", ru.spill, ("auto", "files", "off"))
     m = cfg.model
     _check(1 <= m.dim <= 4096, "model.dim", m.dim, "between 1 and 4096")
     _check(0 < m.temperature <= 10, "model.temperature", m.temperature, "in (0, 10]")

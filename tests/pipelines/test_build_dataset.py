@@ -995,6 +995,43 @@ def test_output_rows_do_not_depend_on_the_number_of_buckets(write_file, make_con
     assert len(four.shards("train")) == 4
 
 
+def test_spilled_frames_give_the_same_dataset_and_leave_no_staging_folder(write_file, make_config, build_dataset,
+                                                                         monkeypatch):
+    """runner.spill: files shuffles paths of staged frames instead of the frames; the dataset is the same
+    file for file, and the staging folder is gone from it."""
+    determinism_input(write_file)
+    handles = collections.Counter()
+    put = pipeline.Frames.put
+    monkeypatch.setattr(pipeline.Frames, "put",
+                        lambda self, df: handles.update([type(h := put(self, df)).__name__]) or h)
+    base = {"source": {"path": "in/part*.csv", "format": "csv", "columns": {"value": "rating"},
+                       "max_id_length": 16, "items_path": "items.csv", "items_format": "movielens_movies"},
+            "filters": {"min_user_interactions": 2, "min_item_interactions": 2, "max_rounds": 6}}
+    spilled = build_dataset(make_config({**base, "runner": {"shuffle_buckets": 3, "spill": "files"}}),
+                            dataset_id="spilled", previous=None)
+    assert handles["str"] >= 6 and handles["DataFrame"] == 0      # every bucket's frames went through files
+    handles.clear()
+    held = build_dataset(make_config({**base, "runner": {"shuffle_buckets": 3, "spill": "off"}}),
+                         dataset_id="held", previous=None)
+    assert handles["DataFrame"] >= 6 and handles["str"] == 0
+    files_a, files_b = all_files(spilled.path), all_files(held.path)
+    assert not any(pipeline.STAGING in f for f in files_a)
+    assert sorted(files_a) == sorted(files_b) and len(files_a) > 10
+    assert [f for f in files_a if f != "stats.json" and files_a[f] != files_b[f]] == []
+    stats_a, stats_b = (json.loads(f["stats.json"]) for f in (files_a, files_b))
+    assert stats_a.pop("config")["runner"]["spill"] == "files" and stats_b.pop("config")["runner"]["spill"] == "off"
+    assert stats_a == stats_b
+
+
+@pytest.mark.parametrize("runner, spill, spilled", [
+    ("DirectRunner", "auto", True), ("FnApiRunner", "auto", True), ("FlinkRunner", "auto", False),
+    ("DataflowRunner", "auto", False), ("DirectRunner", "off", False), ("PortableRunner", "files", True)])
+def test_spill_auto_means_files_only_on_the_in_process_runner(runner, spill, spilled, make_config):
+    cfg = make_config({"runner": {"name": runner, "spill": spill}})
+    folder = pipeline.spill_folder(cfg, "/out/d")
+    assert (folder == os.path.join("/out/d", pipeline.STAGING)) if spilled else folder is None
+
+
 # --------------------------------------------------------------------------------------------------
 # The embedded MovieLens data with the default config
 # --------------------------------------------------------------------------------------------------

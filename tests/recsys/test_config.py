@@ -220,6 +220,7 @@ def test_int_is_accepted_for_a_float_and_as_a_string():
     ({"runner": {"shuffle_buckets": 0}}, "runner.shuffle_buckets", 0),
     ({"runner": {"shuffle_buckets": 5000}}, "runner.shuffle_buckets", 5000),
     ({"runner": {"block_size_mb": 0}}, "runner.block_size_mb", 0),
+    ({"runner": {"spill": "disk"}}, "runner.spill", "disk"),
     ({"artifacts": {"root": ""}}, "artifacts.root", ""),
     ({"source": {"item_columns": {"attributes": {"size": "ordinal"}}}}, "source.item_columns.attributes.size",
      "ordinal"),
