@@ -52,6 +52,7 @@ from recsys.data.synthetic import shop_catalog, shop_log  # noqa: E402
 
 RECSYS = os.path.join(os.path.dirname(sys.executable), "recsys")
 STAGES = ("build_dataset", "train", "evaluate", "gate", "index", "batch_recommendations", "publish")
+GENERATED = "generated.json"   # what `generate` wrote in a --work folder (sizes, seed's days, seconds)
 
 
 # events before the cut per user and session: 4 views, 0.8 carts, 0.4 purchases, 85% of the days
@@ -98,6 +99,16 @@ def generate(out: str, n_events: int, n_users: int, n_items: int, seed: int, chu
             "bytes": os.path.getsize(path), "sessions_per_user": round(sessions, 2)}
 
 
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
 def generate_apart(*args, **kwargs) -> dict:
     """`generate` in a spawned process. This one stays small: a child's ru_maxrss starts from its
     parent's high-water mark (kept across fork and exec), so generating here (8 GB at 10M with the next
@@ -126,7 +137,8 @@ def night(work: str, config: str, log_name: str, resume: bool = False) -> dict |
                                          os.path.join(work, log_name))
     if code:
         print(f"nightly failed ({code}); its log: {os.path.join(work, log_name)}")
-        print("\n".join(open(os.path.join(work, log_name)).read().splitlines()[-20:]))
+        with open(os.path.join(work, log_name)) as f:
+            print("\n".join(f.read().splitlines()[-20:]))
         return None
     summary = json.loads(stdout)
     stages = {k: dict(v) for k, v in summary.get("stages", {}).items()}
@@ -147,7 +159,7 @@ def night(work: str, config: str, log_name: str, resume: bool = False) -> dict |
     for name, c in (summary.get("candidates") or {}).items():
         if name in ("production", "popularity_baseline") or not c.get("version"):
             continue
-        manifest = json.load(open(os.path.join(root, "models", c["version"], "manifest.json")))
+        manifest = read_json(os.path.join(root, "models", c["version"], "manifest.json"))
         t = manifest.get("training") or {}
         use = stages.get(f"train:{name}") or {}
         models[name] = {"train_seconds": use.get("seconds"), "peak_rss_mb": use.get("peak_rss_mb"),
@@ -189,7 +201,8 @@ def night(work: str, config: str, log_name: str, resume: bool = False) -> dict |
 def next_night(work: str, config: str, gen: dict, days: int, first: dict | None) -> dict | None:
     """The warm night: `config` with the longer log as its source, on the same artifact root. Prints its
     figures and, per model, the cold night's (`first`, when this process ran it) beside them."""
-    text = open(config).read()
+    with open(config) as f:
+        text = f.read()
     assert "\n  path: events.parquet\n" in text, "recsys init wrote another source path"
     config2 = os.path.join(work, "recsys-next.yaml")
     with open(config2, "w") as f:
@@ -225,15 +238,14 @@ def warm_only(work: str, args, gen: dict | None) -> int:
             print(f"the regenerated log has {more['events']:,} events before the cut, not {gen['events']:,}")
             return 1
         gen = {**gen, "next_events": more["next_events"], "next_days": args.next_day}
-        json.dump(gen, open(os.path.join(work, "generated.json"), "w"))
+        write_json(os.path.join(work, GENERATED), gen)
         print(f"generated the next {args.next_day} days' log in {more['seconds']}s")
     second = next_night(work, config, gen, args.next_day, None)
     if second is None:
         return 1
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"events": gen["events"], "users": gen["users"], "items": gen["items"],
-                       "next_day": second}, f, indent=2)
+        write_json(args.json, {"events": gen["events"], "users": gen["users"], "items": gen["items"],
+                               "next_day": second})
     return 0
 
 
@@ -256,15 +268,15 @@ def main() -> int:
     args = ap.parse_args()
     work = os.path.abspath(args.work or f"/tmp/recsys-scale-{args.events}")
     print("load:", os.popen("uptime").read().strip())
-    gen_marker = os.path.join(work, "generated.json")
-    gen = json.load(open(gen_marker)) if (args.reuse or args.warm_only) and os.path.exists(gen_marker) else None
+    gen_marker = os.path.join(work, GENERATED)
+    gen = read_json(gen_marker) if (args.reuse or args.warm_only) and os.path.exists(gen_marker) else None
     if args.warm_only:
         return warm_only(work, args, gen)
     if gen is None or gen.get("next_days", 0) != args.next_day:
         if os.path.exists(work):
             subprocess.run(["rm", "-rf", work], check=True)
         gen = generate_apart(work, args.events, args.users, args.items, args.seed, next_days=args.next_day)
-        json.dump(gen, open(gen_marker, "w"))
+        write_json(gen_marker, gen)
     print(f"generated {gen['events']:,} events ({gen['bytes'] / 1e6:.0f} MB Parquet), {gen['users']:,} users, "
           f"{gen['items']:,} items in {gen['seconds']}s -> {work}")
     config = os.path.join(work, "recsys.yaml")
@@ -273,9 +285,8 @@ def main() -> int:
         if first is None:
             return 1
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"events": gen["events"], "users": gen["users"], "items": gen["items"], "resumed": True,
-                           **first}, f, indent=2)
+            write_json(args.json, {"events": gen["events"], "users": gen["users"], "items": gen["items"],
+                                   "resumed": True, **first})
         return 0
     subprocess.run(["rm", "-rf", os.path.join(work, "artifacts"), config], check=True)
     code, init_s, _, _ = run_child([RECSYS, "init", "--events", os.path.join(work, "events.parquet"),
@@ -283,7 +294,8 @@ def main() -> int:
                                     "--out", config, "--root", "artifacts"],
                                    os.path.join(work, "init.log"))
     if code:
-        print(open(os.path.join(work, "init.log")).read())
+        with open(os.path.join(work, "init.log")) as f:
+            print(f.read())
         return code
     print(f"init {init_s:.1f}s")
     first = night(work, config, "nightly.log")
@@ -297,8 +309,7 @@ def main() -> int:
             return 1
         result["next_day"] = second
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.json, result)
     return 0
 
 

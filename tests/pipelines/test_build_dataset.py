@@ -995,32 +995,58 @@ def test_output_rows_do_not_depend_on_the_number_of_buckets(write_file, make_con
     assert len(four.shards("train")) == 4
 
 
-def test_spilled_frames_give_the_same_dataset_and_leave_no_staging_folder(write_file, make_config, build_dataset,
-                                                                         monkeypatch):
-    """runner.spill: files shuffles paths of staged frames instead of the frames; the dataset is the same
-    file for file, and the staging folder is gone from it."""
+def spill_input(write_file, tmp_path, kind: str) -> dict:
+    """`determinism_input` as CSV, gzipped CSV or Parquet; returns the source config to read it."""
     determinism_input(write_file)
+    source = {"path": "in/part*.csv", "format": "csv", "columns": {"value": "rating"}, "max_id_length": 16,
+              "items_path": "items.csv", "items_format": "movielens_movies"}
+    for part in sorted(glob.glob(str(tmp_path / "in" / "part*.csv"))):
+        if kind == "csv.gz":
+            with open(part, "rb") as f:
+                write_file(os.path.relpath(part + ".gz", tmp_path), gzip.compress(f.read()))
+        elif kind == "parquet":
+            with open(part, encoding="utf-8", errors="replace") as f:
+                header, *lines = f.read().splitlines()
+            rows = [line.split(",") for line in lines if line.count(",") == 3]   # dirty rows stay dirty
+            pq.write_table(pa.table({name: [r[j] for r in rows] for j, name in enumerate(header.split(","))}),
+                           part.replace(".csv", ".parquet"))
+        if kind != "csv":
+            os.remove(part)
+    if kind != "csv":
+        source.update(path=f"in/part*.{kind}", format="parquet" if kind == "parquet" else "csv")
+    return source
+
+
+@pytest.mark.parametrize("kind, staged_blocks", [("csv", False), ("csv.gz", True), ("parquet", True)])
+def test_spilled_frames_give_the_same_dataset_and_leave_no_staging_folder(kind, staged_blocks, write_file, tmp_path,
+                                                                         make_config, build_dataset, monkeypatch):
+    """runner.spill: files shuffles paths of staged frames (and of blocks that carry their data: Parquet
+    batches, a compressed file's text) instead of the data; the dataset is the same file for file, and
+    the staging folder is gone from it."""
+    source = spill_input(write_file, tmp_path, kind)
     handles = collections.Counter()
-    put = pipeline.Frames.put
+    put, put_block = pipeline.Frames.put, pipeline.Frames.put_block
     monkeypatch.setattr(pipeline.Frames, "put",
                         lambda self, df: handles.update([type(h := put(self, df)).__name__]) or h)
-    base = {"source": {"path": "in/part*.csv", "format": "csv", "columns": {"value": "rating"},
-                       "max_id_length": 16, "items_path": "items.csv", "items_format": "movielens_movies"},
+    monkeypatch.setattr(pipeline.Frames, "put_block",
+                        lambda self, b: handles.update(["block:" + type(h := put_block(self, b)).__name__]) or h)
+    base = {"source": source,
             "filters": {"min_user_interactions": 2, "min_item_interactions": 2, "max_rounds": 6}}
     spilled = build_dataset(make_config({**base, "runner": {"shuffle_buckets": 3, "spill": "files"}}),
                             dataset_id="spilled", previous=None)
     assert handles["str"] >= 6 and handles["DataFrame"] == 0      # every bucket's frames went through files
+    assert handles["block:StagedBlock" if staged_blocks else "block:ByteRange"] == 3   # a block per file
     handles.clear()
     held = build_dataset(make_config({**base, "runner": {"shuffle_buckets": 3, "spill": "off"}}),
                          dataset_id="held", previous=None)
-    assert handles["DataFrame"] >= 6 and handles["str"] == 0
+    assert handles["DataFrame"] >= 6 and handles["str"] == 0 and handles["block:StagedBlock"] == 0
     files_a, files_b = all_files(spilled.path), all_files(held.path)
     assert not any(pipeline.STAGING in f for f in files_a)
     assert sorted(files_a) == sorted(files_b) and len(files_a) > 10
     assert [f for f in files_a if f != "stats.json" and files_a[f] != files_b[f]] == []
     stats_a, stats_b = (json.loads(f["stats.json"]) for f in (files_a, files_b))
     assert stats_a.pop("config")["runner"]["spill"] == "files" and stats_b.pop("config")["runner"]["spill"] == "off"
-    assert stats_a == stats_b
+    assert stats_a == stats_b and stats_a["interactions"] > 50
 
 
 @pytest.mark.parametrize("runner, spill, spilled", [
