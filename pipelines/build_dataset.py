@@ -18,10 +18,11 @@ without converting strings; transforms that emit frames declare it with `.with_o
 Beam picks that coder. Every stage boundary costs fixed runner time, so the vocabularies come from the
 global step rather than from a combine over the split buckets.
 
-On the in-process runner the frames do not cross the two shuffles themselves (`runner.spill`, `Frames`):
-each is written to a file in the dataset's staging folder and only its path is shuffled, because that
-runner holds every shuffled collection whole in memory (peak 14-16 GB at 50M events; spilled, the
-largest of one bucket's work and the k-core's integer codes). Distributed runners shuffle the frames.
+On the in-process runner the data does not cross the three shuffles itself (`runner.spill`, `Frames`):
+each frame, Parquet batch or compressed block is written to a file in the dataset's staging folder and
+only its path is shuffled, because that runner holds every shuffled collection whole in memory (a 50M-event
+build peaked at 14.8 GB, 18.0 GB on a warm night; spilled, 5.7 and 7.1 GB: one bucket's work and the
+k-core's integer codes, docs/RESULTS.md). Distributed runners shuffle the data themselves.
 """
 from __future__ import annotations
 
@@ -105,9 +106,10 @@ class Frames:
     In the runner's collections (`folder` None), or spilled: each frame written to a file under
     `folder` (FrameCoder's bytes) and only its path shuffled. The in-process runner holds every
     shuffled collection whole in memory, decoded frames and encoded copies at once: about 300 bytes per
-    event, 16 GB at 50M events. Spilled, the build holds one bucket at a time and the k-core's integer
-    codes. Files are never deleted by a reader (a retried bundle reads them again); the folder goes
-    with Finalize, or with the whole dataset folder when the build fails.
+    event. Spilled, the build holds one bucket at a time and the k-core's integer codes, and the disk
+    holds ~130 bytes per event until the end. Files are never deleted by a reader (a retried bundle
+    reads them again); the folder goes with Finalize, or with the whole dataset folder when the build
+    fails.
     """
 
     def __init__(self, folder: str | None):
