@@ -50,9 +50,17 @@ from recsys.data.vocab import Vocabulary
 from recsys.errors import DataError
 from recsys.progress import Progress, to_stderr
 
-from pipelines.runner import make_runner, pipeline_options
+from pipelines.runner import IN_PROCESS, make_runner, pipeline_options
 
 log = logging.getLogger(__name__)
+
+
+def _ipc_stream(data) -> bytes:
+    """A table or record batch as an Arrow IPC stream."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, data.schema) as writer:
+        writer.write(data)
+    return sink.getvalue().to_pybytes()
 
 
 class FrameCoder(beam.coders.Coder):
@@ -67,10 +75,7 @@ class FrameCoder(beam.coders.Coder):
             table = pa.Table.from_pandas(df, nthreads=1, preserve_index=False)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             return self._PICKLE + pickle.dumps(df, protocol=pickle.HIGHEST_PROTOCOL)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        return self._ARROW + sink.getvalue().to_pybytes()
+        return self._ARROW + _ipc_stream(table)
 
     def decode(self, data: bytes) -> pd.DataFrame:
         if data[:1] == self._PICKLE:
@@ -142,10 +147,7 @@ class Frames:
             return block
         path = fsio.join(self.folder, f"{uuid.uuid4().hex}.block")
         if isinstance(block, pa.RecordBatch):
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, block.schema) as writer:
-                writer.write_batch(block)
-            fsio.write_bytes(path, sink.getvalue().to_pybytes())
+            fsio.write_bytes(path, _ipc_stream(block))
             return StagedBlock(path, True)
         fsio.write_bytes(path, block)
         return StagedBlock(path, False)
@@ -169,7 +171,7 @@ IN_MEMORY = Frames(None)   # the frames themselves cross the shuffles
 def spill_folder(cfg: Config, out_dir: str) -> str | None:
     """The staging folder of a build under `runner.spill` (None: frames go through the runner)."""
     spill = cfg.runner.spill
-    if spill == "off" or (spill == "auto" and cfg.runner.name not in ("DirectRunner", "FnApiRunner")):
+    if spill == "off" or (spill == "auto" and cfg.runner.name not in IN_PROCESS):
         return None
     return fsio.join(out_dir, STAGING)
 
@@ -198,8 +200,8 @@ class ReadBlocksFn(beam.DoFn):
     spilled (`Frames.put_block`), those two go as staged files: a whole 50M-event Parquet file decoded
     in the in-process runner's shuffle was 8-9 GB."""
 
-    def __init__(self, layout: readers.Layout, block_bytes: int, frames: Frames | None = None):
-        self.layout, self.block_bytes, self.frames = layout, block_bytes, frames or IN_MEMORY
+    def __init__(self, layout: readers.Layout, block_bytes: int, frames: Frames = IN_MEMORY):
+        self.layout, self.block_bytes, self.frames = layout, block_bytes, frames
 
     def process(self, path):
         by_range = CompressionTypes.detect_compression_type(path) == CompressionTypes.UNCOMPRESSED
@@ -211,9 +213,8 @@ class ParseValidateFn(beam.DoFn):
     """Parse and validate blocks. Main output: (user bucket, valid frame), one per bucket present in a
     block; tagged 'rejected': (dead-letter shard, rejected frame), and 'counts'."""
 
-    def __init__(self, cfg: Config, layout: readers.Layout, frames: Frames | None = None):
-        self.cfg, self.layout, self.n = cfg, layout, cfg.runner.shuffle_buckets
-        self.frames = frames or IN_MEMORY
+    def __init__(self, cfg: Config, layout: readers.Layout, frames: Frames = IN_MEMORY):
+        self.cfg, self.layout, self.n, self.frames = cfg, layout, cfg.runner.shuffle_buckets, frames
         self.rows_read = Metrics.counter("recsys", "rows_read")
         self.rows_rejected = Metrics.counter("recsys", "rows_rejected")
 
@@ -253,9 +254,9 @@ class ReadAndValidate(beam.PTransform):
     SpreadBlocks groups the blocks by their unique key: a fusion break, so that a runner can parse the
     blocks of one file on many workers (what Reshuffle does, without its four extra steps)."""
 
-    def __init__(self, cfg: Config, frames: Frames | None = None):
+    def __init__(self, cfg: Config, frames: Frames = IN_MEMORY):
         super().__init__()
-        self.cfg, self.frames = cfg, frames or IN_MEMORY
+        self.cfg, self.frames = cfg, frames
 
     def expand(self, files):
         layout = readers.layout_for(self.cfg.source)
@@ -267,8 +268,7 @@ class ReadAndValidate(beam.PTransform):
                     "rejected", "counts", main="valid"))
 
 
-def _dedupe_bucket(kv, frames: Frames | None = None):
-    frames = frames or IN_MEMORY
+def _dedupe_bucket(kv, frames: Frames = IN_MEMORY):
     bucket, parts = kv
     df = pd.concat([frames.get(part) for part in parts], ignore_index=True)
     df, counts = interactions.dedupe_and_keep_positives(df)
@@ -283,9 +283,9 @@ class BucketByUser(beam.PTransform):
     bucket; tagged 'edges' (the bucket's codes for KCoreAndVocabulary) and 'counts'. Frames in and out
     are `Frames` handles."""
 
-    def __init__(self, frames: Frames | None = None):
+    def __init__(self, frames: Frames = IN_MEMORY):
         super().__init__()
-        self.frames = frames or IN_MEMORY
+        self.frames = frames
 
     def expand(self, parts):
         return (parts
@@ -426,8 +426,8 @@ class WriteShardFn(beam.DoFn):
     shards (Arrow releases the GIL), overlapping the next bucket's work on a second core; the next
     bucket and the end of the bundle wait for them."""
 
-    def __init__(self, cfg: Config, out_dir: str, n_shards: int, frames: Frames | None = None):
-        self.cfg, self.out_dir, self.n, self.frames = cfg, out_dir, n_shards, frames or IN_MEMORY
+    def __init__(self, cfg: Config, out_dir: str, n_shards: int, frames: Frames = IN_MEMORY):
+        self.cfg, self.out_dir, self.n, self.frames = cfg, out_dir, n_shards, frames
 
     def setup(self):
         self._writer = ThreadPoolExecutor(1)
@@ -524,9 +524,8 @@ class WriteShardFn(beam.DoFn):
                                         self.cfg.split.session_gap_minutes * 60)
 
 
-def _write_rejected(kv, out_dir: str, n: int, frames: Frames | None = None):
+def _write_rejected(kv, out_dir: str, n: int, frames: Frames = IN_MEMORY):
     key, parts = kv
-    frames = frames or IN_MEMORY
     yield ds.write_rejected(out_dir, key, n, pd.concat([frames.get(part) for part in parts], ignore_index=True))
 
 
@@ -546,12 +545,13 @@ def _train_counts(split_rows, item_ids: pa.Array) -> np.ndarray:
 class FinalizeFn(beam.DoFn):
     """Vocabularies, item features and stats.json; the pipeline's own reconciliation checks."""
 
-    def __init__(self, cfg: Config, out_dir: str, n_shards: int):
-        self.cfg, self.out_dir, self.n = cfg, out_dir, n_shards
+    def __init__(self, cfg: Config, out_dir: str, n_shards: int, frames: Frames = IN_MEMORY):
+        self.cfg, self.out_dir, self.n, self.frames = cfg, out_dir, n_shards, frames
 
     def process(self, _, read_counts, bucket_counts, split_rows, rejected_written, result):
-        # Every reader of the spilled frames is done: this step waits for all of WriteSplits.
-        fsio.delete(fsio.join(self.out_dir, STAGING))
+        if self.frames.folder:
+            # Every reader of the spilled data is done: this step waits for all of WriteSplits.
+            fsio.delete(self.frames.folder)
         c = merge_counts([*read_counts, *bucket_counts, {"kcore_removed": result["positives"] - result["kept"]}])
         if c.get("rows_read", 0) != c.get("accepted", 0) + c.get("rejected", 0):
             raise DataError(f"reconciliation failed: read {c.get('rows_read')} != accepted {c.get('accepted')}"
@@ -681,7 +681,7 @@ def build(p: beam.Pipeline, cfg: Config, files: list[str], out_dir: str,
                         | "WriteRejected" >> beam.FlatMap(_write_rejected, out_dir, n, frames))
     # Side inputs, not combines: every combine costs stages of fixed runner time, and these are small.
     return (p | "Start" >> beam.Impulse()
-            | "Finalize" >> beam.ParDo(FinalizeFn(cfg, out_dir, n), beam.pvalue.AsList(parsed.counts),
+            | "Finalize" >> beam.ParDo(FinalizeFn(cfg, out_dir, n, frames), beam.pvalue.AsList(parsed.counts),
                                        beam.pvalue.AsList(bucketed.counts), beam.pvalue.AsList(rows),
                                        beam.pvalue.AsList(rejected_written), result))
 

@@ -64,10 +64,14 @@ def _check_worker_python(cfg: Config) -> None:
                           f"for the worker pool and for this command")
 
 
+# The names that mean the in-process FnApiRunner (make_runner), which holds every collection in memory.
+IN_PROCESS = ("DirectRunner", "FnApiRunner")
+
+
 def make_runner(cfg: Config):
     """The Beam runner. 'DirectRunner' means the in-process FnApiRunner: Beam's DirectRunner would
     otherwise pick the PrismRunner, which downloads a binary at start (fails offline)."""
-    if cfg.runner.name in ("DirectRunner", "FnApiRunner"):
+    if cfg.runner.name in IN_PROCESS:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
         return FnApiRunner()
     return cfg.runner.name
